@@ -1,0 +1,115 @@
+//! Project files: which containers `reef up` starts.
+
+use std::{collections::BTreeMap, collections::HashSet, path::Path};
+
+use anyhow::{Context as _, bail};
+use reef_platform::Alias;
+use serde::Deserialize;
+
+/// The demo project shipped with reef, run by `reef up` without a file.
+pub const DEMO: &str = include_str!("../../../examples/demo/reef.toml");
+
+/// A parsed and validated project file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    /// Project-wide settings.
+    pub project: ProjectInfo,
+    /// The containers to start, in order.
+    #[serde(default, rename = "container")]
+    pub containers: Vec<ContainerDef>,
+}
+
+/// `[project]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectInfo {
+    /// Shown in `reef up`'s output.
+    pub name: String,
+}
+
+/// `[[container]]`: one OS process.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerDef {
+    /// The container's unique address.
+    pub alias: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// The parent container's alias.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Project {
+    /// Reads `path`, or the demo project when `None`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        match path {
+            None => Self::parse(DEMO, "the built-in demo project"),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read project file {}", path.display()))?;
+                Self::parse(&text, &path.display().to_string())
+            }
+        }
+    }
+
+    /// Parses and validates project text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let project: Project =
+            toml::from_str(text).with_context(|| format!("invalid project file {origin}"))?;
+        let mut seen = HashSet::new();
+        for (index, container) in project.containers.iter().enumerate() {
+            let at = format!("{origin}: container #{} ({:?})", index + 1, container.alias);
+            Alias::parse(&container.alias).with_context(|| format!("{at}: field `alias`"))?;
+            if !seen.insert(container.alias.as_str()) {
+                bail!("{at}: field `alias`: the alias is used twice");
+            }
+            if container
+                .command
+                .first()
+                .is_none_or(|program| program.is_empty())
+            {
+                bail!("{at}: field `command` must name a program");
+            }
+            if let Some(parent) = &container.parent {
+                Alias::parse(parent).with_context(|| format!("{at}: field `parent`"))?;
+            }
+        }
+        Ok(project)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_project_is_valid() {
+        let demo = Project::load(None).unwrap();
+        let aliases: Vec<_> = demo.containers.iter().map(|c| c.alias.as_str()).collect();
+        assert_eq!(aliases, ["echo", "counter", "ticker"]);
+    }
+
+    #[test]
+    fn errors_name_the_container_and_field() {
+        let bad_alias = "[project]\nname='x'\n[[container]]\nalias='no way'\ncommand=['x']\n";
+        let error = format!("{:#}", Project::parse(bad_alias, "p.toml").unwrap_err());
+        assert!(
+            error.contains("container #1") && error.contains("`alias`"),
+            "{error}"
+        );
+        let unknown =
+            "[project]\nname='x'\n[[container]]\nalias='a'\ncommand=['x']\nrestart='always'\n";
+        let error = format!("{:#}", Project::parse(unknown, "p.toml").unwrap_err());
+        assert!(
+            error.contains("restart") && error.contains("line"),
+            "{error}"
+        );
+        let twice = "[project]\nname='x'\n[[container]]\nalias='a'\ncommand=['x']\n[[container]]\nalias='a'\ncommand=['y']\n";
+        assert!(format!("{:#}", Project::parse(twice, "p").unwrap_err()).contains("twice"));
+    }
+}

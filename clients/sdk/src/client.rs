@@ -1,0 +1,415 @@
+//! A connection to a node: registration, the attach stream, sends and requests.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use reef_proto::{
+    ALIAS_METADATA, DeregisterRequest, Envelope, EnvelopeKind, ErrorCode, Frame, FrameBatcher,
+    FrameLimits, LEASE_METADATA, RegisterRequest, channel_client::ChannelClient,
+    supervisor_client::SupervisorClient,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Code, Streaming, metadata::MetadataValue, transport::Channel};
+
+use crate::{ConnectOptions, Error};
+
+/// Extra time the client waits beyond a request's deadline for the node's own
+/// DEADLINE_EXCEEDED, which carries the better message.
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+/// Envelopes the client queues before `send` waits.
+const OUTBOX_CAPACITY: usize = 8192;
+
+/// What a container tells the node about itself when it registers.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// The alias to claim.
+    pub alias: String,
+    /// The behaviour it runs.
+    pub name: String,
+    /// Its parent's alias.
+    pub parent: Option<String>,
+    /// Where it serves `reef.v1.Container` (`host:port`).
+    pub endpoint: Option<String>,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A certificate the node issued for the container's endpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct EndpointCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A handle to an attached alias: send messages and make requests through the node.
+///
+/// Cheap to clone; the attach stream closes when the last clone is dropped or on
+/// [`Client::close`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), reef_sdk::Error> {
+/// use std::time::Duration;
+/// use reef_sdk::{Client, ConnectOptions};
+///
+/// let client = Client::connect(&ConnectOptions::from_env()).await?;
+/// client.send("counter", "tick").await?;
+/// let reply = client.request("echo", "hello", Duration::from_secs(2)).await?;
+/// assert_eq!(&reply[..], b"hello");
+/// client.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("alias", &self.shared.alias)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    alias: String,
+    lease: String,
+    data: mpsc::Sender<Envelope>,
+    dispatch: Arc<Dispatch>,
+    next_id: AtomicU64,
+    max_payload: usize,
+    supervisor: SupervisorClient<Channel>,
+}
+
+type ReplySlot = oneshot::Sender<Result<Envelope, Error>>;
+
+/// What the reader task needs: where answers go, and the control lane.
+struct Dispatch {
+    pending: Mutex<HashMap<u64, ReplySlot>>,
+    control: mpsc::Sender<Envelope>,
+    undelivered: AtomicU64,
+    lost: Mutex<Option<String>>,
+}
+
+impl Client {
+    /// Connects as a plain client under a fresh `client/…` alias.
+    pub async fn connect(options: &ConnectOptions) -> Result<Self, Error> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let alias = format!("client/{}-{nanos:x}", std::process::id());
+        Self::connect_as(options, &alias).await
+    }
+
+    /// Connects as a plain client under `alias`. Requests sent to it are refused.
+    pub async fn connect_as(options: &ConnectOptions, alias: &str) -> Result<Self, Error> {
+        let registration = Registration {
+            alias: alias.to_owned(),
+            name: "client".to_owned(),
+            ..Default::default()
+        };
+        let (client, _) = Self::attach(options, registration, None).await?;
+        Ok(client)
+    }
+
+    /// Registers, attaches and starts the reader. Sends and requests for this alias go
+    /// to `inbox` when given (containers) and are refused otherwise (plain clients).
+    pub(crate) async fn attach(
+        options: &ConnectOptions,
+        registration: Registration,
+        inbox: Option<mpsc::Sender<Envelope>>,
+    ) -> Result<(Self, Option<EndpointCertificate>), Error> {
+        let channel = options.connect().await?;
+        let mut supervisor = SupervisorClient::new(channel.clone());
+        let granted = supervisor
+            .register(RegisterRequest {
+                alias: registration.alias.clone(),
+                name: registration.name,
+                parent: registration.parent.unwrap_or_default(),
+                endpoint: registration.endpoint.unwrap_or_default(),
+                pid: std::process::id(),
+                labels: registration.labels.into_iter().collect(),
+            })
+            .await
+            .map_err(Error::Rejected)?
+            .into_inner();
+        let (data, data_rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let (control, control_rx) = mpsc::channel(64);
+        let limits = FrameLimits {
+            max_bytes: (granted.max_payload_bytes as usize).max(FrameLimits::default().max_bytes),
+            ..FrameLimits::default()
+        };
+        let mut request = tonic::Request::new(FrameBatcher::new(control_rx, data_rx, limits));
+        let metadata = request.metadata_mut();
+        metadata.insert(ALIAS_METADATA, ascii(&registration.alias)?);
+        metadata.insert(LEASE_METADATA, ascii(&granted.lease)?);
+        let frames = ChannelClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .attach(request)
+            .await
+            .map_err(Error::Rejected)?
+            .into_inner();
+        let dispatch = Arc::new(Dispatch {
+            pending: Mutex::new(HashMap::new()),
+            control,
+            undelivered: AtomicU64::new(0),
+            lost: Mutex::new(None),
+        });
+        tokio::spawn(read(frames, dispatch.clone(), inbox));
+        let certificate = (!granted.endpoint_cert_pem.is_empty()).then(|| EndpointCertificate {
+            cert_pem: granted.endpoint_cert_pem,
+            key_pem: granted.endpoint_key_pem,
+        });
+        let client = Self {
+            shared: Arc::new(Shared {
+                alias: registration.alias,
+                lease: granted.lease,
+                data,
+                dispatch,
+                next_id: AtomicU64::new(1),
+                max_payload: granted.max_payload_bytes as usize,
+                supervisor,
+            }),
+        };
+        Ok((client, certificate))
+    }
+
+    /// The alias this client is attached as.
+    pub fn alias(&self) -> &str {
+        &self.shared.alias
+    }
+
+    /// The node's control-plane API on the same connection.
+    pub fn supervisor(&self) -> SupervisorClient<Channel> {
+        self.shared.supervisor.clone()
+    }
+
+    /// Sends `payload` to `to`, fire-and-forget. Returns once the envelope is queued;
+    /// if the node cannot deliver it, [`Client::undelivered`] counts it.
+    pub async fn send(&self, to: &str, payload: impl Into<Bytes>) -> Result<(), Error> {
+        let envelope = self.envelope(EnvelopeKind::Send, to, payload.into())?;
+        self.enqueue(envelope).await
+    }
+
+    /// Sends a request and waits up to `timeout` for the reply's payload.
+    pub async fn request(
+        &self,
+        to: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Bytes, Error> {
+        let mut envelope = self.envelope(EnvelopeKind::Request, to, payload.into())?;
+        envelope.deadline_ms = timeout.as_millis().clamp(1, u32::MAX as u128) as u32;
+        let id = envelope.id;
+        let (slot, answer) = oneshot::channel();
+        self.shared.dispatch.pending().insert(id, slot);
+        if let Err(error) = self.enqueue(envelope).await {
+            self.shared.dispatch.pending().remove(&id);
+            return Err(error);
+        }
+        match tokio::time::timeout(timeout + DEADLINE_GRACE, answer).await {
+            Ok(Ok(Ok(reply))) => Ok(reply.payload),
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(_)) => Err(self.disconnected()),
+            Err(_) => {
+                self.shared.dispatch.pending().remove(&id);
+                Err(Error::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Sends an already-built envelope (replies from handlers). The origin is set by
+    /// the node.
+    pub(crate) async fn enqueue(&self, envelope: Envelope) -> Result<(), Error> {
+        if envelope.payload.len() > self.shared.max_payload {
+            return Err(Error::PayloadTooLarge {
+                size: envelope.payload.len(),
+                limit: self.shared.max_payload,
+            });
+        }
+        self.shared
+            .data
+            .send(envelope)
+            .await
+            .map_err(|_| self.disconnected())
+    }
+
+    /// Sends that the node could not deliver (unknown or vanished destination, full
+    /// mailbox, payload too large), as reported back by the node.
+    pub fn undelivered(&self) -> u64 {
+        self.shared.dispatch.undelivered.load(Relaxed)
+    }
+
+    /// Whether the attach stream has ended.
+    pub fn is_disconnected(&self) -> bool {
+        self.shared.dispatch.lost().is_some()
+    }
+
+    /// Releases the alias and closes the attach stream.
+    pub async fn close(self) -> Result<(), Error> {
+        let mut supervisor = self.shared.supervisor.clone();
+        let result = supervisor
+            .deregister(DeregisterRequest {
+                alias: self.shared.alias.clone(),
+                lease: self.shared.lease.clone(),
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Already gone (e.g. the node detached us): nothing left to release.
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) => Err(Error::Rejected(status)),
+        }
+    }
+
+    fn envelope(&self, kind: EnvelopeKind, to: &str, payload: Bytes) -> Result<Envelope, Error> {
+        Ok(Envelope {
+            kind: kind as i32,
+            id: self.shared.next_id.fetch_add(1, Relaxed),
+            destination: to.to_owned(),
+            payload,
+            ..Default::default()
+        })
+    }
+
+    fn disconnected(&self) -> Error {
+        let reason = self.shared.dispatch.lost();
+        Error::Disconnected(reason.unwrap_or_else(|| "the attach stream closed".to_owned()))
+    }
+}
+
+impl Dispatch {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReplySlot>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn dispatch(&self, envelope: Envelope, inbox: &Option<mpsc::Sender<Envelope>>) {
+        match envelope.kind() {
+            EnvelopeKind::Reply => {
+                self.answer(envelope.correlation_id, Ok(envelope));
+            }
+            EnvelopeKind::Error => {
+                let correlation_id = envelope.correlation_id;
+                let error = remote_error(&envelope);
+                if !self.answer(correlation_id, Err(error)) {
+                    self.undelivered.fetch_add(1, Relaxed);
+                    tracing::warn!(to = %envelope.origin, error = ?envelope.error, "message not delivered");
+                }
+            }
+            EnvelopeKind::Heartbeat if envelope.correlation_id == 0 => {
+                let answer = Envelope {
+                    kind: EnvelopeKind::Heartbeat as i32,
+                    correlation_id: envelope.id,
+                    ..Default::default()
+                };
+                let _ = self.control.try_send(answer);
+            }
+            EnvelopeKind::Send | EnvelopeKind::Request => match inbox {
+                Some(inbox) => {
+                    let _ = inbox.send(envelope).await;
+                }
+                None if envelope.kind() == EnvelopeKind::Request => {
+                    let refusal = error_envelope(
+                        &envelope,
+                        Code::Unimplemented,
+                        "",
+                        "this alias is a plain client and handles no requests",
+                    );
+                    let _ = self.control.try_send(refusal);
+                }
+                None => tracing::debug!(from = %envelope.origin, "plain client dropped a message"),
+            },
+            // PROGRESS only keeps a request alive; answers to our own heartbeats need no
+            // action.
+            _ => {}
+        }
+    }
+
+    /// Completes request `id`; false when nobody waits for it.
+    fn answer(&self, id: u64, result: Result<Envelope, Error>) -> bool {
+        match self.pending().remove(&id) {
+            Some(slot) => {
+                let _ = slot.send(result);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn fail_all(&self, reason: String) {
+        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        for (_, slot) in self.pending().drain() {
+            let _ = slot.send(Err(Error::Disconnected(reason.clone())));
+        }
+    }
+}
+
+async fn read(
+    mut frames: Streaming<Frame>,
+    dispatch: Arc<Dispatch>,
+    inbox: Option<mpsc::Sender<Envelope>>,
+) {
+    let reason = loop {
+        match frames.message().await {
+            Ok(Some(frame)) => {
+                for envelope in frame.envelopes {
+                    dispatch.dispatch(envelope, &inbox).await;
+                }
+            }
+            Ok(None) => break "the node closed the attach stream".to_owned(),
+            Err(status) => break format!("{:?}: {}", status.code(), status.message()),
+        }
+    };
+    tracing::debug!(%reason, "attach stream ended");
+    dispatch.fail_all(reason);
+}
+
+/// The SDK error an ERROR envelope describes.
+pub(crate) fn remote_error(envelope: &Envelope) -> Error {
+    let error = envelope.error.clone().unwrap_or_default();
+    Error::Remote {
+        code: Code::from_i32(error.code),
+        kind: error.r#type,
+        message: error.message,
+    }
+}
+
+/// An ERROR answering `request`.
+pub(crate) fn error_envelope(
+    request: &Envelope,
+    code: Code,
+    kind: &str,
+    message: &str,
+) -> Envelope {
+    Envelope {
+        kind: EnvelopeKind::Error as i32,
+        correlation_id: request.id,
+        destination: request.origin.clone(),
+        error: Some(reef_proto::Error {
+            code: code as i32,
+            r#type: kind.to_owned(),
+            message: message.to_owned(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn ascii(value: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, Error> {
+    value
+        .parse()
+        .map_err(|_| Error::Config(format!("{value:?} cannot be sent as request metadata")))
+}
+
+// The wire code numbers are gRPC's; this keeps the two tables from drifting apart.
+const _: () = assert!(ErrorCode::Unauthenticated as i32 == Code::Unauthenticated as i32);

@@ -1,0 +1,331 @@
+//! Writing a container: implement [`Handler`], call [`run`].
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use reef_proto::{Envelope, EnvelopeKind, container_server::ContainerServer};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::{
+    Client, ConnectOptions, Error, HandlerError,
+    client::{Registration, error_envelope},
+    endpoint::{CommandCall, EndpointService},
+};
+
+/// A message or request as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Alias of the sender (set by the node, so it can be trusted).
+    pub origin: String,
+    /// The application data.
+    pub payload: Bytes,
+    /// MIME type of the payload, if the sender gave one.
+    pub content_type: String,
+    /// Metadata such as trace context.
+    pub headers: HashMap<String, String>,
+    /// For requests: the time left to answer.
+    pub deadline: Option<Duration>,
+}
+
+impl From<Envelope> for Message {
+    fn from(envelope: Envelope) -> Self {
+        Self {
+            deadline: (envelope.deadline_ms > 0)
+                .then(|| Duration::from_millis(envelope.deadline_ms.into())),
+            origin: envelope.origin,
+            payload: envelope.payload,
+            content_type: envelope.content_type,
+            headers: envelope.headers,
+        }
+    }
+}
+
+/// An operator command sent to the container's `Container.Command` RPC.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// The command's name.
+    pub name: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// What a handler can use while it handles something.
+#[derive(Debug, Clone)]
+pub struct Context {
+    client: Client,
+    name: String,
+}
+
+impl Context {
+    /// The container's alias.
+    pub fn alias(&self) -> &str {
+        self.client.alias()
+    }
+
+    /// The behaviour's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends and requests on behalf of this container.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// A container's behaviour. Calls happen one at a time, in arrival order, like an
+/// Erlang process's mailbox, so `&mut self` needs no locks.
+///
+/// ```no_run
+/// use reef_sdk::{Context, ContainerOptions, Handler, HandlerError, Message};
+///
+/// struct Echo;
+///
+/// impl Handler for Echo {
+///     async fn on_request(&mut self, _: &Context, request: Message) -> Result<bytes::Bytes, HandlerError> {
+///         Ok(request.payload)
+///     }
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), reef_sdk::Error> {
+///     reef_sdk::run(ContainerOptions::from_env("echo"), Echo).await
+/// }
+/// ```
+pub trait Handler: Send + 'static {
+    /// Runs once, after the container is attached and before any message.
+    fn on_start(&mut self, ctx: &Context) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
+    /// Handles a fire-and-forget message.
+    fn on_message(&mut self, ctx: &Context, message: Message) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, message);
+        async {}
+    }
+
+    /// Handles a request; the result goes back to the requester as REPLY or ERROR.
+    fn on_request(
+        &mut self,
+        ctx: &Context,
+        request: Message,
+    ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
+        let _ = (ctx, request);
+        async { Err(HandlerError::unimplemented("requests")) }
+    }
+
+    /// Handles an operator command from `Container.Command`.
+    fn on_command(
+        &mut self,
+        ctx: &Context,
+        command: Command,
+    ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send {
+        let _ = ctx;
+        let what = format!("the command {:?}", command.name);
+        async move { Err(HandlerError::unimplemented(&what)) }
+    }
+
+    /// Runs once when the container stops (signal or lost node).
+    fn on_stop(&mut self, ctx: &Context) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+}
+
+/// How a container presents itself.
+#[derive(Debug, Clone)]
+pub struct ContainerOptions {
+    /// The alias to claim.
+    pub alias: String,
+    /// The behaviour's name.
+    pub name: String,
+    /// The parent's alias, if any.
+    pub parent: Option<String>,
+    /// How to reach the node.
+    pub connect: ConnectOptions,
+    /// The address the container's own endpoint binds (port chosen by the OS).
+    pub endpoint_host: String,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerOptions {
+    /// Options for behaviour `name` from the environment the node gives its children:
+    /// `REEF_ALIAS` (default: `name`), `REEF_PARENT`, `REEF_NODE`, `REEF_CA`,
+    /// `REEF_INSECURE`, `REEF_ENDPOINT_HOST` (default 127.0.0.1).
+    pub fn from_env(name: &str) -> Self {
+        let var = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        Self {
+            alias: var("REEF_ALIAS").unwrap_or_else(|| name.to_owned()),
+            name: name.to_owned(),
+            parent: var("REEF_PARENT"),
+            connect: ConnectOptions::from_env(),
+            endpoint_host: var("REEF_ENDPOINT_HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Counters the container's endpoint reports in `Container.Status`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub messages: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+/// Runs `handler` as container `options.alias` until SIGTERM / Ctrl-C (returns `Ok`)
+/// or until the node is lost (returns the error, so a supervisor restarts it).
+pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Result<(), Error> {
+    let listener = TcpListener::bind((options.endpoint_host.as_str(), 0))
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot bind the container endpoint on {}: {e}",
+                options.endpoint_host
+            ))
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::Config(format!("container endpoint has no address: {e}")))?
+        .port();
+    let endpoint = match options.endpoint_host.contains(':') {
+        true => format!("[{}]:{port}", options.endpoint_host),
+        false => format!("{}:{port}", options.endpoint_host),
+    };
+    let (inbox_tx, mut inbox) = mpsc::channel(1024);
+    let registration = Registration {
+        alias: options.alias.clone(),
+        name: options.name.clone(),
+        parent: options.parent.clone(),
+        endpoint: Some(endpoint),
+        labels: options.labels.clone(),
+    };
+    let (client, certificate) =
+        Client::attach(&options.connect, registration, Some(inbox_tx)).await?;
+
+    let counters = Arc::new(Counters::default());
+    let (commands_tx, mut commands) = mpsc::channel::<CommandCall>(16);
+    let service = EndpointService::new(
+        client.alias(),
+        &options.name,
+        Instant::now(),
+        counters.clone(),
+        commands_tx,
+    );
+    let mut server = Server::builder();
+    if let Some(certificate) = certificate {
+        server = server
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(
+                certificate.cert_pem,
+                certificate.key_pem,
+            )))
+            .map_err(|e| Error::Config(format!("container endpoint TLS: {e}")))?;
+    }
+    let (stop_endpoint, endpoint_stopped) = tokio::sync::oneshot::channel::<()>();
+    let endpoint_task = tokio::spawn(
+        server
+            .add_service(ContainerServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = endpoint_stopped.await;
+            }),
+    );
+
+    let ctx = Context {
+        client: client.clone(),
+        name: options.name.clone(),
+    };
+    if let Err(error) = handler.on_start(&ctx).await {
+        let _ = client.close().await;
+        return Err(Error::Config(format!("on_start failed: {error}")));
+    }
+    tracing::info!(alias = %ctx.alias(), "container started");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            envelope = inbox.recv() => match envelope {
+                Some(envelope) => handle(&mut handler, &ctx, &counters, envelope).await,
+                None => break Err(Error::Disconnected("the node closed the attach stream".to_owned())),
+            },
+            Some(call) = commands.recv() => {
+                let result = handler.on_command(&ctx, call.command).await;
+                let _ = call.reply.send(result);
+            }
+            _ = &mut shutdown => break Ok(()),
+        }
+    };
+    handler.on_stop(&ctx).await;
+    let _ = stop_endpoint.send(());
+    let _ = endpoint_task.await;
+    if outcome.is_ok() {
+        client.close().await?;
+    }
+    outcome
+}
+
+async fn handle<H: Handler>(
+    handler: &mut H,
+    ctx: &Context,
+    counters: &Counters,
+    envelope: Envelope,
+) {
+    match envelope.kind() {
+        EnvelopeKind::Send => {
+            counters.messages.fetch_add(1, Relaxed);
+            handler.on_message(ctx, Message::from(envelope)).await;
+        }
+        EnvelopeKind::Request => {
+            counters.requests.fetch_add(1, Relaxed);
+            let id = envelope.id;
+            let origin = envelope.origin.clone();
+            let answer = match handler.on_request(ctx, Message::from(envelope)).await {
+                Ok(payload) => Envelope {
+                    kind: EnvelopeKind::Reply as i32,
+                    correlation_id: id,
+                    destination: origin,
+                    payload,
+                    ..Default::default()
+                },
+                Err(error) => {
+                    let request = Envelope {
+                        id,
+                        origin,
+                        ..Default::default()
+                    };
+                    error_envelope(&request, error.code, &error.kind, &error.message)
+                }
+            };
+            if let Err(error) = ctx.client.enqueue(answer).await {
+                tracing::warn!(%error, "could not send the answer");
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

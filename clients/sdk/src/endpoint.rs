@@ -1,0 +1,103 @@
+//! The `reef.v1.Container` service every SDK container serves on its endpoint.
+
+use std::{
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use reef_proto::{self as wire, container_server};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::{Command, HandlerError, container::Counters};
+
+/// How long an operator command may take before the caller gets DEADLINE_EXCEEDED.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A command on its way to the handler loop, with where to put the answer.
+pub(crate) struct CommandCall {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<Bytes, HandlerError>>,
+}
+
+pub(crate) struct EndpointService {
+    alias: String,
+    name: String,
+    started: Instant,
+    counters: Arc<Counters>,
+    commands: mpsc::Sender<CommandCall>,
+}
+
+impl EndpointService {
+    pub fn new(
+        alias: &str,
+        name: &str,
+        started: Instant,
+        counters: Arc<Counters>,
+        commands: mpsc::Sender<CommandCall>,
+    ) -> Self {
+        Self {
+            alias: alias.to_owned(),
+            name: name.to_owned(),
+            started,
+            counters,
+            commands,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl container_server::Container for EndpointService {
+    async fn ping(
+        &self,
+        request: Request<wire::PingRequest>,
+    ) -> Result<Response<wire::PingResponse>, Status> {
+        Ok(Response::new(wire::PingResponse {
+            nonce: request.into_inner().nonce,
+            alias: self.alias.clone(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<wire::StatusRequest>,
+    ) -> Result<Response<wire::ContainerStatus>, Status> {
+        Ok(Response::new(wire::ContainerStatus {
+            alias: self.alias.clone(),
+            name: self.name.clone(),
+            pid: std::process::id(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            messages_handled: self.counters.messages.load(Relaxed),
+            requests_handled: self.counters.requests.load(Relaxed),
+        }))
+    }
+
+    async fn command(
+        &self,
+        request: Request<wire::CommandRequest>,
+    ) -> Result<Response<wire::CommandResponse>, Status> {
+        let request = request.into_inner();
+        let (reply, answer) = oneshot::channel();
+        let call = CommandCall {
+            command: Command {
+                name: request.command,
+                args: request.args,
+            },
+            reply,
+        };
+        let gone = || Status::unavailable("the container is stopping");
+        self.commands.send(call).await.map_err(|_| gone())?;
+        match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+            Ok(Ok(Ok(output))) => Ok(Response::new(wire::CommandResponse {
+                output,
+                content_type: "text/plain".to_owned(),
+            })),
+            Ok(Ok(Err(error))) => Err(Status::new(error.code, error.message)),
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the command took longer than {COMMAND_TIMEOUT:?}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Where the node is and how to trust it.
+
+use std::{path::PathBuf, time::Duration};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::Error;
+
+/// The node address used when none is given.
+pub const DEFAULT_NODE: &str = "127.0.0.1:7400";
+/// The CA file used when none is given: the default data directory's CA.
+pub const DEFAULT_CA: &str = ".reef/tls/ca.pem";
+
+/// How to reach a node.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `host:port` or a full `https://` / `http://` URI.
+    pub node: String,
+    /// The CA certificate (PEM file) that signed the node's certificate.
+    pub ca: PathBuf,
+    /// Speak plaintext gRPC (only to a node started with `--insecure`).
+    pub insecure: bool,
+    /// How long to wait for the TCP and TLS handshake.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            node: DEFAULT_NODE.to_owned(),
+            ca: PathBuf::from(DEFAULT_CA),
+            insecure: false,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Options from `REEF_NODE`, `REEF_CA` and `REEF_INSECURE`, defaults otherwise.
+    pub fn from_env() -> Self {
+        let mut options = Self::default();
+        if let Ok(node) = std::env::var("REEF_NODE") {
+            options.node = node;
+        }
+        if let Ok(ca) = std::env::var("REEF_CA") {
+            options.ca = ca.into();
+        }
+        options.insecure = std::env::var("REEF_INSECURE").is_ok_and(|v| v == "1" || v == "true");
+        options
+    }
+
+    /// The node's URI with the scheme the options imply.
+    pub fn uri(&self) -> String {
+        if self.node.contains("://") {
+            self.node.clone()
+        } else if self.insecure {
+            format!("http://{}", self.node)
+        } else {
+            format!("https://{}", self.node)
+        }
+    }
+
+    /// Opens one HTTP/2 connection to the node (TLS unless `insecure`).
+    pub async fn connect(&self) -> Result<Channel, Error> {
+        let uri = self.uri();
+        let connect_error = |reason: String| Error::Connect {
+            node: self.node.clone(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| Error::Config(format!("invalid node address {:?}: {e}", self.node)))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(8 << 20));
+        if !self.insecure {
+            let ca = std::fs::read_to_string(&self.ca).map_err(|e| {
+                connect_error(format!(
+                    "cannot read its CA certificate {}: {e} (is a node running with that data dir? pass --ca or REEF_CA)",
+                    self.ca.display()
+                ))
+            })?;
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?;
+        }
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_error(error_chain(&e)))
+    }
+}
+
+/// An error and its causes on one line: transport errors hide the useful part
+/// ("connection refused", "invalid peer certificate") in their sources.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,196 @@
+//! A container's open attach stream, as the node sees it.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use reef_proto::{Envelope, Frame, FrameBatcher};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_stream::Stream;
+use tonic::Status;
+
+use crate::{Alias, Limits, NodeStats, PendingRequests};
+
+/// Where the node queues envelopes for one attached container, what that container is
+/// waiting for, and how to close its stream.
+#[derive(Debug)]
+pub struct Attachment {
+    alias: Alias,
+    data: mpsc::Sender<Envelope>,
+    control: mpsc::Sender<Envelope>,
+    /// Requests this container sent and still waits on.
+    pending: Mutex<PendingRequests>,
+    /// Wakes the keeper when an earlier deadline was added.
+    pending_changed: Notify,
+    closer: Mutex<Option<oneshot::Sender<Option<Status>>>>,
+    closed: watch::Sender<bool>,
+    epoch: Instant,
+    last_heard_ms: AtomicU64,
+    envelopes_in: AtomicU64,
+    envelopes_out: AtomicU64,
+}
+
+impl Attachment {
+    /// A new attachment for `alias` and the stream of frames that writes to it.
+    pub(crate) fn open(
+        alias: Alias,
+        limits: &Limits,
+        stats: Arc<NodeStats>,
+    ) -> (Arc<Self>, Outbound) {
+        let (data, data_rx) = mpsc::channel(limits.mailbox_capacity);
+        let (control, control_rx) = mpsc::channel(64);
+        let (closer, close_rx) = oneshot::channel();
+        let attachment = Arc::new(Self {
+            alias,
+            data,
+            control,
+            pending: Mutex::new(PendingRequests::new(limits.max_pending_requests)),
+            pending_changed: Notify::new(),
+            closer: Mutex::new(Some(closer)),
+            closed: watch::Sender::new(false),
+            epoch: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+            envelopes_in: AtomicU64::new(0),
+            envelopes_out: AtomicU64::new(0),
+        });
+        let outbound = Outbound {
+            frames: FrameBatcher::new(control_rx, data_rx, limits.frame),
+            close: close_rx,
+            finished: false,
+            attachment: attachment.clone(),
+            stats,
+        };
+        (attachment, outbound)
+    }
+
+    /// The container's alias.
+    pub fn alias(&self) -> &Alias {
+        &self.alias
+    }
+
+    /// The data lane: envelopes for the container, in order.
+    pub(crate) fn data(&self) -> &mpsc::Sender<Envelope> {
+        &self.data
+    }
+
+    /// The control lane: heartbeats, which overtake queued data.
+    pub(crate) fn control(&self) -> &mpsc::Sender<Envelope> {
+        &self.control
+    }
+
+    /// The requests this container waits on.
+    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, PendingRequests> {
+        // A panic while holding this lock cannot leave the table inconsistent in a way
+        // that matters more than losing the node, so a poisoned lock is used as is.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-arms the deadline timer after an earlier deadline was added.
+    pub(crate) fn deadlines_changed(&self) {
+        self.pending_changed.notify_one();
+    }
+
+    pub(crate) async fn deadlines_notified(&self) {
+        self.pending_changed.notified().await;
+    }
+
+    /// Whether the stream is gone, so envelopes can no longer reach the container.
+    pub fn is_closed(&self) -> bool {
+        self.data.is_closed() || *self.closed.borrow()
+    }
+
+    /// A receiver that turns true once the attachment is closed.
+    pub(crate) fn subscribe_closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    /// Ends the stream: cleanly with `None`, or with an error status the container sees.
+    /// Only the first call has an effect.
+    pub fn close(&self, status: Option<Status>) {
+        let closer = self.closer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(closer) = closer {
+            let _ = closer.send(status);
+            self.closed.send_replace(true);
+        }
+    }
+
+    /// Notes that the container was heard from (any frame counts as a heartbeat).
+    pub(crate) fn heard(&self, envelopes: u64) {
+        self.last_heard_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+        self.envelopes_in.fetch_add(envelopes, Relaxed);
+    }
+
+    /// How long the container has been silent.
+    pub(crate) fn silent_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_heard_ms.load(Relaxed)))
+    }
+
+    pub(crate) fn count_out(&self, envelopes: u64) {
+        self.envelopes_out.fetch_add(envelopes, Relaxed);
+    }
+
+    /// Envelopes received from / delivered to this container.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.envelopes_in.load(Relaxed),
+            self.envelopes_out.load(Relaxed),
+        )
+    }
+}
+
+/// The response stream of `Channel.Attach`: frames for the container until the
+/// attachment closes. Envelopes still queued when it is dropped are dead letters.
+pub struct Outbound {
+    frames: FrameBatcher,
+    close: oneshot::Receiver<Option<Status>>,
+    finished: bool,
+    attachment: Arc<Attachment>,
+    stats: Arc<NodeStats>,
+}
+
+impl Stream for Outbound {
+    type Item = Result<Frame, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(closed) = Pin::new(&mut this.close).poll(cx) {
+            this.finished = true;
+            return Poll::Ready(closed.ok().flatten().map(Err));
+        }
+        match Pin::new(&mut this.frames).poll_next(cx) {
+            Poll::Ready(Some(frame)) => {
+                this.attachment.count_out(frame.envelopes.len() as u64);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let unsent = self.frames.close_and_count_unsent();
+        if unsent > 0 {
+            tracing::debug!(alias = %self.attachment.alias, unsent, "attach stream ended with envelopes queued");
+            self.stats.add_dead_letters(unsent as u64);
+        }
+        self.attachment.close(None);
+    }
+}
+
+use std::future::Future as _;

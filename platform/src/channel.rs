@@ -1,0 +1,83 @@
+//! `reef.v1.Channel`: the data plane.
+
+use std::sync::Arc;
+
+use reef_proto::{ALIAS_METADATA, Frame, LEASE_METADATA, channel_server};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{Inbound, NodeStats, Outbound, Registry, keeper, status::registry_status};
+
+/// Serves `Channel.Attach`: binds a registered alias to a bidirectional stream.
+#[derive(Debug, Clone)]
+pub struct ChannelService {
+    registry: Arc<Registry>,
+    stats: Arc<NodeStats>,
+}
+
+impl ChannelService {
+    /// A channel service routing through `registry`.
+    pub fn new(registry: Arc<Registry>, stats: Arc<NodeStats>) -> Self {
+        Self { registry, stats }
+    }
+}
+
+fn metadata<'a>(request: &'a Request<Streaming<Frame>>, key: &str) -> Result<&'a str, Status> {
+    request
+        .metadata()
+        .get(key)
+        .ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "missing request metadata {key:?}: register first and send the alias and lease"
+            ))
+        })?
+        .to_str()
+        .map_err(|_| Status::invalid_argument(format!("metadata {key:?} is not text")))
+}
+
+#[tonic::async_trait]
+impl channel_server::Channel for ChannelService {
+    type AttachStream = Outbound;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<Outbound>, Status> {
+        let alias = metadata(&request, ALIAS_METADATA)?;
+        let lease = metadata(&request, LEASE_METADATA)?;
+        let (attachment, outbound) = self
+            .registry
+            .attach(alias, lease)
+            .map_err(registry_status)?;
+        tracing::info!(alias = %attachment.alias(), "attached");
+        let mut frames = request.into_inner();
+        let mut inbound = Inbound::new(
+            self.registry.clone(),
+            self.stats.clone(),
+            attachment.clone(),
+        );
+        tokio::spawn(keeper::keep(
+            self.registry.clone(),
+            self.stats.clone(),
+            attachment.clone(),
+        ));
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let mut closed = attachment.subscribe_closed();
+            let (reason, status) = loop {
+                tokio::select! {
+                    frame = frames.message() => match frame {
+                        Ok(Some(frame)) => inbound.route_frame(frame).await,
+                        Ok(None) => break ("stream closed by the container".to_owned(), None),
+                        Err(status) => {
+                            let reason = format!("attach stream failed: {}", status.message());
+                            break (reason.clone(), Some(Status::invalid_argument(reason)));
+                        }
+                    },
+                    _ = closed.changed() => break ("closed by the node".to_owned(), None),
+                }
+            };
+            registry.detach(&attachment, &reason, status);
+        });
+        Ok(Response::new(outbound))
+    }
+}

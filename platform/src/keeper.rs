@@ -1,0 +1,86 @@
+//! The timer side of an attachment: heartbeats out, silence detection, and request
+//! deadlines. One task per attached container.
+
+use std::{sync::Arc, time::Instant};
+
+use reef_proto::{Envelope, EnvelopeKind, ErrorCode};
+use tokio::time::{MissedTickBehavior, interval, sleep_until};
+use tonic::Status;
+
+use crate::{Attachment, NodeStats, Registry, router::node_error};
+
+/// Runs until `attachment` closes: sends a HEARTBEAT every interval on the control lane,
+/// detaches the container after the heartbeat timeout of silence, and answers expired
+/// requests with DEADLINE_EXCEEDED.
+pub(crate) async fn keep(
+    registry: Arc<Registry>,
+    stats: Arc<NodeStats>,
+    attachment: Arc<Attachment>,
+) {
+    let limits = registry.limits().clone();
+    let mut closed = attachment.subscribe_closed();
+    let mut heartbeat = interval(limits.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heartbeat_id = 0u64;
+    loop {
+        if *closed.borrow() {
+            return;
+        }
+        // Far enough ahead to never fire when nothing is pending.
+        let next_deadline = attachment
+            .pending()
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + limits.max_request_timeout * 2);
+        tokio::select! {
+            _ = closed.changed() => {}
+            _ = attachment.deadlines_notified() => {}
+            _ = sleep_until(next_deadline.into()) => expire(&stats, &attachment).await,
+            _ = heartbeat.tick() => {
+                let silence = attachment.silent_for();
+                if silence > limits.heartbeat_timeout {
+                    let reason = format!("missed heartbeats: nothing heard for {} ms", silence.as_millis());
+                    registry.detach(&attachment, &reason, Some(Status::unavailable(reason.clone())));
+                    return;
+                }
+                heartbeat_id += 1;
+                let ping = Envelope {
+                    kind: EnvelopeKind::Heartbeat as i32,
+                    id: heartbeat_id,
+                    destination: attachment.alias().to_string(),
+                    ..Default::default()
+                };
+                // A full control lane means the container stopped reading: silence
+                // detection above deals with it.
+                let _ = attachment.control().try_send(ping);
+            }
+        }
+    }
+}
+
+async fn expire(stats: &NodeStats, attachment: &Attachment) {
+    let expired = attachment.pending().expire(Instant::now());
+    if expired.is_empty() {
+        return;
+    }
+    stats.add_expired(expired.len() as u64);
+    for (id, pending) in expired {
+        let request = Envelope {
+            id,
+            destination: pending.callee.to_string(),
+            ..Default::default()
+        };
+        let message = format!(
+            "no reply from {:?} before the deadline",
+            pending.callee.as_str()
+        );
+        let error = node_error(
+            &request,
+            attachment.alias(),
+            ErrorCode::DeadlineExceeded,
+            message,
+        );
+        if attachment.data().send(error).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The reef runtime: the node's registry and router, its TLS, and the gRPC services that
+//! expose them (`reef.v1.Supervisor`, `reef.v1.Channel`).
+//!
+//! A node is assembled from a [`NodeConfig`] and served until a shutdown signal:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), reef_platform::NodeError> {
+//! use reef_platform::{Node, NodeConfig};
+//!
+//! let config = NodeConfig::new("127.0.0.1:0".parse().unwrap(), "/tmp/reef-data");
+//! let node = Node::bind(config).await?;
+//! println!("listening on {}", node.local_addr());
+//! node.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! See `docs/architecture.md` for how envelopes flow through the [`Inbound`] router.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod alias;
+mod attachment;
+mod channel;
+mod keeper;
+mod lease;
+mod limits;
+mod node;
+mod pending;
+mod pki;
+mod registry;
+mod router;
+mod stats;
+mod status;
+mod supervisor;
+
+pub use self::{
+    alias::{Alias, InvalidAlias, MAX_ALIAS_LEN},
+    attachment::{Attachment, Outbound},
+    channel::ChannelService,
+    limits::Limits,
+    node::{Node, NodeConfig, NodeError},
+    pending::{Pending, PendingError, PendingRequests},
+    pki::{CertifiedKey, Pki, PkiError},
+    registry::{
+        ContainerSnapshot, ContainerSpec, EventKind, Registry, RegistryError, RegistryEvent,
+    },
+    router::Inbound,
+    stats::NodeStats,
+    supervisor::{NodeIdentity, SupervisorService},
+};

@@ -1,0 +1,263 @@
+//! A node: the registry and router behind one TLS gRPC port, plus a plaintext health
+//! port for Kubernetes probes.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use reef_proto::{channel_server::ChannelServer, supervisor_server::SupervisorServer};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{
+    Status,
+    transport::{Identity, Server, ServerTlsConfig},
+};
+use tonic_health::ServingStatus;
+
+use crate::{
+    ChannelService, Limits, NodeIdentity, NodeStats, Pki, PkiError, Registry, SupervisorService,
+};
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name.
+    pub name: String,
+    /// The TLS gRPC address (port 0 = any free port).
+    pub listen: SocketAddr,
+    /// The plaintext health address, if any.
+    pub health_listen: Option<SocketAddr>,
+    /// Where certificates and state live.
+    pub data_dir: PathBuf,
+    /// Serve plaintext gRPC instead of TLS. Only for explicit `--insecure`.
+    pub insecure: bool,
+    /// Extra DNS names or IPs the server certificate must cover.
+    pub tls_names: Vec<String>,
+    /// Sizes, queues and timeouts.
+    pub limits: Limits,
+    /// How long to wait for streams to end after a shutdown signal.
+    pub drain_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node listening on `listen` with data in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            name: "reef-node".to_owned(),
+            listen,
+            health_listen: None,
+            data_dir: data_dir.into(),
+            insecure: false,
+            tls_names: Vec::new(),
+            limits: Limits::default(),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The CA certificate clients must trust: `DATA/tls/ca.pem`.
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.pem")
+    }
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listening address is taken or not permitted.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The certificates could not be created or loaded.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// Server reflection could not be set up from the descriptors.
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A node whose ports are bound; [`Node::run`] serves them.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    pki: Arc<Pki>,
+    registry: Arc<Registry>,
+    stats: Arc<NodeStats>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })
+}
+
+impl Node {
+    /// Binds the node's ports and loads (or creates) its certificates.
+    pub async fn bind(config: NodeConfig) -> Result<Self, NodeError> {
+        let listener = bind(config.listen).await?;
+        let health_listener = match config.health_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        let ip = config.listen.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            names.push(ip.to_string());
+        }
+        names.extend(config.tls_names.iter().cloned());
+        let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"), &names)?);
+        let stats = Arc::new(NodeStats::default());
+        let registry = Registry::new(config.limits.clone(), stats.clone());
+        Ok(Self {
+            config,
+            listener,
+            health_listener,
+            pki,
+            registry,
+            stats,
+        })
+    }
+
+    /// The bound TLS gRPC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The bound plaintext health address, if any.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The registry, for embedding a node in-process.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, closes every attach
+    /// stream with UNAVAILABLE and waits up to the drain timeout for streams to end.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let listen = self.local_addr();
+        let limits = &self.config.limits;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let supervisor = SupervisorServer::new(SupervisorService::new(
+            self.registry.clone(),
+            self.stats.clone(),
+            self.pki.clone(),
+            NodeIdentity {
+                name: self.config.name.clone(),
+                listen,
+                started: Instant::now(),
+            },
+        ))
+        .max_decoding_message_size(1 << 20);
+        let channel = ChannelServer::new(ChannelService::new(
+            self.registry.clone(),
+            self.stats.clone(),
+        ))
+        .max_decoding_message_size(limits.max_frame_bytes)
+        .max_encoding_message_size(limits.max_frame_bytes);
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(reef_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        health.set_service_status("", ServingStatus::Serving).await;
+        health
+            .set_serving::<SupervisorServer<SupervisorService>>()
+            .await;
+        health.set_serving::<ChannelServer<ChannelService>>().await;
+
+        let mut server = Server::builder()
+            // Small envelopes must not wait for Nagle.
+            .tcp_nodelay(true)
+            // Unary calls get a bounded time to answer; streams are bounded by heartbeats.
+            .timeout(Duration::from_secs(30))
+            // Finds dead peers whose TCP connection never closed.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_concurrent_streams(Some(1024));
+        if !self.config.insecure {
+            let certified = self.pki.server();
+            server = server.tls_config(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&certified.cert_pem, &certified.key_pem)),
+            )?;
+        }
+        let router = server
+            .add_service(health_service.clone())
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(supervisor)
+            .add_service(channel);
+
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let mut main = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(self.listener),
+            until_stopped(stopped.clone()),
+        ));
+        let health_task = self.health_listener.map(|listener| {
+            tokio::spawn(
+                Server::builder()
+                    .add_service(health_service)
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        until_stopped(stopped.clone()),
+                    ),
+            )
+        });
+        tracing::info!(%listen, tls = !self.config.insecure, "node serving");
+
+        tokio::select! {
+            _ = shutdown => {}
+            result = &mut main => {
+                return match result {
+                    Ok(served) => served.map_err(NodeError::from),
+                    Err(panic) => {
+                        tracing::error!(%panic, "gRPC server task ended");
+                        Ok(())
+                    }
+                };
+            }
+        }
+        tracing::info!("shutting down: draining attach streams");
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let _ = stop.send(true);
+        self.registry
+            .close_all(Status::unavailable("the node is shutting down"));
+        let drained = tokio::time::timeout(self.config.drain_timeout, async {
+            let _ = (&mut main).await;
+            if let Some(health_task) = health_task {
+                let _ = health_task.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(timeout = ?self.config.drain_timeout, "drain timed out; closing remaining connections");
+            main.abort();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! The routing core: what happens to each envelope a container sends.
+//!
+//! ```text
+//!   container A ──Attach──▶ Inbound(A) ──SEND/REQUEST──▶ mailbox of B ──Attach──▶ B
+//!                      ▲                                                        │
+//!                      └──── mailbox of A ◀──REPLY/ERROR (by correlation) ◀─────┘
+//! ```
+//!
+//! SEND and REQUEST go to the mailbox of their destination alias. A REQUEST is also
+//! recorded in the caller's pending table with its deadline, so that REPLY / ERROR /
+//! PROGRESS are accepted only from the callee and the caller hears DEADLINE_EXCEEDED
+//! from the node when nobody answers. Whatever cannot be delivered is a dead letter and,
+//! where someone is waiting, an ERROR to the sender.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use reef_proto::{Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame};
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::{Alias, Attachment, Limits, NodeStats, Pending, PendingError, Registry};
+
+/// Cached routes per inbound stream before the cache is reset.
+const MAX_CACHED_ROUTES: usize = 4096;
+
+/// Routes the envelopes one attached container sends.
+pub struct Inbound {
+    registry: Arc<Registry>,
+    stats: Arc<NodeStats>,
+    from: Arc<Attachment>,
+    /// Destination mailboxes this stream used recently: the registry's lock is taken
+    /// only on a miss or after the cached attachment closed.
+    routes: HashMap<String, Arc<Attachment>>,
+}
+
+/// Why an envelope could not be queued for its receiver.
+enum Undelivered {
+    /// The receiver's stream is gone.
+    Gone,
+    /// The receiver's mailbox stayed full for the enqueue timeout.
+    Full,
+}
+
+impl Inbound {
+    /// Routes for the container behind `from`.
+    pub fn new(registry: Arc<Registry>, stats: Arc<NodeStats>, from: Arc<Attachment>) -> Self {
+        Self {
+            registry,
+            stats,
+            from,
+            routes: HashMap::new(),
+        }
+    }
+
+    fn limits(&self) -> &Limits {
+        self.registry.limits()
+    }
+
+    /// Routes every envelope of `frame`, in order.
+    pub async fn route_frame(&mut self, frame: Frame) {
+        let count = frame.envelopes.len() as u64;
+        self.from.heard(count);
+        for envelope in frame.envelopes {
+            self.route(envelope).await;
+        }
+        self.stats.add_routed(count);
+    }
+
+    async fn route(&mut self, mut envelope: Envelope) {
+        // The stream's alias is the origin, whatever the envelope claims.
+        envelope.origin.clear();
+        envelope.origin.push_str(self.from.alias().as_str());
+        let kind = envelope.kind();
+        if envelope.payload.len() > self.limits().max_payload_bytes
+            && kind != EnvelopeKind::Heartbeat
+        {
+            return self.refuse_oversized(envelope, kind).await;
+        }
+        match kind {
+            EnvelopeKind::Send => self.route_send(envelope).await,
+            EnvelopeKind::Request => self.route_request(envelope).await,
+            EnvelopeKind::Reply | EnvelopeKind::Error | EnvelopeKind::Progress => {
+                self.route_answer(envelope, kind).await
+            }
+            EnvelopeKind::Heartbeat => self.answer_heartbeat(envelope),
+            EnvelopeKind::Unspecified => {
+                let message = "envelope kind is unspecified or unknown".to_owned();
+                self.refuse(&envelope, ErrorCode::InvalidArgument, message)
+                    .await
+            }
+        }
+    }
+
+    async fn route_send(&mut self, envelope: Envelope) {
+        let Some(receiver) = self.resolve(&envelope.destination) else {
+            return self.dead_letter_unknown(envelope).await;
+        };
+        if let Err((undelivered, envelope)) = self.deliver(&receiver, envelope).await {
+            self.refuse_undelivered(envelope, undelivered).await;
+        }
+    }
+
+    async fn route_request(&mut self, mut envelope: Envelope) {
+        let Some(callee) = self.resolve(&envelope.destination) else {
+            return self.dead_letter_unknown(envelope).await;
+        };
+        let limits = self.limits();
+        let budget = match envelope.deadline_ms {
+            0 => limits.default_request_timeout,
+            ms => std::time::Duration::from_millis(ms.into()).min(limits.max_request_timeout),
+        };
+        let pending = Pending {
+            deadline: Instant::now() + budget,
+            callee: callee.alias().clone(),
+        };
+        let id = envelope.id;
+        let tracked = self.from.pending().insert(id, pending);
+        match tracked {
+            Ok(true) => self.from.deadlines_changed(),
+            Ok(false) => {}
+            Err(PendingError::Duplicate) => {
+                let message = format!("request id {id} is already in flight");
+                return self
+                    .refuse(&envelope, ErrorCode::InvalidArgument, message)
+                    .await;
+            }
+            Err(PendingError::Full) => {
+                let message = format!(
+                    "too many requests in flight (limit {})",
+                    self.limits().max_pending_requests
+                );
+                return self
+                    .refuse(&envelope, ErrorCode::ResourceExhausted, message)
+                    .await;
+            }
+        }
+        envelope.deadline_ms = budget.as_millis().min(u32::MAX as u128) as u32;
+        if let Err((undelivered, envelope)) = self.deliver(&callee, envelope).await {
+            self.from.pending().forget(id);
+            self.refuse_undelivered(envelope, undelivered).await;
+        }
+    }
+
+    /// REPLY, ERROR and PROGRESS go back to the caller only while it waits for them.
+    async fn route_answer(&mut self, envelope: Envelope, kind: EnvelopeKind) {
+        let Some(caller) = self.resolve(&envelope.destination) else {
+            tracing::debug!(to = %envelope.destination, "answer for a caller that is gone");
+            return self.stats.add_dead_letters(1);
+        };
+        let callee = self.from.alias().as_str();
+        let awaited = if kind == EnvelopeKind::Progress {
+            caller.pending().awaits(envelope.correlation_id, callee)
+        } else {
+            caller
+                .pending()
+                .complete(envelope.correlation_id, callee)
+                .is_some()
+        };
+        if !awaited {
+            tracing::debug!(to = %envelope.destination, id = envelope.correlation_id, "late or unexpected answer");
+            return self.stats.add_dead_letters(1);
+        }
+        if self.deliver(&caller, envelope).await.is_err() {
+            self.stats.add_dead_letters(1);
+        }
+    }
+
+    /// A container-initiated heartbeat (correlation 0) is answered on the control lane;
+    /// an answer to the node's heartbeat needs nothing: hearing it was the point.
+    fn answer_heartbeat(&self, envelope: Envelope) {
+        if envelope.correlation_id == 0 {
+            let answer = Envelope {
+                kind: EnvelopeKind::Heartbeat as i32,
+                correlation_id: envelope.id,
+                destination: envelope.origin,
+                ..Default::default()
+            };
+            // A full control lane means the container is not reading; its keepalive
+            // will notice, so the answer can be dropped.
+            let _ = self.from.control().try_send(answer);
+        }
+    }
+
+    fn resolve(&mut self, alias: &str) -> Option<Arc<Attachment>> {
+        if let Some(cached) = self.routes.get(alias) {
+            if !cached.is_closed() {
+                return Some(cached.clone());
+            }
+            self.routes.remove(alias);
+        }
+        let found = self.registry.lookup(alias)?;
+        if self.routes.len() >= MAX_CACHED_ROUTES {
+            self.routes.clear();
+        }
+        self.routes.insert(alias.to_owned(), found.clone());
+        Some(found)
+    }
+
+    /// Queues `envelope` for `receiver`, waiting up to the enqueue timeout for room.
+    async fn deliver(
+        &self,
+        receiver: &Attachment,
+        envelope: Envelope,
+    ) -> Result<(), (Undelivered, Envelope)> {
+        match receiver.data().try_send(envelope) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(envelope)) => Err((Undelivered::Gone, envelope)),
+            Err(TrySendError::Full(envelope)) => {
+                let timeout = self.limits().enqueue_timeout;
+                match tokio::time::timeout(timeout, receiver.data().reserve()).await {
+                    Ok(Ok(permit)) => {
+                        permit.send(envelope);
+                        Ok(())
+                    }
+                    Ok(Err(_)) => Err((Undelivered::Gone, envelope)),
+                    Err(_) => Err((Undelivered::Full, envelope)),
+                }
+            }
+        }
+    }
+
+    async fn dead_letter_unknown(&self, envelope: Envelope) {
+        self.stats.add_dead_letters(1);
+        let message = format!("no container is registered as {:?}", envelope.destination);
+        self.refuse(&envelope, ErrorCode::NotFound, message).await;
+    }
+
+    async fn refuse_undelivered(&self, envelope: Envelope, undelivered: Undelivered) {
+        self.stats.add_dead_letters(1);
+        let (code, message) = match undelivered {
+            Undelivered::Gone => (
+                ErrorCode::NotFound,
+                format!("{:?} detached before delivery", envelope.destination),
+            ),
+            Undelivered::Full => (
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the mailbox of {:?} stayed full for {:?}",
+                    envelope.destination,
+                    self.limits().enqueue_timeout
+                ),
+            ),
+        };
+        self.refuse(&envelope, code, message).await;
+    }
+
+    /// An oversized SEND or REQUEST is refused to its sender; an oversized answer
+    /// becomes an ERROR for the caller that waits for it.
+    async fn refuse_oversized(&mut self, envelope: Envelope, kind: EnvelopeKind) {
+        self.stats.add_dead_letters(1);
+        let message = format!(
+            "payload of {} bytes exceeds the limit of {} bytes",
+            envelope.payload.len(),
+            self.limits().max_payload_bytes
+        );
+        match kind {
+            EnvelopeKind::Reply | EnvelopeKind::Error | EnvelopeKind::Progress => {
+                let error = Envelope {
+                    kind: EnvelopeKind::Error as i32,
+                    correlation_id: envelope.correlation_id,
+                    origin: envelope.origin,
+                    destination: envelope.destination,
+                    error: Some(WireError {
+                        code: ErrorCode::ResourceExhausted as i32,
+                        r#type: String::new(),
+                        message,
+                    }),
+                    ..Default::default()
+                };
+                self.route_answer(error, EnvelopeKind::Error).await;
+            }
+            _ => {
+                self.refuse(&envelope, ErrorCode::ResourceExhausted, message)
+                    .await
+            }
+        }
+    }
+
+    /// Answers `envelope`'s sender with an ERROR correlated to it.
+    async fn refuse(&self, envelope: &Envelope, code: ErrorCode, message: String) {
+        tracing::debug!(from = %self.from.alias(), to = %envelope.destination, ?code, %message, "refused");
+        let error = node_error(envelope, self.from.alias(), code, message);
+        if self.deliver(&self.from, error).await.is_err() {
+            self.stats.add_dead_letters(1);
+        }
+    }
+}
+
+/// An ERROR from the node to `to`, answering `envelope`.
+pub(crate) fn node_error(
+    envelope: &Envelope,
+    to: &Alias,
+    code: ErrorCode,
+    message: String,
+) -> Envelope {
+    Envelope {
+        kind: EnvelopeKind::Error as i32,
+        correlation_id: envelope.id,
+        origin: envelope.destination.clone(),
+        destination: to.to_string(),
+        error: Some(WireError {
+            code: code as i32,
+            r#type: String::new(),
+            message,
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,43 @@
+//! Node-wide counters.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters the node keeps for `Supervisor.Info`, metrics and tests.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    routed: AtomicU64,
+    dead_letters: AtomicU64,
+    requests_expired: AtomicU64,
+}
+
+impl NodeStats {
+    /// Envelopes accepted from attach streams.
+    pub fn add_routed(&self, n: u64) {
+        self.routed.fetch_add(n, Relaxed);
+    }
+
+    /// Envelopes that could not be delivered.
+    pub fn add_dead_letters(&self, n: u64) {
+        self.dead_letters.fetch_add(n, Relaxed);
+    }
+
+    /// Requests the node answered with DEADLINE_EXCEEDED.
+    pub fn add_expired(&self, n: u64) {
+        self.requests_expired.fetch_add(n, Relaxed);
+    }
+
+    /// Envelopes accepted so far.
+    pub fn routed(&self) -> u64 {
+        self.routed.load(Relaxed)
+    }
+
+    /// Envelopes lost so far.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Relaxed)
+    }
+
+    /// Requests expired so far.
+    pub fn requests_expired(&self) -> u64 {
+        self.requests_expired.load(Relaxed)
+    }
+}

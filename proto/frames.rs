@@ -1,0 +1,215 @@
+//! Turning two queues of envelopes into a stream of [`Frame`]s.
+//!
+//! Both ends of an attach stream write the same way: a small control lane (heartbeats)
+//! that overtakes a bounded data lane, drained in batches so that one frame, one HTTP/2
+//! DATA frame and one TLS record carry many envelopes.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+
+use crate::{Envelope, Frame};
+
+/// How large a frame may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameLimits {
+    /// Envelopes per frame.
+    pub max_envelopes: usize,
+    /// Encoded bytes per frame; a single larger envelope still travels, alone.
+    pub max_bytes: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        Self {
+            max_envelopes: 512,
+            max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A stream of frames drained from a control lane and a data lane.
+///
+/// The stream ends when the data lane is closed and empty; a closed control lane only
+/// stops heartbeats.
+#[derive(Debug)]
+pub struct FrameBatcher {
+    control: Option<mpsc::Receiver<Envelope>>,
+    data: mpsc::Receiver<Envelope>,
+    /// Envelopes taken from the data lane that did not fit in the previous frame.
+    carry: VecDeque<Envelope>,
+    limits: FrameLimits,
+    data_closed: bool,
+}
+
+impl FrameBatcher {
+    /// Batches `control` (drained first) and `data` into frames within `limits`.
+    pub fn new(
+        control: mpsc::Receiver<Envelope>,
+        data: mpsc::Receiver<Envelope>,
+        limits: FrameLimits,
+    ) -> Self {
+        Self {
+            control: Some(control),
+            data,
+            carry: VecDeque::new(),
+            limits,
+            data_closed: false,
+        }
+    }
+
+    /// Closes the data lane and returns how many envelopes were still queued: they will
+    /// never be written, and the caller decides what that means (dead letters).
+    pub fn close_and_count_unsent(&mut self) -> usize {
+        self.data.close();
+        let mut unsent = self.carry.len();
+        self.carry.clear();
+        while self.data.try_recv().is_ok() {
+            unsent += 1;
+        }
+        unsent
+    }
+
+    fn fill_from_control(&mut self, cx: &mut Context<'_>, batch: &mut Vec<Envelope>) {
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
+        while batch.len() < self.limits.max_envelopes {
+            match control.poll_recv(cx) {
+                Poll::Ready(Some(envelope)) => batch.push(envelope),
+                Poll::Ready(None) => {
+                    self.control = None;
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    /// Moves envelopes from `batch[from..]` that overflow the byte budget into `carry`.
+    fn enforce_byte_budget(&mut self, batch: &mut Vec<Envelope>) {
+        let mut bytes = 0;
+        let mut keep = batch.len();
+        for (index, envelope) in batch.iter().enumerate() {
+            bytes += envelope.encoded_len();
+            if bytes > self.limits.max_bytes && index > 0 {
+                keep = index;
+                break;
+            }
+        }
+        for envelope in batch.drain(keep..).rev() {
+            self.carry.push_front(envelope);
+        }
+    }
+}
+
+impl Stream for FrameBatcher {
+    type Item = Frame;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let this = &mut *self;
+        let mut batch = Vec::new();
+        this.fill_from_control(cx, &mut batch);
+        while batch.len() < this.limits.max_envelopes {
+            match this.carry.pop_front() {
+                Some(envelope) => batch.push(envelope),
+                None => break,
+            }
+        }
+        let room = this.limits.max_envelopes.saturating_sub(batch.len());
+        if room > 0 && !this.data_closed {
+            if let Poll::Ready(0) = this.data.poll_recv_many(cx, &mut batch, room) {
+                this.data_closed = true;
+            }
+        }
+        if batch.is_empty() {
+            return if this.data_closed && this.carry.is_empty() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            };
+        }
+        this.enforce_byte_budget(&mut batch);
+        Poll::Ready(Some(Frame {
+            envelopes: batch,
+            credit: 0,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt as _;
+
+    fn envelope(id: u64, payload_len: usize) -> Envelope {
+        Envelope {
+            id,
+            payload: vec![0u8; payload_len].into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn control_overtakes_data_and_batches_respect_limits() {
+        let (control_tx, control_rx) = mpsc::channel(8);
+        let (data_tx, data_rx) = mpsc::channel(64);
+        for id in 0..10 {
+            data_tx.send(envelope(id, 10)).await.unwrap();
+        }
+        control_tx.send(envelope(100, 0)).await.unwrap();
+        let limits = FrameLimits {
+            max_envelopes: 4,
+            max_bytes: 1 << 20,
+        };
+        let mut frames = FrameBatcher::new(control_rx, data_rx, limits);
+        let first = frames.next().await.unwrap();
+        let ids: Vec<u64> = first.envelopes.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![100, 0, 1, 2]);
+        drop(data_tx);
+        let rest: Vec<u64> = frames
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flat_map(|f| f.envelopes.into_iter().map(|e| e.id))
+            .collect();
+        assert_eq!(rest, (3..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn byte_budget_splits_frames_but_never_starves_a_large_envelope() {
+        let (_control_tx, control_rx) = mpsc::channel(1);
+        let (data_tx, data_rx) = mpsc::channel(8);
+        data_tx.send(envelope(1, 600)).await.unwrap();
+        data_tx.send(envelope(2, 600)).await.unwrap();
+        data_tx.send(envelope(3, 5000)).await.unwrap();
+        drop(data_tx);
+        let limits = FrameLimits {
+            max_envelopes: 16,
+            max_bytes: 1000,
+        };
+        let sizes: Vec<Vec<u64>> = FrameBatcher::new(control_rx, data_rx, limits)
+            .map(|f| f.envelopes.iter().map(|e| e.id).collect())
+            .collect()
+            .await;
+        assert_eq!(sizes, vec![vec![1], vec![2], vec![3]]);
+    }
+
+    #[tokio::test]
+    async fn unsent_envelopes_are_counted_on_close() {
+        let (_control_tx, control_rx) = mpsc::channel(1);
+        let (data_tx, data_rx) = mpsc::channel(8);
+        for id in 0..3 {
+            data_tx.send(envelope(id, 1)).await.unwrap();
+        }
+        let mut frames = FrameBatcher::new(control_rx, data_rx, FrameLimits::default());
+        assert_eq!(frames.close_and_count_unsent(), 3);
+        assert!(data_tx.send(envelope(9, 1)).await.is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! reef's wire contract: the `reef.v1` protobuf types and gRPC stubs, generated from
+//! `proto/reef/v1/*.proto` by the workspace's `build.rs`.
+//!
+//! Everything here is a wire type. The runtime (`reef-platform`) and the SDK (`reef-sdk`)
+//! convert into their own domain types at their edges; the one exception is [`Envelope`],
+//! which the router forwards as it arrived so that a message is decoded once and encoded
+//! once per hop.
+//!
+//! ```
+//! use reef_proto::{Envelope, EnvelopeKind};
+//!
+//! let hello = Envelope {
+//!     kind: EnvelopeKind::Send as i32,
+//!     id: 1,
+//!     destination: "echo".into(),
+//!     payload: "hello".into(),
+//!     ..Default::default()
+//! };
+//! assert_eq!(hello.kind(), EnvelopeKind::Send);
+//! ```
+#![forbid(unsafe_code)]
+
+mod frames;
+
+/// The generated code; its module path mirrors the protobuf package `reef.v1`.
+pub mod reef {
+    /// Package `reef.v1`.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("reef.v1");
+    }
+}
+
+pub use self::frames::{FrameBatcher, FrameLimits};
+pub use self::reef::v1::*;
+
+/// The encoded `FileDescriptorSet` of `reef.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/reef_descriptor.bin"));
+
+/// Metadata key that names the alias an attach stream belongs to.
+pub const ALIAS_METADATA: &str = "reef-alias";
+/// Metadata key that carries the lease returned by `Supervisor.Register`.
+pub const LEASE_METADATA: &str = "reef-lease";

@@ -1,0 +1,138 @@
+//! The demo project's containers, one behaviour per subcommand:
+//!
+//! - `echo`: a request's reply is its payload;
+//! - `counter`: counts the messages it receives; a request returns the count;
+//! - `ticker`: sends `tick` to a target (default `counter`) every interval.
+//!
+//! The node tells each process its alias and where the node is through `REEF_*`
+//! variables; see `reef_sdk::ContainerOptions::from_env`.
+
+use std::{process::ExitCode, time::Duration};
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use reef_sdk::{Command, ContainerOptions, Context, Handler, HandlerError, Message};
+
+#[derive(Debug, Parser)]
+#[command(about = "reef demo containers")]
+struct Args {
+    #[command(subcommand)]
+    behaviour: Behaviour,
+}
+
+#[derive(Debug, Subcommand)]
+enum Behaviour {
+    /// Replies to every request with its payload.
+    Echo,
+    /// Counts messages; a request returns the count.
+    Counter,
+    /// Sends `tick` to a target at a fixed interval.
+    Ticker {
+        /// Alias that receives the ticks.
+        #[arg(long, default_value = "counter")]
+        target: String,
+        /// Milliseconds between ticks.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    async fn on_request(&mut self, _: &Context, request: Message) -> Result<Bytes, HandlerError> {
+        Ok(request.payload)
+    }
+}
+
+#[derive(Default)]
+struct Counter {
+    count: u64,
+}
+
+impl Handler for Counter {
+    async fn on_message(&mut self, _: &Context, _: Message) {
+        self.count += 1;
+    }
+
+    async fn on_request(&mut self, _: &Context, _: Message) -> Result<Bytes, HandlerError> {
+        Ok(self.count.to_string().into())
+    }
+
+    async fn on_command(&mut self, _: &Context, command: Command) -> Result<Bytes, HandlerError> {
+        match command.name.as_str() {
+            "reset" => {
+                self.count = 0;
+                Ok("0".into())
+            }
+            other => Err(HandlerError::unimplemented(&format!(
+                "the command {other:?}"
+            ))),
+        }
+    }
+}
+
+struct Ticker {
+    target: String,
+    interval: Duration,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Handler for Ticker {
+    async fn on_start(&mut self, ctx: &Context) -> Result<(), HandlerError> {
+        let client = ctx.client().clone();
+        let (target, interval) = (self.target.clone(), self.interval);
+        self.task = Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = client.send(&target, "tick").await {
+                    tracing::warn!(%error, "tick not sent");
+                    return;
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    async fn on_stop(&mut self, _: &Context) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REEF_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let result = match Args::parse().behaviour {
+        Behaviour::Echo => reef_sdk::run(ContainerOptions::from_env("echo"), Echo).await,
+        Behaviour::Counter => {
+            reef_sdk::run(ContainerOptions::from_env("counter"), Counter::default()).await
+        }
+        Behaviour::Ticker {
+            target,
+            interval_ms,
+        } => {
+            let ticker = Ticker {
+                target,
+                interval: Duration::from_millis(interval_ms.max(1)),
+                task: None,
+            };
+            reef_sdk::run(ContainerOptions::from_env("ticker"), ticker).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("reef-demo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! `reefd`, the reef node daemon: parses flags, binds the node, serves until SIGTERM or
+//! Ctrl-C, drains, exits 0. Everything else lives in `reef-platform`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use reef_platform::{Limits, Node, NodeConfig};
+
+/// The reef node daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TLS gRPC address (Supervisor, Channel, health, reflection). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7400", env = "REEF_LISTEN")]
+    listen: SocketAddr,
+    /// Plaintext address serving only grpc.health.v1 (for Kubernetes probes).
+    #[arg(long, default_value = "127.0.0.1:7401", env = "REEF_HEALTH_LISTEN")]
+    health_listen: SocketAddr,
+    /// Do not open the plaintext health port.
+    #[arg(long)]
+    no_health: bool,
+    /// Where the node keeps its CA, certificates and state.
+    #[arg(long, default_value = ".reef", env = "REEF_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Serve plaintext gRPC instead of TLS (never in production).
+    #[arg(long)]
+    insecure: bool,
+    /// The node's name.
+    #[arg(long, default_value = "reef-node")]
+    name: String,
+    /// Extra DNS name or IP for the server certificate (repeatable).
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
+    /// Largest payload routed, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_payload_bytes)]
+    max_payload_bytes: usize,
+    /// Heartbeat interval on attach streams, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_interval_ms: u64,
+    /// Silence after which a container is detached, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    heartbeat_timeout_ms: u64,
+    /// Timeout of requests that set none, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    default_request_timeout_ms: u64,
+    /// Envelopes queued per container before senders wait.
+    #[arg(long, default_value_t = Limits::default().mailbox_capacity)]
+    mailbox_capacity: usize,
+}
+
+impl Args {
+    fn config(&self) -> NodeConfig {
+        let mut config = NodeConfig::new(self.listen, &self.data_dir);
+        config.name = self.name.clone();
+        config.health_listen = (!self.no_health).then_some(self.health_listen);
+        config.insecure = self.insecure;
+        config.tls_names = self.tls_names.clone();
+        config.limits = Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+            default_request_timeout: Duration::from_millis(self.default_request_timeout_ms),
+            mailbox_capacity: self.mailbox_capacity.max(1),
+            ..Limits::default()
+        };
+        config
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REEF_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = args.config();
+    let ca = config.ca_path();
+    let node = match Node::bind(config).await {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("reefd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // One line on stdout, readable by people and by `reef up` / tests (key=value).
+    println!(
+        "reefd ready grpc={} health={} tls={} ca={}",
+        node.local_addr(),
+        node.health_addr()
+            .map_or("off".to_owned(), |a| a.to_string()),
+        if args.insecure { "off" } else { "on" },
+        ca.display()
+    );
+    match node.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("reefd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
