@@ -1,1 +1,343 @@
+//! Shared fixtures for reef's cross-process tests: real `reefd` processes on ephemeral
+//! ports with their own data directories, demo containers as child processes, and
+//! polling with a deadline instead of fixed sleeps.
+//!
+//! Binaries are taken from the cargo target directory the tests were built into, so
+//! build them first (`scripts/test` does: `cargo build --release --bins`).
 
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
+use reef_sdk::ConnectOptions;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// How long a fixture waits for a process to come up.
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+/// The path of a workspace binary built alongside the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (scripts/test does `cargo build --release --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// The workspace root (for scripts, protos and the Python client).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// A child process killed (and reaped) when dropped.
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads `child`'s stdout on a thread and returns the lines as they come.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line starting with `prefix`, up to `timeout`.
+pub fn wait_for_line(lines: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no line starting with {prefix:?} within {timeout:?}"),
+        }
+    }
+}
+
+/// The value of `key=` in a `k=v k=v` line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+/// A real `reefd` process on ephemeral ports, with its own data directory.
+pub struct TestNode {
+    /// The TLS gRPC address.
+    pub addr: SocketAddr,
+    /// The plaintext health address.
+    pub health: SocketAddr,
+    /// The CA clients trust.
+    pub ca: PathBuf,
+    process: ChildGuard,
+    _data: TempDir,
+}
+
+impl TestNode {
+    /// Starts a node with default limits.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a node with extra reefd flags.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(binary("reefd"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--health-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .args(extra)
+            .env("REEF_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("reefd starts");
+        let lines = stdout_lines(&mut child);
+        let process = ChildGuard(child);
+        let ready = wait_for_line(&lines, "reefd ready", STARTUP);
+        let parse = |key| {
+            field(&ready, key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("ready line {ready:?} lacks {key}"))
+        };
+        Self {
+            addr: parse("grpc"),
+            health: parse("health"),
+            ca: data.path().join("tls/ca.pem"),
+            process,
+            _data: data,
+        }
+    }
+
+    /// Options that reach this node over TLS.
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            node: self.addr.to_string(),
+            ca: self.ca.clone(),
+            ..ConnectOptions::default()
+        }
+    }
+
+    /// The node's process.
+    pub fn process(&mut self) -> &mut ChildGuard {
+        &mut self.process
+    }
+
+    /// The node's control plane.
+    pub async fn supervisor(&self) -> SupervisorClient<Channel> {
+        SupervisorClient::new(self.options().connect().await.expect("connect to node"))
+    }
+
+    /// Starts `reef-demo ARGS…` as container `alias` and waits until it is attached.
+    pub async fn spawn_demo(&self, alias: &str, args: &[&str]) -> ChildGuard {
+        let child = Command::new(binary("reef-demo"))
+            .args(args)
+            .env("REEF_NODE", self.addr.to_string())
+            .env("REEF_CA", &self.ca)
+            .env("REEF_ALIAS", alias)
+            .env("REEF_LOG", "warn")
+            .spawn()
+            .expect("reef-demo starts");
+        let guard = ChildGuard(child);
+        self.wait_attached(alias).await;
+        guard
+    }
+
+    /// Polls the registry until `alias` is attached.
+    pub async fn wait_attached(&self, alias: &str) {
+        let mut supervisor = self.supervisor().await;
+        eventually(&format!("{alias} attached"), STARTUP, || {
+            let mut supervisor = supervisor.clone();
+            async move {
+                let list = supervisor.list(ListRequest {}).await.ok()?.into_inner();
+                list.containers
+                    .iter()
+                    .any(|c| c.alias == alias && c.attached)
+                    .then_some(())
+            }
+        })
+        .await;
+        drop(supervisor.list(ListRequest {}).await);
+    }
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A local port nobody listens on (bound, then released).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+/// An attach stream driven by hand, bypassing the SDK, to send what the SDK never
+/// would (oversized payloads, unknown kinds, forged origins) and to watch raw frames.
+pub struct RawAttach {
+    /// The registered alias.
+    pub alias: String,
+    /// The lease from registration.
+    pub lease: String,
+    tx: tokio::sync::mpsc::Sender<reef_proto::Frame>,
+    rx: tonic::Streaming<reef_proto::Frame>,
+}
+
+impl RawAttach {
+    /// Registers `alias` on `node` and attaches by hand.
+    pub async fn open(node: &TestNode, alias: &str) -> Self {
+        let channel = node.options().connect().await.expect("connect");
+        let lease = SupervisorClient::new(channel.clone())
+            .register(reef_proto::RegisterRequest {
+                alias: alias.to_owned(),
+                name: "raw".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .lease;
+        let (tx, frames) = tokio::sync::mpsc::channel(16);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(frames));
+        request.metadata_mut().insert(
+            reef_proto::ALIAS_METADATA,
+            alias.parse().expect("ascii alias"),
+        );
+        request.metadata_mut().insert(
+            reef_proto::LEASE_METADATA,
+            lease.parse().expect("ascii lease"),
+        );
+        let rx = reef_proto::channel_client::ChannelClient::new(channel)
+            .attach(request)
+            .await
+            .expect("attach")
+            .into_inner();
+        Self {
+            alias: alias.to_owned(),
+            lease,
+            tx,
+            rx,
+        }
+    }
+
+    /// Sends one frame holding `envelopes`.
+    pub async fn send(&self, envelopes: Vec<reef_proto::Envelope>) {
+        self.tx
+            .send(reef_proto::Frame {
+                envelopes,
+                credit: 0,
+            })
+            .await
+            .expect("attach stream open");
+    }
+
+    /// The next envelope that is not a heartbeat, within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> reef_proto::Envelope {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let frame = self
+                    .rx
+                    .message()
+                    .await
+                    .expect("stream healthy")
+                    .expect("stream open");
+                if let Some(envelope) = frame
+                    .envelopes
+                    .into_iter()
+                    .find(|e| e.kind() != reef_proto::EnvelopeKind::Heartbeat)
+                {
+                    return envelope;
+                }
+            }
+        })
+        .await
+        .expect("an envelope within the timeout")
+    }
+
+    /// Reads until the node ends the stream and returns how it ended.
+    pub async fn end(&mut self, timeout: Duration) -> Result<(), tonic::Status> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                match self.rx.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err(status),
+                }
+            }
+        })
+        .await
+        .expect("the node ends the stream within the timeout")
+    }
+}

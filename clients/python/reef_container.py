@@ -1,0 +1,200 @@
+"""A minimal reef container in Python, using only stubs generated from proto/.
+
+It does what the Rust SDK does, in plain grpcio: register the alias (the node issues a
+TLS certificate for the container's endpoint), serve reef.v1.Container on that
+endpoint, open the Channel.Attach stream with the alias and lease as metadata, answer
+heartbeats, handle requests and make requests of its own.
+
+Generate the stubs first (scripts/test does it):
+    python -m grpc_tools.protoc -I proto --python_out=OUT --grpc_python_out=OUT proto/reef/v1/*.proto
+"""
+
+import itertools
+import os
+import queue
+import threading
+from concurrent import futures
+
+import grpc
+
+from reef.v1 import (
+    channel_pb2_grpc,
+    container_pb2,
+    container_pb2_grpc,
+    envelope_pb2,
+    supervisor_pb2,
+    supervisor_pb2_grpc,
+)
+
+Kind = envelope_pb2.EnvelopeKind
+
+
+class RemoteError(Exception):
+    """An ERROR envelope: the node or the peer failed the request."""
+
+    def __init__(self, error):
+        super().__init__(f"{envelope_pb2.ErrorCode.Name(error.code)}: {error.message}")
+        self.code = error.code
+        self.type = error.type
+
+
+class _Endpoint(container_pb2_grpc.ContainerServicer):
+    def __init__(self, container):
+        self.container = container
+
+    def Ping(self, request, context):
+        return container_pb2.PingResponse(nonce=request.nonce, alias=self.container.alias)
+
+    def Status(self, request, context):
+        return container_pb2.ContainerStatus(
+            alias=self.container.alias,
+            name=self.container.name,
+            pid=os.getpid(),
+            requests_handled=self.container.requests_handled,
+        )
+
+
+class Container:
+    """One attached alias. `handler(payload: bytes, origin: str) -> bytes` answers requests."""
+
+    def __init__(self, node, ca_path, alias, name, handler=None, parent=""):
+        with open(ca_path, "rb") as f:
+            self.ca = f.read()
+        self.alias, self.name, self.handler = alias, name, handler
+        self.requests_handled = 0
+        self.channel = grpc.secure_channel(node, grpc.ssl_channel_credentials(root_certificates=self.ca))
+        self.supervisor = supervisor_pb2_grpc.SupervisorStub(self.channel)
+        self._ids = itertools.count(1)
+        self._outbox = queue.Queue(maxsize=4096)
+        self._pending = {}
+        self._lock = threading.Lock()
+        self.closed = threading.Event()
+
+        # Bind the endpoint first so its address can be registered, then serve TLS with
+        # the certificate the node issues for it.
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        container_pb2_grpc.add_ContainerServicer_to_server(_Endpoint(self), self.server)
+        granted = self.supervisor.Register(
+            supervisor_pb2.RegisterRequest(
+                alias=alias, name=name, parent=parent, pid=os.getpid(), endpoint=self._reserve_endpoint()
+            ),
+            timeout=10,
+        )
+        self.lease = granted.lease
+        credentials = grpc.ssl_server_credentials(
+            [(granted.endpoint_key_pem.encode(), granted.endpoint_cert_pem.encode())]
+        )
+        self.server.add_secure_port(f"127.0.0.1:{self._port}", credentials)
+        self.server.start()
+
+        responses = channel_pb2_grpc.ChannelStub(self.channel).Attach(
+            self._frames(), metadata=(("reef-alias", alias), ("reef-lease", self.lease))
+        )
+        self._reader = threading.Thread(target=self._read, args=(responses,), daemon=True)
+        self._reader.start()
+
+    def _reserve_endpoint(self):
+        # grpcio cannot start TLS before the certificate exists, and the certificate
+        # needs the address: pick a free port, register it, then bind it.
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self._port = probe.getsockname()[1]
+        return f"127.0.0.1:{self._port}"
+
+    def _frames(self):
+        while True:
+            envelope = self._outbox.get()
+            if envelope is None:
+                return
+            batch = [envelope]
+            while len(batch) < 256:
+                try:
+                    more = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    yield envelope_pb2.Frame(envelopes=batch)
+                    return
+                batch.append(more)
+            yield envelope_pb2.Frame(envelopes=batch)
+
+    def _read(self, responses):
+        try:
+            for frame in responses:
+                for envelope in frame.envelopes:
+                    self._dispatch(envelope)
+        except grpc.RpcError:
+            pass
+        finally:
+            self.closed.set()
+            with self._lock:
+                for slot in self._pending.values():
+                    slot["error"] = ConnectionError("attach stream closed")
+                    slot["done"].set()
+
+    def _dispatch(self, envelope):
+        if envelope.kind == Kind.ENVELOPE_KIND_HEARTBEAT and envelope.correlation_id == 0:
+            self._outbox.put(envelope_pb2.Envelope(kind=Kind.ENVELOPE_KIND_HEARTBEAT, correlation_id=envelope.id))
+        elif envelope.kind in (Kind.ENVELOPE_KIND_REPLY, Kind.ENVELOPE_KIND_ERROR):
+            with self._lock:
+                slot = self._pending.pop(envelope.correlation_id, None)
+            if slot is not None:
+                slot["envelope"] = envelope
+                slot["done"].set()
+        elif envelope.kind == Kind.ENVELOPE_KIND_REQUEST:
+            self.requests_handled += 1
+            try:
+                payload = self.handler(envelope.payload, envelope.origin)
+                answer = envelope_pb2.Envelope(
+                    kind=Kind.ENVELOPE_KIND_REPLY,
+                    correlation_id=envelope.id,
+                    destination=envelope.origin,
+                    payload=payload,
+                )
+            except Exception as error:  # the caller gets the error, typed
+                answer = envelope_pb2.Envelope(
+                    kind=Kind.ENVELOPE_KIND_ERROR,
+                    correlation_id=envelope.id,
+                    destination=envelope.origin,
+                    error=envelope_pb2.Error(
+                        code=envelope_pb2.ErrorCode.ERROR_CODE_UNKNOWN, type=type(error).__name__, message=str(error)
+                    ),
+                )
+            self._outbox.put(answer)
+
+    def request(self, destination, payload, timeout=5.0):
+        """Sends a request and returns the reply's payload, or raises RemoteError."""
+        request_id = next(self._ids)
+        slot = {"done": threading.Event()}
+        with self._lock:
+            self._pending[request_id] = slot
+        self._outbox.put(
+            envelope_pb2.Envelope(
+                kind=Kind.ENVELOPE_KIND_REQUEST,
+                id=request_id,
+                destination=destination,
+                payload=payload,
+                deadline_ms=int(timeout * 1000),
+            )
+        )
+        if not slot["done"].wait(timeout + 0.5):
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise TimeoutError(f"no answer from {destination} within {timeout}s")
+        if "error" in slot:
+            raise slot["error"]
+        envelope = slot["envelope"]
+        if envelope.kind == Kind.ENVELOPE_KIND_ERROR:
+            raise RemoteError(envelope.error)
+        return envelope.payload
+
+    def close(self):
+        try:
+            self.supervisor.Deregister(supervisor_pb2.DeregisterRequest(alias=self.alias, lease=self.lease), timeout=5)
+        except grpc.RpcError:
+            pass
+        self._outbox.put(None)
+        self.server.stop(grace=1)
+        self.channel.close()

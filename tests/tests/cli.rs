@@ -1,0 +1,189 @@
+//! The `reef` CLI as a user runs it: real processes, real output, real exit codes.
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use reef_tests::{ChildGuard, STARTUP, TestNode, binary, stdout_lines, unused_port, wait_for_line};
+
+fn reef(node: &TestNode, args: &[&str]) -> Output {
+    Command::new(binary("reef"))
+        .arg("--node")
+        .arg(node.addr.to_string())
+        .arg("--ca")
+        .arg(&node.ca)
+        .args(args)
+        .output()
+        .expect("reef runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn request_send_ping_and_ps_against_a_running_node() {
+    let node = TestNode::start();
+    let _echo = node.spawn_demo("echo", &["echo"]).await;
+    let _counter = node.spawn_demo("counter", &["counter"]).await;
+
+    let out = reef(&node, &["request", "echo", "hello"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\n");
+
+    let out = reef(&node, &["send", "counter", "hi"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = reef(&node, &["request", "counter", "count", "--timeout", "2s"]);
+    assert_eq!(text(&out.stdout), "1\n");
+
+    let out = reef(&node, &["ping"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("SERVING"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = reef(&node, &["ping", "echo"]);
+    assert!(
+        text(&out.stdout).starts_with("echo answered in"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = reef(&node, &["ps"]);
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains("echo") && listing.contains("counter") && listing.contains("attached"),
+        "{listing}"
+    );
+}
+
+#[tokio::test]
+async fn failures_are_one_line_errors_with_a_nonzero_exit() {
+    let node = TestNode::start();
+    let cases: [(&[&str], &str); 4] = [
+        (&["request", "nobody", "x"], "nobody"),
+        (&["send", "nobody", "x"], "nobody"),
+        (&["ping", "nobody"], "nobody"),
+        (&["request", "echo", "x", "--timeout", "2h"], "unit"),
+    ];
+    for (args, mention) in cases {
+        let out = reef(&node, args);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(mention), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_node_that_is_not_running_is_named_in_a_one_line_error() {
+    let data = tempfile::tempdir().unwrap();
+    let ca = data.path().join("ca.pem");
+    let address = format!("127.0.0.1:{}", unused_port());
+    for ca_exists in [false, true] {
+        if ca_exists {
+            reef_platform::Pki::load_or_create(data.path(), &["localhost".to_owned()]).unwrap();
+        }
+        let out = Command::new(binary("reef"))
+            .args(["--node", &address, "--ca"])
+            .arg(&ca)
+            .args(["request", "echo", "hello"])
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&address), "{stderr}");
+    }
+}
+
+#[test]
+fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
+    let cwd = tempfile::tempdir().unwrap();
+    let child = Command::new(binary("reef"))
+        .current_dir(cwd.path())
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
+        ])
+        .env("REEF_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = ChildGuard(child);
+    let lines = stdout_lines(&mut up.0);
+    let node_line = wait_for_line(&lines, "  node ", STARTUP);
+    let address = node_line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("https://"))
+        .expect("node address")
+        .to_owned();
+    let containers = wait_for_line(&lines, "  containers ", STARTUP);
+    let pids: Vec<u32> = containers
+        .split("(pid ")
+        .skip(1)
+        .map(|rest| rest.split(')').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{containers}");
+    let ca = cwd.path().join(".reef/tls/ca.pem");
+
+    let out = Command::new(binary("reef"))
+        .args(["--node", &address, "--ca"])
+        .arg(&ca)
+        .args(["request", "echo", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "hello\n", "{}", text(&out.stderr));
+    // The ticker ticks the counter every second: the count is a number.
+    let out = Command::new(binary("reef"))
+        .args(["--node", &address, "--ca"])
+        .arg(&ca)
+        .args(["request", "counter", "count"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).trim().parse::<u64>().is_ok(),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let status = up
+        .terminate(Duration::from_secs(20))
+        .expect("reef up exits after SIGTERM");
+    assert!(status.success(), "reef up exited with {status}");
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "container pid {pid} outlived reef up"
+        );
+    }
+}
+
+#[test]
+fn reef_up_rejects_a_bad_project_file_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("bad.toml");
+    std::fs::write(
+        &project,
+        "[project]\nname = 'x'\n[[container]]\nalias = 'has space'\ncommand = ['x']\n",
+    )
+    .unwrap();
+    let out = Command::new(binary("reef"))
+        .current_dir(dir.path())
+        .arg("up")
+        .arg(&project)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("container #1") && stderr.contains("alias"),
+        "{stderr}"
+    );
+}
