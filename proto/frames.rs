@@ -92,7 +92,8 @@ impl FrameBatcher {
         }
     }
 
-    /// Moves envelopes from `batch[from..]` that overflow the byte budget into `carry`.
+    /// Moves the envelopes that overflow the byte budget from the end of `batch` back
+    /// into `carry`, keeping at least one so a large envelope still travels.
     fn enforce_byte_budget(&mut self, batch: &mut Vec<Envelope>) {
         let mut bytes = 0;
         let mut keep = batch.len();
@@ -123,10 +124,11 @@ impl Stream for FrameBatcher {
             }
         }
         let room = this.limits.max_envelopes.saturating_sub(batch.len());
-        if room > 0 && !this.data_closed {
-            if let Poll::Ready(0) = this.data.poll_recv_many(cx, &mut batch, room) {
-                this.data_closed = true;
-            }
+        if room > 0
+            && !this.data_closed
+            && let Poll::Ready(0) = this.data.poll_recv_many(cx, &mut batch, room)
+        {
+            this.data_closed = true;
         }
         if batch.is_empty() {
             return if this.data_closed && this.carry.is_empty() {

@@ -73,6 +73,12 @@ impl fmt::Display for Alias {
     }
 }
 
+impl std::borrow::Borrow<str> for Alias {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,11 +97,5 @@ mod tests {
         }
         let long = "a".repeat(MAX_ALIAS_LEN + 1);
         assert!(Alias::parse(&long).unwrap_err().reason.contains("longer"));
-    }
-}
-
-impl std::borrow::Borrow<str> for Alias {
-    fn borrow(&self) -> &str {
-        &self.0
     }
 }

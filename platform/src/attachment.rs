@@ -1,6 +1,7 @@
 //! A container's open attach stream, as the node sees it.
 
 use std::{
+    future::Future as _,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -192,5 +193,3 @@ impl Drop for Outbound {
         self.attachment.close(None);
     }
 }
-
-use std::future::Future as _;

@@ -179,10 +179,10 @@ impl Registry {
             if entries.contains_key(&alias) {
                 return Err(RegistryError::AlreadyRegistered(alias.to_string()));
             }
-            if let Some(parent) = &registration.spec.parent {
-                if ancestors_include(&entries, parent, &alias) {
-                    return Err(RegistryError::ParentCycle(alias.to_string()));
-                }
+            if let Some(parent) = &registration.spec.parent
+                && ancestors_include(&entries, parent, &alias)
+            {
+                return Err(RegistryError::ParentCycle(alias.to_string()));
             }
             if entries.len() >= self.limits.max_containers {
                 return Err(RegistryError::Full(entries.len()));

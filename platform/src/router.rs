@@ -62,7 +62,7 @@ impl Inbound {
         for envelope in frame.envelopes {
             self.route(envelope).await;
         }
-        self.stats.add_routed(count);
+        self.stats.add_frame(count);
     }
 
     async fn route(&mut self, mut envelope: Envelope) {

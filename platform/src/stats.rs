@@ -5,15 +5,22 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Counters the node keeps for `Supervisor.Info`, metrics and tests.
 #[derive(Debug, Default)]
 pub struct NodeStats {
+    frames: AtomicU64,
     routed: AtomicU64,
     dead_letters: AtomicU64,
     requests_expired: AtomicU64,
 }
 
 impl NodeStats {
-    /// Envelopes accepted from attach streams.
-    pub fn add_routed(&self, n: u64) {
-        self.routed.fetch_add(n, Relaxed);
+    /// A frame of `envelopes` accepted from an attach stream.
+    pub fn add_frame(&self, envelopes: u64) {
+        self.frames.fetch_add(1, Relaxed);
+        self.routed.fetch_add(envelopes, Relaxed);
+    }
+
+    /// Frames accepted so far (envelopes / frames = how well senders batch).
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Relaxed)
     }
 
     /// Envelopes that could not be delivered.

@@ -191,6 +191,7 @@ impl supervisor_server::Supervisor for SupervisorService {
             envelopes_routed: self.stats.routed(),
             dead_letters: self.stats.dead_letters(),
             requests_expired: self.stats.requests_expired(),
+            frames_received: self.stats.frames(),
         }))
     }
 

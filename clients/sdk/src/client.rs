@@ -163,7 +163,7 @@ impl Client {
             lost: Mutex::new(None),
         });
         tokio::spawn(read(frames, dispatch.clone(), inbox));
-        let certificate = (!granted.endpoint_cert_pem.is_empty()).then(|| EndpointCertificate {
+        let certificate = (!granted.endpoint_cert_pem.is_empty()).then_some(EndpointCertificate {
             cert_pem: granted.endpoint_cert_pem,
             key_pem: granted.endpoint_key_pem,
         });

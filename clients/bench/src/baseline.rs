@@ -1,0 +1,176 @@
+//! The baseline: raw tonic over TLS in this process, no reef in the path.
+//!
+//! - bidi echo: one stream, every message its own gRPC message (what tonic gives a user
+//!   who streams without batching), echoed by the server, unlimited in flight;
+//! - unary: a trivial call, `in_flight` tasks sharing one channel, and one task for latency.
+
+use std::{pin::Pin, time::Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use reef_proto::{
+    Envelope, Frame,
+    channel_client::ChannelClient,
+    channel_server::{Channel, ChannelServer},
+    container_client::ContainerClient,
+    container_server::{Container, ContainerServer},
+};
+use reef_sdk::ConnectOptions;
+use tokio::net::TcpListener;
+use tokio_stream::{Stream, StreamExt as _, wrappers::TcpListenerStream};
+use tonic::{
+    Request, Response, Status, Streaming,
+    transport::{Identity, Server, ServerTlsConfig},
+};
+
+use crate::{MEASUREMENT_TIMEOUT, report};
+
+/// Echoes every frame back as it arrives.
+struct EchoFrames;
+
+#[tonic::async_trait]
+impl Channel for EchoFrames {
+    type AttachStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Ok(Response::new(Box::pin(request.into_inner())))
+    }
+}
+
+/// Answers Ping and nothing else.
+struct PingOnly;
+
+#[tonic::async_trait]
+impl Container for PingOnly {
+    async fn ping(
+        &self,
+        request: Request<reef_proto::PingRequest>,
+    ) -> Result<Response<reef_proto::PingResponse>, Status> {
+        Ok(Response::new(reef_proto::PingResponse {
+            nonce: request.into_inner().nonce,
+            alias: String::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<reef_proto::StatusRequest>,
+    ) -> Result<Response<reef_proto::ContainerStatus>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn command(
+        &self,
+        _: Request<reef_proto::CommandRequest>,
+    ) -> Result<Response<reef_proto::CommandResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+}
+
+/// A raw tonic TLS server in this process.
+pub struct Baseline {
+    options: ConnectOptions,
+    _data: tempfile::TempDir,
+}
+
+impl Baseline {
+    /// Serves the baseline services on an ephemeral loopback port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let pki = reef_platform::Pki::load_or_create(
+            data.path(),
+            &["127.0.0.1".to_owned(), "localhost".to_owned()],
+        )?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let identity = Identity::from_pem(&pki.server().cert_pem, &pki.server().key_pem);
+        let server = Server::builder()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(8 << 20))
+            .tls_config(ServerTlsConfig::new().identity(identity))?
+            .add_service(ChannelServer::new(EchoFrames))
+            .add_service(ContainerServer::new(PingOnly));
+        tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener)));
+        Ok(Self {
+            options: ConnectOptions {
+                node: addr.to_string(),
+                ca: data.path().join("ca.pem"),
+                ..ConnectOptions::default()
+            },
+            _data: data,
+        })
+    }
+
+    /// Messages per second through a bidi echo stream, one message per gRPC message.
+    pub async fn bidi_echo(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
+        let channel = self.options.connect().await?;
+        let frame = Frame {
+            envelopes: vec![Envelope {
+                kind: reef_proto::EnvelopeKind::Send as i32,
+                destination: "sink".into(),
+                payload,
+                ..Default::default()
+            }],
+            credit: 0,
+        };
+        let outgoing = tokio_stream::iter((0..messages).map(move |_| frame.clone()));
+        let started = Instant::now();
+        let mut echoed = ChannelClient::new(channel)
+            .attach(outgoing)
+            .await?
+            .into_inner();
+        let mut received = 0;
+        tokio::time::timeout(MEASUREMENT_TIMEOUT, async {
+            while received < messages {
+                echoed.next().await.context("echo stream ended early")??;
+                received += 1;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("baseline bidi echo timed out")??;
+        Ok(messages as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Unary calls per second with `in_flight` tasks on one channel.
+    pub async fn unary(&self, calls: u64, in_flight: usize) -> anyhow::Result<f64> {
+        let client = ContainerClient::new(self.options.connect().await?);
+        let per_task = calls / in_flight as u64;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|_| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    for nonce in 0..per_task {
+                        client.ping(reef_proto::PingRequest { nonce }).await?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        Ok((per_task * in_flight as u64) as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Latency of sequential unary calls, in microseconds.
+    pub async fn unary_latency(&self, samples: u64) -> anyhow::Result<Histogram<u64>> {
+        let mut client = ContainerClient::new(self.options.connect().await?);
+        for nonce in 0..samples.min(1000) {
+            client.ping(reef_proto::PingRequest { nonce }).await?;
+        }
+        let mut histogram = report::histogram();
+        for nonce in 0..samples {
+            let started = Instant::now();
+            client.ping(reef_proto::PingRequest { nonce }).await?;
+            histogram.record(started.elapsed().as_micros() as u64)?;
+        }
+        Ok(histogram)
+    }
+}

@@ -1,0 +1,157 @@
+//! The routed figures: containers in this process, the node in a reefd process, every
+//! envelope going container → node → container over TLS.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
+use reef_sdk::{Client, ContainerOptions, Context, Handler, HandlerError, Message};
+
+use crate::{MEASUREMENT_TIMEOUT, node::BenchNode, report};
+
+const SINK: &str = "bench-sink";
+const ECHO: &str = "bench-echo";
+
+/// Counts messages; a request returns the count since the last request.
+#[derive(Default)]
+struct Sink {
+    count: u64,
+}
+
+impl Handler for Sink {
+    async fn on_message(&mut self, _: &Context, _: Message) {
+        self.count += 1;
+    }
+
+    async fn on_request(&mut self, _: &Context, _: Message) -> Result<Bytes, HandlerError> {
+        Ok(std::mem::take(&mut self.count).to_string().into())
+    }
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    async fn on_request(&mut self, _: &Context, request: Message) -> Result<Bytes, HandlerError> {
+        Ok(request.payload)
+    }
+}
+
+/// The containers and the client of the routed figures.
+pub struct Routed {
+    client: Client,
+    containers: Vec<tokio::task::JoinHandle<Result<(), reef_sdk::Error>>>,
+}
+
+impl Routed {
+    /// Attaches a sink and an echo container, and a client, to `node`.
+    pub async fn start(node: &BenchNode) -> anyhow::Result<Self> {
+        let options = |alias: &str| ContainerOptions {
+            alias: alias.to_owned(),
+            name: alias.to_owned(),
+            parent: None,
+            connect: node.options.clone(),
+            endpoint_host: "127.0.0.1".to_owned(),
+            labels: Default::default(),
+        };
+        let containers = vec![
+            tokio::spawn(reef_sdk::run(options(SINK), Sink::default())),
+            tokio::spawn(reef_sdk::run(options(ECHO), Echo)),
+        ];
+        let mut supervisor = SupervisorClient::new(node.options.connect().await?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = supervisor
+                .list(ListRequest {})
+                .await?
+                .into_inner()
+                .containers;
+            let attached = |alias| listed.iter().any(|c| c.alias == alias && c.attached);
+            if attached(SINK) && attached(ECHO) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("bench containers did not attach");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let client = Client::connect(&node.options).await?;
+        Ok(Self { client, containers })
+    }
+
+    /// Sends per second, client → node → sink. The clock stops when a request queued
+    /// behind the last send is answered, so every send has been handled.
+    pub async fn sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
+        self.client.request(SINK, "", MEASUREMENT_TIMEOUT).await?;
+        let started = Instant::now();
+        for _ in 0..messages {
+            self.client.send(SINK, payload.clone()).await?;
+        }
+        let counted = self.client.request(SINK, "", MEASUREMENT_TIMEOUT).await?;
+        let elapsed = started.elapsed();
+        let counted: u64 = std::str::from_utf8(&counted)?.parse()?;
+        if counted != messages {
+            bail!("the sink counted {counted} of {messages} messages");
+        }
+        Ok(messages as f64 / elapsed.as_secs_f64())
+    }
+
+    /// Requests per second to the echo container with `in_flight` concurrent callers.
+    pub async fn requests(
+        &self,
+        requests: u64,
+        in_flight: usize,
+        payload: Bytes,
+    ) -> anyhow::Result<f64> {
+        let per_task = requests / in_flight as u64;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|_| {
+                let client = self.client.clone();
+                let payload = payload.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        client
+                            .request(ECHO, payload.clone(), MEASUREMENT_TIMEOUT)
+                            .await?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.context("requester panicked")??;
+        }
+        Ok((per_task * in_flight as u64) as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Latency of sequential requests, in microseconds.
+    pub async fn request_latency(
+        &self,
+        samples: u64,
+        payload: Bytes,
+    ) -> anyhow::Result<Histogram<u64>> {
+        for _ in 0..samples.min(1000) {
+            self.client
+                .request(ECHO, payload.clone(), MEASUREMENT_TIMEOUT)
+                .await?;
+        }
+        let mut histogram = report::histogram();
+        for _ in 0..samples {
+            let started = Instant::now();
+            self.client
+                .request(ECHO, payload.clone(), MEASUREMENT_TIMEOUT)
+                .await?;
+            histogram.record(started.elapsed().as_micros() as u64)?;
+        }
+        Ok(histogram)
+    }
+
+    /// Stops the containers.
+    pub async fn stop(self) {
+        for container in self.containers {
+            container.abort();
+        }
+    }
+}
