@@ -26,6 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Payloads are shared, not copied, as they pass through the router.
         .bytes(".reef.v1")
+        // Envelopes are moved several times per hop: keep them small. An error is rare
+        // (boxed) and an empty BTreeMap allocates nothing.
+        .boxed(".reef.v1.Envelope.error")
+        .btree_map(".reef.v1.Envelope.headers")
         .compile_fds(descriptors)?;
     Ok(())
 }

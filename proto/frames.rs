@@ -46,6 +46,8 @@ pub struct FrameBatcher {
     carry: VecDeque<Envelope>,
     limits: FrameLimits,
     data_closed: bool,
+    /// The frame being filled; allocated once something arrives.
+    batch: Vec<Envelope>,
 }
 
 impl FrameBatcher {
@@ -61,6 +63,7 @@ impl FrameBatcher {
             carry: VecDeque::new(),
             limits,
             data_closed: false,
+            batch: Vec::new(),
         }
     }
 
@@ -115,7 +118,10 @@ impl Stream for FrameBatcher {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let this = &mut *self;
-        let mut batch = Vec::new();
+        let mut batch = std::mem::take(&mut this.batch);
+        if batch.capacity() == 0 {
+            batch.reserve_exact(this.limits.max_envelopes);
+        }
         this.fill_from_control(cx, &mut batch);
         while batch.len() < this.limits.max_envelopes {
             match this.carry.pop_front() {
@@ -131,6 +137,7 @@ impl Stream for FrameBatcher {
             this.data_closed = true;
         }
         if batch.is_empty() {
+            this.batch = batch;
             return if this.data_closed && this.carry.is_empty() {
                 Poll::Ready(None)
             } else {
@@ -142,6 +149,40 @@ impl Stream for FrameBatcher {
             envelopes: batch,
             credit: 0,
         }))
+    }
+}
+
+/// The receiving half of a queue is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueClosed;
+
+/// Waits until a full `queue` has room for a batch: a quarter of it, at most 256 slots.
+///
+/// A producer that outpaces its consumer should resume once per batch, not once per
+/// freed slot: waking on every slot makes producer and consumer alternate item by item,
+/// a thread wake-up per envelope.
+pub async fn room_for_batch<T>(queue: &mpsc::Sender<T>) -> Result<(), QueueClosed> {
+    let room = (queue.max_capacity() / 4).clamp(1, 256);
+    queue
+        .reserve_many(room)
+        .await
+        .map(drop)
+        .map_err(|_| QueueClosed)
+}
+
+/// Queues `item`, waiting with [`room_for_batch`] while `queue` is full. On error the
+/// item is handed back.
+pub async fn enqueue<T>(queue: &mpsc::Sender<T>, item: T) -> Result<(), (QueueClosed, T)> {
+    let mut item = item;
+    loop {
+        match queue.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(back)) => return Err((QueueClosed, back)),
+            Err(mpsc::error::TrySendError::Full(back)) => item = back,
+        }
+        if room_for_batch(queue).await.is_err() {
+            return Err((QueueClosed, item));
+        }
     }
 }
 
@@ -201,6 +242,30 @@ mod tests {
             .collect()
             .await;
         assert_eq!(sizes, vec![vec![1], vec![2], vec![3]]);
+    }
+
+    #[tokio::test]
+    async fn enqueue_waits_for_room_and_hands_back_on_close() {
+        let (tx, mut rx) = mpsc::channel(8);
+        for id in 0..8 {
+            enqueue(&tx, envelope(id, 1)).await.unwrap();
+        }
+        let blocked = tokio::spawn({
+            let tx = tx.clone();
+            async move { enqueue(&tx, envelope(8, 1)).await.map_err(|(_, e)| e.id) }
+        });
+        // Let it find the queue full and start waiting.
+        tokio::task::yield_now().await;
+        assert!(!blocked.is_finished());
+        // Room for one is not enough to resume: it waits for a quarter of the queue.
+        assert_eq!(rx.recv().await.unwrap().id, 0);
+        tokio::task::yield_now().await;
+        assert!(!blocked.is_finished());
+        assert_eq!(rx.recv().await.unwrap().id, 1);
+        assert_eq!(blocked.await.unwrap(), Ok(()));
+        drop(rx);
+        let (_, back) = enqueue(&tx, envelope(9, 1)).await.unwrap_err();
+        assert_eq!(back.id, 9);
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ pub mod reef {
     }
 }
 
-pub use self::frames::{FrameBatcher, FrameLimits};
+pub use self::frames::{FrameBatcher, FrameLimits, QueueClosed, enqueue, room_for_batch};
 pub use self::reef::v1::*;
 
 /// The encoded `FileDescriptorSet` of `reef.v1`, for server reflection.

@@ -172,6 +172,7 @@ impl Stream for Outbound {
         match Pin::new(&mut this.frames).poll_next(cx) {
             Poll::Ready(Some(frame)) => {
                 this.attachment.count_out(frame.envelopes.len() as u64);
+                this.stats.add_frame_sent();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {

@@ -29,7 +29,7 @@ pub(crate) async fn keep(
         // Far enough ahead to never fire when nothing is pending.
         let next_deadline = attachment
             .pending()
-            .next_deadline()
+            .arm()
             .unwrap_or_else(|| Instant::now() + limits.max_request_timeout * 2);
         tokio::select! {
             _ = closed.changed() => {}

@@ -188,6 +188,10 @@ impl Node {
         let mut server = Server::builder()
             // Small envelopes must not wait for Nagle.
             .tcp_nodelay(true)
+            // Room for many full frames in flight per attach stream, so a fast sender is
+            // not held back by window updates.
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(8 << 20))
             // Unary calls get a bounded time to answer; streams are bounded by heartbeats.
             .timeout(Duration::from_secs(30))
             // Finds dead peers whose TCP connection never closed.

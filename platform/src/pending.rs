@@ -31,6 +31,8 @@ pub struct PendingRequests {
     by_id: HashMap<u64, Pending>,
     by_deadline: BTreeSet<(Instant, u64)>,
     limit: usize,
+    /// The deadline the timer is set for: only an earlier one needs to wake it.
+    armed: Option<Instant>,
 }
 
 impl PendingRequests {
@@ -40,19 +42,19 @@ impl PendingRequests {
             by_id: HashMap::new(),
             by_deadline: BTreeSet::new(),
             limit,
+            armed: None,
         }
     }
 
-    /// Tracks request `id`. Returns true when it is now the earliest deadline, so the
-    /// timer must be re-armed.
+    /// Tracks request `id`. Returns true when its deadline is earlier than the one the
+    /// timer is armed for, so the timer must be woken to re-arm. A timer armed for a
+    /// request that has completed meanwhile is left alone: it wakes, finds nothing
+    /// expired and re-arms, which costs one wake-up per timeout instead of one per request.
     pub fn insert(&mut self, id: u64, pending: Pending) -> Result<bool, PendingError> {
         if self.by_id.len() >= self.limit {
             return Err(PendingError::Full);
         }
-        let earliest = self
-            .by_deadline
-            .first()
-            .is_none_or(|(first, _)| pending.deadline < *first);
+        let earliest = self.armed.is_none_or(|armed| pending.deadline < armed);
         match self.by_id.entry(id) {
             Entry::Occupied(_) => return Err(PendingError::Duplicate),
             Entry::Vacant(slot) => {
@@ -92,6 +94,13 @@ impl PendingRequests {
     /// The earliest deadline, if any request is in flight.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.by_deadline.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// Sets the timer to the earliest deadline and returns it. Called by the timer under
+    /// the same lock as [`PendingRequests::insert`], so no deadline slips between the two.
+    pub fn arm(&mut self) -> Option<Instant> {
+        self.armed = self.next_deadline();
+        self.armed
     }
 
     /// Removes and returns every request whose deadline is at or before `now`.
@@ -135,38 +144,48 @@ mod tests {
     #[test]
     fn tracks_completes_and_expires_in_deadline_order() {
         let now = Instant::now();
+        let at = |secs| now + Duration::from_secs(secs);
         let mut table = PendingRequests::new(10);
         assert!(
-            table
-                .insert(1, pending(now + Duration::from_secs(5), "b"))
-                .unwrap()
+            table.insert(1, pending(at(5), "b")).unwrap(),
+            "nothing armed yet"
         );
+        assert_eq!(table.arm(), Some(at(5)));
         assert!(
-            table
-                .insert(2, pending(now + Duration::from_secs(1), "b"))
-                .unwrap()
+            table.insert(2, pending(at(1), "b")).unwrap(),
+            "earlier than armed"
         );
+        assert_eq!(table.arm(), Some(at(1)));
         assert!(
-            !table
-                .insert(3, pending(now + Duration::from_secs(9), "c"))
-                .unwrap()
+            !table.insert(3, pending(at(9), "c")).unwrap(),
+            "later than armed"
         );
-        assert_eq!(
-            table.insert(3, pending(now, "c")).unwrap_err(),
-            PendingError::Duplicate
-        );
+        let duplicate = table.insert(3, pending(now, "c")).unwrap_err();
+        assert_eq!(duplicate, PendingError::Duplicate);
         assert!(
             table.complete(1, "c").is_none(),
             "only the callee may answer"
         );
         assert!(table.complete(1, "b").is_some());
-        assert_eq!(table.next_deadline(), Some(now + Duration::from_secs(1)));
-        let expired = table.expire(now + Duration::from_secs(2));
+        let expired = table.expire(at(2));
         assert_eq!(
             expired.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             vec![2]
         );
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_completed_request_leaves_the_timer_armed_for_its_deadline() {
+        let now = Instant::now();
+        let at = |secs| now + Duration::from_secs(secs);
+        let mut table = PendingRequests::new(10);
+        table.insert(1, pending(at(5), "b")).unwrap();
+        table.arm();
+        table.complete(1, "b").unwrap();
+        // The timer still wakes at 5 s; a later request needs no wake-up of its own.
+        assert!(!table.insert(2, pending(at(6), "b")).unwrap());
+        assert_eq!(table.arm(), Some(at(6)));
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! PROGRESS are accepted only from the callee and the caller hears DEADLINE_EXCEEDED
 //! from the node when nobody answers. Whatever cannot be delivered is a dead letter and,
 //! where someone is waiting, an ERROR to the sender.
+//!
+//! Every decision is synchronous: only a full mailbox makes the router wait (up to the
+//! enqueue timeout), which is the backpressure a fast sender feels.
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
@@ -32,7 +35,25 @@ pub struct Inbound {
     routes: HashMap<String, Arc<Attachment>>,
 }
 
-/// Why an envelope could not be queued for its receiver.
+/// An envelope waiting for room in a full mailbox.
+struct Blocked {
+    receiver: Arc<Attachment>,
+    envelope: Envelope,
+    fallback: Fallback,
+}
+
+/// What to do with an envelope that cannot be queued.
+#[derive(Clone, Copy)]
+enum Fallback {
+    /// Count a dead letter and tell the sender with an ERROR.
+    Refuse,
+    /// The same, after dropping the caller's pending entry for this request.
+    RefuseRequest,
+    /// Only count a dead letter (answers, and errors for the sender itself).
+    DeadLetter,
+}
+
+/// Why an envelope could not be queued.
 enum Undelivered {
     /// The receiver's stream is gone.
     Gone,
@@ -60,12 +81,15 @@ impl Inbound {
         let count = frame.envelopes.len() as u64;
         self.from.heard(count);
         for envelope in frame.envelopes {
-            self.route(envelope).await;
+            let mut blocked = self.route(envelope);
+            while let Some(waiting) = blocked {
+                blocked = self.wait_for_room(waiting).await;
+            }
         }
         self.stats.add_frame(count);
     }
 
-    async fn route(&mut self, mut envelope: Envelope) {
+    fn route(&mut self, mut envelope: Envelope) -> Option<Blocked> {
         // The stream's alias is the origin, whatever the envelope claims.
         envelope.origin.clear();
         envelope.origin.push_str(self.from.alias().as_str());
@@ -73,35 +97,35 @@ impl Inbound {
         if envelope.payload.len() > self.limits().max_payload_bytes
             && kind != EnvelopeKind::Heartbeat
         {
-            return self.refuse_oversized(envelope, kind).await;
+            return self.refuse_oversized(envelope, kind);
         }
         match kind {
-            EnvelopeKind::Send => self.route_send(envelope).await,
-            EnvelopeKind::Request => self.route_request(envelope).await,
+            EnvelopeKind::Send => self.route_send(envelope),
+            EnvelopeKind::Request => self.route_request(envelope),
             EnvelopeKind::Reply | EnvelopeKind::Error | EnvelopeKind::Progress => {
-                self.route_answer(envelope, kind).await
+                self.route_answer(envelope, kind)
             }
-            EnvelopeKind::Heartbeat => self.answer_heartbeat(envelope),
+            EnvelopeKind::Heartbeat => {
+                self.answer_heartbeat(envelope);
+                None
+            }
             EnvelopeKind::Unspecified => {
                 let message = "envelope kind is unspecified or unknown".to_owned();
                 self.refuse(&envelope, ErrorCode::InvalidArgument, message)
-                    .await
             }
         }
     }
 
-    async fn route_send(&mut self, envelope: Envelope) {
-        let Some(receiver) = self.resolve(&envelope.destination) else {
-            return self.dead_letter_unknown(envelope).await;
-        };
-        if let Err((undelivered, envelope)) = self.deliver(&receiver, envelope).await {
-            self.refuse_undelivered(envelope, undelivered).await;
+    fn route_send(&mut self, envelope: Envelope) -> Option<Blocked> {
+        match self.resolve(&envelope.destination) {
+            Some(receiver) => self.offer(receiver, envelope, Fallback::Refuse),
+            None => self.dead_letter_unknown(envelope),
         }
     }
 
-    async fn route_request(&mut self, mut envelope: Envelope) {
+    fn route_request(&mut self, mut envelope: Envelope) -> Option<Blocked> {
         let Some(callee) = self.resolve(&envelope.destination) else {
-            return self.dead_letter_unknown(envelope).await;
+            return self.dead_letter_unknown(envelope);
         };
         let limits = self.limits();
         let budget = match envelope.deadline_ms {
@@ -112,39 +136,32 @@ impl Inbound {
             deadline: Instant::now() + budget,
             callee: callee.alias().clone(),
         };
-        let id = envelope.id;
-        let tracked = self.from.pending().insert(id, pending);
+        let tracked = self.from.pending().insert(envelope.id, pending);
         match tracked {
             Ok(true) => self.from.deadlines_changed(),
             Ok(false) => {}
             Err(PendingError::Duplicate) => {
-                let message = format!("request id {id} is already in flight");
-                return self
-                    .refuse(&envelope, ErrorCode::InvalidArgument, message)
-                    .await;
+                let message = format!("request id {} is already in flight", envelope.id);
+                return self.refuse(&envelope, ErrorCode::InvalidArgument, message);
             }
             Err(PendingError::Full) => {
                 let message = format!(
                     "too many requests in flight (limit {})",
                     self.limits().max_pending_requests
                 );
-                return self
-                    .refuse(&envelope, ErrorCode::ResourceExhausted, message)
-                    .await;
+                return self.refuse(&envelope, ErrorCode::ResourceExhausted, message);
             }
         }
         envelope.deadline_ms = budget.as_millis().min(u32::MAX as u128) as u32;
-        if let Err((undelivered, envelope)) = self.deliver(&callee, envelope).await {
-            self.from.pending().forget(id);
-            self.refuse_undelivered(envelope, undelivered).await;
-        }
+        self.offer(callee, envelope, Fallback::RefuseRequest)
     }
 
     /// REPLY, ERROR and PROGRESS go back to the caller only while it waits for them.
-    async fn route_answer(&mut self, envelope: Envelope, kind: EnvelopeKind) {
+    fn route_answer(&mut self, envelope: Envelope, kind: EnvelopeKind) -> Option<Blocked> {
         let Some(caller) = self.resolve(&envelope.destination) else {
             tracing::debug!(to = %envelope.destination, "answer for a caller that is gone");
-            return self.stats.add_dead_letters(1);
+            self.stats.add_dead_letters(1);
+            return None;
         };
         let callee = self.from.alias().as_str();
         let awaited = if kind == EnvelopeKind::Progress {
@@ -157,11 +174,10 @@ impl Inbound {
         };
         if !awaited {
             tracing::debug!(to = %envelope.destination, id = envelope.correlation_id, "late or unexpected answer");
-            return self.stats.add_dead_letters(1);
-        }
-        if self.deliver(&caller, envelope).await.is_err() {
             self.stats.add_dead_letters(1);
+            return None;
         }
+        self.offer(caller, envelope, Fallback::DeadLetter)
     }
 
     /// A container-initiated heartbeat (correlation 0) is answered on the control lane;
@@ -195,38 +211,72 @@ impl Inbound {
         Some(found)
     }
 
-    /// Queues `envelope` for `receiver`, waiting up to the enqueue timeout for room.
-    async fn deliver(
-        &self,
-        receiver: &Attachment,
+    /// Queues `envelope` for `receiver` if there is room; a full mailbox hands it back.
+    fn offer(
+        &mut self,
+        receiver: Arc<Attachment>,
         envelope: Envelope,
-    ) -> Result<(), (Undelivered, Envelope)> {
+        fallback: Fallback,
+    ) -> Option<Blocked> {
         match receiver.data().try_send(envelope) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(envelope)) => Err((Undelivered::Gone, envelope)),
-            Err(TrySendError::Full(envelope)) => {
-                let timeout = self.limits().enqueue_timeout;
-                match tokio::time::timeout(timeout, receiver.data().reserve()).await {
-                    Ok(Ok(permit)) => {
-                        permit.send(envelope);
-                        Ok(())
-                    }
-                    Ok(Err(_)) => Err((Undelivered::Gone, envelope)),
-                    Err(_) => Err((Undelivered::Full, envelope)),
-                }
+            Ok(()) => None,
+            Err(TrySendError::Full(envelope)) => Some(Blocked {
+                receiver,
+                envelope,
+                fallback,
+            }),
+            Err(TrySendError::Closed(envelope)) => {
+                self.undeliverable(envelope, fallback, Undelivered::Gone)
             }
         }
     }
 
-    async fn dead_letter_unknown(&self, envelope: Envelope) {
-        self.stats.add_dead_letters(1);
-        let message = format!("no container is registered as {:?}", envelope.destination);
-        self.refuse(&envelope, ErrorCode::NotFound, message).await;
+    /// Waits up to the enqueue timeout for room; what follows may block in turn.
+    async fn wait_for_room(&mut self, blocked: Blocked) -> Option<Blocked> {
+        let deadline = tokio::time::Instant::now() + self.limits().enqueue_timeout;
+        let Blocked {
+            receiver,
+            mut envelope,
+            fallback,
+        } = blocked;
+        loop {
+            let room =
+                tokio::time::timeout_at(deadline, reef_proto::room_for_batch(receiver.data()))
+                    .await;
+            let why = match room {
+                Ok(Ok(())) => match receiver.data().try_send(envelope) {
+                    Ok(()) => return None,
+                    // Another sender took the room first: wait again.
+                    Err(TrySendError::Full(back)) => {
+                        envelope = back;
+                        continue;
+                    }
+                    Err(TrySendError::Closed(back)) => {
+                        envelope = back;
+                        Undelivered::Gone
+                    }
+                },
+                Ok(Err(_)) => Undelivered::Gone,
+                Err(_) => Undelivered::Full,
+            };
+            return self.undeliverable(envelope, fallback, why);
+        }
     }
 
-    async fn refuse_undelivered(&self, envelope: Envelope, undelivered: Undelivered) {
+    fn undeliverable(
+        &mut self,
+        envelope: Envelope,
+        fallback: Fallback,
+        why: Undelivered,
+    ) -> Option<Blocked> {
         self.stats.add_dead_letters(1);
-        let (code, message) = match undelivered {
+        if let Fallback::DeadLetter = fallback {
+            return None;
+        }
+        if let Fallback::RefuseRequest = fallback {
+            self.from.pending().forget(envelope.id);
+        }
+        let (code, message) = match why {
             Undelivered::Gone => (
                 ErrorCode::NotFound,
                 format!("{:?} detached before delivery", envelope.destination),
@@ -240,12 +290,18 @@ impl Inbound {
                 ),
             ),
         };
-        self.refuse(&envelope, code, message).await;
+        self.refuse(&envelope, code, message)
+    }
+
+    fn dead_letter_unknown(&mut self, envelope: Envelope) -> Option<Blocked> {
+        self.stats.add_dead_letters(1);
+        let message = format!("no container is registered as {:?}", envelope.destination);
+        self.refuse(&envelope, ErrorCode::NotFound, message)
     }
 
     /// An oversized SEND or REQUEST is refused to its sender; an oversized answer
     /// becomes an ERROR for the caller that waits for it.
-    async fn refuse_oversized(&mut self, envelope: Envelope, kind: EnvelopeKind) {
+    fn refuse_oversized(&mut self, envelope: Envelope, kind: EnvelopeKind) -> Option<Blocked> {
         self.stats.add_dead_letters(1);
         let message = format!(
             "payload of {} bytes exceeds the limit of {} bytes",
@@ -259,29 +315,24 @@ impl Inbound {
                     correlation_id: envelope.correlation_id,
                     origin: envelope.origin,
                     destination: envelope.destination,
-                    error: Some(WireError {
+                    error: Some(Box::new(WireError {
                         code: ErrorCode::ResourceExhausted as i32,
                         r#type: String::new(),
                         message,
-                    }),
+                    })),
                     ..Default::default()
                 };
-                self.route_answer(error, EnvelopeKind::Error).await;
+                self.route_answer(error, EnvelopeKind::Error)
             }
-            _ => {
-                self.refuse(&envelope, ErrorCode::ResourceExhausted, message)
-                    .await
-            }
+            _ => self.refuse(&envelope, ErrorCode::ResourceExhausted, message),
         }
     }
 
     /// Answers `envelope`'s sender with an ERROR correlated to it.
-    async fn refuse(&self, envelope: &Envelope, code: ErrorCode, message: String) {
+    fn refuse(&mut self, envelope: &Envelope, code: ErrorCode, message: String) -> Option<Blocked> {
         tracing::debug!(from = %self.from.alias(), to = %envelope.destination, ?code, %message, "refused");
         let error = node_error(envelope, self.from.alias(), code, message);
-        if self.deliver(&self.from, error).await.is_err() {
-            self.stats.add_dead_letters(1);
-        }
+        self.offer(self.from.clone(), error, Fallback::DeadLetter)
     }
 }
 
@@ -297,11 +348,11 @@ pub(crate) fn node_error(
         correlation_id: envelope.id,
         origin: envelope.destination.clone(),
         destination: to.to_string(),
-        error: Some(WireError {
+        error: Some(Box::new(WireError {
             code: code as i32,
             r#type: String::new(),
             message,
-        }),
+        })),
         ..Default::default()
     }
 }

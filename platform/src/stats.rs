@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Default)]
 pub struct NodeStats {
     frames: AtomicU64,
+    frames_sent: AtomicU64,
     routed: AtomicU64,
     dead_letters: AtomicU64,
     requests_expired: AtomicU64,
@@ -16,6 +17,16 @@ impl NodeStats {
     pub fn add_frame(&self, envelopes: u64) {
         self.frames.fetch_add(1, Relaxed);
         self.routed.fetch_add(envelopes, Relaxed);
+    }
+
+    /// A frame written to an attach stream.
+    pub fn add_frame_sent(&self) {
+        self.frames_sent.fetch_add(1, Relaxed);
+    }
+
+    /// Frames written so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.frames_sent.load(Relaxed)
     }
 
     /// Frames accepted so far (envelopes / frames = how well senders batch).

@@ -192,6 +192,7 @@ impl supervisor_server::Supervisor for SupervisorService {
             dead_letters: self.stats.dead_letters(),
             requests_expired: self.stats.requests_expired(),
             frames_received: self.stats.frames(),
+            frames_sent: self.stats.frames_sent(),
         }))
     }
 

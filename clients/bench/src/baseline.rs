@@ -26,8 +26,13 @@ use tonic::{
 
 use crate::{MEASUREMENT_TIMEOUT, report};
 
-/// Echoes every frame back as it arrives.
-struct EchoFrames;
+/// Echoes every frame back: directly as it arrives, or (`via_queue`) through the same
+/// machinery as the node — a reader task puts each envelope in a bounded queue and a
+/// `FrameBatcher` writes them back — to tell the cost of reef's queueing from routing.
+#[derive(Clone, Copy)]
+struct EchoFrames {
+    via_queue: bool,
+}
 
 #[tonic::async_trait]
 impl Channel for EchoFrames {
@@ -37,7 +42,25 @@ impl Channel for EchoFrames {
         &self,
         request: Request<Streaming<Frame>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        Ok(Response::new(Box::pin(request.into_inner())))
+        if !self.via_queue {
+            return Ok(Response::new(Box::pin(request.into_inner())));
+        }
+        let (data, data_rx) = tokio::sync::mpsc::channel(8192);
+        let (control, control_rx) = tokio::sync::mpsc::channel(1);
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move {
+            let _control = control;
+            while let Ok(Some(frame)) = inbound.message().await {
+                for envelope in frame.envelopes {
+                    if reef_proto::enqueue(&data, envelope).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let frames =
+            reef_proto::FrameBatcher::new(control_rx, data_rx, reef_proto::FrameLimits::default());
+        Ok(Response::new(Box::pin(frames.map(Ok))))
     }
 }
 
@@ -74,6 +97,8 @@ impl Container for PingOnly {
 /// A raw tonic TLS server in this process.
 pub struct Baseline {
     options: ConnectOptions,
+    /// The same server with [`EchoViaQueue`] as its channel.
+    queued: ConnectOptions,
     _data: tempfile::TempDir,
 }
 
@@ -85,56 +110,56 @@ impl Baseline {
             data.path(),
             &["127.0.0.1".to_owned(), "localhost".to_owned()],
         )?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let identity = Identity::from_pem(&pki.server().cert_pem, &pki.server().key_pem);
-        let server = Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(8 << 20))
-            .tls_config(ServerTlsConfig::new().identity(identity))?
-            .add_service(ChannelServer::new(EchoFrames))
-            .add_service(ContainerServer::new(PingOnly));
-        tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener)));
-        Ok(Self {
-            options: ConnectOptions {
+        let serve = async |echo: EchoFrames| -> anyhow::Result<ConnectOptions> {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let server = Server::builder()
+                .tcp_nodelay(true)
+                .initial_stream_window_size(Some(4 << 20))
+                .initial_connection_window_size(Some(8 << 20))
+                .tls_config(ServerTlsConfig::new().identity(identity.clone()))?
+                .add_service(ChannelServer::new(echo))
+                .add_service(ContainerServer::new(PingOnly));
+            tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener)));
+            Ok(ConnectOptions {
                 node: addr.to_string(),
                 ca: data.path().join("ca.pem"),
                 ..ConnectOptions::default()
-            },
+            })
+        };
+        let options = serve(EchoFrames { via_queue: false }).await?;
+        let queued = serve(EchoFrames { via_queue: true }).await?;
+        Ok(Self {
+            options,
+            queued,
             _data: data,
         })
     }
 
+    /// [`Baseline::bidi_echo_batched`] through the node's queueing machinery.
+    pub async fn bidi_echo_queued(
+        &self,
+        messages: u64,
+        payload: Bytes,
+        batch: usize,
+    ) -> anyhow::Result<f64> {
+        bidi_echo_on(&self.queued, messages, payload, batch).await
+    }
+
     /// Messages per second through a bidi echo stream, one message per gRPC message.
     pub async fn bidi_echo(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
-        let channel = self.options.connect().await?;
-        let frame = Frame {
-            envelopes: vec![Envelope {
-                kind: reef_proto::EnvelopeKind::Send as i32,
-                destination: "sink".into(),
-                payload,
-                ..Default::default()
-            }],
-            credit: 0,
-        };
-        let outgoing = tokio_stream::iter((0..messages).map(move |_| frame.clone()));
-        let started = Instant::now();
-        let mut echoed = ChannelClient::new(channel)
-            .attach(outgoing)
-            .await?
-            .into_inner();
-        let mut received = 0;
-        tokio::time::timeout(MEASUREMENT_TIMEOUT, async {
-            while received < messages {
-                echoed.next().await.context("echo stream ended early")??;
-                received += 1;
-            }
-            anyhow::Ok(())
-        })
-        .await
-        .context("baseline bidi echo timed out")??;
-        Ok(messages as f64 / started.elapsed().as_secs_f64())
+        self.bidi_echo_batched(messages, payload, 1).await
+    }
+
+    /// Like [`Baseline::bidi_echo`] with `batch` envelopes per gRPC message.
+    pub async fn bidi_echo_batched(
+        &self,
+        messages: u64,
+        payload: Bytes,
+        batch: usize,
+    ) -> anyhow::Result<f64> {
+        bidi_echo_on(&self.options, messages, payload, batch).await
     }
 
     /// Unary calls per second with `in_flight` tasks on one channel.
@@ -173,4 +198,43 @@ impl Baseline {
         }
         Ok(histogram)
     }
+}
+
+async fn bidi_echo_on(
+    options: &ConnectOptions,
+    messages: u64,
+    payload: Bytes,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let channel = options.connect().await?;
+    let frame = Frame {
+        envelopes: vec![
+            Envelope {
+                kind: reef_proto::EnvelopeKind::Send as i32,
+                destination: "sink".into(),
+                payload,
+                ..Default::default()
+            };
+            batch
+        ],
+        credit: 0,
+    };
+    let messages = messages / batch as u64;
+    let outgoing = tokio_stream::iter((0..messages).map(move |_| frame.clone()));
+    let started = Instant::now();
+    let mut echoed = ChannelClient::new(channel)
+        .attach(outgoing)
+        .await?
+        .into_inner();
+    let mut received = 0;
+    tokio::time::timeout(MEASUREMENT_TIMEOUT, async {
+        while received < messages * batch as u64 {
+            let frame = echoed.next().await.context("echo stream ended early")??;
+            received += frame.envelopes.len() as u64;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("baseline bidi echo timed out")??;
+    Ok(received as f64 / started.elapsed().as_secs_f64())
 }

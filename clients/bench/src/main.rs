@@ -84,6 +84,26 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         })
         .await?;
         report::rate("baseline_tonic_bidi_rate", &bidi, "msg/s");
+        if std::env::var_os("REEF_BENCH_BATCHED").is_some() {
+            for batch in [16, 64, 512] {
+                let rate = baseline
+                    .bidi_echo_batched(args.messages, payload.clone(), batch)
+                    .await?;
+                report::metric(
+                    &format!("baseline_tonic_bidi_batch{batch}_rate"),
+                    rate,
+                    "msg/s",
+                );
+                let rate = baseline
+                    .bidi_echo_queued(args.messages, payload.clone(), batch)
+                    .await?;
+                report::metric(
+                    &format!("baseline_queued_bidi_batch{batch}_rate"),
+                    rate,
+                    "msg/s",
+                );
+            }
+        }
         let unary =
             report::median_of(args.runs, || baseline.unary(args.requests, args.in_flight)).await?;
         report::rate("baseline_tonic_unary_rate", &unary, "req/s");
@@ -92,11 +112,39 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         Some((bidi, unary, unary_latency))
     };
 
-    let node = node::BenchNode::start()?;
+    let node = if std::env::var("REEF_BENCH_IN_PROCESS").is_ok_and(|v| v == "1") {
+        node::BenchNode::start_in_process().await?
+    } else {
+        node::BenchNode::start()?
+    };
     let routed = routed::Routed::start(&node).await?;
+    let (_, envelopes_before_raw, sent_before_raw) = routed.node_counters().await?;
+    let raw = report::median_of(args.runs, || {
+        routed::raw_frames(&node.options, args.messages, payload.clone())
+    })
+    .await?;
+    report::rate("node_raw_frame_rate", &raw, "msg/s");
+    let (frames_before, envelopes_before, sent_before) = routed.node_counters().await?;
+    report::metric(
+        "node_raw_envelopes_per_frame_sent",
+        (envelopes_before - envelopes_before_raw) as f64
+            / (sent_before - sent_before_raw).max(1) as f64,
+        "envelopes",
+    );
     let sends =
         report::median_of(args.runs, || routed.sends(args.messages, payload.clone())).await?;
     report::rate("routed_send_rate", &sends, "msg/s");
+    let (frames, envelopes, sent) = routed.node_counters().await?;
+    report::metric(
+        "routed_send_envelopes_per_frame_sent",
+        (envelopes - envelopes_before) as f64 / (sent - sent_before).max(1) as f64,
+        "envelopes",
+    );
+    report::metric(
+        "routed_send_envelopes_per_frame",
+        (envelopes - envelopes_before) as f64 / (frames - frames_before).max(1) as f64,
+        "envelopes",
+    );
     let requests = report::median_of(args.runs, || {
         routed.requests(args.requests, args.in_flight, payload.clone())
     })

@@ -11,12 +11,32 @@ use reef_sdk::ConnectOptions;
 
 /// A reefd child process on an ephemeral port with a temporary data directory.
 pub struct BenchNode {
-    child: Child,
+    child: Option<Child>,
     pub options: ConnectOptions,
     _data: tempfile::TempDir,
 }
 
 impl BenchNode {
+    /// A node inside this process (same runtime), to measure what crossing a process
+    /// boundary costs.
+    pub async fn start_in_process() -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let config = reef_platform::NodeConfig::new("127.0.0.1:0".parse()?, data.path());
+        let ca = config.ca_path();
+        let node = reef_platform::Node::bind(config).await?;
+        let options = ConnectOptions {
+            node: node.local_addr().to_string(),
+            ca,
+            ..ConnectOptions::default()
+        };
+        tokio::spawn(node.run(std::future::pending()));
+        Ok(Self {
+            child: None,
+            options,
+            _data: data,
+        })
+    }
+
     /// Starts `reefd` from next to this executable.
     pub fn start() -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
@@ -26,7 +46,13 @@ impl BenchNode {
             .filter(|path| path.is_file())
             .unwrap_or_else(|| PathBuf::from("reefd"));
         let mut child = Command::new(&reefd)
-            .args(["--listen", "127.0.0.1:0", "--no-health", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--no-health"])
+            .args(
+                std::env::var("REEF_BENCH_REEFD_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
+            .arg("--data-dir")
             .arg(data.path())
             .env("REEF_LOG", "warn")
             .stdout(Stdio::piped())
@@ -48,7 +74,7 @@ impl BenchNode {
             ..ConnectOptions::default()
         };
         Ok(Self {
-            child,
+            child: Some(child),
             options,
             _data: data,
         })
@@ -57,7 +83,9 @@ impl BenchNode {
 
 impl Drop for BenchNode {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

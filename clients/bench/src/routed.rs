@@ -80,6 +80,21 @@ impl Routed {
         Ok(Self { client, containers })
     }
 
+    /// The node's (frames received, envelopes routed) so far.
+    pub async fn node_counters(&self) -> anyhow::Result<(u64, u64, u64)> {
+        let info = self
+            .client
+            .supervisor()
+            .info(reef_proto::InfoRequest {})
+            .await?
+            .into_inner();
+        Ok((
+            info.frames_received,
+            info.envelopes_routed,
+            info.frames_sent,
+        ))
+    }
+
     /// Sends per second, client → node → sink. The clock stops when a request queued
     /// behind the last send is answered, so every send has been handled.
     pub async fn sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
@@ -154,4 +169,85 @@ impl Routed {
             container.abort();
         }
     }
+}
+
+/// The node alone: pre-built frames of 512 envelopes from one raw attach stream to
+/// another that only counts, no SDK on either side. Envelopes per second.
+pub async fn raw_frames(
+    options: &reef_sdk::ConnectOptions,
+    messages: u64,
+    payload: Bytes,
+) -> anyhow::Result<f64> {
+    use reef_proto::{
+        Envelope, EnvelopeKind, Frame, RegisterRequest, channel_client::ChannelClient,
+    };
+    use tokio_stream::StreamExt as _;
+    let attach = async |alias: &str,
+                        outgoing: tokio::sync::mpsc::Receiver<Frame>|
+           -> anyhow::Result<tonic::Streaming<Frame>> {
+        let channel = options.connect().await?;
+        let lease = SupervisorClient::new(channel.clone())
+            .register(RegisterRequest {
+                alias: alias.to_owned(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .lease;
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        request
+            .metadata_mut()
+            .insert(reef_proto::ALIAS_METADATA, alias.parse()?);
+        request
+            .metadata_mut()
+            .insert(reef_proto::LEASE_METADATA, lease.parse()?);
+        Ok(ChannelClient::new(channel)
+            .attach(request)
+            .await?
+            .into_inner())
+    };
+    // The receiver sends nothing but an empty frame every second, which the node counts
+    // as a sign of life.
+    let (alive, liveness) = tokio::sync::mpsc::channel(1);
+    let mut incoming = attach("bench-raw-out", liveness).await?;
+    let keepalive = tokio::spawn(async move {
+        while alive.send(Frame::default()).await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let (frames, outgoing) = tokio::sync::mpsc::channel(64);
+    let _replies = attach("bench-raw-in", outgoing).await?;
+    let frame = Frame {
+        envelopes: vec![
+            Envelope {
+                kind: EnvelopeKind::Send as i32,
+                destination: "bench-raw-out".into(),
+                payload,
+                ..Default::default()
+            };
+            512
+        ],
+        credit: 0,
+    };
+    let started = Instant::now();
+    let batches = messages.div_ceil(512);
+    tokio::spawn(async move {
+        for _ in 0..batches {
+            if frames.send(frame.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut received = 0;
+    while received < batches * 512 {
+        let frame = incoming.next().await.context("raw stream ended")??;
+        received += frame
+            .envelopes
+            .iter()
+            .filter(|e| e.kind() == EnvelopeKind::Send)
+            .count() as u64;
+    }
+    keepalive.abort();
+    Ok(received as f64 / started.elapsed().as_secs_f64())
 }

@@ -124,7 +124,7 @@ impl Client {
     pub(crate) async fn attach(
         options: &ConnectOptions,
         registration: Registration,
-        inbox: Option<mpsc::Sender<Envelope>>,
+        inbox: Option<mpsc::Sender<Vec<Envelope>>>,
     ) -> Result<(Self, Option<EndpointCertificate>), Error> {
         let channel = options.connect().await?;
         let mut supervisor = SupervisorClient::new(channel.clone());
@@ -234,9 +234,7 @@ impl Client {
                 limit: self.shared.max_payload,
             });
         }
-        self.shared
-            .data
-            .send(envelope)
+        reef_proto::enqueue(&self.shared.data, envelope)
             .await
             .map_err(|_| self.disconnected())
     }
@@ -294,7 +292,19 @@ impl Dispatch {
         self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn dispatch(&self, envelope: Envelope, inbox: &Option<mpsc::Sender<Envelope>>) {
+    /// Handles what the reader can handle itself and returns the sends and requests
+    /// that are for the container's handler.
+    fn dispatch_frame(&self, frame: Frame, has_handler: bool) -> Vec<Envelope> {
+        let mut for_handler = Vec::new();
+        for envelope in frame.envelopes {
+            if let Some(envelope) = self.dispatch(envelope, has_handler) {
+                for_handler.push(envelope);
+            }
+        }
+        for_handler
+    }
+
+    fn dispatch(&self, envelope: Envelope, has_handler: bool) -> Option<Envelope> {
         match envelope.kind() {
             EnvelopeKind::Reply => {
                 self.answer(envelope.correlation_id, Ok(envelope));
@@ -315,11 +325,9 @@ impl Dispatch {
                 };
                 let _ = self.control.try_send(answer);
             }
-            EnvelopeKind::Send | EnvelopeKind::Request => match inbox {
-                Some(inbox) => {
-                    let _ = inbox.send(envelope).await;
-                }
-                None if envelope.kind() == EnvelopeKind::Request => {
+            EnvelopeKind::Send | EnvelopeKind::Request if has_handler => return Some(envelope),
+            EnvelopeKind::Send | EnvelopeKind::Request => {
+                if envelope.kind() == EnvelopeKind::Request {
                     let refusal = error_envelope(
                         &envelope,
                         Code::Unimplemented,
@@ -327,13 +335,15 @@ impl Dispatch {
                         "this alias is a plain client and handles no requests",
                     );
                     let _ = self.control.try_send(refusal);
+                } else {
+                    tracing::debug!(from = %envelope.origin, "plain client dropped a message");
                 }
-                None => tracing::debug!(from = %envelope.origin, "plain client dropped a message"),
-            },
+            }
             // PROGRESS only keeps a request alive; answers to our own heartbeats need no
             // action.
             _ => {}
         }
+        None
     }
 
     /// Completes request `id`; false when nobody waits for it.
@@ -358,13 +368,17 @@ impl Dispatch {
 async fn read(
     mut frames: Streaming<Frame>,
     dispatch: Arc<Dispatch>,
-    inbox: Option<mpsc::Sender<Envelope>>,
+    inbox: Option<mpsc::Sender<Vec<Envelope>>>,
 ) {
     let reason = loop {
         match frames.message().await {
             Ok(Some(frame)) => {
-                for envelope in frame.envelopes {
-                    dispatch.dispatch(envelope, &inbox).await;
+                let for_handler = dispatch.dispatch_frame(frame, inbox.is_some());
+                if let Some(inbox) = &inbox
+                    && !for_handler.is_empty()
+                    && inbox.send(for_handler).await.is_err()
+                {
+                    break "the container stopped handling messages".to_owned();
                 }
             }
             Ok(None) => break "the node closed the attach stream".to_owned(),
@@ -396,11 +410,11 @@ pub(crate) fn error_envelope(
         kind: EnvelopeKind::Error as i32,
         correlation_id: request.id,
         destination: request.origin.clone(),
-        error: Some(reef_proto::Error {
+        error: Some(Box::new(reef_proto::Error {
             code: code as i32,
             r#type: kind.to_owned(),
             message: message.to_owned(),
-        }),
+        })),
         ..Default::default()
     }
 }

@@ -1,7 +1,7 @@
 //! Writing a container: implement [`Handler`], call [`run`].
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     future::Future,
     sync::{
         Arc,
@@ -32,7 +32,7 @@ pub struct Message {
     /// MIME type of the payload, if the sender gave one.
     pub content_type: String,
     /// Metadata such as trace context.
-    pub headers: HashMap<String, String>,
+    pub headers: BTreeMap<String, String>,
     /// For requests: the time left to answer.
     pub deadline: Option<Duration>,
 }
@@ -203,7 +203,8 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
         true => format!("[{}]:{port}", options.endpoint_host),
         false => format!("{}:{port}", options.endpoint_host),
     };
-    let (inbox_tx, mut inbox) = mpsc::channel(1024);
+    // One entry per frame: the reader hands over whole batches, not single envelopes.
+    let (inbox_tx, mut inbox) = mpsc::channel::<Vec<Envelope>>(64);
     let registration = Registration {
         alias: options.alias.clone(),
         name: options.name.clone(),
@@ -254,8 +255,12 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
     tokio::pin!(shutdown);
     let outcome = loop {
         tokio::select! {
-            envelope = inbox.recv() => match envelope {
-                Some(envelope) => handle(&mut handler, &ctx, &counters, envelope).await,
+            batch = inbox.recv() => match batch {
+                Some(batch) => {
+                    for envelope in batch {
+                        handle(&mut handler, &ctx, &counters, envelope).await;
+                    }
+                }
                 None => break Err(Error::Disconnected("the node closed the attach stream".to_owned())),
             },
             Some(call) = commands.recv() => {
