@@ -38,6 +38,19 @@ pub struct Args {
     /// A small, fast run that checks every path works (for CI).
     #[arg(long)]
     quick: bool,
+    /// Runtime threads for this process's clients and containers (1 = a single thread).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Also print diagnostic figures: tonic with batched messages, the same through reef's
+    /// queueing machinery in-process, and how full the node's frames are.
+    #[arg(long)]
+    diagnostics: bool,
+    /// Run the node inside this process instead of as a reefd process.
+    #[arg(long)]
+    node_in_process: bool,
+    /// Extra reefd flag for the node under test (repeatable), e.g. `--reefd-arg=--threads=1`.
+    #[arg(long = "reefd-arg", allow_hyphen_values = true)]
+    reefd_args: Vec<String>,
     /// Measure only the routed figures (skips the baseline; ratios are not printed).
     #[arg(long)]
     routed_only: bool,
@@ -56,10 +69,25 @@ impl Args {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse().effective();
-    match run(&args).await {
+    let runtime = match args.threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        threads => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("reef-bench: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("reef-bench: {error:#}");
@@ -84,7 +112,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         })
         .await?;
         report::rate("baseline_tonic_bidi_rate", &bidi, "msg/s");
-        if std::env::var_os("REEF_BENCH_BATCHED").is_some() {
+        if args.diagnostics {
             for batch in [16, 64, 512] {
                 let rate = baseline
                     .bidi_echo_batched(args.messages, payload.clone(), batch)
@@ -112,44 +140,29 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         Some((bidi, unary, unary_latency))
     };
 
-    let node = if std::env::var("REEF_BENCH_IN_PROCESS").is_ok_and(|v| v == "1") {
+    let node = if args.node_in_process {
         node::BenchNode::start_in_process().await?
     } else {
-        node::BenchNode::start()?
+        node::BenchNode::start(&args.reefd_args)?
     };
     let routed = routed::Routed::start(&node).await?;
-    let (_, envelopes_before_raw, sent_before_raw) = routed.node_counters().await?;
+    let mut batching = routed::Batching::new(&routed, args.diagnostics).await?;
     let raw = report::median_of(args.runs, || {
         routed::raw_frames(&node.options, args.messages, payload.clone())
     })
     .await?;
     report::rate("node_raw_frame_rate", &raw, "msg/s");
-    let (frames_before, envelopes_before, sent_before) = routed.node_counters().await?;
-    report::metric(
-        "node_raw_envelopes_per_frame_sent",
-        (envelopes_before - envelopes_before_raw) as f64
-            / (sent_before - sent_before_raw).max(1) as f64,
-        "envelopes",
-    );
+    batching.report("node_raw", &routed).await?;
     let sends =
         report::median_of(args.runs, || routed.sends(args.messages, payload.clone())).await?;
     report::rate("routed_send_rate", &sends, "msg/s");
-    let (frames, envelopes, sent) = routed.node_counters().await?;
-    report::metric(
-        "routed_send_envelopes_per_frame_sent",
-        (envelopes - envelopes_before) as f64 / (sent - sent_before).max(1) as f64,
-        "envelopes",
-    );
-    report::metric(
-        "routed_send_envelopes_per_frame",
-        (envelopes - envelopes_before) as f64 / (frames - frames_before).max(1) as f64,
-        "envelopes",
-    );
+    batching.report("routed_send", &routed).await?;
     let requests = report::median_of(args.runs, || {
         routed.requests(args.requests, args.in_flight, payload.clone())
     })
     .await?;
     report::rate("routed_request_rate", &requests, "req/s");
+    batching.report("routed_request", &routed).await?;
     let latency = routed
         .request_latency(args.latency_samples, payload.clone())
         .await?;

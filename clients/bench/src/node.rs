@@ -38,7 +38,7 @@ impl BenchNode {
     }
 
     /// Starts `reefd` from next to this executable.
-    pub fn start() -> anyhow::Result<Self> {
+    pub fn start(extra_args: &[String]) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let reefd = std::env::current_exe()?
             .parent()
@@ -47,11 +47,7 @@ impl BenchNode {
             .unwrap_or_else(|| PathBuf::from("reefd"));
         let mut child = Command::new(&reefd)
             .args(["--listen", "127.0.0.1:0", "--no-health"])
-            .args(
-                std::env::var("REEF_BENCH_REEFD_ARGS")
-                    .unwrap_or_default()
-                    .split_whitespace(),
-            )
+            .args(extra_args)
             .arg("--data-dir")
             .arg(data.path())
             .env("REEF_LOG", "warn")

@@ -80,19 +80,14 @@ impl Routed {
         Ok(Self { client, containers })
     }
 
-    /// The node's (frames received, envelopes routed) so far.
-    pub async fn node_counters(&self) -> anyhow::Result<(u64, u64, u64)> {
+    /// The node's counters.
+    async fn node_info(&self) -> anyhow::Result<reef_proto::NodeInfo> {
         let info = self
             .client
             .supervisor()
             .info(reef_proto::InfoRequest {})
-            .await?
-            .into_inner();
-        Ok((
-            info.frames_received,
-            info.envelopes_routed,
-            info.frames_sent,
-        ))
+            .await?;
+        Ok(info.into_inner())
     }
 
     /// Sends per second, client → node → sink. The clock stops when a request queued
@@ -168,6 +163,44 @@ impl Routed {
         for container in self.containers {
             container.abort();
         }
+    }
+}
+
+/// How full the node's frames were during each phase (diagnostics).
+pub struct Batching {
+    enabled: bool,
+    last: reef_proto::NodeInfo,
+}
+
+impl Batching {
+    /// Starts counting from the node's counters now.
+    pub async fn new(routed: &Routed, enabled: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            enabled,
+            last: routed.node_info().await?,
+        })
+    }
+
+    /// Prints envelopes per frame received and sent since the last call.
+    pub async fn report(&mut self, phase: &str, routed: &Routed) -> anyhow::Result<()> {
+        let now = routed.node_info().await?;
+        let envelopes = (now.envelopes_routed - self.last.envelopes_routed) as f64;
+        let received = (now.frames_received - self.last.frames_received).max(1) as f64;
+        let sent = (now.frames_sent - self.last.frames_sent).max(1) as f64;
+        if self.enabled {
+            report::metric(
+                &format!("{phase}_envelopes_per_frame_in"),
+                envelopes / received,
+                "envelopes",
+            );
+            report::metric(
+                &format!("{phase}_envelopes_per_frame_out"),
+                envelopes / sent,
+                "envelopes",
+            );
+        }
+        self.last = now;
+        Ok(())
     }
 }
 
