@@ -105,10 +105,7 @@ impl Inbound {
             EnvelopeKind::Reply | EnvelopeKind::Error | EnvelopeKind::Progress => {
                 self.route_answer(envelope, kind)
             }
-            EnvelopeKind::Heartbeat => {
-                self.answer_heartbeat(envelope);
-                None
-            }
+            EnvelopeKind::Heartbeat => self.answer_heartbeat(envelope),
             EnvelopeKind::Unspecified => {
                 let message = "envelope kind is unspecified or unknown".to_owned();
                 self.refuse(&envelope, ErrorCode::InvalidArgument, message)
@@ -180,20 +177,21 @@ impl Inbound {
         self.offer(caller, envelope, Fallback::DeadLetter)
     }
 
-    /// A container-initiated heartbeat (correlation 0) is answered on the control lane;
-    /// an answer to the node's heartbeat needs nothing: hearing it was the point.
-    fn answer_heartbeat(&self, envelope: Envelope) {
-        if envelope.correlation_id == 0 {
-            let answer = Envelope {
-                kind: EnvelopeKind::Heartbeat as i32,
-                correlation_id: envelope.id,
-                destination: envelope.origin,
-                ..Default::default()
-            };
-            // A full control lane means the container is not reading; its keepalive
-            // will notice, so the answer can be dropped.
-            let _ = self.from.control().try_send(answer);
+    /// A container-initiated heartbeat (correlation 0) is answered on the data lane, in
+    /// order behind everything already queued for the container, so it doubles as a
+    /// barrier (`Client::flush`). An answer to the node's own heartbeat needs nothing:
+    /// hearing it was the point.
+    fn answer_heartbeat(&mut self, envelope: Envelope) -> Option<Blocked> {
+        if envelope.correlation_id != 0 {
+            return None;
         }
+        let answer = Envelope {
+            kind: EnvelopeKind::Heartbeat as i32,
+            correlation_id: envelope.id,
+            destination: envelope.origin,
+            ..Default::default()
+        };
+        self.offer(self.from.clone(), answer, Fallback::DeadLetter)
     }
 
     fn resolve(&mut self, alias: &str) -> Option<Arc<Attachment>> {

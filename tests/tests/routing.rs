@@ -54,10 +54,9 @@ async fn unknown_destination_is_not_found_and_a_dead_letter() {
     assert!(error.to_string().contains("nobody"), "{error}");
 
     client.send("nobody", "hi").await.unwrap();
-    eventually("the send reported undelivered", WAIT, || async {
-        (client.undelivered() == 1).then_some(())
-    })
-    .await;
+    // The barrier returns after the node routed the send, so its ERROR has arrived.
+    client.flush(WAIT).await.unwrap();
+    assert_eq!(client.undelivered(), 1);
     let info = node
         .supervisor()
         .await
@@ -234,4 +233,29 @@ async fn only_the_callee_can_answer_a_request() {
     callee.send(vec![reply("genuine")]).await;
     let answer = caller.next(WAIT).await;
     assert_eq!(&answer.payload[..], b"genuine");
+    // The forged reply was dropped as a dead letter, not delivered later.
+    let mut supervisor = node.supervisor().await;
+    eventually("the forged reply counted as a dead letter", WAIT, || {
+        let mut supervisor = supervisor.clone();
+        async move {
+            let info = supervisor.info(InfoRequest {}).await.ok()?.into_inner();
+            (info.dead_letters == 1).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn flush_is_a_barrier_behind_earlier_sends() {
+    let node = TestNode::start();
+    let client = Client::connect(&node.options()).await.unwrap();
+    for _ in 0..500 {
+        client.send("nobody", "lost").await.unwrap();
+    }
+    client.flush(WAIT).await.unwrap();
+    assert_eq!(
+        client.undelivered(),
+        500,
+        "every ERROR arrived before the barrier's answer"
+    );
 }

@@ -207,6 +207,11 @@ impl Client {
     ) -> Result<Bytes, Error> {
         let mut envelope = self.envelope(EnvelopeKind::Request, to, payload.into())?;
         envelope.deadline_ms = timeout.as_millis().clamp(1, u32::MAX as u128) as u32;
+        Ok(self.await_answer(envelope, timeout).await?.payload)
+    }
+
+    /// Sends `envelope` and waits for the envelope that answers its id.
+    async fn await_answer(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope, Error> {
         let id = envelope.id;
         let (slot, answer) = oneshot::channel();
         self.shared.dispatch.pending().insert(id, slot);
@@ -215,7 +220,7 @@ impl Client {
             return Err(error);
         }
         match tokio::time::timeout(timeout + DEADLINE_GRACE, answer).await {
-            Ok(Ok(Ok(reply))) => Ok(reply.payload),
+            Ok(Ok(Ok(answer))) => Ok(answer),
             Ok(Ok(Err(error))) => Err(error),
             Ok(Err(_)) => Err(self.disconnected()),
             Err(_) => {
@@ -223,6 +228,13 @@ impl Client {
                 Err(Error::Timeout(timeout))
             }
         }
+    }
+
+    /// Waits until the node has routed everything this client sent before the call, so
+    /// that any ERROR for those sends has arrived (see [`Client::undelivered`]).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        let barrier = self.envelope(EnvelopeKind::Heartbeat, "", Bytes::new())?;
+        self.await_answer(barrier, timeout).await.map(drop)
     }
 
     /// Sends an already-built envelope (replies from handlers). The origin is set by
@@ -317,7 +329,11 @@ impl Dispatch {
                     tracing::warn!(to = %envelope.origin, error = ?envelope.error, "message not delivered");
                 }
             }
-            EnvelopeKind::Heartbeat if envelope.correlation_id == 0 => {
+            // The answer to a barrier (`flush`).
+            EnvelopeKind::Heartbeat if envelope.correlation_id != 0 => {
+                self.answer(envelope.correlation_id, Ok(envelope));
+            }
+            EnvelopeKind::Heartbeat => {
                 let answer = Envelope {
                     kind: EnvelopeKind::Heartbeat as i32,
                     correlation_id: envelope.id,

@@ -5,15 +5,49 @@
 //! certificate the node issues, and calls the handler one message at a time.
 //! A **client** is a [`Client`]: send messages and make requests through a node.
 //!
-//! ```no_run
-//! use std::time::Duration;
-//! use reef_sdk::{Client, ConnectOptions};
+//! A complete, running example: a node in this process, an echo container, a client.
 //!
-//! # async fn demo() -> Result<(), reef_sdk::Error> {
-//! let client = Client::connect(&ConnectOptions::from_env()).await?;
-//! let reply = client.request("echo", "hello", Duration::from_secs(2)).await?;
-//! println!("{}", String::from_utf8_lossy(&reply));
-//! # Ok(()) }
+//! ```
+//! use std::time::Duration;
+//! use reef_sdk::{Bytes, Client, Code, ConnectOptions, ContainerOptions, Context, Handler, HandlerError, Message};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     async fn on_request(&mut self, _: &Context, request: Message) -> Result<Bytes, HandlerError> {
+//!         Ok(request.payload)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let data = tempfile::tempdir()?;
+//! # let config = reef_platform::NodeConfig::new("127.0.0.1:0".parse()?, data.path());
+//! # let ca = config.ca_path();
+//! # let started = reef_platform::Node::bind(config).await?;
+//! # let address = started.local_addr().to_string();
+//! # tokio::spawn(started.run(std::future::pending()));
+//! // A node listens at `address`; its CA certificate is the file `ca`.
+//! let node = ConnectOptions { node: address, ca, ..ConnectOptions::default() };
+//! let echo = ContainerOptions { alias: "echo".into(), connect: node.clone(), ..ContainerOptions::from_env("echo") };
+//! tokio::spawn(reef_sdk::run(echo, Echo));
+//!
+//! let client = Client::connect(&node).await?;
+//! // The container attaches in the background: until then its alias is unknown.
+//! let mut attempts = 0;
+//! let reply = loop {
+//!     match client.request("echo", "hello", Duration::from_secs(2)).await {
+//!         Err(error) if error.code() == Code::NotFound && attempts < 500 => {
+//!             attempts += 1;
+//!             tokio::time::sleep(Duration::from_millis(10)).await;
+//!         }
+//!         other => break other?,
+//!     }
+//! };
+//! assert_eq!(&reply[..], b"hello");
+//! client.close().await?;
+//! # Ok(())
+//! # }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

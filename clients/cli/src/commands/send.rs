@@ -1,6 +1,6 @@
 //! `reef send ALIAS TEXT`
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use reef_sdk::{Client, ConnectOptions};
 
@@ -16,14 +16,8 @@ pub struct Args {
 pub async fn run(args: Args, options: ConnectOptions) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&options).await?;
     client.send(&args.alias, args.text).await?;
-    // A round trip through the node after the send: if the destination is unknown, the
-    // node's ERROR for the send has arrived by the time this answers.
-    let info = client
-        .supervisor()
-        .info(reef_proto::InfoRequest {})
-        .await
-        .map_err(reef_sdk::Error::Rejected)?;
-    drop(info);
+    // Once the node has routed the send, its ERROR (if any) has arrived.
+    client.flush(Duration::from_secs(5)).await?;
     let undelivered = client.undelivered();
     client.close().await?;
     if undelivered > 0 {
