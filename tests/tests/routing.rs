@@ -234,7 +234,7 @@ async fn only_the_callee_can_answer_a_request() {
     let answer = caller.next(WAIT).await;
     assert_eq!(&answer.payload[..], b"genuine");
     // The forged reply was dropped as a dead letter, not delivered later.
-    let mut supervisor = node.supervisor().await;
+    let supervisor = node.supervisor().await;
     eventually("the forged reply counted as a dead letter", WAIT, || {
         let mut supervisor = supervisor.clone();
         async move {
