@@ -32,6 +32,7 @@ mod router;
 mod stats;
 mod status;
 mod supervisor;
+pub mod telemetry;
 
 pub use self::{
     alias::{Alias, InvalidAlias, MAX_ALIAS_LEN},

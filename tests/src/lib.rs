@@ -184,6 +184,19 @@ impl TestNode {
         SupervisorClient::new(self.options().connect().await.expect("connect to node"))
     }
 
+    /// Polls the node until it has counted `expected` dead letters.
+    pub async fn wait_for_dead_letters(&self, expected: u64) {
+        let supervisor = self.supervisor().await;
+        eventually(&format!("{expected} dead letters"), STARTUP, || {
+            let mut supervisor = supervisor.clone();
+            async move {
+                let info = supervisor.info(reef_proto::InfoRequest {}).await.ok()?;
+                (info.into_inner().dead_letters == expected).then_some(())
+            }
+        })
+        .await;
+    }
+
     /// Starts `reef-demo ARGS…` as container `alias` and waits until it is attached.
     pub async fn spawn_demo(&self, alias: &str, args: &[&str]) -> ChildGuard {
         let child = Command::new(binary("reef-demo"))

@@ -9,11 +9,14 @@ use std::{
 use reef_tests::{ChildGuard, STARTUP, TestNode, binary, stdout_lines, unused_port, wait_for_line};
 
 fn reef(node: &TestNode, args: &[&str]) -> Output {
+    reef_at(&node.addr.to_string(), &node.ca, args)
+}
+
+/// Runs `reef --node ADDRESS --ca CA ARGS…`.
+fn reef_at(address: &str, ca: &Path, args: &[&str]) -> Output {
     Command::new(binary("reef"))
-        .arg("--node")
-        .arg(node.addr.to_string())
-        .arg("--ca")
-        .arg(&node.ca)
+        .args(["--node", address, "--ca"])
+        .arg(ca)
         .args(args)
         .output()
         .expect("reef runs")
@@ -87,12 +90,7 @@ fn a_node_that_is_not_running_is_named_in_a_one_line_error() {
         if ca_exists {
             reef_platform::Pki::load_or_create(data.path(), &["localhost".to_owned()]).unwrap();
         }
-        let out = Command::new(binary("reef"))
-            .args(["--node", &address, "--ca"])
-            .arg(&ca)
-            .args(["request", "echo", "hello"])
-            .output()
-            .unwrap();
+        let out = reef_at(&address, &ca, &["request", "echo", "hello"]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1));
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
@@ -133,20 +131,10 @@ fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
     assert_eq!(pids.len(), 3, "{containers}");
     let ca = cwd.path().join(".reef/tls/ca.pem");
 
-    let out = Command::new(binary("reef"))
-        .args(["--node", &address, "--ca"])
-        .arg(&ca)
-        .args(["request", "echo", "hello"])
-        .output()
-        .unwrap();
+    let out = reef_at(&address, &ca, &["request", "echo", "hello"]);
     assert_eq!(text(&out.stdout), "hello\n", "{}", text(&out.stderr));
     // The ticker ticks the counter every second: the count is a number.
-    let out = Command::new(binary("reef"))
-        .args(["--node", &address, "--ca"])
-        .arg(&ca)
-        .args(["request", "counter", "count"])
-        .output()
-        .unwrap();
+    let out = reef_at(&address, &ca, &["request", "counter", "count"]);
     assert!(
         text(&out.stdout).trim().parse::<u64>().is_ok(),
         "{}",

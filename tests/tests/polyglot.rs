@@ -91,14 +91,7 @@ async fn a_python_container_and_rust_containers_answer_each_other() {
     assert_eq!(line, "reply from echo: from python");
 
     // Rust → Python: a Rust container relays a request to the Python container.
-    let relay = ContainerOptions {
-        alias: "relay".into(),
-        name: "relay".into(),
-        parent: None,
-        connect: node.options(),
-        endpoint_host: "127.0.0.1".into(),
-        labels: Default::default(),
-    };
+    let relay = ContainerOptions::new("relay", node.options());
     let relay = tokio::spawn(reef_sdk::run(relay, Relay));
     node.wait_attached("relay").await;
     let client = Client::connect(&node.options()).await.unwrap();

@@ -7,7 +7,7 @@ use reef_proto::{Envelope, EnvelopeKind, ErrorCode, InfoRequest};
 use reef_sdk::{
     Bytes, Client, Code, ContainerOptions, Context, Error, Handler, HandlerError, Message,
 };
-use reef_tests::{RawAttach, TestNode, eventually};
+use reef_tests::{RawAttach, TestNode};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -77,22 +77,11 @@ impl Handler for Slow {
     }
 }
 
-fn in_process(node: &TestNode, alias: &str) -> ContainerOptions {
-    ContainerOptions {
-        alias: alias.to_owned(),
-        name: alias.to_owned(),
-        parent: None,
-        connect: node.options(),
-        endpoint_host: "127.0.0.1".to_owned(),
-        labels: Default::default(),
-    }
-}
-
 #[tokio::test]
 async fn a_request_past_its_deadline_gets_deadline_exceeded_from_the_node() {
     let node = TestNode::start();
     let slow = tokio::spawn(reef_sdk::run(
-        in_process(&node, "slow"),
+        ContainerOptions::new("slow", node.options()),
         Slow(Duration::from_millis(600)),
     ));
     node.wait_attached("slow").await;
@@ -113,14 +102,7 @@ async fn a_request_past_its_deadline_gets_deadline_exceeded_from_the_node() {
         1
     );
     // The reply that comes after the deadline is not delivered: it is a dead letter.
-    eventually("the late reply counted as a dead letter", WAIT, || {
-        let mut supervisor = supervisor.clone();
-        async move {
-            let info = supervisor.info(InfoRequest {}).await.ok()?.into_inner();
-            (info.dead_letters == 1).then_some(())
-        }
-    })
-    .await;
+    node.wait_for_dead_letters(1).await;
     // The caller is still usable afterwards.
     let reply = client.request("slow", "ok", WAIT).await.unwrap();
     assert_eq!(&reply[..], b"ok");
@@ -234,15 +216,7 @@ async fn only_the_callee_can_answer_a_request() {
     let answer = caller.next(WAIT).await;
     assert_eq!(&answer.payload[..], b"genuine");
     // The forged reply was dropped as a dead letter, not delivered later.
-    let supervisor = node.supervisor().await;
-    eventually("the forged reply counted as a dead letter", WAIT, || {
-        let mut supervisor = supervisor.clone();
-        async move {
-            let info = supervisor.info(InfoRequest {}).await.ok()?.into_inner();
-            (info.dead_letters == 1).then_some(())
-        }
-    })
-    .await;
+    node.wait_for_dead_letters(1).await;
 }
 
 #[tokio::test]

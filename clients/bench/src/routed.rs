@@ -47,14 +47,7 @@ pub struct Routed {
 impl Routed {
     /// Attaches a sink and an echo container, and a client, to `node`.
     pub async fn start(node: &BenchNode) -> anyhow::Result<Self> {
-        let options = |alias: &str| ContainerOptions {
-            alias: alias.to_owned(),
-            name: alias.to_owned(),
-            parent: None,
-            connect: node.options.clone(),
-            endpoint_host: "127.0.0.1".to_owned(),
-            labels: Default::default(),
-        };
+        let options = |alias: &str| ContainerOptions::new(alias, node.options.clone());
         let containers = vec![
             tokio::spawn(reef_sdk::run(options(SINK), Sink::default())),
             tokio::spawn(reef_sdk::run(options(ECHO), Echo)),

@@ -41,13 +41,7 @@ impl Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REEF_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .init();
+    reef_platform::telemetry::init("error");
     let options = cli.connect_options();
     match commands::run(cli.command, options).await {
         Ok(code) => code,

@@ -161,6 +161,19 @@ pub struct ContainerOptions {
 }
 
 impl ContainerOptions {
+    /// Options for container `alias` (also its behaviour's name) on the node `connect`
+    /// describes, with its endpoint on 127.0.0.1.
+    pub fn new(alias: &str, connect: ConnectOptions) -> Self {
+        Self {
+            alias: alias.to_owned(),
+            name: alias.to_owned(),
+            parent: None,
+            connect,
+            endpoint_host: "127.0.0.1".to_owned(),
+            labels: BTreeMap::new(),
+        }
+    }
+
     /// Options for behaviour `name` from the environment the node gives its children:
     /// `REEF_ALIAS` (default: `name`), `REEF_PARENT`, `REEF_NODE`, `REEF_CA`,
     /// `REEF_INSECURE`, `REEF_ENDPOINT_HOST` (default 127.0.0.1).

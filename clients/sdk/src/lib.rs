@@ -29,7 +29,7 @@
 //! # tokio::spawn(started.run(std::future::pending()));
 //! // A node listens at `address`; its CA certificate is the file `ca`.
 //! let node = ConnectOptions { node: address, ca, ..ConnectOptions::default() };
-//! let echo = ContainerOptions { alias: "echo".into(), connect: node.clone(), ..ContainerOptions::from_env("echo") };
+//! let echo = ContainerOptions::new("echo", node.clone());
 //! tokio::spawn(reef_sdk::run(echo, Echo));
 //!
 //! let client = Client::connect(&node).await?;

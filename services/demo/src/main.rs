@@ -104,13 +104,7 @@ impl Handler for Ticker {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REEF_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    reef_platform::telemetry::init("info");
     let result = match Args::parse().behaviour {
         Behaviour::Echo => reef_sdk::run(ContainerOptions::from_env("echo"), Echo).await,
         Behaviour::Counter => {

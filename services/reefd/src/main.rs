@@ -95,13 +95,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REEF_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    reef_platform::telemetry::init("info");
     let config = args.config();
     let ca = config.ca_path();
     let node = match Node::bind(config).await {
