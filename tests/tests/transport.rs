@@ -295,6 +295,32 @@ async fn watch_streams_registry_events_after_a_snapshot() {
     );
 }
 
+#[tokio::test]
+async fn a_client_gives_up_on_a_node_that_stops_answering() {
+    let mut node = TestNode::start_with(&[
+        "--heartbeat-interval-ms",
+        "50",
+        "--heartbeat-timeout-ms",
+        "300",
+    ]);
+    let client = Client::connect(&node.options()).await.unwrap();
+    let pid = nix::unistd::Pid::from_raw(node.process().pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The request's own timeout is long: the error must come from the missing
+    // heartbeats, not from the request timing out.
+    let error = client
+        .request("anyone", "x", Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        matches!(&error, Error::Disconnected(reason) if reason.contains("silent")),
+        "{error:?}"
+    );
+    let error = client.send("anyone", "x").await.unwrap_err();
+    assert!(matches!(error, Error::Disconnected(_)), "{error:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_attached_clients_and_exits_zero() {
     let mut node = TestNode::start();

@@ -162,7 +162,10 @@ impl Client {
             undelivered: AtomicU64::new(0),
             lost: Mutex::new(None),
         });
-        tokio::spawn(read(frames, dispatch.clone(), inbox));
+        // The node sends heartbeats every interval: silence past its timeout means the
+        // node hangs or the network dropped us, even if the connection looks open.
+        let silence = Duration::from_millis(granted.heartbeat_timeout_ms.max(1).into());
+        tokio::spawn(read(frames, dispatch.clone(), inbox, silence));
         let certificate = (!granted.endpoint_cert_pem.is_empty()).then_some(EndpointCertificate {
             cert_pem: granted.endpoint_cert_pem,
             key_pem: granted.endpoint_key_pem,
@@ -240,6 +243,9 @@ impl Client {
     /// Sends an already-built envelope (replies from handlers). The origin is set by
     /// the node.
     pub(crate) async fn enqueue(&self, envelope: Envelope) -> Result<(), Error> {
+        if self.is_disconnected() {
+            return Err(self.disconnected());
+        }
         if envelope.payload.len() > self.shared.max_payload {
             return Err(Error::PayloadTooLarge {
                 size: envelope.payload.len(),
@@ -385,9 +391,13 @@ async fn read(
     mut frames: Streaming<Frame>,
     dispatch: Arc<Dispatch>,
     inbox: Option<mpsc::Sender<Vec<Envelope>>>,
+    silence: Duration,
 ) {
     let reason = loop {
-        match frames.message().await {
+        let Ok(frame) = tokio::time::timeout(silence, frames.message()).await else {
+            break format!("the node has been silent for {} ms", silence.as_millis());
+        };
+        match frame {
             Ok(Some(frame)) => {
                 let for_handler = dispatch.dispatch_frame(frame, inbox.is_some());
                 if let Some(inbox) = &inbox
