@@ -304,15 +304,31 @@ async fn a_client_gives_up_on_a_node_that_stops_answering() {
         "300",
     ]);
     let client = Client::connect(&node.options()).await.unwrap();
-    let pid = nix::unistd::Pid::from_raw(node.process().pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // A receiver that never answers, so the request can only end by the node's silence.
+    let _mute = RawAttach::open(&node, "mute").await;
+    let pid = node.process().pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    eventually("reefd stopped", WAIT, || async {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+        (state == "T").then_some(())
+    })
+    .await;
     // The request's own timeout is long: the error must come from the missing
     // heartbeats, not from the request timing out.
     let error = client
-        .request("anyone", "x", Duration::from_secs(60))
+        .request("mute", "x", Duration::from_secs(60))
         .await
         .unwrap_err();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
     assert!(
         matches!(&error, Error::Disconnected(reason) if reason.contains("silent")),
         "{error:?}"

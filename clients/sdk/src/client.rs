@@ -4,7 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -95,6 +95,9 @@ struct Dispatch {
     pending: Mutex<HashMap<u64, ReplySlot>>,
     control: mpsc::Sender<Envelope>,
     undelivered: AtomicU64,
+    /// Set once the stream has ended; checked on every send, so not behind the lock.
+    disconnected: AtomicBool,
+    /// Why the stream ended.
     lost: Mutex<Option<String>>,
 }
 
@@ -160,6 +163,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             control,
             undelivered: AtomicU64::new(0),
+            disconnected: AtomicBool::new(false),
             lost: Mutex::new(None),
         });
         // The node sends heartbeats every interval: silence past its timeout means the
@@ -265,7 +269,7 @@ impl Client {
 
     /// Whether the attach stream has ended.
     pub fn is_disconnected(&self) -> bool {
-        self.shared.dispatch.lost().is_some()
+        self.shared.dispatch.disconnected.load(Relaxed)
     }
 
     /// Releases the alias and closes the attach stream.
@@ -381,6 +385,7 @@ impl Dispatch {
 
     fn fail_all(&self, reason: String) {
         *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        self.disconnected.store(true, Relaxed);
         for (_, slot) in self.pending().drain() {
             let _ = slot.send(Err(Error::Disconnected(reason.clone())));
         }
