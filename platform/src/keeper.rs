@@ -34,7 +34,9 @@ pub(crate) async fn keep(
         tokio::select! {
             _ = closed.changed() => {}
             _ = attachment.deadlines_notified() => {}
-            _ = sleep_until(next_deadline.into()) => expire(&stats, &attachment).await,
+            _ = sleep_until(next_deadline.into()) => {
+                expire(&stats, &attachment, limits.enqueue_timeout).await
+            }
             _ = heartbeat.tick() => {
                 let silence = attachment.silent_for();
                 if silence > limits.heartbeat_timeout {
@@ -57,7 +59,10 @@ pub(crate) async fn keep(
     }
 }
 
-async fn expire(stats: &NodeStats, attachment: &Attachment) {
+/// Answers expired requests with DEADLINE_EXCEEDED, waiting at most `patience` for room
+/// in the caller's mailbox: a caller that does not read must not stall its keeper (and
+/// with it the heartbeats).
+async fn expire(stats: &NodeStats, attachment: &Attachment, patience: std::time::Duration) {
     let expired = attachment.pending().expire(Instant::now());
     if expired.is_empty() {
         return;
@@ -79,8 +84,10 @@ async fn expire(stats: &NodeStats, attachment: &Attachment) {
             ErrorCode::DeadlineExceeded,
             message,
         );
-        if attachment.data().send(error).await.is_err() {
-            return;
+        let queued =
+            tokio::time::timeout(patience, reef_proto::enqueue(attachment.data(), error)).await;
+        if !matches!(queued, Ok(Ok(()))) {
+            stats.add_dead_letters(1);
         }
     }
 }

@@ -214,7 +214,7 @@ impl TestNode {
 
     /// Polls the registry until `alias` is attached.
     pub async fn wait_attached(&self, alias: &str) {
-        let mut supervisor = self.supervisor().await;
+        let supervisor = self.supervisor().await;
         eventually(&format!("{alias} attached"), STARTUP, || {
             let mut supervisor = supervisor.clone();
             async move {
@@ -226,7 +226,6 @@ impl TestNode {
             }
         })
         .await;
-        drop(supervisor.list(ListRequest {}).await);
     }
 }
 
