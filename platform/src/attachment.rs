@@ -5,7 +5,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -30,7 +30,10 @@ pub struct Attachment {
     /// Wakes the keeper when an earlier deadline was added.
     pending_changed: Notify,
     closer: Mutex<Option<oneshot::Sender<Option<Status>>>>,
+    /// Turns true on close, for the tasks that wait for it.
     closed: watch::Sender<bool>,
+    /// The same fact for the router's per-envelope check: reading the watch takes a lock.
+    closing: AtomicBool,
     epoch: Instant,
     last_heard_ms: AtomicU64,
     envelopes_in: AtomicU64,
@@ -55,6 +58,7 @@ impl Attachment {
             pending_changed: Notify::new(),
             closer: Mutex::new(Some(closer)),
             closed: watch::Sender::new(false),
+            closing: AtomicBool::new(false),
             epoch: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             envelopes_in: AtomicU64::new(0),
@@ -103,7 +107,7 @@ impl Attachment {
 
     /// Whether the stream is gone, so envelopes can no longer reach the container.
     pub fn is_closed(&self) -> bool {
-        self.data.is_closed() || *self.closed.borrow()
+        self.closing.load(Relaxed) || self.data.is_closed()
     }
 
     /// A receiver that turns true once the attachment is closed.
@@ -116,6 +120,7 @@ impl Attachment {
     pub fn close(&self, status: Option<Status>) {
         let closer = self.closer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(closer) = closer {
+            self.closing.store(true, Relaxed);
             let _ = closer.send(status);
             self.closed.send_replace(true);
         }

@@ -29,6 +29,7 @@ mod pending;
 mod pki;
 mod registry;
 mod router;
+pub mod runtime;
 mod stats;
 mod status;
 mod supervisor;

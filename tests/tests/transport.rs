@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _};
+use nix::sys::signal::Signal;
 use reef_proto::{
     ContainerEventKind, InfoRequest, ListRequest, WatchRequest, supervisor_client::SupervisorClient,
 };
@@ -307,11 +308,7 @@ async fn a_client_gives_up_on_a_node_that_stops_answering() {
     // A receiver that never answers, so the request can only end by the node's silence.
     let _mute = RawAttach::open(&node, "mute").await;
     let pid = node.process().pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    node.process().signal(Signal::SIGSTOP);
     eventually("reefd stopped", WAIT, || async {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let state = stat.rsplit(')').next()?.split_whitespace().next()?;
@@ -324,11 +321,7 @@ async fn a_client_gives_up_on_a_node_that_stops_answering() {
         .request("mute", "x", Duration::from_secs(60))
         .await
         .unwrap_err();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .unwrap();
+    node.process().signal(Signal::SIGCONT);
     assert!(
         matches!(&error, Error::Disconnected(reason) if reason.contains("silent")),
         "{error:?}"

@@ -94,6 +94,15 @@ impl Container for PingOnly {
     }
 }
 
+/// Which echo server a bidi figure goes through.
+#[derive(Debug, Clone, Copy)]
+pub enum EchoServer {
+    /// Frames straight back: raw tonic.
+    Direct,
+    /// Through a reader task, a bounded queue and a `FrameBatcher`, as in the node.
+    ViaQueue,
+}
+
 /// A raw tonic TLS server in this process.
 pub struct Baseline {
     options: ConnectOptions,
@@ -137,29 +146,20 @@ impl Baseline {
         })
     }
 
-    /// [`Baseline::bidi_echo_batched`] through the node's queueing machinery.
-    pub async fn bidi_echo_queued(
+    /// Messages per second through a bidi echo stream on `server`, `batch` envelopes
+    /// per gRPC message, unlimited in flight.
+    pub async fn bidi_echo(
         &self,
+        server: EchoServer,
         messages: u64,
         payload: Bytes,
         batch: usize,
     ) -> anyhow::Result<f64> {
-        bidi_echo_on(&self.queued, messages, payload, batch).await
-    }
-
-    /// Messages per second through a bidi echo stream, one message per gRPC message.
-    pub async fn bidi_echo(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
-        self.bidi_echo_batched(messages, payload, 1).await
-    }
-
-    /// Like [`Baseline::bidi_echo`] with `batch` envelopes per gRPC message.
-    pub async fn bidi_echo_batched(
-        &self,
-        messages: u64,
-        payload: Bytes,
-        batch: usize,
-    ) -> anyhow::Result<f64> {
-        bidi_echo_on(&self.options, messages, payload, batch).await
+        let options = match server {
+            EchoServer::Direct => &self.options,
+            EchoServer::ViaQueue => &self.queued,
+        };
+        bidi_echo_on(options, messages, payload, batch).await
     }
 
     /// Unary calls per second with `in_flight` tasks on one channel.

@@ -13,6 +13,8 @@ mod node;
 mod report;
 mod routed;
 
+use baseline::EchoServer;
+
 /// Load generator and benchmark for reef.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -71,16 +73,7 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse().effective();
-    let runtime = match args.threads {
-        0 | 1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        threads => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
+    let runtime = match reef_platform::runtime::build(Some(args.threads)) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("reef-bench: cannot start the runtime: {error}");
@@ -108,28 +101,23 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         let baseline = baseline::Baseline::start().await?;
         let bidi = report::median_of(args.runs, || {
-            baseline.bidi_echo(args.messages, payload.clone())
+            baseline.bidi_echo(EchoServer::Direct, args.messages, payload.clone(), 1)
         })
         .await?;
         report::rate("baseline_tonic_bidi_rate", &bidi, "msg/s");
         if args.diagnostics {
+            let servers = [
+                (EchoServer::Direct, "tonic"),
+                (EchoServer::ViaQueue, "queued"),
+            ];
             for batch in [16, 64, 512] {
-                let rate = baseline
-                    .bidi_echo_batched(args.messages, payload.clone(), batch)
-                    .await?;
-                report::metric(
-                    &format!("baseline_tonic_bidi_batch{batch}_rate"),
-                    rate,
-                    "msg/s",
-                );
-                let rate = baseline
-                    .bidi_echo_queued(args.messages, payload.clone(), batch)
-                    .await?;
-                report::metric(
-                    &format!("baseline_queued_bidi_batch{batch}_rate"),
-                    rate,
-                    "msg/s",
-                );
+                for (server, name) in servers {
+                    let rate = baseline
+                        .bidi_echo(server, args.messages, payload.clone(), batch)
+                        .await?;
+                    let metric = format!("baseline_{name}_bidi_batch{batch}_rate");
+                    report::metric(&metric, rate, "msg/s");
+                }
             }
         }
         let unary =

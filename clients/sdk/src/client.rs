@@ -3,8 +3,8 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -95,10 +95,8 @@ struct Dispatch {
     pending: Mutex<HashMap<u64, ReplySlot>>,
     control: mpsc::Sender<Envelope>,
     undelivered: AtomicU64,
-    /// Set once the stream has ended; checked on every send, so not behind the lock.
-    disconnected: AtomicBool,
-    /// Why the stream ended.
-    lost: Mutex<Option<String>>,
+    /// Why the stream ended, once it has: set once, read without a lock on every send.
+    lost: OnceLock<String>,
 }
 
 impl Client {
@@ -163,8 +161,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             control,
             undelivered: AtomicU64::new(0),
-            disconnected: AtomicBool::new(false),
-            lost: Mutex::new(None),
+            lost: OnceLock::new(),
         });
         // The node sends heartbeats every interval: silence past its timeout means the
         // node hangs or the network dropped us, even if the connection looks open.
@@ -269,7 +266,7 @@ impl Client {
 
     /// Whether the attach stream has ended.
     pub fn is_disconnected(&self) -> bool {
-        self.shared.dispatch.disconnected.load(Relaxed)
+        self.shared.dispatch.lost.get().is_some()
     }
 
     /// Releases the alias and closes the attach stream.
@@ -300,18 +297,16 @@ impl Client {
     }
 
     fn disconnected(&self) -> Error {
-        let reason = self.shared.dispatch.lost();
-        Error::Disconnected(reason.unwrap_or_else(|| "the attach stream closed".to_owned()))
+        let reason = self.shared.dispatch.lost.get();
+        Error::Disconnected(
+            reason.map_or_else(|| "the attach stream closed".to_owned(), Clone::clone),
+        )
     }
 }
 
 impl Dispatch {
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReplySlot>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lost(&self) -> Option<String> {
-        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Handles what the reader can handle itself and returns the sends and requests
@@ -365,8 +360,7 @@ impl Dispatch {
                     tracing::debug!(from = %envelope.origin, "plain client dropped a message");
                 }
             }
-            // PROGRESS only keeps a request alive; answers to our own heartbeats need no
-            // action.
+            // PROGRESS only keeps a request alive.
             _ => {}
         }
         None
@@ -384,8 +378,7 @@ impl Dispatch {
     }
 
     fn fail_all(&self, reason: String) {
-        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
-        self.disconnected.store(true, Relaxed);
+        let _ = self.lost.set(reason.clone());
         for (_, slot) in self.pending().drain() {
             let _ = slot.send(Err(Error::Disconnected(reason.clone())));
         }

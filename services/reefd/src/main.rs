@@ -73,19 +73,7 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(threads) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    };
-    match runtime {
+    match reef_platform::runtime::build(args.threads) {
         Ok(runtime) => runtime.block_on(serve(args)),
         Err(error) => {
             eprintln!("reefd: cannot start the runtime: {error}");
