@@ -67,6 +67,16 @@ impl FrameBatcher {
         }
     }
 
+    /// Closes the data lane and returns what was still queued, in order.
+    pub fn close_and_take_unsent(&mut self) -> Vec<Envelope> {
+        self.data.close();
+        let mut unsent: Vec<Envelope> = self.carry.drain(..).collect();
+        while let Ok(envelope) = self.data.try_recv() {
+            unsent.push(envelope);
+        }
+        unsent
+    }
+
     /// Closes the data lane and returns how many envelopes were still queued: they will
     /// never be written, and the caller decides what that means (dead letters).
     pub fn close_and_count_unsent(&mut self) -> usize {

@@ -2,7 +2,8 @@
 
 Environment (as a node gives its children): REEF_NODE, REEF_CA, REEF_ALIAS.
 With --ask ALIAS:TEXT it also requests ALIAS once after attaching and prints the reply.
-Prints "attached ALIAS" once attached; stops on SIGTERM or when stdin closes.
+Prints "attached ALIAS" once attached; stops on SIGTERM, or when stdin closes if it
+was started from a pipe (a node starts its children with stdin on /dev/null).
 """
 
 import argparse
@@ -39,7 +40,8 @@ def main():
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    if not os.environ.get("REEF_TOKEN"):
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     while not stop.is_set() and not container.closed.is_set():
         stop.wait(0.2)
     container.close()

@@ -57,7 +57,11 @@ class _Endpoint(container_pb2_grpc.ContainerServicer):
 class Container:
     """One attached alias. `handler(payload: bytes, origin: str) -> bytes` answers requests."""
 
-    def __init__(self, node, ca_path, alias, name, handler=None, parent=""):
+    def __init__(self, node, ca_path, alias, name, handler=None, parent=None, token=None):
+        # A container the node started finds its parent and credential in REEF_PARENT
+        # and REEF_TOKEN.
+        parent = os.environ.get("REEF_PARENT", "") if parent is None else parent
+        token = os.environ.get("REEF_TOKEN", "") if token is None else token
         with open(ca_path, "rb") as f:
             self.ca = f.read()
         self.alias, self.name, self.handler = alias, name, handler
@@ -76,7 +80,12 @@ class Container:
         container_pb2_grpc.add_ContainerServicer_to_server(_Endpoint(self), self.server)
         granted = self.supervisor.Register(
             supervisor_pb2.RegisterRequest(
-                alias=alias, name=name, parent=parent, pid=os.getpid(), endpoint=self._reserve_endpoint()
+                alias=alias,
+                name=name,
+                parent=parent,
+                pid=os.getpid(),
+                endpoint=self._reserve_endpoint(),
+                token=token,
             ),
             timeout=10,
         )

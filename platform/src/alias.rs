@@ -9,8 +9,25 @@ pub const MAX_ALIAS_LEN: usize = 128;
 ///
 /// 1–128 characters of `[A-Za-z0-9._-]` in segments separated by `/`, each segment
 /// starting with a letter or digit. `:` is reserved for group addresses (`group:NAME`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Alias(Arc<str>);
+
+impl TryFrom<String> for Alias {
+    type Error = InvalidAlias;
+
+    fn try_from(raw: String) -> Result<Self, InvalidAlias> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<Alias> for String {
+    fn from(alias: Alias) -> Self {
+        alias.0.to_string()
+    }
+}
 
 /// Why a string is not an alias.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@ use std::{
     future::Future as _,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
@@ -16,7 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::{Alias, Limits, NodeStats, PendingRequests};
+use crate::{Alias, Limits, NodeStats, PendingRequests, Registry};
 
 /// Where the node queues envelopes for one attached container, what that container is
 /// waiting for, and how to close its stream.
@@ -46,6 +46,7 @@ impl Attachment {
         alias: Alias,
         limits: &Limits,
         stats: Arc<NodeStats>,
+        registry: Weak<Registry>,
     ) -> (Arc<Self>, Outbound) {
         let (data, data_rx) = mpsc::channel(limits.mailbox_capacity);
         let (control, control_rx) = mpsc::channel(64);
@@ -70,6 +71,7 @@ impl Attachment {
             finished: false,
             attachment: attachment.clone(),
             stats,
+            registry,
         };
         (attachment, outbound)
     }
@@ -153,13 +155,16 @@ impl Attachment {
 }
 
 /// The response stream of `Channel.Attach`: frames for the container until the
-/// attachment closes. Envelopes still queued when it is dropped are dead letters.
+/// attachment closes. Envelopes still queued when it is dropped go back to the registry,
+/// which holds them for a supervised container's next process; otherwise they are dead
+/// letters.
 pub struct Outbound {
     frames: FrameBatcher,
     close: oneshot::Receiver<Option<Status>>,
     finished: bool,
     attachment: Arc<Attachment>,
     stats: Arc<NodeStats>,
+    registry: Weak<Registry>,
 }
 
 impl Stream for Outbound {
@@ -191,11 +196,19 @@ impl Stream for Outbound {
 
 impl Drop for Outbound {
     fn drop(&mut self) {
-        let unsent = self.frames.close_and_count_unsent();
-        if unsent > 0 {
-            tracing::debug!(alias = %self.attachment.alias, unsent, "attach stream ended with envelopes queued");
-            self.stats.add_dead_letters(unsent as u64);
-        }
+        // Closed first, so that nothing new is queued here while the rest moves.
         self.attachment.close(None);
+        let unsent = self.frames.close_and_take_unsent();
+        let Some(registry) = self.registry.upgrade() else {
+            self.stats.add_dead_letters(unsent.len() as u64);
+            return;
+        };
+        if !unsent.is_empty() {
+            let count = unsent.len();
+            let lost = registry.requeue(&self.attachment.alias, unsent);
+            tracing::debug!(alias = %self.attachment.alias, count, lost, "attach stream ended with envelopes queued");
+            self.stats.add_dead_letters(lost as u64);
+        }
+        registry.fail_in_flight(&self.attachment.alias);
     }
 }

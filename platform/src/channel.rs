@@ -5,7 +5,7 @@ use std::sync::Arc;
 use reef_proto::{ALIAS_METADATA, Frame, LEASE_METADATA, channel_server};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{Inbound, NodeStats, Outbound, Registry, keeper, status::registry_status};
+use crate::{DetachCause, Inbound, NodeStats, Outbound, Registry, keeper, status::registry_status};
 
 /// Serves `Channel.Attach`: binds a registered alias to a bidirectional stream.
 #[derive(Debug, Clone)]
@@ -63,20 +63,20 @@ impl channel_server::Channel for ChannelService {
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let mut closed = attachment.subscribe_closed();
-            let (reason, status) = loop {
+            let (cause, reason, status) = loop {
                 tokio::select! {
                     frame = frames.message() => match frame {
                         Ok(Some(frame)) => inbound.route_frame(frame).await,
-                        Ok(None) => break ("stream closed by the container".to_owned(), None),
+                        Ok(None) => break (DetachCause::Ended, "stream closed by the container".to_owned(), None),
                         Err(status) => {
                             let reason = format!("attach stream failed: {}", status.message());
-                            break (reason.clone(), Some(Status::invalid_argument(reason)));
+                            break (DetachCause::Ended, reason.clone(), Some(Status::invalid_argument(reason)));
                         }
                     },
-                    _ = closed.changed() => break ("closed by the node".to_owned(), None),
+                    _ = closed.changed() => break (DetachCause::Closed, "closed by the node".to_owned(), None),
                 }
             };
-            registry.detach(&attachment, &reason, status);
+            registry.detach(&attachment, cause, &reason, status);
         });
         Ok(Response::new(outbound))
     }

@@ -7,7 +7,7 @@ use reef_proto::{Envelope, EnvelopeKind, ErrorCode};
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tonic::Status;
 
-use crate::{Attachment, NodeStats, Registry, router::node_error};
+use crate::{Attachment, DetachCause, NodeStats, Registry, router::node_error};
 
 /// Runs until `attachment` closes: sends a HEARTBEAT every interval on the control lane,
 /// detaches the container after the heartbeat timeout of silence, and answers expired
@@ -41,7 +41,7 @@ pub(crate) async fn keep(
                 let silence = attachment.silent_for();
                 if silence > limits.heartbeat_timeout {
                     let reason = format!("missed heartbeats: nothing heard for {} ms", silence.as_millis());
-                    registry.detach(&attachment, &reason, Some(Status::unavailable(reason.clone())));
+                    registry.detach(&attachment, DetachCause::Silent, &reason, Some(Status::unavailable(reason.clone())));
                     return;
                 }
                 heartbeat_id += 1;

@@ -27,11 +27,14 @@ mod limits;
 mod node;
 mod pending;
 mod pki;
+mod probe;
 mod registry;
 mod router;
 pub mod runtime;
 mod stats;
 mod status;
+pub mod supervision;
+mod supervision_wire;
 mod supervisor;
 pub mod telemetry;
 
@@ -44,7 +47,8 @@ pub use self::{
     pending::{Pending, PendingError, PendingRequests},
     pki::{CertifiedKey, Pki, PkiError},
     registry::{
-        ContainerSnapshot, ContainerSpec, EventKind, Registry, RegistryError, RegistryEvent,
+        ContainerSnapshot, ContainerSpec, DetachCause, EventKind, Phase, Registry, RegistryError,
+        RegistryEvent,
     },
     router::Inbound,
     stats::NodeStats,

@@ -20,6 +20,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     ChannelService, Limits, NodeIdentity, NodeStats, Pki, PkiError, Registry, SupervisorService,
+    supervision::{Environment, Policy, Supervision, SupervisionConfig},
 };
 
 /// How to run a node.
@@ -41,6 +42,10 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// How long to wait for streams to end after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Strategy and restart intensity for the node's own children.
+    pub root_policy: Policy,
+    /// How long supervised containers get to stop when the node shuts down.
+    pub stop_grace: Duration,
 }
 
 impl NodeConfig {
@@ -55,6 +60,8 @@ impl NodeConfig {
             tls_names: Vec::new(),
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(5),
+            root_policy: Policy::default(),
+            stop_grace: Duration::from_secs(5),
         }
     }
 
@@ -84,6 +91,9 @@ pub enum NodeError {
     /// Server reflection could not be set up from the descriptors.
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The durable registry or the log directory could not be read.
+    #[error("supervision state in the data dir: {0}")]
+    Supervision(std::io::Error),
 }
 
 /// A node whose ports are bound; [`Node::run`] serves them.
@@ -95,6 +105,7 @@ pub struct Node {
     pki: Arc<Pki>,
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
+    supervision: Supervision,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -124,6 +135,28 @@ impl Node {
         let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"), &names)?);
         let stats = Arc::new(NodeStats::default());
         let registry = Registry::new(config.limits.clone(), stats.clone());
+        let local = listener.local_addr().unwrap_or(config.listen);
+        // Children reach the node on loopback when it listens on every interface.
+        let reachable = match local.ip().is_unspecified() {
+            true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port()),
+            false => local,
+        };
+        let ca_path = std::path::absolute(config.ca_path()).unwrap_or_else(|_| config.ca_path());
+        let supervision = Supervision::start(
+            SupervisionConfig {
+                data_dir: config.data_dir.clone(),
+                environment: Environment {
+                    node: reachable.to_string(),
+                    ca: ca_path,
+                    insecure: config.insecure,
+                },
+                ca_pem: pki.ca_pem().to_owned(),
+                root_policy: config.root_policy.clone(),
+                attach_timeout: config.limits.attach_timeout,
+            },
+            registry.clone(),
+        )
+        .map_err(NodeError::Supervision)?;
         Ok(Self {
             config,
             listener,
@@ -131,6 +164,7 @@ impl Node {
             pki,
             registry,
             stats,
+            supervision,
         })
     }
 
@@ -151,6 +185,11 @@ impl Node {
         &self.registry
     }
 
+    /// The supervisor, for embedding a node in-process.
+    pub fn supervision(&self) -> &Supervision {
+        &self.supervision
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, closes every attach
     /// stream with UNAVAILABLE and waits up to the drain timeout for streams to end.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
@@ -161,6 +200,7 @@ impl Node {
             self.registry.clone(),
             self.stats.clone(),
             self.pki.clone(),
+            self.supervision.clone(),
             NodeIdentity {
                 name: self.config.name.clone(),
                 listen,
@@ -244,10 +284,11 @@ impl Node {
                 };
             }
         }
-        tracing::info!("shutting down: draining attach streams");
+        tracing::info!("shutting down: stopping containers, draining attach streams");
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        self.supervision.shutdown(self.config.stop_grace).await;
         let _ = stop.send(true);
         self.registry
             .close_all(Status::unavailable("the node is shutting down"));

@@ -91,6 +91,21 @@ impl PendingRequests {
         }
     }
 
+    /// Removes and returns the requests waiting for `callee`, except those `keep` says
+    /// are still on their way to it.
+    pub fn take_for_callee(&mut self, callee: &str, keep: impl Fn(u64) -> bool) -> Vec<u64> {
+        let ids: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(id, pending)| pending.callee.as_str() == callee && !keep(**id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.forget(*id);
+        }
+        ids
+    }
+
     /// The earliest deadline, if any request is in flight.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.by_deadline.first().map(|(deadline, _)| *deadline)

@@ -1,15 +1,18 @@
 //! The registry: which aliases are claimed, by whom, and which are attached.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
-    time::SystemTime,
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::broadcast;
+use reef_proto::{Envelope, EnvelopeKind};
+use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
-use crate::{Alias, Attachment, InvalidAlias, Limits, NodeStats, Outbound};
+use crate::{
+    Alias, Attachment, InvalidAlias, Limits, NodeStats, Outbound, supervision::SupervisedSnapshot,
+};
 
 /// What a container says about itself when it claims an alias.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct ContainerSnapshot {
     pub envelopes_in: u64,
     /// Envelopes delivered to it.
     pub envelopes_out: u64,
+    /// What the supervisor knows, for containers the node runs.
+    pub supervised: Option<SupervisedSnapshot>,
 }
 
 /// What happened to a registration.
@@ -54,6 +59,74 @@ pub enum EventKind {
     Detached,
     /// The alias was released by its holder or expired.
     Deregistered,
+    /// A supervised container is being created.
+    Create,
+    /// … started.
+    Start,
+    /// … stopped.
+    Stop,
+    /// … failed.
+    Fail,
+    /// … destroyed.
+    Destroy,
+    /// … restarted.
+    Restart,
+    /// A solver action was applied to it.
+    Solve,
+}
+
+/// Where in a lifecycle transition an event is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// About to happen.
+    Before,
+    /// The state changed.
+    On,
+    /// Done.
+    After,
+}
+
+/// What the supervisor hears from the registry about the containers it runs.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// A supervised alias attached; `pid` is what its process registered with.
+    Attached {
+        /// The container.
+        alias: Alias,
+        /// The registered process id.
+        pid: Option<u32>,
+    },
+    /// Its attach stream closed.
+    Detached {
+        /// The container.
+        alias: Alias,
+        /// Why.
+        cause: DetachCause,
+    },
+}
+
+/// Why an attach stream was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetachCause {
+    /// Nothing was heard for the heartbeat timeout.
+    Silent,
+    /// The stream ended or failed, or the holder deregistered.
+    Ended,
+    /// The node closed it (shutdown, eviction).
+    Closed,
+}
+
+/// Why an envelope for an unattached alias was not held for it.
+#[derive(Debug)]
+pub enum HoldRefused {
+    /// Nobody has or reserves the alias.
+    Unknown,
+    /// The alias belongs to a stopped container.
+    Stopped,
+    /// The hold queue is full.
+    Full(usize),
+    /// The alias attached meanwhile: deliver to it.
+    Open(Arc<Attachment>),
 }
 
 /// A change in the registry, for `Supervisor.Watch`.
@@ -67,6 +140,8 @@ pub struct RegistryEvent {
     pub reason: String,
     /// When.
     pub at: SystemTime,
+    /// For lifecycle events: where in the transition.
+    pub phase: Option<Phase>,
 }
 
 /// Why a registry operation was refused.
@@ -93,13 +168,31 @@ pub enum RegistryError {
     /// The node holds as many registrations as it may.
     #[error("the node already holds {0} registrations")]
     Full(usize),
+    /// The alias belongs to a supervised container and the token does not match.
+    #[error(
+        "alias {0:?} belongs to a container the node supervises; only its process (with REEF_TOKEN) may register it"
+    )]
+    Reserved(String),
 }
 
 struct Registration {
     spec: ContainerSpec,
-    lease: String,
+    /// `None` while a supervised container's alias waits for its process.
+    lease: Option<String>,
     registered_at: SystemTime,
     attachment: Option<Arc<Attachment>>,
+    reservation: Option<Reservation>,
+}
+
+/// An alias the supervisor keeps for a container it runs, across restarts.
+struct Reservation {
+    token: String,
+    /// Whether envelopes are held while the container is not attached (false when
+    /// it is stopped).
+    holding: bool,
+    /// Envelopes that arrived while it was not attached, with their arrival time.
+    held: VecDeque<(Instant, Envelope)>,
+    info: SupervisedSnapshot,
 }
 
 /// Whether `alias` is `start` or one of its registered ancestors.
@@ -128,6 +221,7 @@ impl Registration {
             attached: self.attachment.is_some(),
             envelopes_in,
             envelopes_out,
+            supervised: self.reservation.as_ref().map(|r| r.info.clone()),
         }
     }
 }
@@ -136,6 +230,7 @@ impl Registration {
 pub struct Registry {
     entries: RwLock<HashMap<Alias, Registration>>,
     events: broadcast::Sender<RegistryEvent>,
+    observer: Mutex<Option<mpsc::UnboundedSender<Observed>>>,
     limits: Limits,
     stats: Arc<NodeStats>,
 }
@@ -151,7 +246,8 @@ impl Registry {
     pub fn new(limits: Limits, stats: Arc<NodeStats>) -> Arc<Self> {
         Arc::new(Self {
             entries: RwLock::new(HashMap::new()),
-            events: broadcast::channel(1024).0,
+            events: broadcast::channel(4096).0,
+            observer: Mutex::new(None),
             limits,
             stats,
         })
@@ -164,31 +260,55 @@ impl Registry {
 
     /// Claims `spec.alias` and returns the lease that attaches to it. A registration
     /// that is not attached within the attach timeout expires.
-    pub fn register(self: &Arc<Self>, spec: ContainerSpec) -> Result<String, RegistryError> {
+    /// The alias of a supervised container is claimed with its `token`; the
+    /// supervisor's parent wins over the one the process names.
+    pub fn register(
+        self: &Arc<Self>,
+        mut spec: ContainerSpec,
+        token: Option<&str>,
+    ) -> Result<String, RegistryError> {
         let lease = crate::lease::new_lease();
         let alias = spec.alias.clone();
-        let registration = Registration {
-            spec,
-            lease: lease.clone(),
-            registered_at: SystemTime::now(),
-            attachment: None,
-        };
-        let snapshot = registration.snapshot();
-        {
+        let snapshot = {
             let mut entries = self.write();
-            if entries.contains_key(&alias) {
-                return Err(RegistryError::AlreadyRegistered(alias.to_string()));
+            match entries.get_mut(&alias) {
+                Some(entry) if entry.reservation.is_some() => {
+                    let reservation = entry.reservation.as_ref().expect("checked");
+                    if token != Some(reservation.token.as_str()) {
+                        return Err(RegistryError::Reserved(alias.to_string()));
+                    }
+                    if entry.attachment.is_some() {
+                        return Err(RegistryError::AlreadyAttached(alias.to_string()));
+                    }
+                    spec.parent = entry.spec.parent.clone();
+                    entry.spec = spec;
+                    entry.lease = Some(lease.clone());
+                    entry.registered_at = SystemTime::now();
+                    entry.snapshot()
+                }
+                Some(_) => return Err(RegistryError::AlreadyRegistered(alias.to_string())),
+                None => {
+                    if let Some(parent) = &spec.parent
+                        && ancestors_include(&entries, parent, &alias)
+                    {
+                        return Err(RegistryError::ParentCycle(alias.to_string()));
+                    }
+                    if entries.len() >= self.limits.max_containers {
+                        return Err(RegistryError::Full(entries.len()));
+                    }
+                    let registration = Registration {
+                        spec,
+                        lease: Some(lease.clone()),
+                        registered_at: SystemTime::now(),
+                        attachment: None,
+                        reservation: None,
+                    };
+                    let snapshot = registration.snapshot();
+                    entries.insert(alias.clone(), registration);
+                    snapshot
+                }
             }
-            if let Some(parent) = &registration.spec.parent
-                && ancestors_include(&entries, parent, &alias)
-            {
-                return Err(RegistryError::ParentCycle(alias.to_string()));
-            }
-            if entries.len() >= self.limits.max_containers {
-                return Err(RegistryError::Full(entries.len()));
-            }
-            entries.insert(alias.clone(), registration);
-        }
+        };
         self.emit(EventKind::Registered, snapshot, "registered");
         let registry = Arc::downgrade(self);
         let timeout = self.limits.attach_timeout;
@@ -204,7 +324,7 @@ impl Registry {
 
     /// Binds a new attach stream to a registration.
     pub fn attach(
-        &self,
+        self: &Arc<Self>,
         alias: &str,
         lease: &str,
     ) -> Result<(Arc<Attachment>, Outbound), RegistryError> {
@@ -214,14 +334,25 @@ impl Registry {
             let entry = entries
                 .get_mut(&alias)
                 .ok_or_else(|| RegistryError::NotRegistered(alias.to_string()))?;
-            if entry.lease != lease {
+            if entry.lease.as_deref() != Some(lease) {
                 return Err(RegistryError::LeaseMismatch(alias.to_string()));
             }
             if entry.attachment.is_some() {
                 return Err(RegistryError::AlreadyAttached(alias.to_string()));
             }
-            let (attachment, outbound) =
-                Attachment::open(alias.clone(), &self.limits, self.stats.clone());
+            let (attachment, outbound) = Attachment::open(
+                alias.clone(),
+                &self.limits,
+                self.stats.clone(),
+                Arc::downgrade(self),
+            );
+            if let Some(reservation) = &mut entry.reservation {
+                self.deliver_held(reservation, &attachment);
+                self.observe(Observed::Attached {
+                    alias: alias.clone(),
+                    pid: entry.spec.pid,
+                });
+            }
             entry.attachment = Some(attachment.clone());
             (attachment, outbound, entry.snapshot())
         };
@@ -229,40 +360,133 @@ impl Registry {
         Ok((attachment, outbound))
     }
 
+    /// Moves held envelopes into a new attachment, in arrival order, before anything
+    /// else can reach it (the caller holds the write lock). Requests keep only the time
+    /// left of their deadline; expired ones are dropped (their callers hear
+    /// DEADLINE_EXCEEDED from their own keeper).
+    fn deliver_held(&self, reservation: &mut Reservation, attachment: &Attachment) {
+        let mut dropped = 0;
+        for (held_at, mut envelope) in reservation.held.drain(..) {
+            if envelope.kind() == EnvelopeKind::Request && envelope.deadline_ms > 0 {
+                let waited = held_at.elapsed();
+                let budget = Duration::from_millis(envelope.deadline_ms.into());
+                if waited >= budget {
+                    dropped += 1;
+                    continue;
+                }
+                envelope.deadline_ms = (budget - waited).as_millis().max(1) as u32;
+            }
+            if attachment.data().try_send(envelope).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.stats.add_dead_letters(dropped);
+        }
+    }
+
+    /// Keeps `envelope` for a supervised container that is (re)starting, so nothing
+    /// sent while it restarts is lost. Bounded by the mailbox capacity.
+    // The envelope comes back by value on refusal (a slow path): boxing it would cost
+    // an allocation on every hold instead.
+    #[allow(clippy::result_large_err)]
+    pub fn hold(&self, alias: &str, envelope: Envelope) -> Result<(), (Envelope, HoldRefused)> {
+        let mut entries = self.write();
+        let Some(entry) = entries.get_mut(alias) else {
+            return Err((envelope, HoldRefused::Unknown));
+        };
+        if let Some(attachment) = &entry.attachment
+            && !attachment.is_closed()
+        {
+            return Err((envelope, HoldRefused::Open(attachment.clone())));
+        }
+        let Some(reservation) = &mut entry.reservation else {
+            return Err((envelope, HoldRefused::Unknown));
+        };
+        if !reservation.holding {
+            return Err((envelope, HoldRefused::Stopped));
+        }
+        if reservation.held.len() >= self.limits.mailbox_capacity {
+            return Err((envelope, HoldRefused::Full(reservation.held.len())));
+        }
+        reservation.held.push_back((Instant::now(), envelope));
+        Ok(())
+    }
+
     /// Closes `attachment` and releases its alias, if the alias still belongs to it.
-    pub fn detach(&self, attachment: &Arc<Attachment>, reason: &str, status: Option<Status>) {
+    /// A supervised container's alias stays reserved; the supervisor hears why.
+    pub fn detach(
+        &self,
+        attachment: &Arc<Attachment>,
+        cause: DetachCause,
+        reason: &str,
+        status: Option<Status>,
+    ) {
         attachment.close(status);
-        let removed = {
+        let detached = {
             let mut entries = self.write();
-            match entries.get(attachment.alias()) {
+            let alias = attachment.alias();
+            match entries.get_mut(alias) {
                 Some(entry)
                     if entry
                         .attachment
                         .as_ref()
                         .is_some_and(|current| Arc::ptr_eq(current, attachment)) =>
                 {
-                    entries.remove(attachment.alias())
+                    if entry.reservation.is_some() {
+                        let snapshot = entry.snapshot();
+                        entry.attachment = None;
+                        entry.lease = None;
+                        self.observe(Observed::Detached {
+                            alias: alias.clone(),
+                            cause,
+                        });
+                        Some(snapshot)
+                    } else {
+                        entries.remove(alias).map(|entry| entry.snapshot())
+                    }
                 }
                 _ => None,
             }
         };
-        if let Some(entry) = removed {
+        if let Some(snapshot) = detached {
             tracing::info!(alias = %attachment.alias(), reason, "detached");
-            self.emit(EventKind::Detached, entry.snapshot(), reason);
+            self.emit(EventKind::Detached, snapshot, reason);
         }
     }
 
     /// Releases `alias` for the holder of `lease`, closing its stream cleanly.
     pub fn deregister(&self, alias: &str, lease: &str) -> Result<(), RegistryError> {
         let alias = Alias::parse(alias)?;
+        let (supervised, attachment) = {
+            let entries = self.read();
+            match entries.get(&alias) {
+                None => return Err(RegistryError::NotRegistered(alias.to_string())),
+                Some(entry) if entry.lease.as_deref() != Some(lease) => {
+                    return Err(RegistryError::LeaseMismatch(alias.to_string()));
+                }
+                Some(entry) => (entry.reservation.is_some(), entry.attachment.clone()),
+            }
+        };
+        if supervised {
+            // A supervised container leaving on its own: the reservation stays and the
+            // supervisor decides (its process is about to end).
+            match attachment {
+                Some(attachment) => self.detach(
+                    &attachment,
+                    DetachCause::Ended,
+                    "deregistered by its holder",
+                    None,
+                ),
+                None => self.with_entry(&alias, |entry| entry.lease = None),
+            }
+            return Ok(());
+        }
         let entry = {
             let mut entries = self.write();
             match entries.get(&alias) {
-                None => return Err(RegistryError::NotRegistered(alias.to_string())),
-                Some(entry) if entry.lease != lease => {
-                    return Err(RegistryError::LeaseMismatch(alias.to_string()));
-                }
-                Some(_) => entries.remove(&alias),
+                Some(entry) if entry.lease.as_deref() == Some(lease) => entries.remove(&alias),
+                _ => None,
             }
         };
         if let Some(entry) = entry {
@@ -283,9 +507,17 @@ impl Registry {
     fn expire_unattached(&self, alias: &Alias, lease: &str) {
         let entry = {
             let mut entries = self.write();
-            match entries.get(alias) {
-                Some(entry) if entry.lease == lease && entry.attachment.is_none() => {
-                    entries.remove(alias)
+            match entries.get_mut(alias) {
+                Some(entry)
+                    if entry.lease.as_deref() == Some(lease) && entry.attachment.is_none() =>
+                {
+                    if entry.reservation.is_some() {
+                        // The supervisor notices a process that never attaches.
+                        entry.lease = None;
+                        None
+                    } else {
+                        entries.remove(alias)
+                    }
                 }
                 _ => None,
             }
@@ -300,11 +532,97 @@ impl Registry {
         }
     }
 
-    /// The open attachment of `alias`, if any.
+    /// The open attachment of `alias`, if any (one that is closing does not count).
     pub fn lookup(&self, alias: &str) -> Option<Arc<Attachment>> {
         self.read()
             .get(alias)
             .and_then(|entry| entry.attachment.clone())
+            .filter(|attachment| !attachment.is_closed())
+    }
+
+    /// Answers requests that `callee`'s closed stream had already written, and so will
+    /// never be answered, with UNAVAILABLE at once instead of at their deadline. Requests
+    /// held for its next process are kept; if that process attached already, nothing
+    /// is failed (the callers fall back on their deadlines).
+    pub fn fail_in_flight(&self, callee: &Alias) {
+        let (callers, held) = {
+            let entries = self.read();
+            let mut held = std::collections::HashSet::new();
+            if let Some(entry) = entries.get(callee) {
+                if entry.attachment.as_ref().is_some_and(|a| !a.is_closed()) {
+                    return;
+                }
+                if let Some(reservation) = &entry.reservation {
+                    held.extend(
+                        reservation
+                            .held
+                            .iter()
+                            .map(|(_, e)| (e.origin.clone(), e.id)),
+                    );
+                }
+            }
+            let callers: Vec<Arc<Attachment>> = entries
+                .values()
+                .filter_map(|entry| entry.attachment.clone())
+                .filter(|attachment| !attachment.is_closed())
+                .collect();
+            (callers, held)
+        };
+        for caller in callers {
+            let origin = caller.alias().to_string();
+            let ids = caller
+                .pending()
+                .take_for_callee(callee.as_str(), |id| held.contains(&(origin.clone(), id)));
+            for id in ids {
+                let request = Envelope {
+                    id,
+                    destination: callee.to_string(),
+                    ..Default::default()
+                };
+                let message = format!(
+                    "{callee} ended before it answered (its process died or its stream closed); the request may or may not have been handled"
+                );
+                let error = crate::router::node_error(
+                    &request,
+                    caller.alias(),
+                    reef_proto::ErrorCode::Unavailable,
+                    message,
+                );
+                if caller.data().try_send(error).is_err() {
+                    self.stats.add_dead_letters(1);
+                }
+            }
+        }
+    }
+
+    /// Takes back what a closed attach stream never wrote: held, ahead of anything
+    /// newer, for a supervised container's next process. Returns how many were lost
+    /// (not supervised, stopped, or no room).
+    pub fn requeue(&self, alias: &Alias, unsent: Vec<Envelope>) -> usize {
+        let mut entries = self.write();
+        let Some(entry) = entries.get_mut(alias) else {
+            return unsent.len();
+        };
+        let Some(reservation) = entry.reservation.as_mut().filter(|r| r.holding) else {
+            return unsent.len();
+        };
+        if let Some(attachment) = entry.attachment.as_ref().filter(|a| !a.is_closed()) {
+            // The next process attached already.
+            return unsent
+                .into_iter()
+                .filter(|envelope| attachment.data().try_send(envelope.clone()).is_err())
+                .count();
+        }
+        let room = self
+            .limits
+            .mailbox_capacity
+            .saturating_sub(reservation.held.len());
+        let lost = unsent.len().saturating_sub(room);
+        let now = Instant::now();
+        for envelope in unsent.into_iter().take(room).rev() {
+            reservation.held.push_front((now, envelope));
+        }
+        lost
     }
 
     /// The registration of `alias`, if any.
@@ -353,6 +671,152 @@ impl Registry {
             container,
             reason: reason.to_owned(),
             at: SystemTime::now(),
+            phase: None,
+        });
+    }
+
+    fn observe(&self, observed: Observed) {
+        let observer = self.observer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(observer) = observer.as_ref() {
+            let _ = observer.send(observed);
+        }
+    }
+
+    fn with_entry(&self, alias: &Alias, change: impl FnOnce(&mut Registration)) {
+        if let Some(entry) = self.write().get_mut(alias) {
+            change(entry);
+        }
+    }
+
+    /// Where the supervisor hears about attach and detach of the aliases it reserved.
+    pub fn set_observer(&self, observer: mpsc::UnboundedSender<Observed>) {
+        *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(observer);
+    }
+
+    /// Reserves `info`'s alias for a supervised container: only a process with `token`
+    /// may register it, and envelopes for it are held while it is not attached.
+    pub fn reserve(&self, info: SupervisedSnapshot, token: &str) -> Result<(), RegistryError> {
+        let definition = info.definition.clone();
+        let alias = definition.alias.clone();
+        let mut entries = self.write();
+        if entries.contains_key(&alias) {
+            return Err(RegistryError::AlreadyRegistered(alias.to_string()));
+        }
+        if entries.len() >= self.limits.max_containers {
+            return Err(RegistryError::Full(entries.len()));
+        }
+        let spec = ContainerSpec {
+            alias: alias.clone(),
+            name: definition.name.clone(),
+            parent: definition.parent.clone(),
+            endpoint: None,
+            pid: info.pid,
+            labels: definition.labels.clone(),
+        };
+        entries.insert(
+            alias,
+            Registration {
+                spec,
+                lease: None,
+                registered_at: SystemTime::now(),
+                attachment: None,
+                reservation: Some(Reservation {
+                    token: token.to_owned(),
+                    holding: true,
+                    held: VecDeque::new(),
+                    info,
+                }),
+            },
+        );
+        Ok(())
+    }
+
+    /// Publishes the supervisor's view of a reserved alias; `holding` says whether
+    /// envelopes wait for it while it is not attached (held ones are dropped when not).
+    pub fn update_supervised(&self, info: SupervisedSnapshot, holding: bool) {
+        let alias = info.definition.alias.clone();
+        let mut entries = self.write();
+        let Some(entry) = entries.get_mut(&alias) else {
+            return;
+        };
+        if entry.attachment.is_none() {
+            entry.spec.pid = info.pid;
+        }
+        if let Some(reservation) = &mut entry.reservation {
+            reservation.holding = holding;
+            if !holding && !reservation.held.is_empty() {
+                self.stats.add_dead_letters(reservation.held.len() as u64);
+                reservation.held.clear();
+            }
+            reservation.info = info;
+        }
+    }
+
+    /// Closes the attach stream of a supervised alias (its process is being replaced);
+    /// the reservation stays.
+    pub fn evict(&self, alias: &Alias, reason: &str) {
+        let attachment = {
+            let mut entries = self.write();
+            let Some(entry) = entries.get_mut(alias) else {
+                return;
+            };
+            entry.lease = None;
+            entry.attachment.clone()
+        };
+        if let Some(attachment) = attachment {
+            self.detach(
+                &attachment,
+                DetachCause::Closed,
+                reason,
+                Some(Status::unavailable(reason.to_owned())),
+            );
+        }
+    }
+
+    /// Forgets a supervised alias (destroyed): closes its stream, drops what was held.
+    pub fn release(&self, alias: &Alias) {
+        let entry = self.write().remove(alias);
+        if let Some(entry) = entry {
+            if let Some(attachment) = &entry.attachment {
+                attachment.close(Some(Status::unavailable("the container was destroyed")));
+            }
+            if let Some(reservation) = &entry.reservation
+                && !reservation.held.is_empty()
+            {
+                self.stats.add_dead_letters(reservation.held.len() as u64);
+            }
+        }
+    }
+
+    /// Whether `lease` is the current lease of `alias`.
+    pub fn holds_lease(&self, alias: &str, lease: &str) -> bool {
+        self.read()
+            .get(alias)
+            .is_some_and(|entry| entry.lease.as_deref() == Some(lease))
+    }
+
+    /// Sends a lifecycle event for a supervised container.
+    pub fn emit_lifecycle(&self, alias: &Alias, kind: EventKind, phase: Phase, reason: &str) {
+        let Some(container) = self.get(alias.as_str()) else {
+            return;
+        };
+        let _ = self.events.send(RegistryEvent {
+            kind,
+            container,
+            reason: reason.to_owned(),
+            at: SystemTime::now(),
+            phase: Some(phase),
+        });
+    }
+
+    /// Sends a lifecycle event for a container already gone from the registry.
+    pub fn emit_gone(&self, container: ContainerSnapshot, kind: EventKind, reason: &str) {
+        let _ = self.events.send(RegistryEvent {
+            kind,
+            container,
+            reason: reason.to_owned(),
+            at: SystemTime::now(),
+            phase: Some(Phase::After),
         });
     }
 

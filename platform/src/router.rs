@@ -20,7 +20,9 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use reef_proto::{Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame};
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::{Alias, Attachment, Limits, NodeStats, Pending, PendingError, Registry};
+use crate::{
+    Alias, Attachment, Limits, NodeStats, Pending, PendingError, Registry, registry::HoldRefused,
+};
 
 /// Cached routes per inbound stream before the cache is reset.
 const MAX_CACHED_ROUTES: usize = 4096;
@@ -59,6 +61,12 @@ enum Undelivered {
     Gone,
     /// The receiver's mailbox stayed full for the enqueue timeout.
     Full,
+    /// Nobody has the alias.
+    Unknown,
+    /// The alias belongs to a stopped container.
+    Stopped,
+    /// The container is restarting and as much is held for it as its mailbox takes.
+    HoldFull,
 }
 
 impl Inbound {
@@ -116,13 +124,20 @@ impl Inbound {
     fn route_send(&mut self, envelope: Envelope) -> Option<Blocked> {
         match self.resolve(&envelope.destination) {
             Some(receiver) => self.offer(receiver, envelope, Fallback::Refuse),
-            None => self.dead_letter_unknown(envelope),
+            None => self.hold(envelope, Fallback::Refuse),
         }
     }
 
     fn route_request(&mut self, mut envelope: Envelope) -> Option<Blocked> {
-        let Some(callee) = self.resolve(&envelope.destination) else {
-            return self.dead_letter_unknown(envelope);
+        let callee = self.resolve(&envelope.destination);
+        let callee_alias = match &callee {
+            Some(callee) => callee.alias().clone(),
+            // Perhaps a supervised container that is restarting: the request is held
+            // for it, under its deadline.
+            None => match Alias::parse(&envelope.destination) {
+                Ok(alias) => alias,
+                Err(_) => return self.dead_letter_unknown(envelope),
+            },
         };
         let limits = self.limits();
         let budget = match envelope.deadline_ms {
@@ -131,7 +146,7 @@ impl Inbound {
         };
         let pending = Pending {
             deadline: Instant::now() + budget,
-            callee: callee.alias().clone(),
+            callee: callee_alias,
         };
         let tracked = self.from.pending().insert(envelope.id, pending);
         match tracked {
@@ -150,7 +165,31 @@ impl Inbound {
             }
         }
         envelope.deadline_ms = budget.as_millis().min(u32::MAX as u128) as u32;
-        self.offer(callee, envelope, Fallback::RefuseRequest)
+        match callee {
+            Some(callee) => self.offer(callee, envelope, Fallback::RefuseRequest),
+            None => self.hold(envelope, Fallback::RefuseRequest),
+        }
+    }
+
+    /// For an alias with no open stream: held if a supervised container owns it (it is
+    /// starting or restarting), refused otherwise.
+    fn hold(&mut self, envelope: Envelope, fallback: Fallback) -> Option<Blocked> {
+        let destination = envelope.destination.clone();
+        match self.registry.hold(&destination, envelope) {
+            Ok(()) => None,
+            Err((envelope, HoldRefused::Open(receiver))) => {
+                self.offer(receiver, envelope, fallback)
+            }
+            Err((envelope, HoldRefused::Unknown)) => {
+                self.undeliverable(envelope, fallback, Undelivered::Unknown)
+            }
+            Err((envelope, HoldRefused::Stopped)) => {
+                self.undeliverable(envelope, fallback, Undelivered::Stopped)
+            }
+            Err((envelope, HoldRefused::Full(_))) => {
+                self.undeliverable(envelope, fallback, Undelivered::HoldFull)
+            }
+        }
     }
 
     /// REPLY, ERROR and PROGRESS go back to the caller only while it waits for them.
@@ -223,9 +262,23 @@ impl Inbound {
                 envelope,
                 fallback,
             }),
-            Err(TrySendError::Closed(envelope)) => {
-                self.undeliverable(envelope, fallback, Undelivered::Gone)
+            Err(TrySendError::Closed(envelope)) => self.redirect_closed(envelope, fallback),
+        }
+    }
+
+    /// The receiver's stream closed under us: a SEND or REQUEST for a supervised
+    /// container waits for its next process; anything else is undeliverable.
+    fn redirect_closed(&mut self, envelope: Envelope, fallback: Fallback) -> Option<Blocked> {
+        if let Fallback::DeadLetter = fallback {
+            return self.undeliverable(envelope, fallback, Undelivered::Gone);
+        }
+        let destination = envelope.destination.clone();
+        match self.registry.hold(&destination, envelope) {
+            Ok(()) => None,
+            Err((envelope, HoldRefused::Open(receiver))) => {
+                self.offer(receiver, envelope, fallback)
             }
+            Err((envelope, _)) => self.undeliverable(envelope, fallback, Undelivered::Gone),
         }
     }
 
@@ -285,6 +338,21 @@ impl Inbound {
                     "the mailbox of {:?} stayed full for {:?}",
                     envelope.destination,
                     self.limits().enqueue_timeout
+                ),
+            ),
+            Undelivered::Unknown => (
+                ErrorCode::NotFound,
+                format!("no container is registered as {:?}", envelope.destination),
+            ),
+            Undelivered::Stopped => (
+                ErrorCode::Unavailable,
+                format!("container {:?} is stopped", envelope.destination),
+            ),
+            Undelivered::HoldFull => (
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "{:?} is restarting and its mailbox is full",
+                    envelope.destination
                 ),
             ),
         };

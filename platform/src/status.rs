@@ -2,7 +2,7 @@
 
 use tonic::Status;
 
-use crate::{PkiError, RegistryError};
+use crate::{PkiError, RegistryError, supervision::SupervisionError};
 
 /// The status a client sees for a refused registry operation.
 pub(crate) fn registry_status(error: RegistryError) -> Status {
@@ -15,7 +15,9 @@ pub(crate) fn registry_status(error: RegistryError) -> Status {
             Status::already_exists(message)
         }
         RegistryError::NotRegistered(_) => Status::not_found(message),
-        RegistryError::LeaseMismatch(_) => Status::permission_denied(message),
+        RegistryError::LeaseMismatch(_) | RegistryError::Reserved(_) => {
+            Status::permission_denied(message)
+        }
         RegistryError::Full(_) => Status::resource_exhausted(message),
     }
 }
@@ -30,5 +32,19 @@ pub(crate) fn pki_status(error: PkiError) -> Status {
             tracing::error!(%error, "certificate storage failed");
             Status::internal("the node could not access its certificate store")
         }
+    }
+}
+
+/// The status for a refused or failed supervision command.
+pub(crate) fn supervision_status(error: SupervisionError) -> Status {
+    let message = error.to_string();
+    match error {
+        SupervisionError::Invalid(_) => Status::invalid_argument(message),
+        SupervisionError::NotFound(_) => Status::not_found(message),
+        SupervisionError::AlreadyExists(_) => Status::already_exists(message),
+        SupervisionError::Precondition(_) => Status::failed_precondition(message),
+        SupervisionError::Timeout(_) => Status::deadline_exceeded(message),
+        SupervisionError::Aborted(_) => Status::aborted(message),
+        SupervisionError::ShuttingDown => Status::unavailable(message),
     }
 }

@@ -8,20 +8,26 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use reef_proto::{
-    self as wire, ContainerEventKind, container_client::ContainerClient, supervisor_server,
-};
+use reef_proto::{self as wire, ContainerEventKind, LifecyclePhase, supervisor_server};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
-use tonic::{
-    Request, Response, Status,
-    transport::{Certificate, ClientTlsConfig, Endpoint},
-};
+use tonic::{Request, Response, Status};
 
 use crate::{
-    Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Pki, Registry, RegistryEvent,
-    status::{pki_status, registry_status},
+    Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Pki, Registry,
+    RegistryEvent,
+    probe::{endpoint_host, ping_endpoint},
+    status::{pki_status, registry_status, supervision_status},
+    supervision::{Failure, Supervision},
+    supervision_wire as convert,
 };
+
+/// Log bytes sent first by `Logs` when the request does not say.
+const DEFAULT_LOG_TAIL: u64 = 64 << 10;
+/// How often a followed log is checked for new bytes.
+const LOG_POLL: Duration = Duration::from_millis(100);
+/// Largest log chunk per message.
+const LOG_CHUNK: usize = 256 << 10;
 
 /// Facts about the node that `Info` reports.
 #[derive(Debug, Clone)]
@@ -40,6 +46,7 @@ pub struct SupervisorService {
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
     pki: Arc<Pki>,
+    supervision: Supervision,
     node: NodeIdentity,
 }
 
@@ -49,16 +56,90 @@ impl SupervisorService {
         registry: Arc<Registry>,
         stats: Arc<NodeStats>,
         pki: Arc<Pki>,
+        supervision: Supervision,
         node: NodeIdentity,
     ) -> Self {
         Self {
             registry,
             stats,
             pki,
+            supervision,
             node,
         }
     }
+
+    fn info_of(&self, snapshot: ContainerSnapshot) -> wire::ContainerInfo {
+        container_info(snapshot)
+    }
+
+    async fn create_one(
+        &self,
+        request: wire::CreateRequest,
+    ) -> Result<wire::CreateResponse, Status> {
+        let definition = convert::definition(
+            request
+                .definition
+                .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?,
+        )?;
+        let flag = convert::create_flag(request.flags)?;
+        let (container, created) = self
+            .supervision
+            .create(definition, flag)
+            .await
+            .map_err(supervision_status)?;
+        Ok(wire::CreateResponse {
+            container: Some(self.info_of(container)),
+            created,
+        })
+    }
+
+    async fn destroy_one(
+        &self,
+        request: wire::DestroyRequest,
+    ) -> Result<wire::DestroyResponse, Status> {
+        let alias = parse_alias(&request.alias)?;
+        let mode = convert::stop_mode(request.flags)?;
+        let destroyed = self
+            .supervision
+            .destroy(alias, mode)
+            .await
+            .map_err(supervision_status)?;
+        Ok(wire::DestroyResponse {
+            destroyed: destroyed.into_iter().map(String::from).collect(),
+        })
+    }
+
+    async fn start_one(&self, request: wire::StartRequest) -> Result<wire::StartResponse, Status> {
+        let alias = parse_alias(&request.alias)?;
+        let container = self
+            .supervision
+            .start_container(alias)
+            .await
+            .map_err(supervision_status)?;
+        Ok(wire::StartResponse {
+            container: Some(self.info_of(container)),
+        })
+    }
+
+    async fn stop_one(&self, request: wire::StopRequest) -> Result<wire::StopResponse, Status> {
+        let alias = parse_alias(&request.alias)?;
+        let mode = convert::stop_mode(request.flags)?;
+        let container = self
+            .supervision
+            .stop(alias, mode)
+            .await
+            .map_err(supervision_status)?;
+        Ok(wire::StopResponse {
+            container: Some(self.info_of(container)),
+        })
+    }
 }
+
+fn parse_alias(raw: &str) -> Result<Alias, Status> {
+    Alias::parse(raw).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<wire::LogChunk, Status>> + Send>>;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<wire::ContainerEvent, Status>> + Send>>;
 
@@ -68,7 +149,9 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::RegisterRequest>,
     ) -> Result<Response<wire::RegisterResponse>, Status> {
-        let spec = container_spec(request.into_inner())?;
+        let request = request.into_inner();
+        let token = (!request.token.is_empty()).then(|| request.token.clone());
+        let spec = container_spec(request)?;
         let certified = match &spec.endpoint {
             Some(endpoint) => {
                 let host = endpoint_host(endpoint)?;
@@ -81,7 +164,10 @@ impl supervisor_server::Supervisor for SupervisorService {
             None => None,
         };
         let alias = spec.alias.clone();
-        let lease = self.registry.register(spec).map_err(registry_status)?;
+        let lease = self
+            .registry
+            .register(spec, token.as_deref())
+            .map_err(registry_status)?;
         tracing::info!(%alias, "registered");
         let limits = self.registry.limits();
         let (endpoint_cert_pem, endpoint_key_pem) =
@@ -147,6 +233,7 @@ impl supervisor_server::Supervisor for SupervisorService {
                     container,
                     reason: "snapshot".to_owned(),
                     at: SystemTime::now(),
+                    phase: None,
                 })
                 .collect()
         } else {
@@ -209,34 +296,211 @@ impl supervisor_server::Supervisor for SupervisorService {
             Status::failed_precondition(format!("{alias:?} registered no endpoint to ping"))
         })?;
         let started = Instant::now();
-        let answer = ping_endpoint(&endpoint, self.pki.ca_pem()).await?;
+        let answer = ping_endpoint(&endpoint, self.pki.ca_pem(), Duration::from_secs(5)).await?;
         Ok(Response::new(wire::PingContainerResponse {
             alias: answer.alias,
             round_trip_us: started.elapsed().as_micros() as u64,
         }))
     }
-}
 
-async fn ping_endpoint(endpoint: &str, ca_pem: &str) -> Result<wire::PingResponse, Status> {
-    let unreachable = |e: &dyn std::fmt::Display| {
-        Status::unavailable(format!("container endpoint {endpoint} is unreachable: {e}"))
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(endpoint_host(endpoint)?);
-    let channel = Endpoint::from_shared(format!("https://{endpoint}"))
-        .map_err(|e| unreachable(&e))?
-        .tls_config(tls)
-        .map_err(|e| unreachable(&e))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let answer = ContainerClient::new(channel)
-        .ping(wire::PingRequest { nonce: 1 })
-        .await?;
-    Ok(answer.into_inner())
+    async fn create(
+        &self,
+        request: Request<wire::CreateRequest>,
+    ) -> Result<Response<wire::CreateResponse>, Status> {
+        self.create_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn destroy(
+        &self,
+        request: Request<wire::DestroyRequest>,
+    ) -> Result<Response<wire::DestroyResponse>, Status> {
+        self.destroy_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn start(
+        &self,
+        request: Request<wire::StartRequest>,
+    ) -> Result<Response<wire::StartResponse>, Status> {
+        self.start_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop(
+        &self,
+        request: Request<wire::StopRequest>,
+    ) -> Result<Response<wire::StopResponse>, Status> {
+        self.stop_one(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn restart(
+        &self,
+        request: Request<wire::RestartRequest>,
+    ) -> Result<Response<wire::RestartResponse>, Status> {
+        let alias = parse_alias(&request.into_inner().alias)?;
+        let container = self
+            .supervision
+            .restart(alias)
+            .await
+            .map_err(supervision_status)?;
+        Ok(Response::new(wire::RestartResponse {
+            container: Some(self.info_of(container)),
+        }))
+    }
+
+    async fn exists(
+        &self,
+        request: Request<wire::ExistsRequest>,
+    ) -> Result<Response<wire::ExistsResponse>, Status> {
+        let alias = request.into_inner().alias;
+        let state = self.supervision.exists(&alias);
+        Ok(Response::new(wire::ExistsResponse {
+            exists: state.is_some(),
+            state: state.map_or(wire::ContainerState::Unspecified, convert::state_to_wire) as i32,
+        }))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<wire::BatchRequest>,
+    ) -> Result<Response<wire::BatchResponse>, Status> {
+        use wire::batch_operation::Operation;
+        let request = request.into_inner();
+        let mut results = Vec::with_capacity(request.operations.len());
+        let mut aborted = false;
+        for operation in request.operations {
+            let (alias, outcome) = match operation.operation {
+                _ if aborted => (
+                    String::new(),
+                    Err(Status::aborted("an earlier operation failed")),
+                ),
+                Some(Operation::Create(create)) => {
+                    let alias = create
+                        .definition
+                        .as_ref()
+                        .map(|d| d.alias.clone())
+                        .unwrap_or_default();
+                    (alias, self.create_one(create).await.map(drop))
+                }
+                Some(Operation::Destroy(destroy)) => (
+                    destroy.alias.clone(),
+                    self.destroy_one(destroy).await.map(drop),
+                ),
+                Some(Operation::Start(start)) => {
+                    (start.alias.clone(), self.start_one(start).await.map(drop))
+                }
+                Some(Operation::Stop(stop)) => {
+                    (stop.alias.clone(), self.stop_one(stop).await.map(drop))
+                }
+                None => (
+                    String::new(),
+                    Err(Status::invalid_argument("empty batch operation")),
+                ),
+            };
+            let (code, message) = match outcome {
+                Ok(()) => (0, String::new()),
+                Err(status) => {
+                    aborted |= request.stop_on_error;
+                    (status.code() as i32, status.message().to_owned())
+                }
+            };
+            results.push(wire::BatchResult {
+                alias,
+                code,
+                message,
+            });
+        }
+        Ok(Response::new(wire::BatchResponse { results }))
+    }
+
+    async fn fail(
+        &self,
+        request: Request<wire::FailRequest>,
+    ) -> Result<Response<wire::FailResponse>, Status> {
+        let request = request.into_inner();
+        let alias = parse_alias(&request.alias)?;
+        if !self.registry.holds_lease(alias.as_str(), &request.lease) {
+            return Err(Status::permission_denied(format!(
+                "the lease does not match the registration of {alias}"
+            )));
+        }
+        if request.error_type.is_empty() {
+            return Err(Status::invalid_argument("FailRequest.error_type is empty"));
+        }
+        let failure = Failure {
+            error_type: request.error_type,
+            message: request.message,
+            normal: false,
+        };
+        self.supervision
+            .fail(alias, failure)
+            .await
+            .map_err(supervision_status)?;
+        Ok(Response::new(wire::FailResponse {}))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(
+        &self,
+        request: Request<wire::LogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let request = request.into_inner();
+        let path = self.supervision.log_path(&request.alias).ok_or_else(|| {
+            Status::not_found(format!(
+                "no supervised container is called {:?}",
+                request.alias
+            ))
+        })?;
+        let tail = match request.tail_bytes {
+            0 => DEFAULT_LOG_TAIL,
+            bytes => bytes,
+        };
+        let (first, mut offset) = match crate::supervision::tail(&path, tail) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
+            Err(error) => return Err(Status::internal(format!("cannot read the log: {error}"))),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let supervision = self.supervision.clone();
+        let alias = request.alias;
+        tokio::spawn(async move {
+            if !first.is_empty()
+                && tx
+                    .send(Ok(wire::LogChunk { data: first.into() }))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            while request.follow && supervision.log_path(&alias).is_some() {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(LOG_POLL) => {}
+                }
+                let Ok((bytes, next)) = crate::supervision::read_from(&path, offset, LOG_CHUNK)
+                else {
+                    continue;
+                };
+                offset = next;
+                if !bytes.is_empty()
+                    && tx
+                        .send(Ok(wire::LogChunk { data: bytes.into() }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 }
 
 fn container_spec(request: wire::RegisterRequest) -> Result<ContainerSpec, Status> {
@@ -268,22 +532,11 @@ fn container_spec(request: wire::RegisterRequest) -> Result<ContainerSpec, Statu
     })
 }
 
-/// The host part of `host:port` (brackets around IPv6 removed).
-fn endpoint_host(endpoint: &str) -> Result<String, Status> {
-    let invalid = || Status::invalid_argument(format!("endpoint {endpoint:?} is not host:port"));
-    let (host, port) = endpoint.rsplit_once(':').ok_or_else(invalid)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(invalid());
-    }
-    Ok(host.to_owned())
-}
-
 fn millis(duration: Duration) -> u32 {
     duration.as_millis().min(u32::MAX as u128) as u32
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
@@ -301,6 +554,7 @@ fn container_info(snapshot: ContainerSnapshot) -> wire::ContainerInfo {
         registered_at_unix_ms: unix_ms(snapshot.registered_at),
         envelopes_in: snapshot.envelopes_in,
         envelopes_out: snapshot.envelopes_out,
+        supervised: snapshot.supervised.as_ref().map(convert::supervised_info),
     }
 }
 
@@ -310,12 +564,26 @@ fn container_event(event: RegistryEvent) -> wire::ContainerEvent {
         EventKind::Attached => ContainerEventKind::Attached,
         EventKind::Detached => ContainerEventKind::Detached,
         EventKind::Deregistered => ContainerEventKind::Deregistered,
+        EventKind::Create => ContainerEventKind::Create,
+        EventKind::Start => ContainerEventKind::Start,
+        EventKind::Stop => ContainerEventKind::Stop,
+        EventKind::Fail => ContainerEventKind::Fail,
+        EventKind::Destroy => ContainerEventKind::Destroy,
+        EventKind::Restart => ContainerEventKind::Restart,
+        EventKind::Solve => ContainerEventKind::Solve,
+    };
+    let phase = match event.phase {
+        None => LifecyclePhase::Unspecified,
+        Some(Phase::Before) => LifecyclePhase::Before,
+        Some(Phase::On) => LifecyclePhase::On,
+        Some(Phase::After) => LifecyclePhase::After,
     };
     wire::ContainerEvent {
         kind: kind as i32,
         container: Some(container_info(event.container)),
         reason: event.reason,
         at_unix_ms: unix_ms(event.at),
+        phase: phase as i32,
     }
 }
 

@@ -127,7 +127,73 @@ pub struct TestNode {
     /// The CA clients trust.
     pub ca: PathBuf,
     process: ChildGuard,
-    _data: TempDir,
+    extra: Vec<String>,
+    data: TempDir,
+}
+
+impl Drop for TestNode {
+    /// Kills the node, then every container process it started (found by their
+    /// environment, so also those of an earlier node on the same address). A graceful
+    /// stop would wait for this test's own connections, which cannot close while the
+    /// test's runtime is blocked in this drop.
+    fn drop(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        for pid in container_processes(self.addr) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Live processes started for the node at `addr` (their environment says
+/// `REEF_NODE=addr`), found in /proc.
+pub fn container_processes(addr: SocketAddr) -> Vec<u32> {
+    let needle = format!("REEF_NODE={addr}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| process_alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == needle.as_bytes())
+            })
+        })
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+/// Live processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+                fields.first().is_some_and(|state| *state != "Z")
+                    && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+            })
+        })
+        .collect()
 }
 
 impl TestNode {
@@ -139,35 +205,34 @@ impl TestNode {
     /// Starts a node with extra reefd flags.
     pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(binary("reefd"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--health-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .args(extra)
-            .env("REEF_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("reefd starts");
-        let lines = stdout_lines(&mut child);
-        let process = ChildGuard(child);
-        let ready = wait_for_line(&lines, "reefd ready", STARTUP);
-        let parse = |key| {
-            field(&ready, key)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("ready line {ready:?} lacks {key}"))
-        };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (process, addr, health) =
+            spawn_reefd(data.path(), "127.0.0.1:0", "127.0.0.1:0", &extra);
         Self {
-            addr: parse("grpc"),
-            health: parse("health"),
+            addr,
+            health,
             ca: data.path().join("tls/ca.pem"),
             process,
-            _data: data,
+            extra,
+            data,
         }
+    }
+
+    /// Starts reefd again on the same addresses and data dir, after the test stopped
+    /// or killed it.
+    pub fn restart(&mut self) {
+        let (process, _, _) = spawn_reefd(
+            self.data.path(),
+            &self.addr.to_string(),
+            &self.health.to_string(),
+            &self.extra,
+        );
+        self.process = process;
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
     }
 
     /// Options that reach this node over TLS.
@@ -232,6 +297,31 @@ impl TestNode {
         })
         .await;
     }
+}
+
+fn spawn_reefd(
+    data: &Path,
+    listen: &str,
+    health: &str,
+    extra: &[String],
+) -> (ChildGuard, SocketAddr, SocketAddr) {
+    let mut child = Command::new(binary("reefd"))
+        .args(["--listen", listen, "--health-listen", health, "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env("REEF_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("reefd starts");
+    let lines = stdout_lines(&mut child);
+    let process = ChildGuard(child);
+    let ready = wait_for_line(&lines, "reefd ready", STARTUP);
+    let parse = |key| {
+        field(&ready, key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("ready line {ready:?} lacks {key}"))
+    };
+    (process, parse("grpc"), parse("health"))
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout`.

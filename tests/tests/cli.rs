@@ -58,8 +58,86 @@ async fn request_send_ping_and_ps_against_a_running_node() {
     let out = reef(&node, &["ps"]);
     let listing = text(&out.stdout);
     assert!(
-        listing.contains("echo") && listing.contains("counter") && listing.contains("attached"),
+        listing.contains("echo") && listing.contains("counter") && listing.contains(" yes"),
         "{listing}"
+    );
+}
+
+#[tokio::test]
+async fn create_ps_logs_restart_stop_start_and_destroy_a_supervised_container() {
+    let node = TestNode::start();
+    let demo = reef_tests::binary("reef-demo");
+    let demo = demo.to_str().unwrap();
+    let out = reef(
+        &node,
+        &[
+            "create",
+            "echo",
+            "--restart",
+            "transient",
+            "--solver",
+            "app=log,restart",
+            "--env",
+            "REEF_LOG=info",
+            "--",
+            demo,
+            "echo",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("created echo (pid "),
+        "{}",
+        text(&out.stdout)
+    );
+    let again = reef(&node, &["create", "echo", "--", demo, "echo"]);
+    assert!(
+        text(&again.stdout).starts_with("exists echo"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    let listing = text(&reef(&node, &["ps"]).stdout);
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with("echo "))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        row.contains("STARTED") && row.contains("process"),
+        "{listing}"
+    );
+
+    let logs = text(&reef(&node, &["logs", "echo"]).stdout);
+    assert!(logs.contains("container started"), "{logs}");
+
+    for (command, expected) in [
+        ("restart", "restarted echo"),
+        ("stop", "stopped echo"),
+        ("start", "started echo"),
+    ] {
+        let out = reef(&node, &[command, "echo"]);
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).starts_with(expected),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    let out = reef(&node, &["destroy", "echo", "--flags", "gently"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("gently"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = reef(&node, &["destroy", "echo", "--flags", "FORCE_HARD"]);
+    assert_eq!(text(&out.stdout), "destroyed echo\n");
+    let out = reef(&node, &["logs", "echo"]);
+    assert!(
+        text(&out.stderr).contains("no supervised container"),
+        "{}",
+        text(&out.stderr)
     );
 }
 

@@ -11,6 +11,7 @@ use clap::Parser;
 mod baseline;
 mod node;
 mod report;
+mod restart;
 mod routed;
 
 use baseline::EchoServer;
@@ -56,6 +57,15 @@ pub struct Args {
     /// Measure only the routed figures (skips the baseline; ratios are not printed).
     #[arg(long)]
     routed_only: bool,
+    /// Process restarts timed for the restart figures (SIGKILL → answering).
+    #[arg(long, default_value_t = 200)]
+    restarts: usize,
+    /// Only the restart figures.
+    #[arg(long)]
+    restarts_only: bool,
+    /// Internal: be the process the s6 baseline supervises (answers its pid on ADDR).
+    #[arg(long, hide = true)]
+    serve_pid: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -64,6 +74,7 @@ impl Args {
             self.messages = self.messages.min(20_000);
             self.requests = self.requests.min(5_000);
             self.latency_samples = self.latency_samples.min(500);
+            self.restarts = self.restarts.min(20);
             self.runs = 1;
         }
         self.runs = self.runs.max(1);
@@ -73,6 +84,12 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse().effective();
+    if let Some(addr) = args.serve_pid {
+        return match restart::serve_pid(addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     let runtime = match reef_platform::runtime::build(Some(args.threads)) {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -96,6 +113,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         args.messages, args.requests, args.in_flight, args.latency_samples, args.payload, args.runs
     );
 
+    if args.restarts_only {
+        let node = node::BenchNode::start(&restart_node_args(args))?;
+        return restart::measure(&node, args.restarts).await;
+    }
     let baseline = if args.routed_only {
         None
     } else {
@@ -166,7 +187,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     routed.stop().await;
-    Ok(())
+    drop(node);
+    let node = node::BenchNode::start(&restart_node_args(args))?;
+    restart::measure(&node, args.restarts).await
+}
+
+/// A node that allows as many restarts as the benchmark makes.
+fn restart_node_args(args: &Args) -> Vec<String> {
+    let mut extra = args.reefd_args.clone();
+    extra.extend(["--max-restarts".to_owned(), "1000000".to_owned()]);
+    extra
 }
 
 /// How long any single measurement may take before the benchmark gives up.

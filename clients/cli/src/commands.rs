@@ -5,19 +5,36 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use reef_sdk::ConnectOptions;
 
+mod lifecycle;
+mod logs;
 mod ping;
 mod ps;
 mod request;
 mod send;
 mod up;
+mod watch;
 
 /// What `reef` can do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start a node and a project's containers as child processes (default: the demo).
+    /// Start a node with a project's containers, supervised by it (default: the demo).
     Up(up::Args),
-    /// List the node's containers as a tree.
+    /// The node's containers as a tree: state, kind, pid, restarts, uptime.
     Ps,
+    /// Create and start a supervised process container: `reef create ALIAS -- PROGRAM ARGS…`.
+    Create(lifecycle::CreateArgs),
+    /// Destroy a container and its subtree.
+    Destroy(lifecycle::StopArgs),
+    /// Start a stopped or failed container.
+    Start(lifecycle::AliasArgs),
+    /// Stop a container and its subtree (they stay stopped until started).
+    Stop(lifecycle::StopArgs),
+    /// Stop and start a container and its subtree.
+    Restart(lifecycle::AliasArgs),
+    /// Print lifecycle and registry events as they happen.
+    Watch(watch::Args),
+    /// Print a container's stdout and stderr.
+    Logs(logs::Args),
     /// Send a fire-and-forget message.
     Send(send::Args),
     /// Send a request and print the reply.
@@ -31,6 +48,13 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
     match command {
         Command::Up(args) => up::run(args, options.insecure).await,
         Command::Ps => ps::run(options).await,
+        Command::Create(args) => lifecycle::create(args, options).await,
+        Command::Destroy(args) => lifecycle::destroy(args, options).await,
+        Command::Start(args) => lifecycle::start(args, options).await,
+        Command::Stop(args) => lifecycle::stop(args, options).await,
+        Command::Restart(args) => lifecycle::restart(args, options).await,
+        Command::Watch(args) => watch::run(args, options).await,
+        Command::Logs(args) => logs::run(args, options).await,
         Command::Send(args) => send::run(args, options).await,
         Command::Request(args) => request::run(args, options).await,
         Command::Ping(args) => ping::run(args, options).await,

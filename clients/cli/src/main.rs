@@ -7,6 +7,7 @@ use clap::Parser;
 use reef_sdk::ConnectOptions;
 
 mod commands;
+mod definition;
 mod duration;
 mod project;
 

@@ -6,6 +6,8 @@ use anyhow::{Context as _, bail};
 use reef_platform::Alias;
 use serde::Deserialize;
 
+use crate::definition::PolicySpec;
+
 /// The demo project shipped with reef, run by `reef up` without a file.
 pub const DEMO: &str = include_str!("../../../examples/demo/reef.toml");
 
@@ -28,7 +30,7 @@ pub struct ProjectInfo {
     pub name: String,
 }
 
-/// `[[container]]`: one OS process.
+/// `[[container]]`: one OS process the node runs and supervises.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerDef {
@@ -42,6 +44,9 @@ pub struct ContainerDef {
     /// Extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// How the node supervises it.
+    #[serde(default)]
+    pub policy: PolicySpec,
 }
 
 impl Project {
@@ -78,6 +83,10 @@ impl Project {
             if let Some(parent) = &container.parent {
                 Alias::parse(parent).with_context(|| format!("{at}: field `parent`"))?;
             }
+            container
+                .policy
+                .to_wire()
+                .with_context(|| format!("{at}: field `policy`"))?;
         }
         Ok(project)
     }
@@ -104,6 +113,12 @@ mod tests {
         );
         let unknown =
             "[project]\nname='x'\n[[container]]\nalias='a'\ncommand=['x']\nrestart='always'\n";
+        let bad_policy = "[project]\nname='x'\n[[container]]\nalias='a'\ncommand=['x']\n[container.policy]\nrestart='always'\n";
+        let error = format!("{:#}", Project::parse(bad_policy, "p.toml").unwrap_err());
+        assert!(
+            error.contains("policy") && error.contains("always"),
+            "{error}"
+        );
         let error = format!("{:#}", Project::parse(unknown, "p.toml").unwrap_err());
         assert!(
             error.contains("restart") && error.contains("line"),

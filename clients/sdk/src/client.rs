@@ -39,6 +39,8 @@ pub struct Registration {
     pub endpoint: Option<String>,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
+    /// The credential a node gives the processes it starts (REEF_TOKEN).
+    pub token: Option<String>,
 }
 
 /// A certificate the node issued for the container's endpoint.
@@ -137,6 +139,7 @@ impl Client {
                 endpoint: registration.endpoint.unwrap_or_default(),
                 pid: std::process::id(),
                 labels: registration.labels.into_iter().collect(),
+                token: registration.token.unwrap_or_default(),
             })
             .await
             .map_err(Error::Rejected)?
@@ -193,6 +196,21 @@ impl Client {
     /// The node's control-plane API on the same connection.
     pub fn supervisor(&self) -> SupervisorClient<Channel> {
         self.shared.supervisor.clone()
+    }
+
+    /// Reports a failure of this container to its node, which applies the container's
+    /// solver chain for `error_type` (e.g. "db.timeout"; "db" solvers match it too).
+    pub async fn fail(&self, error_type: &str, message: &str) -> Result<(), Error> {
+        self.supervisor()
+            .fail(reef_proto::FailRequest {
+                alias: self.shared.alias.clone(),
+                lease: self.shared.lease.clone(),
+                error_type: error_type.to_owned(),
+                message: message.to_owned(),
+            })
+            .await
+            .map_err(Error::Rejected)?;
+        Ok(())
     }
 
     /// Sends `payload` to `to`, fire-and-forget. Returns once the envelope is queued;

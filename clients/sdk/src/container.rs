@@ -14,11 +14,14 @@ use bytes::Bytes;
 use reef_proto::{Envelope, EnvelopeKind, container_server::ContainerServer};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{
+    Code,
+    transport::{Identity, Server, ServerTlsConfig},
+};
 
 use crate::{
     Client, ConnectOptions, Error, HandlerError,
-    client::{Registration, error_envelope},
+    client::{EndpointCertificate, Registration, error_envelope},
     endpoint::{CommandCall, EndpointService},
 };
 
@@ -158,7 +161,16 @@ pub struct ContainerOptions {
     pub endpoint_host: String,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
+    /// The credential of a container the node started (REEF_TOKEN).
+    pub token: Option<String>,
+    /// How long the container keeps trying to reach a lost node before it gives up and
+    /// exits (Kraken's "parent unresponsive → destroy self"). A node that restarts
+    /// within it adopts the container again.
+    pub parent_timeout: Duration,
 }
+
+/// How long a container waits for a lost node by default.
+pub const DEFAULT_PARENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ContainerOptions {
     /// Options for container `alias` (also its behaviour's name) on the node `connect`
@@ -171,12 +183,15 @@ impl ContainerOptions {
             connect,
             endpoint_host: "127.0.0.1".to_owned(),
             labels: BTreeMap::new(),
+            token: None,
+            parent_timeout: DEFAULT_PARENT_TIMEOUT,
         }
     }
 
     /// Options for behaviour `name` from the environment the node gives its children:
     /// `REEF_ALIAS` (default: `name`), `REEF_PARENT`, `REEF_NODE`, `REEF_CA`,
-    /// `REEF_INSECURE`, `REEF_ENDPOINT_HOST` (default 127.0.0.1).
+    /// `REEF_INSECURE`, `REEF_TOKEN`, `REEF_ENDPOINT_HOST` (default 127.0.0.1) and
+    /// `REEF_PARENT_TIMEOUT_MS` (default 30 s).
     pub fn from_env(name: &str) -> Self {
         let var = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
         Self {
@@ -186,6 +201,10 @@ impl ContainerOptions {
             connect: ConnectOptions::from_env(),
             endpoint_host: var("REEF_ENDPOINT_HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
             labels: BTreeMap::new(),
+            token: var("REEF_TOKEN"),
+            parent_timeout: var("REEF_PARENT_TIMEOUT_MS")
+                .and_then(|ms| ms.parse().ok())
+                .map_or(DEFAULT_PARENT_TIMEOUT, Duration::from_millis),
         }
     }
 }
@@ -216,17 +235,7 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
         true => format!("[{}]:{port}", options.endpoint_host),
         false => format!("{}:{port}", options.endpoint_host),
     };
-    // One entry per frame: the reader hands over whole batches, not single envelopes.
-    let (inbox_tx, mut inbox) = mpsc::channel::<Vec<Envelope>>(64);
-    let registration = Registration {
-        alias: options.alias.clone(),
-        name: options.name.clone(),
-        parent: options.parent.clone(),
-        endpoint: Some(endpoint),
-        labels: options.labels.clone(),
-    };
-    let (client, certificate) =
-        Client::attach(&options.connect, registration, Some(inbox_tx)).await?;
+    let (client, certificate, mut inbox) = attach(&options, &endpoint).await?;
 
     let counters = Arc::new(Counters::default());
     let (commands_tx, mut commands) = mpsc::channel::<CommandCall>(16);
@@ -237,7 +246,8 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
         counters.clone(),
         commands_tx,
     );
-    let mut server = Server::builder();
+    // Small answers (pings) must not wait for Nagle and the peer's delayed ACK (40 ms).
+    let mut server = Server::builder().tcp_nodelay(true);
     if let Some(certificate) = certificate {
         server = server
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(
@@ -255,7 +265,7 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
             }),
     );
 
-    let ctx = Context {
+    let mut ctx = Context {
         client: client.clone(),
         name: options.name.clone(),
     };
@@ -274,7 +284,21 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
                         handle(&mut handler, &ctx, &counters, envelope).await;
                     }
                 }
-                None => break Err(Error::Disconnected("the node closed the attach stream".to_owned())),
+                None => {
+                    tracing::warn!(alias = %ctx.alias(), "lost the node; attaching again");
+                    let reattached = tokio::select! {
+                        reattached = reattach(&options, &endpoint) => reattached,
+                        _ = &mut shutdown => break Ok(()),
+                    };
+                    match reattached {
+                        Ok((client, new_inbox)) => {
+                            tracing::info!(alias = %client.alias(), "attached again");
+                            ctx.client = client;
+                            inbox = new_inbox;
+                        }
+                        Err(error) => break Err(error),
+                    }
+                }
             },
             Some(call) = commands.recv() => {
                 let result = handler.on_command(&ctx, call.command).await;
@@ -287,9 +311,63 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
     let _ = stop_endpoint.send(());
     let _ = endpoint_task.await;
     if outcome.is_ok() {
-        client.close().await?;
+        ctx.client.close().await?;
     }
     outcome
+}
+
+type Inbox = mpsc::Receiver<Vec<Envelope>>;
+
+/// Registers the container with its endpoint and opens the attach stream.
+async fn attach(
+    options: &ContainerOptions,
+    endpoint: &str,
+) -> Result<(Client, Option<EndpointCertificate>, Inbox), Error> {
+    // One entry per frame: the reader hands over whole batches, not single envelopes.
+    let (inbox_tx, inbox) = mpsc::channel::<Vec<Envelope>>(64);
+    let registration = Registration {
+        alias: options.alias.clone(),
+        name: options.name.clone(),
+        parent: options.parent.clone(),
+        endpoint: Some(endpoint.to_owned()),
+        labels: options.labels.clone(),
+        token: options.token.clone(),
+    };
+    let (client, certificate) =
+        Client::attach(&options.connect, registration, Some(inbox_tx)).await?;
+    Ok((client, certificate, inbox))
+}
+
+/// Attaches again after the node was lost (it may be restarting), retrying with
+/// backoff for the parent timeout. The endpoint keeps serving with its certificate:
+/// a restarted node keeps its CA.
+async fn reattach(options: &ContainerOptions, endpoint: &str) -> Result<(Client, Inbox), Error> {
+    let deadline = tokio::time::Instant::now() + options.parent_timeout;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match attach(options, endpoint).await {
+            Ok((client, _, inbox)) => return Ok((client, inbox)),
+            // The node answered and said no: retrying cannot help.
+            Err(Error::Rejected(status))
+                if matches!(
+                    status.code(),
+                    Code::PermissionDenied | Code::InvalidArgument | Code::AlreadyExists
+                ) =>
+            {
+                return Err(Error::Rejected(status));
+            }
+            Err(error) if tokio::time::Instant::now() + delay >= deadline => {
+                return Err(Error::Disconnected(format!(
+                    "the node stayed unreachable for {:?} ({error}); giving up",
+                    options.parent_timeout
+                )));
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
 }
 
 async fn handle<H: Handler>(

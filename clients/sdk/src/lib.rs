@@ -60,7 +60,9 @@ mod options;
 
 pub use self::{
     client::{Client, Registration},
-    container::{Command, ContainerOptions, Context, Handler, Message, run},
+    container::{
+        Command, ContainerOptions, Context, DEFAULT_PARENT_TIMEOUT, Handler, Message, run,
+    },
     error::{Error, HandlerError},
     options::{ConnectOptions, DEFAULT_CA, DEFAULT_NODE},
 };

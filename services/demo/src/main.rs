@@ -2,7 +2,9 @@
 //!
 //! - `echo`: a request's reply is its payload;
 //! - `counter`: counts the messages it receives; a request returns the count;
-//! - `ticker`: sends `tick` to a target (default `counter`) every interval.
+//! - `ticker`: sends `tick` to a target (default `counter`) every interval;
+//! - `crasher`: answers like `echo`, then exits with a given code after a delay (for
+//!   trying restart policies).
 //!
 //! The node tells each process its alias and where the node is through `REEF_*`
 //! variables; see `reef_sdk::ContainerOptions::from_env`.
@@ -35,6 +37,36 @@ enum Behaviour {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+    /// Answers like echo, then exits with --code after --after-ms.
+    Crasher {
+        /// Milliseconds after attaching before it exits.
+        #[arg(long, default_value_t = 100)]
+        after_ms: u64,
+        /// Its exit code.
+        #[arg(long, default_value_t = 3)]
+        code: u8,
+    },
+}
+
+struct Crasher {
+    after: Duration,
+    code: u8,
+}
+
+impl Handler for Crasher {
+    async fn on_start(&mut self, _: &Context) -> Result<(), HandlerError> {
+        let (after, code) = (self.after, self.code);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!("reef-demo crasher: exiting with code {code} as told");
+            std::process::exit(code.into());
+        });
+        Ok(())
+    }
+
+    async fn on_request(&mut self, _: &Context, request: Message) -> Result<Bytes, HandlerError> {
+        Ok(request.payload)
+    }
 }
 
 struct Echo;
@@ -120,6 +152,13 @@ async fn main() -> ExitCode {
                 task: None,
             };
             reef_sdk::run(ContainerOptions::from_env("ticker"), ticker).await
+        }
+        Behaviour::Crasher { after_ms, code } => {
+            let crasher = Crasher {
+                after: Duration::from_millis(after_ms),
+                code,
+            };
+            reef_sdk::run(ContainerOptions::from_env("crasher"), crasher).await
         }
     };
     match result {

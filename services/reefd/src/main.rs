@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use reef_platform::{Limits, Node, NodeConfig};
+use reef_platform::{
+    Limits, Node, NodeConfig,
+    supervision::{Policy, Strategy},
+};
 
 /// The reef node daemon.
 #[derive(Debug, Parser)]
@@ -50,6 +53,31 @@ struct Args {
     /// which pays off when the node shares a small machine with its containers.
     #[arg(long)]
     threads: Option<usize>,
+    /// Restarts allowed among the node's own children within --restart-period-ms; one
+    /// more and the failing subtree is stopped and marked FAILED.
+    #[arg(long, default_value_t = Policy::default().max_restarts)]
+    max_restarts: u32,
+    /// The window of --max-restarts, in milliseconds.
+    #[arg(long, default_value_t = Policy::default().period.as_millis() as u64)]
+    restart_period_ms: u64,
+    /// How the node's own children restart together.
+    #[arg(long, value_enum, default_value_t = RootStrategy::OneForOne)]
+    strategy: RootStrategy,
+    /// How long a process may stay unattached (after spawn, registration or a lost
+    /// stream) before it counts as unresponsive, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    attach_timeout_ms: u64,
+    /// Time containers get to stop when the node shuts down, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    stop_grace_ms: u64,
+}
+
+/// `--strategy` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RootStrategy {
+    OneForOne,
+    OneForAll,
+    RestForOne,
 }
 
 impl Args {
@@ -65,8 +93,20 @@ impl Args {
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
             default_request_timeout: Duration::from_millis(self.default_request_timeout_ms),
             mailbox_capacity: self.mailbox_capacity.max(1),
+            attach_timeout: Duration::from_millis(self.attach_timeout_ms),
             ..Limits::default()
         };
+        config.root_policy = Policy {
+            max_restarts: self.max_restarts,
+            period: Duration::from_millis(self.restart_period_ms),
+            strategy: match self.strategy {
+                RootStrategy::OneForOne => Strategy::OneForOne,
+                RootStrategy::OneForAll => Strategy::OneForAll,
+                RootStrategy::RestForOne => Strategy::RestForOne,
+            },
+            ..Policy::default()
+        };
+        config.stop_grace = Duration::from_millis(self.stop_grace_ms);
         config
     }
 }

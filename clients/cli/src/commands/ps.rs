@@ -1,11 +1,11 @@
-//! `reef ps`: the container tree.
+//! `reef ps`: the container tree with state, kind, pid, restarts and uptime.
 
 use std::{
     process::ExitCode,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use reef_proto::{ContainerNode, TreeRequest, supervisor_client::SupervisorClient};
+use reef_proto::{ContainerNode, ContainerState, TreeRequest, supervisor_client::SupervisorClient};
 use reef_sdk::{ConnectOptions, Error};
 
 pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
@@ -16,8 +16,8 @@ pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
         .map_err(Error::Rejected)?
         .into_inner();
     println!(
-        "{:<32} {:<10} {:>8} {:<9} {:>10} {:>10} {:>8}",
-        "ALIAS", "NAME", "PID", "STATE", "IN", "OUT", "UPTIME"
+        "{:<28} {:<8} {:<8} {:>8} {:>8} {:>8} {:<9} ACTIVITY",
+        "ALIAS", "STATE", "KIND", "PID", "RESTARTS", "UPTIME", "ATTACHED"
     );
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -26,6 +26,18 @@ pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
         print_node(root, 0, now_ms);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A state as `ps` and `watch` print it.
+pub fn state_name(state: ContainerState) -> &'static str {
+    match state {
+        ContainerState::Unspecified => "-",
+        ContainerState::Created => "CREATED",
+        ContainerState::Started => "STARTED",
+        ContainerState::Stopped => "STOPPED",
+        ContainerState::Failed => "FAILED",
+        ContainerState::Destroyed => "DESTROYED",
+    }
 }
 
 fn print_node(node: &ContainerNode, depth: usize, now_ms: u64) {
@@ -37,20 +49,42 @@ fn print_node(node: &ContainerNode, depth: usize, now_ms: u64) {
         0 => "-".to_owned(),
         pid => pid.to_string(),
     };
-    let uptime_s = now_ms.saturating_sub(container.registered_at_unix_ms) / 1000;
+    let supervised = container.supervised.as_ref();
+    let (state, kind, restarts, since, activity) = match supervised {
+        Some(s) => (
+            ContainerState::try_from(s.state).map_or("-", state_name),
+            s.kind.as_str(),
+            s.restarts.to_string(),
+            s.started_at_unix_ms,
+            match (s.activity.is_empty(), s.last_failure.is_empty()) {
+                (false, _) => s.activity.clone(),
+                (true, false) => format!("last failure: {}", s.last_failure),
+                (true, true) => String::new(),
+            },
+        ),
+        // A client or a container that registered on its own: not supervised.
+        None => (
+            "-",
+            "-",
+            "-".to_owned(),
+            container.registered_at_unix_ms,
+            String::new(),
+        ),
+    };
+    let uptime = match since {
+        0 => "-".to_owned(),
+        ms => format!("{}s", now_ms.saturating_sub(ms) / 1000),
+    };
     println!(
-        "{:<32} {:<10} {:>8} {:<9} {:>10} {:>10} {:>7}s",
+        "{:<28} {:<8} {:<8} {:>8} {:>8} {:>8} {:<9} {}",
         alias,
-        container.name,
+        state,
+        kind,
         pid,
-        if container.attached {
-            "attached"
-        } else {
-            "waiting"
-        },
-        container.envelopes_in,
-        container.envelopes_out,
-        uptime_s
+        restarts,
+        uptime,
+        if container.attached { "yes" } else { "no" },
+        activity
     );
     for child in &node.children {
         print_node(child, depth + 1, now_ms);

@@ -1,5 +1,6 @@
-//! `reef up [PROJECT.toml]`: start a node and a project's containers as child
-//! processes, print how to reach them, stop everything on Ctrl-C / SIGTERM.
+//! `reef up [PROJECT.toml]`: start a node, have it create a project's containers (it
+//! spawns and supervises them), print how to reach them, stop everything on Ctrl-C /
+//! SIGTERM (the node stops its containers when it stops).
 
 use std::{
     path::{Path, PathBuf},
@@ -8,19 +9,19 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
+use reef_proto::{CreateRequest, supervisor_client::SupervisorClient};
 use reef_sdk::ConnectOptions;
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     process::{Child, ChildStdout, Command},
-    time::{Instant, sleep, timeout},
+    time::timeout,
 };
 
-use crate::project::Project;
+use crate::{definition::process_definition, project::Project};
 
 /// How long the node and the containers get to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long children get to exit after SIGTERM before they are killed.
+/// How long the node gets to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Arguments of `reef up`.
@@ -37,11 +38,6 @@ pub struct Args {
     /// Where the node keeps its certificates and state.
     #[arg(long, default_value = ".reef")]
     data_dir: PathBuf,
-}
-
-struct Running {
-    alias: String,
-    child: Child,
 }
 
 pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
@@ -85,83 +81,50 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
         ..ConnectOptions::default()
     };
 
+    // In order, each one answering before the next is created (as OTP starts
+    // children), so a container can count on the ones listed before it. The node
+    // spawns and supervises them; `reef up` only asks.
+    let mut supervisor = SupervisorClient::new(options.connect().await?);
     let mut containers = Vec::new();
     for def in &project.containers {
-        let program = if def.command[0].contains('/') {
-            PathBuf::from(&def.command[0])
-        } else {
-            sibling_or_path(&def.command[0])
-        };
-        let mut command = Command::new(&program);
-        command
-            .args(&def.command[1..])
-            .envs(&def.env)
-            .env("REEF_NODE", &ready.grpc)
-            .env("REEF_CA", &ca)
-            .env("REEF_ALIAS", &def.alias)
-            .env("REEF_PARENT", def.parent.as_deref().unwrap_or(""))
-            .kill_on_drop(true);
-        if insecure {
-            command.env("REEF_INSECURE", "1");
-        }
-        let child = command.spawn().with_context(|| {
-            format!(
-                "cannot start container {:?} ({})",
-                def.alias,
-                program.display()
-            )
-        })?;
-        containers.push(Running {
-            alias: def.alias.clone(),
-            child,
-        });
-        // In order, each one attached before the next starts (as OTP starts children),
-        // so a container can count on the ones listed before it.
-        wait_until_attached(&options, &mut containers).await?;
+        let definition = process_definition(
+            &def.alias,
+            def.parent.as_deref(),
+            &def.command,
+            &def.env,
+            &def.policy,
+        )?;
+        let created = supervisor
+            .create(CreateRequest {
+                definition: Some(definition),
+                flags: 0,
+            })
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!("cannot create {:?}: {}", def.alias, status.message())
+            })?
+            .into_inner();
+        let pid = created.container.map_or(0, |c| c.pid);
+        containers.push(format!("{} (pid {pid})", def.alias));
     }
     print_summary(&project, &ready, &ca, &containers, &args);
 
-    let outcome = supervise(&mut node, &mut containers).await;
-    stop(&mut node, &mut containers).await;
+    let outcome = wait_for_signal(&mut node).await;
+    terminate(&mut node);
+    wait_or_kill(&mut node).await;
     outcome
 }
 
-/// Waits for a signal while reporting children that exit. Restarting them by policy is
-/// the node's job (supervision), not the CLI's.
-async fn supervise(node: &mut Child, containers: &mut [Running]) -> anyhow::Result<ExitCode> {
+/// Waits for Ctrl-C / SIGTERM; fails if reefd exits first.
+async fn wait_for_signal(node: &mut Child) -> anyhow::Result<ExitCode> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut reported = vec![false; containers.len()];
-    let mut poll = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
-            _ = terminate.recv() => return Ok(ExitCode::SUCCESS),
-            status = node.wait() => {
-                bail!("reefd exited unexpectedly ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string()));
-            }
-            _ = poll.tick() => {
-                for (running, reported) in containers.iter_mut().zip(reported.iter_mut()) {
-                    if let (false, Ok(Some(status))) = (*reported, running.child.try_wait()) {
-                        eprintln!("reef up: container {:?} exited ({status})", running.alias);
-                        *reported = true;
-                    }
-                }
-            }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+        _ = terminate.recv() => Ok(ExitCode::SUCCESS),
+        status = node.wait() => {
+            bail!("reefd exited unexpectedly ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string()));
         }
     }
-}
-
-/// SIGTERM to the containers, then to the node; SIGKILL to whatever outlives the
-/// stop timeout.
-async fn stop(node: &mut Child, containers: &mut [Running]) {
-    for running in containers.iter_mut() {
-        terminate(&mut running.child);
-    }
-    for running in containers.iter_mut() {
-        wait_or_kill(&mut running.child).await;
-    }
-    terminate(node);
-    wait_or_kill(node).await;
 }
 
 fn terminate(child: &mut Child) {
@@ -212,46 +175,7 @@ async fn read_ready_line(stdout: ChildStdout) -> anyhow::Result<Ready> {
     bail!("reefd closed its output before it was ready")
 }
 
-/// Polls the node until every container is attached, failing fast if one exits.
-async fn wait_until_attached(
-    options: &ConnectOptions,
-    containers: &mut [Running],
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let mut supervisor = SupervisorClient::new(options.connect().await?);
-    loop {
-        for running in containers.iter_mut() {
-            if let Some(status) = running.child.try_wait()? {
-                bail!(
-                    "container {:?} exited ({status}) during startup; see its error above",
-                    running.alias
-                );
-            }
-        }
-        let listed = supervisor
-            .list(ListRequest {})
-            .await?
-            .into_inner()
-            .containers;
-        let missing: Vec<_> = containers
-            .iter()
-            .filter(|r| !listed.iter().any(|c| c.alias == r.alias && c.attached))
-            .map(|r| r.alias.as_str())
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "containers not attached after {STARTUP_TIMEOUT:?}: {}",
-                missing.join(", ")
-            );
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn print_summary(project: &Project, ready: &Ready, ca: &Path, containers: &[Running], args: &Args) {
+fn print_summary(project: &Project, ready: &Ready, ca: &Path, containers: &[String], args: &Args) {
     let reef = std::env::current_exe()
         .ok()
         .and_then(|exe| {
@@ -265,10 +189,6 @@ fn print_summary(project: &Project, ready: &Ready, ca: &Path, containers: &[Runn
     } else {
         format!(" --node {} --ca {}", ready.grpc, ca.display())
     };
-    let list: Vec<String> = containers
-        .iter()
-        .map(|r| format!("{} (pid {})", r.alias, r.child.id().unwrap_or(0)))
-        .collect();
     println!("reef up: project {:?} is running", project.project.name);
     println!(
         "  node        https://{}  (TLS, CA {})",
@@ -279,13 +199,16 @@ fn print_summary(project: &Project, ready: &Ready, ca: &Path, containers: &[Runn
         "  health      {}  (plaintext grpc.health.v1, for probes)",
         ready.health
     );
-    println!("  containers  {}", list.join(", "));
+    println!("  containers  {}", containers.join(", "));
+    println!("  logs        {}/logs/", args.data_dir.display());
     println!();
     println!("Talk to it from another terminal:");
     println!("  {reef}{connect} request echo hello");
     println!("  {reef}{connect} send counter hi");
     println!("  {reef}{connect} request counter count");
     println!("  {reef}{connect} ps");
+    println!("  {reef}{connect} logs -f ticker");
+    println!("  {reef}{connect} watch");
     println!("  grpcurl -cacert {} {} list", ca.display(), ready.grpc);
     println!("Ctrl-C stops the project.");
 }

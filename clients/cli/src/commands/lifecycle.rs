@@ -1,0 +1,154 @@
+//! `reef create | destroy | start | stop | restart`: the container lifecycle.
+
+use std::{collections::BTreeMap, process::ExitCode};
+
+use reef_proto::{
+    ContainerInfo, CreateRequest, DestroyRequest, RestartRequest, StartRequest, StopRequest,
+    supervisor_client::SupervisorClient,
+};
+use reef_sdk::{ConnectOptions, Error};
+
+use crate::definition::{PolicySpec, create_flag, destroy_flag, process_definition};
+
+/// Arguments of `reef create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The new container's alias.
+    alias: String,
+    /// The parent container's alias (default: the node).
+    #[arg(long)]
+    parent: Option<String>,
+    /// Environment variable for the process, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// What to do if the alias exists: DEFAULT (keep it), FORCE_SOFT, FORCE_HARD, FORCE.
+    #[arg(long, default_value = "DEFAULT")]
+    flags: String,
+    #[command(flatten)]
+    policy: PolicySpec,
+    /// The program and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Arguments of `reef destroy` and `reef stop`.
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// The container's alias.
+    alias: String,
+    /// How: FORCE (SIGTERM, SIGKILL after the grace period), KEEP (refuse if it has
+    /// children), FORCE_SOFT (SIGTERM only), FORCE_HARD (SIGKILL).
+    #[arg(long, default_value = "FORCE")]
+    flags: String,
+}
+
+/// Arguments of `reef start` and `reef restart`.
+#[derive(Debug, clap::Args)]
+pub struct AliasArgs {
+    /// The container's alias.
+    alias: String,
+}
+
+async fn supervisor(
+    options: &ConnectOptions,
+) -> anyhow::Result<SupervisorClient<tonic::transport::Channel>> {
+    Ok(SupervisorClient::new(options.connect().await?))
+}
+
+fn describe(info: Option<ContainerInfo>) -> String {
+    let Some(info) = info else {
+        return String::new();
+    };
+    let state = info
+        .supervised
+        .as_ref()
+        .and_then(|s| reef_proto::ContainerState::try_from(s.state).ok())
+        .map_or("-", |s| super::ps::state_name(s));
+    format!(" (pid {}, {state})", info.pid)
+}
+
+pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result<ExitCode> {
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--env {pair:?} is not KEY=VALUE"))?;
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    let definition = process_definition(
+        &args.alias,
+        args.parent.as_deref(),
+        &args.command,
+        &env,
+        &args.policy,
+    )?;
+    let flags = create_flag(&args.flags)?;
+    let created = supervisor(&options)
+        .await?
+        .create(CreateRequest {
+            definition: Some(definition),
+            flags,
+        })
+        .await
+        .map_err(Error::Rejected)?
+        .into_inner();
+    let verb = if created.created { "created" } else { "exists" };
+    println!("{verb} {}{}", args.alias, describe(created.container));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn destroy(args: StopArgs, options: ConnectOptions) -> anyhow::Result<ExitCode> {
+    let flags = destroy_flag(&args.flags)?;
+    let destroyed = supervisor(&options)
+        .await?
+        .destroy(DestroyRequest {
+            alias: args.alias,
+            flags,
+        })
+        .await
+        .map_err(Error::Rejected)?
+        .into_inner();
+    println!("destroyed {}", destroyed.destroyed.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn start(args: AliasArgs, options: ConnectOptions) -> anyhow::Result<ExitCode> {
+    let started = supervisor(&options)
+        .await?
+        .start(StartRequest {
+            alias: args.alias.clone(),
+        })
+        .await
+        .map_err(Error::Rejected)?
+        .into_inner();
+    println!("started {}{}", args.alias, describe(started.container));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stop(args: StopArgs, options: ConnectOptions) -> anyhow::Result<ExitCode> {
+    let flags = destroy_flag(&args.flags)?;
+    let stopped = supervisor(&options)
+        .await?
+        .stop(StopRequest {
+            alias: args.alias.clone(),
+            flags,
+        })
+        .await
+        .map_err(Error::Rejected)?
+        .into_inner();
+    println!("stopped {}{}", args.alias, describe(stopped.container));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn restart(args: AliasArgs, options: ConnectOptions) -> anyhow::Result<ExitCode> {
+    let restarted = supervisor(&options)
+        .await?
+        .restart(RestartRequest {
+            alias: args.alias.clone(),
+        })
+        .await
+        .map_err(Error::Rejected)?
+        .into_inner();
+    println!("restarted {}{}", args.alias, describe(restarted.container));
+    Ok(ExitCode::SUCCESS)
+}
