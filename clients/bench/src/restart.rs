@@ -165,7 +165,7 @@ pub async fn s6(restarts: usize) -> anyhow::Result<Option<Histogram<u64>>> {
         ),
     )?;
     std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let _s6 = S6(Command::new("/usr/bin/s6-svscan")
+    let s6 = S6(Command::new("/usr/bin/s6-svscan")
         .arg(scan.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -183,6 +183,10 @@ pub async fn s6(restarts: usize) -> anyhow::Result<Option<Histogram<u64>>> {
         pid = wait_for_pid(addr, pid)?;
         latencies.record(started.elapsed().as_micros() as u64)?;
     }
+    // The service runs in a session of its own, out of s6-svscan's process group: stop
+    // the supervisors first, then the service.
+    drop(s6);
+    let _ = kill(pid);
     Ok(Some(latencies))
 }
 
