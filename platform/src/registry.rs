@@ -273,8 +273,11 @@ impl Registry {
             let mut entries = self.write();
             match entries.get_mut(&alias) {
                 Some(entry) if entry.reservation.is_some() => {
-                    let reservation = entry.reservation.as_ref().expect("checked");
-                    if token != Some(reservation.token.as_str()) {
+                    let token_matches = entry
+                        .reservation
+                        .as_ref()
+                        .is_some_and(|r| token == Some(r.token.as_str()));
+                    if !token_matches {
                         return Err(RegistryError::Reserved(alias.to_string()));
                     }
                     if entry.attachment.is_some() {
@@ -547,18 +550,16 @@ impl Registry {
     pub fn fail_in_flight(&self, callee: &Alias) {
         let (callers, held) = {
             let entries = self.read();
-            let mut held = std::collections::HashSet::new();
+            // Request ids held for the callee's next process, by caller.
+            let mut held: HashMap<String, std::collections::HashSet<u64>> = HashMap::new();
             if let Some(entry) = entries.get(callee) {
                 if entry.attachment.as_ref().is_some_and(|a| !a.is_closed()) {
                     return;
                 }
-                if let Some(reservation) = &entry.reservation {
-                    held.extend(
-                        reservation
-                            .held
-                            .iter()
-                            .map(|(_, e)| (e.origin.clone(), e.id)),
-                    );
+                for (_, envelope) in entry.reservation.iter().flat_map(|r| r.held.iter()) {
+                    held.entry(envelope.origin.clone())
+                        .or_default()
+                        .insert(envelope.id);
                 }
             }
             let callers: Vec<Arc<Attachment>> = entries
@@ -568,25 +569,25 @@ impl Registry {
                 .collect();
             (callers, held)
         };
+        let message = format!(
+            "{callee} ended before it answered (its process died or its stream closed); the request may or may not have been handled"
+        );
         for caller in callers {
-            let origin = caller.alias().to_string();
+            let kept = held.get(caller.alias().as_str());
             let ids = caller
                 .pending()
-                .take_for_callee(callee.as_str(), |id| held.contains(&(origin.clone(), id)));
+                .take_for_callee(callee.as_str(), |id| kept.is_some_and(|k| k.contains(&id)));
             for id in ids {
                 let request = Envelope {
                     id,
                     destination: callee.to_string(),
                     ..Default::default()
                 };
-                let message = format!(
-                    "{callee} ended before it answered (its process died or its stream closed); the request may or may not have been handled"
-                );
                 let error = crate::router::node_error(
                     &request,
                     caller.alias(),
                     reef_proto::ErrorCode::Unavailable,
-                    message,
+                    message.clone(),
                 );
                 if caller.data().try_send(error).is_err() {
                     self.stats.add_dead_letters(1);

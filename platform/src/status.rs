@@ -43,7 +43,6 @@ pub(crate) fn supervision_status(error: SupervisionError) -> Status {
         SupervisionError::NotFound(_) => Status::not_found(message),
         SupervisionError::AlreadyExists(_) => Status::already_exists(message),
         SupervisionError::Precondition(_) => Status::failed_precondition(message),
-        SupervisionError::Timeout(_) => Status::deadline_exceeded(message),
         SupervisionError::Aborted(_) => Status::aborted(message),
         SupervisionError::ShuttingDown => Status::unavailable(message),
     }

@@ -12,6 +12,7 @@ use crate::{
         Action, CreateFlag, Definition, Kind, Policy, ProcessSpec, RestartType, Solver, State,
         StopMode, Strategy, SupervisedSnapshot,
     },
+    supervisor::millis,
 };
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -166,10 +167,6 @@ fn action_to_wire(action: Action) -> wire::SolverAction {
         Action::Escalate => wire::SolverAction::Escalate,
         Action::Log => wire::SolverAction::Log,
     }
-}
-
-fn millis(duration: Duration) -> u32 {
-    duration.as_millis().min(u32::MAX as u128) as u32
 }
 
 /// A definition as Create would take it.

@@ -68,10 +68,6 @@ impl SupervisorService {
         }
     }
 
-    fn info_of(&self, snapshot: ContainerSnapshot) -> wire::ContainerInfo {
-        container_info(snapshot)
-    }
-
     async fn create_one(
         &self,
         request: wire::CreateRequest,
@@ -88,7 +84,7 @@ impl SupervisorService {
             .await
             .map_err(supervision_status)?;
         Ok(wire::CreateResponse {
-            container: Some(self.info_of(container)),
+            container: Some(container_info(container)),
             created,
         })
     }
@@ -117,7 +113,7 @@ impl SupervisorService {
             .await
             .map_err(supervision_status)?;
         Ok(wire::StartResponse {
-            container: Some(self.info_of(container)),
+            container: Some(container_info(container)),
         })
     }
 
@@ -130,7 +126,7 @@ impl SupervisorService {
             .await
             .map_err(supervision_status)?;
         Ok(wire::StopResponse {
-            container: Some(self.info_of(container)),
+            container: Some(container_info(container)),
         })
     }
 }
@@ -348,7 +344,7 @@ impl supervisor_server::Supervisor for SupervisorService {
             .await
             .map_err(supervision_status)?;
         Ok(Response::new(wire::RestartResponse {
-            container: Some(self.info_of(container)),
+            container: Some(container_info(container)),
         }))
     }
 
@@ -532,7 +528,8 @@ fn container_spec(request: wire::RegisterRequest) -> Result<ContainerSpec, Statu
     })
 }
 
-fn millis(duration: Duration) -> u32 {
+/// A duration in whole milliseconds for a `u32` wire field, saturating.
+pub(crate) fn millis(duration: Duration) -> u32 {
     duration.as_millis().min(u32::MAX as u128) as u32
 }
 

@@ -59,8 +59,7 @@ impl ChildGuard {
 
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        nix::sys::signal::kill(pid, signal).expect("the child process exists");
+        signal_pid(self.0.id(), signal);
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit status.
@@ -148,15 +147,17 @@ impl Drop for TestNode {
     }
 }
 
+/// Sends `signal` to process `pid`, which must exist.
+pub fn signal_pid(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        .unwrap_or_else(|e| panic!("cannot signal process {pid}: {e}"));
+}
+
 /// Live processes started for the node at `addr` (their environment says
 /// `REEF_NODE=addr`), found in /proc.
 pub fn container_processes(addr: SocketAddr) -> Vec<u32> {
     let needle = format!("REEF_NODE={addr}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    all_pids()
         .filter(|pid| process_alive(*pid))
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
@@ -168,32 +169,40 @@ pub fn container_processes(addr: SocketAddr) -> Vec<u32> {
         .collect()
 }
 
+/// The fields of `/proc/PID/stat` after the command name (state first), or `None` when
+/// the process is gone or a zombie.
+fn live_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let fields: Vec<String> = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (fields.first()? != "Z").then_some(fields)
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z")
-    })
+    live_stat(pid).is_some()
 }
 
 /// Live processes in process group `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    all_pids()
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let fields: Vec<&str> = stat
-                    .rsplit_once(')')
-                    .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-                fields.first().is_some_and(|state| *state != "Z")
-                    && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
-            })
+            live_stat(*pid)
+                .is_some_and(|fields| fields.get(2).and_then(|g| g.parse().ok()) == Some(pgid))
         })
         .collect()
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
 }
 
 impl TestNode {

@@ -13,6 +13,7 @@ use reef_proto::{
 use reef_sdk::{Client, Code};
 use reef_tests::{
     STARTUP, TestNode, binary, container_processes, eventually, group_members, process_alive,
+    signal_pid,
 };
 use tonic::transport::Channel;
 
@@ -54,6 +55,17 @@ async fn create(
         .expect("the created container")
 }
 
+/// Lifecycle and registry events from now on.
+async fn watch(
+    supervisor: &mut SupervisorClient<Channel>,
+) -> tonic::Streaming<wire::ContainerEvent> {
+    supervisor
+        .watch(WatchRequest { snapshot: false })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
 async fn info(supervisor: &mut SupervisorClient<Channel>, alias: &str) -> Option<ContainerInfo> {
     supervisor
         .list(ListRequest {})
@@ -93,13 +105,9 @@ async fn a_killed_process_is_restarted_and_what_was_sent_meanwhile_is_answered()
     let echo = create(&mut supervisor, definition("echo", "", &["echo"])).await;
     assert_eq!(state(&echo), ContainerState::Started);
     let client = Client::connect(&node.options()).await.unwrap();
-    let mut events = supervisor
-        .watch(WatchRequest { snapshot: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut supervisor).await;
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(echo.pid as i32), Signal::SIGKILL).unwrap();
+    signal_pid(echo.pid, Signal::SIGKILL);
     // Once the node knows the process is gone, what is sent to the container is held
     // for its next process, not refused.
     loop {
@@ -134,7 +142,7 @@ async fn a_stopped_process_misses_its_keepalive_and_is_restarted() {
     ]);
     let mut supervisor = node.supervisor().await;
     let echo = create(&mut supervisor, definition("echo", "", &["echo"])).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(echo.pid as i32), Signal::SIGSTOP).unwrap();
+    signal_pid(echo.pid, Signal::SIGSTOP);
     let restarted = wait_restarted(&node, "echo", echo.pid).await;
     assert!(
         restarted
@@ -159,11 +167,7 @@ async fn a_crash_loop_exceeds_intensity_and_escalates_to_the_parent_then_the_nod
     // The node allows one restart of its own children; `sup` allows two of its own.
     let node = TestNode::start_with(&["--max-restarts", "1", "--restart-period-ms", "60000"]);
     let mut supervisor = node.supervisor().await;
-    let mut events = supervisor
-        .watch(WatchRequest { snapshot: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut supervisor).await;
     let mut sup = definition("sup", "", &["echo"]);
     sup.policy = Some(wire::SupervisionPolicy {
         max_restarts: 2,
@@ -274,20 +278,16 @@ async fn one_for_all_and_rest_for_one_restart_exactly_the_expected_siblings_in_o
     let mut supervisor = node.supervisor().await;
     let all = family(&mut supervisor, "all", wire::RestartStrategy::OneForAll).await;
     let rest = family(&mut supervisor, "rest", wire::RestartStrategy::RestForOne).await;
-    let mut events = supervisor
-        .watch(WatchRequest { snapshot: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut supervisor).await;
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(all[1] as i32), Signal::SIGKILL).unwrap();
+    signal_pid(all[1], Signal::SIGKILL);
     let expected: Vec<String> = ["all/a", "all/b", "all/c"].map(String::from).into();
     assert_eq!(spawn_order(&mut events, &expected).await, expected);
     for (child, old) in ["all/a", "all/b", "all/c"].iter().zip(&all) {
         wait_restarted(&node, child, *old).await;
     }
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rest[1] as i32), Signal::SIGKILL).unwrap();
+    signal_pid(rest[1], Signal::SIGKILL);
     let expected: Vec<String> = ["rest/b", "rest/c"].map(String::from).into();
     assert_eq!(spawn_order(&mut events, &expected).await, expected);
     wait_restarted(&node, "rest/c", rest[2]).await;
@@ -345,7 +345,7 @@ async fn a_killed_node_adopts_its_running_processes_instead_of_starting_new_ones
     expected.sort();
     assert_eq!(running, expected, "no duplicate processes");
     // The adopted processes are still supervised.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(echo.pid as i32), Signal::SIGKILL).unwrap();
+    signal_pid(echo.pid, Signal::SIGKILL);
     wait_restarted(&node, "echo", echo.pid).await;
 }
 
@@ -486,11 +486,7 @@ async fn bad_definitions_get_clear_errors_and_change_nothing() {
 async fn lifecycle_calls_are_idempotent_and_stopped_containers_refuse_messages() {
     let node = TestNode::start();
     let mut supervisor = node.supervisor().await;
-    let mut events = supervisor
-        .watch(WatchRequest { snapshot: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut supervisor).await;
     let first = create(&mut supervisor, definition("echo", "", &["echo"])).await;
     let again = supervisor
         .create(CreateRequest {

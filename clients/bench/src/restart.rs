@@ -78,12 +78,7 @@ pub async fn reef(node: &BenchNode, restarts: usize) -> anyhow::Result<Histogram
                 .request("victim", "again?", Duration::from_secs(10))
                 .await
             {
-                Err(error) if error.code() == reef_sdk::Code::Unavailable => {
-                    if std::env::var_os("REEF_BENCH_TRACE").is_some() {
-                        eprintln!("unavailable after {:?}", started.elapsed());
-                    }
-                    continue;
-                }
+                Err(error) if error.code() == reef_sdk::Code::Unavailable => continue,
                 other => break other?,
             }
         };

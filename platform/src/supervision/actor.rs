@@ -35,9 +35,10 @@ pub(super) enum Command {
         mode: StopMode,
         reply: Reply<Vec<Alias>>,
     },
+    /// Answered like Create, through the container's Ready waiter.
     Start {
         alias: Alias,
-        reply: Reply<()>,
+        reply: Reply<bool>,
     },
     Stop {
         alias: Alias,
@@ -46,7 +47,7 @@ pub(super) enum Command {
     },
     Restart {
         alias: Alias,
-        reply: Reply<()>,
+        reply: Reply<bool>,
     },
     Fail {
         alias: Alias,
@@ -99,6 +100,31 @@ struct Process {
     detached_at: Option<Instant>,
     /// Dropping it ends the health checks of this process.
     _health: Option<oneshot::Sender<()>>,
+}
+
+impl Process {
+    /// A process that has just been spawned (or adopted) and has not attached yet.
+    fn new(id: ProcessId, generation: u64) -> Self {
+        Self {
+            id,
+            generation,
+            spawned_at: Instant::now(),
+            started_at: SystemTime::now(),
+            attached: false,
+            ready: false,
+            retiring: false,
+            term_sent: None,
+            killed: false,
+            detached_at: None,
+            _health: None,
+        }
+    }
+
+    /// SIGKILL to its whole process group; its exit is then expected.
+    fn kill(&mut self) {
+        self.killed = true;
+        process::signal_group(self.id.pid, Signal::SIGKILL);
+    }
 }
 
 enum Waiter {
@@ -446,7 +472,7 @@ impl Actor {
         }
     }
 
-    fn start(&mut self, alias: Alias, reply: Reply<()>) {
+    fn start(&mut self, alias: Alias, reply: Reply<bool>) {
         let Some(reply) = self.refuse_while_shutting_down(reply) else {
             return;
         };
@@ -472,7 +498,7 @@ impl Actor {
             return;
         }
         if entry.want == Want::Running && entry.process.as_ref().is_some_and(|p| p.ready) {
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(Ok(false));
             return;
         }
         for member in self.subtree_deepest_first(&alias) {
@@ -486,9 +512,7 @@ impl Actor {
         }
         self.dirty = true;
         if let Some(entry) = self.entries.get_mut(&alias) {
-            let (wrapped, answer) = oneshot::channel();
-            entry.waiters.push(Waiter::Ready(wrapped));
-            forward(answer, reply);
+            entry.waiters.push(Waiter::Ready(reply));
         }
     }
 
@@ -520,7 +544,7 @@ impl Actor {
         }
     }
 
-    fn restart(&mut self, alias: Alias, reply: Reply<()>) {
+    fn restart(&mut self, alias: Alias, reply: Reply<bool>) {
         let running = self
             .entries
             .get(&alias)
@@ -534,9 +558,7 @@ impl Actor {
         self.begin_cycle(std::slice::from_ref(&alias), None);
         if let Some(entry) = self.entries.get_mut(&alias) {
             entry.restarts += 1;
-            let (wrapped, answer) = oneshot::channel();
-            entry.waiters.push(Waiter::Ready(wrapped));
-            forward(answer, reply);
+            entry.waiters.push(Waiter::Ready(reply));
         }
         self.lifecycle(
             &alias,
@@ -629,10 +651,7 @@ impl Actor {
             return;
         }
         if let Err(message) = result {
-            if let Some(process) = self.entries.get_mut(alias).and_then(|e| e.process.as_mut()) {
-                process.killed = true;
-                process::signal_group(process.id.pid, Signal::SIGKILL);
-            }
+            self.kill(alias);
             return self.start_failed(alias, message);
         }
         let health = self.health_checks(alias, generation);
@@ -723,11 +742,11 @@ impl Actor {
             return;
         }
         entry.state = State::Failed;
-        entry.last_failure = format!("{}: {}", failure.error_type, failure.message);
+        entry.last_failure = failure.to_string();
         let chain = entry.policy().chain(&failure.error_type);
         self.dirty = true;
         tracing::warn!(%alias, error_type = %failure.error_type, message = %failure.message, ?chain, "container failed");
-        self.lifecycle(alias, EventKind::Fail, Phase::On, &entry_failure(&failure));
+        self.lifecycle(alias, EventKind::Fail, Phase::On, &failure.to_string());
         for action in chain {
             let applied = self.apply(alias, action, &failure);
             let outcome = if applied { "applied" } else { "failed" };
@@ -1092,11 +1111,7 @@ impl Actor {
                     "did not answer within {} ms",
                     entry.policy().start_timeout.as_millis()
                 );
-                if let Some(process) = self.entries.get_mut(alias).and_then(|e| e.process.as_mut())
-                {
-                    process.killed = true;
-                    process::signal_group(process.id.pid, Signal::SIGKILL);
-                }
+                self.kill(alias);
                 self.start_failed(alias, message);
                 return true;
             }
@@ -1163,8 +1178,7 @@ impl Actor {
             return false;
         }
         if mode == StopMode::Hard {
-            process.killed = true;
-            process::signal_group(process.id.pid, Signal::SIGKILL);
+            process.kill();
             entry.activity = "killing".to_owned();
             return true;
         }
@@ -1181,8 +1195,7 @@ impl Actor {
             None => sent + grace,
         };
         if now >= deadline {
-            process.killed = true;
-            process::signal_group(process.id.pid, Signal::SIGKILL);
+            process.kill();
             entry.activity = "killed after the grace period".to_owned();
             return true;
         }
@@ -1207,32 +1220,11 @@ impl Actor {
         self.dirty = true;
         match spawned {
             Ok(spawned) => {
-                entry.process = Some(Process {
-                    id: spawned.id,
-                    generation,
-                    spawned_at: Instant::now(),
-                    started_at: SystemTime::now(),
-                    attached: false,
-                    ready: false,
-                    retiring: false,
-                    term_sent: None,
-                    killed: false,
-                    detached_at: None,
-                    _health: None,
-                });
+                entry.process = Some(Process::new(spawned.id, generation));
                 entry.not_before = None;
                 entry.activity = "starting".to_owned();
-                let events = self.events.clone();
-                let watched = alias.clone();
-                tokio::spawn(async move {
-                    let exit = process::wait_spawned(spawned.wait).await;
-                    let _ = events.send(Event::Exited {
-                        alias: watched,
-                        generation,
-                        exit,
-                    });
-                });
                 let pid = spawned.id.pid;
+                self.watch_exit(alias, generation, process::wait_spawned(spawned.wait));
                 self.lifecycle(
                     alias,
                     EventKind::Start,
@@ -1287,6 +1279,36 @@ impl Actor {
     }
 
     // ----- helpers ----------------------------------------------------------------
+
+    fn kill(&mut self, alias: &Alias) {
+        if let Some(process) = self.entries.get_mut(alias).and_then(|e| e.process.as_mut()) {
+            process.kill();
+        }
+    }
+
+    /// Reports the end of process `generation` of `alias` when `exit` resolves.
+    fn watch_exit(
+        &self,
+        alias: &Alias,
+        generation: u64,
+        exit: impl std::future::Future<Output = Exit> + Send + 'static,
+    ) {
+        let events = self.events.clone();
+        let alias = alias.clone();
+        tokio::spawn(async move {
+            let exit = exit.await;
+            let _ = events.send(Event::Exited {
+                alias,
+                generation,
+                exit,
+            });
+        });
+    }
+
+    /// Whether envelopes for `entry` are held while it is not attached.
+    fn holding(&self, entry: &Entry) -> bool {
+        entry.want == Want::Running && self.shutdown.is_none()
+    }
 
     fn check_ready(&self, alias: &Alias, generation: u64) {
         let endpoint = self
@@ -1445,15 +1467,15 @@ impl Actor {
 
     fn publish(&self) {
         for entry in self.entries.values() {
-            let holding = entry.want == Want::Running && self.shutdown.is_none();
-            self.registry.update_supervised(entry.snapshot(), holding);
+            self.registry
+                .update_supervised(entry.snapshot(), self.holding(entry));
         }
     }
 
     fn lifecycle(&self, alias: &Alias, kind: EventKind, phase: Phase, reason: &str) {
         if let Some(entry) = self.entries.get(alias) {
-            let holding = entry.want == Want::Running && self.shutdown.is_none();
-            self.registry.update_supervised(entry.snapshot(), holding);
+            self.registry
+                .update_supervised(entry.snapshot(), self.holding(entry));
         }
         self.registry.emit_lifecycle(alias, kind, phase, reason);
     }
@@ -1527,29 +1549,11 @@ impl Actor {
                     entry.generation = 1;
                     entry.state = State::Started;
                     entry.activity = "adopted: waiting for it to attach".to_owned();
-                    entry.process = Some(Process {
-                        id,
-                        generation: 1,
-                        spawned_at: Instant::now(),
-                        started_at: SystemTime::now(),
-                        attached: false,
-                        ready: false,
-                        retiring: false,
-                        term_sent: None,
-                        killed: false,
-                        detached_at: Some(Instant::now()),
-                        _health: None,
-                    });
-                    let events = self.events.clone();
-                    let watched = alias.clone();
-                    tokio::spawn(async move {
-                        let exit = process::wait_adopted(id).await;
-                        let _ = events.send(Event::Exited {
-                            alias: watched,
-                            generation: 1,
-                            exit,
-                        });
-                    });
+                    // It must attach again within the attach timeout.
+                    let mut process = Process::new(id, 1);
+                    process.detached_at = Some(process.spawned_at);
+                    entry.process = Some(process);
+                    self.watch_exit(&alias, 1, process::wait_adopted(id));
                     tracing::info!(%alias, pid = id.pid, "adopted a running container process");
                 } else {
                     process::signal_group(id.pid, Signal::SIGKILL);
@@ -1563,21 +1567,6 @@ impl Actor {
         }
         self.dirty = true;
     }
-}
-
-/// Answers a `Reply<()>` from a `Reply<bool>` waiter.
-fn forward(answer: oneshot::Receiver<Result<bool, SupervisionError>>, reply: Reply<()>) {
-    tokio::spawn(async move {
-        let result = match answer.await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(SupervisionError::ShuttingDown),
-        };
-        let _ = reply.send(result);
-    });
-}
-
-fn entry_failure(failure: &Failure) -> String {
-    format!("{}: {}", failure.error_type, failure.message)
 }
 
 fn action_name(action: Action) -> &'static str {

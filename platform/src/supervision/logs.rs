@@ -55,15 +55,6 @@ impl LogDir {
             .set_len(0)?;
         Ok(true)
     }
-
-    /// Removes the logs of a destroyed container.
-    pub fn remove(&self, alias: &str) {
-        let path = self.path(alias);
-        let _ = std::fs::remove_file(&path);
-        for n in 1..=self.keep {
-            let _ = std::fs::remove_file(format!("{}.{n}", path.display()));
-        }
-    }
 }
 
 /// Reads what was appended to `path` since `offset`, at most `max` bytes. Returns the

@@ -66,9 +66,6 @@ pub enum SupervisionError {
     /// The operation does not fit the container's state (or it could not start).
     #[error("{0}")]
     Precondition(String),
-    /// The container did not answer in time.
-    #[error("{0}")]
-    Timeout(String),
     /// Another operation overtook this one.
     #[error("{0}")]
     Aborted(String),
@@ -101,6 +98,12 @@ pub struct Failure {
     pub message: String,
     /// An exit with code 0 (transient containers are not restarted after one).
     pub normal: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
 }
 
 /// The handle to a node's supervisor.

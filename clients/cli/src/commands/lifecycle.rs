@@ -59,12 +59,7 @@ fn describe(info: Option<ContainerInfo>) -> String {
     let Some(info) = info else {
         return String::new();
     };
-    let state = info
-        .supervised
-        .as_ref()
-        .and_then(|s| reef_proto::ContainerState::try_from(s.state).ok())
-        .map_or("-", |s| super::ps::state_name(s));
-    format!(" (pid {}, {state})", info.pid)
+    format!(" (pid {}, {})", info.pid, super::ps::state_of(&info))
 }
 
 pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result<ExitCode> {

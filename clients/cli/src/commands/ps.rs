@@ -5,7 +5,9 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use reef_proto::{ContainerNode, ContainerState, TreeRequest, supervisor_client::SupervisorClient};
+use reef_proto::{
+    ContainerInfo, ContainerNode, ContainerState, TreeRequest, supervisor_client::SupervisorClient,
+};
 use reef_sdk::{ConnectOptions, Error};
 
 pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
@@ -28,8 +30,16 @@ pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A state as `ps` and `watch` print it.
-pub fn state_name(state: ContainerState) -> &'static str {
+/// A container's lifecycle state as the CLI prints it; "-" when it is not supervised.
+pub fn state_of(container: &ContainerInfo) -> &'static str {
+    container
+        .supervised
+        .as_ref()
+        .and_then(|s| ContainerState::try_from(s.state).ok())
+        .map_or("-", state_name)
+}
+
+fn state_name(state: ContainerState) -> &'static str {
     match state {
         ContainerState::Unspecified => "-",
         ContainerState::Created => "CREATED",
@@ -52,7 +62,7 @@ fn print_node(node: &ContainerNode, depth: usize, now_ms: u64) {
     let supervised = container.supervised.as_ref();
     let (state, kind, restarts, since, activity) = match supervised {
         Some(s) => (
-            ContainerState::try_from(s.state).map_or("-", state_name),
+            state_of(container),
             s.kind.as_str(),
             s.restarts.to_string(),
             s.started_at_unix_ms,

@@ -39,12 +39,7 @@ pub async fn run(args: Args, options: ConnectOptions) -> anyhow::Result<ExitCode
             Ok(LifecyclePhase::After) => " after",
             _ => "",
         };
-        let state = event
-            .container
-            .as_ref()
-            .and_then(|c| c.supervised.as_ref())
-            .and_then(|s| reef_proto::ContainerState::try_from(s.state).ok())
-            .map_or("-", super::ps::state_name);
+        let state = event.container.as_ref().map_or("-", super::ps::state_of);
         println!(
             "{} {alias} {kind}{phase} [{state}] {}",
             event.at_unix_ms, event.reason
