@@ -21,6 +21,7 @@
 mod alias;
 mod attachment;
 mod channel;
+mod hosting;
 mod keeper;
 mod lease;
 mod limits;
@@ -47,8 +48,8 @@ pub use self::{
     pending::{Pending, PendingError, PendingRequests},
     pki::{CertifiedKey, Pki, PkiError},
     registry::{
-        ContainerSnapshot, ContainerSpec, DetachCause, EventKind, Phase, Registry, RegistryError,
-        RegistryEvent,
+        ContainerSnapshot, ContainerSpec, DetachCause, EventKind, HostedTask, Phase, Registry,
+        RegistryError, RegistryEvent, TaskSnapshot,
     },
     router::Inbound,
     stats::NodeStats,

@@ -30,7 +30,7 @@ pub struct Limits {
     pub heartbeat_timeout: Duration,
     /// How long a registration may wait for its attach stream.
     pub attach_timeout: Duration,
-    /// Registrations one node holds.
+    /// Registrations one node holds, task containers included.
     pub max_containers: usize,
 }
 
@@ -48,7 +48,7 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),
             attach_timeout: Duration::from_secs(10),
-            max_containers: 100_000,
+            max_containers: 1_000_000,
         }
     }
 }

@@ -11,10 +11,9 @@ use std::{
 
 use reef_proto::{channel_server::ChannelServer, supervisor_server::SupervisorServer};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Status,
-    transport::{Identity, Server, ServerTlsConfig},
+    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
 
@@ -226,7 +225,9 @@ impl Node {
         health.set_serving::<ChannelServer<ChannelService>>().await;
 
         let mut server = Server::builder()
-            // Small envelopes must not wait for Nagle.
+            // Only applies to listeners tonic binds itself: ours get TCP_NODELAY through
+            // `TcpIncoming` below, or small writes wait for Nagle and the peer's delayed
+            // ACK (40 ms) whenever a unary call shares the connection with a stream.
             .tcp_nodelay(true)
             // Room for many full frames in flight per attach stream, so a fast sender is
             // not held back by window updates.
@@ -257,7 +258,7 @@ impl Node {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         let mut main = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(self.listener),
+            TcpIncoming::from(self.listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
         ));
         let health_task = self.health_listener.map(|listener| {
@@ -265,7 +266,7 @@ impl Node {
                 Server::builder()
                     .add_service(health_service)
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
                         until_stopped(stopped.clone()),
                     ),
             )

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reef_proto::{self as wire, container_client::ContainerClient};
 use tonic::{
     Status,
-    transport::{Certificate, ClientTlsConfig, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
 /// The host part of `host:port` (brackets around IPv6 removed).
@@ -19,19 +19,20 @@ pub(crate) fn endpoint_host(endpoint: &str) -> Result<String, Status> {
     Ok(host.to_owned())
 }
 
-/// Calls `Container.Ping` on `endpoint` over TLS trusting `ca_pem`, within `timeout`.
-pub(crate) async fn ping_endpoint(
+/// A TLS channel to a container's `endpoint`, trusting `ca_pem`; calls time out after
+/// `timeout`.
+pub(crate) async fn connect_endpoint(
     endpoint: &str,
     ca_pem: &str,
     timeout: Duration,
-) -> Result<wire::PingResponse, Status> {
+) -> Result<Channel, Status> {
     let unreachable = |e: &dyn std::fmt::Display| {
         Status::unavailable(format!("container endpoint {endpoint} is unreachable: {e}"))
     };
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(endpoint_host(endpoint)?);
-    let channel = Endpoint::from_shared(format!("https://{endpoint}"))
+    Endpoint::from_shared(format!("https://{endpoint}"))
         .map_err(|e| unreachable(&e))?
         .tls_config(tls)
         .map_err(|e| unreachable(&e))?
@@ -40,7 +41,16 @@ pub(crate) async fn ping_endpoint(
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| unreachable(&e))
+}
+
+/// Calls `Container.Ping` on `endpoint` over TLS trusting `ca_pem`, within `timeout`.
+pub(crate) async fn ping_endpoint(
+    endpoint: &str,
+    ca_pem: &str,
+    timeout: Duration,
+) -> Result<wire::PingResponse, Status> {
+    let channel = connect_endpoint(endpoint, ca_pem, timeout).await?;
     let answer = ContainerClient::new(channel)
         .ping(wire::PingRequest { nonce: 1 })
         .await?;

@@ -1,7 +1,7 @@
 //! The registry: which aliases are claimed, by whom, and which are attached.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime},
 };
@@ -46,6 +46,32 @@ pub struct ContainerSnapshot {
     pub envelopes_out: u64,
     /// What the supervisor knows, for containers the node runs.
     pub supervised: Option<SupervisedSnapshot>,
+    /// For task containers: what their host reports.
+    pub task: Option<TaskSnapshot>,
+}
+
+/// A task container as its host reports it.
+#[derive(Debug, Clone)]
+pub struct TaskSnapshot {
+    /// The process that runs it; its alias routes to the host's stream.
+    pub host: Alias,
+    /// Times the host restarted it.
+    pub restarts: u32,
+}
+
+/// A task container a host announces (`Supervisor.Host`).
+#[derive(Debug, Clone)]
+pub struct HostedTask {
+    /// Its alias.
+    pub alias: Alias,
+    /// The behaviour it runs.
+    pub name: String,
+    /// Its parent; `None` = the host.
+    pub parent: Option<Alias>,
+    /// Times the host restarted it.
+    pub restarts: u32,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What happened to a registration.
@@ -182,6 +208,10 @@ struct Registration {
     registered_at: SystemTime,
     attachment: Option<Arc<Attachment>>,
     reservation: Option<Reservation>,
+    /// For a task container: its host.
+    task: Option<TaskSnapshot>,
+    /// For a task host: the tasks it runs (they go when it goes).
+    tasks: HashSet<Alias>,
 }
 
 /// An alias the supervisor keeps for a container it runs, across restarts.
@@ -222,8 +252,35 @@ impl Registration {
             envelopes_in,
             envelopes_out,
             supervised: self.reservation.as_ref().map(|r| r.info.clone()),
+            task: self.task.clone(),
         }
     }
+
+    fn new(spec: ContainerSpec, lease: Option<String>) -> Self {
+        Self {
+            spec,
+            lease,
+            registered_at: SystemTime::now(),
+            attachment: None,
+            reservation: None,
+            task: None,
+            tasks: HashSet::new(),
+        }
+    }
+}
+
+/// Removes `alias` and the tasks it hosts; returns what was removed, the alias first.
+fn remove_with_tasks(
+    entries: &mut HashMap<Alias, Registration>,
+    alias: &Alias,
+) -> Vec<Registration> {
+    let Some(mut entry) = entries.remove(alias) else {
+        return Vec::new();
+    };
+    let tasks = std::mem::take(&mut entry.tasks);
+    let mut removed = vec![entry];
+    removed.extend(tasks.iter().filter_map(|task| entries.remove(task)));
+    removed
 }
 
 /// The aliases a node knows, their leases and their attachments.
@@ -299,13 +356,7 @@ impl Registry {
                     if entries.len() >= self.limits.max_containers {
                         return Err(RegistryError::Full(entries.len()));
                     }
-                    let registration = Registration {
-                        spec,
-                        lease: Some(lease.clone()),
-                        registered_at: SystemTime::now(),
-                        attachment: None,
-                        reservation: None,
-                    };
+                    let registration = Registration::new(spec, Some(lease.clone()));
                     let snapshot = registration.snapshot();
                     entries.insert(alias.clone(), registration);
                     snapshot
@@ -395,7 +446,15 @@ impl Registry {
     #[allow(clippy::result_large_err)]
     pub fn hold(&self, alias: &str, envelope: Envelope) -> Result<(), (Envelope, HoldRefused)> {
         let mut entries = self.write();
-        let Some(entry) = entries.get_mut(alias) else {
+        // A task's envelopes wait with its host's.
+        let owner = match entries.get(alias).and_then(|entry| entry.task.as_ref()) {
+            Some(task) => task.host.clone(),
+            None => match Alias::parse(alias) {
+                Ok(alias) => alias,
+                Err(_) => return Err((envelope, HoldRefused::Unknown)),
+            },
+        };
+        let Some(entry) = entries.get_mut(&owner) else {
             return Err((envelope, HoldRefused::Unknown));
         };
         if let Some(attachment) = &entry.attachment
@@ -444,17 +503,24 @@ impl Registry {
                             alias: alias.clone(),
                             cause,
                         });
-                        Some(snapshot)
+                        vec![snapshot]
                     } else {
-                        entries.remove(alias).map(|entry| entry.snapshot())
+                        remove_with_tasks(&mut entries, alias)
+                            .iter()
+                            .map(Registration::snapshot)
+                            .collect()
                     }
                 }
-                _ => None,
+                _ => Vec::new(),
             }
         };
-        if let Some(snapshot) = detached {
+        let mut detached = detached.into_iter();
+        if let Some(snapshot) = detached.next() {
             tracing::info!(alias = %attachment.alias(), reason, "detached");
             self.emit(EventKind::Detached, snapshot, reason);
+        }
+        for task in detached {
+            self.emit(EventKind::Deregistered, task, "its host detached");
         }
     }
 
@@ -485,23 +551,26 @@ impl Registry {
             }
             return Ok(());
         }
-        let entry = {
+        let removed = {
             let mut entries = self.write();
             match entries.get(&alias) {
-                Some(entry) if entry.lease.as_deref() == Some(lease) => entries.remove(&alias),
-                _ => None,
+                Some(entry) if entry.lease.as_deref() == Some(lease) => {
+                    remove_with_tasks(&mut entries, &alias)
+                }
+                _ => Vec::new(),
             }
         };
-        if let Some(entry) = entry {
-            let snapshot = entry.snapshot();
-            if let Some(attachment) = entry.attachment {
+        if !removed.is_empty() {
+            tracing::info!(%alias, "deregistered");
+        }
+        for entry in removed {
+            if let Some(attachment) = &entry.attachment {
                 attachment.close(None);
             }
-            tracing::info!(%alias, "deregistered");
             self.emit(
                 EventKind::Deregistered,
-                snapshot,
-                "deregistered by its holder",
+                entry.snapshot(),
+                "deregistered by its holder (or its host)",
             );
         }
         Ok(())
@@ -519,28 +588,155 @@ impl Registry {
                         entry.lease = None;
                         None
                     } else {
-                        entries.remove(alias)
+                        Some(remove_with_tasks(&mut entries, alias))
                     }
                 }
                 _ => None,
             }
         };
-        if let Some(entry) = entry {
+        if let Some(removed) = entry {
             tracing::info!(%alias, "registration expired before it attached");
-            self.emit(
-                EventKind::Deregistered,
-                entry.snapshot(),
-                "expired: never attached",
-            );
+            for entry in removed {
+                self.emit(
+                    EventKind::Deregistered,
+                    entry.snapshot(),
+                    "expired: never attached",
+                );
+            }
         }
     }
 
     /// The open attachment of `alias`, if any (one that is closing does not count).
+    /// A task's attachment is its host's.
     pub fn lookup(&self, alias: &str) -> Option<Arc<Attachment>> {
-        self.read()
-            .get(alias)
-            .and_then(|entry| entry.attachment.clone())
+        let entries = self.read();
+        let entry = entries.get(alias)?;
+        let entry = match &entry.task {
+            Some(task) => entries.get(&task.host)?,
+            None => entry,
+        };
+        entry
+            .attachment
+            .clone()
             .filter(|attachment| !attachment.is_closed())
+    }
+
+    /// The alias that answers for `alias`: its host for a task, itself otherwise.
+    pub fn owner(&self, alias: &str) -> Option<Alias> {
+        let entries = self.read();
+        match entries.get(alias)?.task.as_ref() {
+            Some(task) => Some(task.host.clone()),
+            None => Alias::parse(alias).ok(),
+        }
+    }
+
+    /// Whether `task` is a task container run by `host`.
+    pub fn is_hosted_by(&self, task: &str, host: &Alias) -> bool {
+        self.read()
+            .get(task)
+            .and_then(|entry| entry.task.as_ref())
+            .is_some_and(|t| &t.host == host)
+    }
+
+    /// Applies what task host `host` (holding `lease`) announces: `upsert` adds or
+    /// updates its tasks, `remove` forgets them. One result per upsert: whether it was
+    /// new, or why it was refused.
+    pub fn host_tasks(
+        &self,
+        host: &Alias,
+        lease: &str,
+        upsert: Vec<HostedTask>,
+        remove: Vec<Alias>,
+    ) -> Result<Vec<Result<bool, RegistryError>>, RegistryError> {
+        let mut events = Vec::new();
+        let results = {
+            let mut entries = self.write();
+            match entries.get(host) {
+                None => return Err(RegistryError::NotRegistered(host.to_string())),
+                Some(entry) if entry.lease.as_deref() != Some(lease) => {
+                    return Err(RegistryError::LeaseMismatch(host.to_string()));
+                }
+                Some(_) => {}
+            }
+            for alias in remove {
+                if entries
+                    .get(&alias)
+                    .and_then(|e| e.task.as_ref())
+                    .is_some_and(|t| &t.host == host)
+                    && let Some(entry) = entries.remove(&alias)
+                {
+                    events.push((EventKind::Deregistered, entry.snapshot()));
+                }
+                if let Some(entry) = entries.get_mut(host) {
+                    entry.tasks.remove(&alias);
+                }
+            }
+            let results: Vec<_> = upsert
+                .into_iter()
+                .map(|task| {
+                    let outcome = self.upsert_task(&mut entries, host, task);
+                    if let Ok((true, snapshot)) = &outcome {
+                        events.push((EventKind::Registered, snapshot.clone()));
+                    }
+                    outcome.map(|(created, _)| created)
+                })
+                .collect();
+            results
+        };
+        for (kind, snapshot) in events {
+            let reason = match kind {
+                EventKind::Registered => "started by its host",
+                _ => "stopped by its host",
+            };
+            self.emit(kind, snapshot, reason);
+        }
+        Ok(results)
+    }
+
+    fn upsert_task(
+        &self,
+        entries: &mut HashMap<Alias, Registration>,
+        host: &Alias,
+        task: HostedTask,
+    ) -> Result<(bool, ContainerSnapshot), RegistryError> {
+        let host_pid = entries.get(host).and_then(|h| h.spec.pid);
+        if let Some(entry) = entries.get_mut(&task.alias) {
+            return match &mut entry.task {
+                Some(existing) if &existing.host == host => {
+                    // Announced again by a restarted host: a new process.
+                    existing.restarts = task.restarts;
+                    entry.spec.pid = host_pid;
+                    Ok((false, entry.snapshot()))
+                }
+                _ => Err(RegistryError::AlreadyRegistered(task.alias.to_string())),
+            };
+        }
+        let parent = task.parent.unwrap_or_else(|| host.clone());
+        if ancestors_include(entries, &parent, &task.alias) {
+            return Err(RegistryError::ParentCycle(task.alias.to_string()));
+        }
+        if entries.len() >= self.limits.max_containers {
+            return Err(RegistryError::Full(entries.len()));
+        }
+        let spec = ContainerSpec {
+            alias: task.alias.clone(),
+            name: task.name,
+            parent: Some(parent),
+            endpoint: None,
+            pid: host_pid,
+            labels: task.labels,
+        };
+        let mut registration = Registration::new(spec, None);
+        registration.task = Some(TaskSnapshot {
+            host: host.clone(),
+            restarts: task.restarts,
+        });
+        let snapshot = registration.snapshot();
+        entries.insert(task.alias.clone(), registration);
+        if let Some(entry) = entries.get_mut(host) {
+            entry.tasks.insert(task.alias);
+        }
+        Ok((true, snapshot))
     }
 
     /// Answers requests that `callee`'s closed stream had already written, and so will
@@ -714,21 +910,14 @@ impl Registry {
             pid: info.pid,
             labels: definition.labels.clone(),
         };
-        entries.insert(
-            alias,
-            Registration {
-                spec,
-                lease: None,
-                registered_at: SystemTime::now(),
-                attachment: None,
-                reservation: Some(Reservation {
-                    token: token.to_owned(),
-                    holding: true,
-                    held: VecDeque::new(),
-                    info,
-                }),
-            },
-        );
+        let mut registration = Registration::new(spec, None);
+        registration.reservation = Some(Reservation {
+            token: token.to_owned(),
+            holding: true,
+            held: VecDeque::new(),
+            info,
+        });
+        entries.insert(alias, registration);
         Ok(())
     }
 
@@ -775,8 +964,18 @@ impl Registry {
     }
 
     /// Forgets a supervised alias (destroyed): closes its stream, drops what was held.
+    /// Its tasks go with it.
     pub fn release(&self, alias: &Alias) {
-        let entry = self.write().remove(alias);
+        let removed = remove_with_tasks(&mut self.write(), alias);
+        let mut removed = removed.into_iter();
+        let entry = removed.next();
+        for task in removed {
+            self.emit(
+                EventKind::Deregistered,
+                task.snapshot(),
+                "its host was destroyed",
+            );
+        }
         if let Some(entry) = entry {
             if let Some(attachment) = &entry.attachment {
                 attachment.close(Some(Status::unavailable("the container was destroyed")));

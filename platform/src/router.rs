@@ -98,9 +98,17 @@ impl Inbound {
     }
 
     fn route(&mut self, mut envelope: Envelope) -> Option<Blocked> {
-        // The stream's alias is the origin, whatever the envelope claims.
-        envelope.origin.clear();
-        envelope.origin.push_str(self.from.alias().as_str());
+        // The stream's alias is the origin, whatever the envelope claims, unless it
+        // names a task container this stream's process hosts.
+        if envelope.origin != self.from.alias().as_str()
+            && (envelope.origin.is_empty()
+                || !self
+                    .registry
+                    .is_hosted_by(&envelope.origin, self.from.alias()))
+        {
+            envelope.origin.clear();
+            envelope.origin.push_str(self.from.alias().as_str());
+        }
         let kind = envelope.kind();
         if envelope.payload.len() > self.limits().max_payload_bytes
             && kind != EnvelopeKind::Heartbeat
@@ -132,11 +140,14 @@ impl Inbound {
         let callee = self.resolve(&envelope.destination);
         let callee_alias = match &callee {
             Some(callee) => callee.alias().clone(),
-            // Perhaps a supervised container that is restarting: the request is held
-            // for it, under its deadline.
-            None => match Alias::parse(&envelope.destination) {
-                Ok(alias) => alias,
-                Err(_) => return self.dead_letter_unknown(envelope),
+            // Perhaps a supervised container that is restarting (or a task in one): the
+            // request is held for it, under its deadline.
+            None => match self.registry.owner(&envelope.destination) {
+                Some(alias) => alias,
+                None => match Alias::parse(&envelope.destination) {
+                    Ok(alias) => alias,
+                    Err(_) => return self.dead_letter_unknown(envelope),
+                },
             },
         };
         let limits = self.limits();

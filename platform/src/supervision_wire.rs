@@ -7,7 +7,8 @@ use reef_proto as wire;
 use tonic::Status;
 
 use crate::{
-    Alias,
+    Alias, TaskSnapshot,
+    hosting::TaskDefinition,
     supervision::{
         Action, CreateFlag, Definition, Kind, Policy, ProcessSpec, RestartType, Solver, State,
         StopMode, Strategy, SupervisedSnapshot,
@@ -21,16 +22,7 @@ fn invalid(message: impl Into<String>) -> Status {
 
 /// A checked definition: valid aliases, no self-parent, a program, known enums.
 pub(crate) fn definition(raw: wire::ContainerDefinition) -> Result<Definition, Status> {
-    let alias = Alias::parse(&raw.alias).map_err(|e| invalid(format!("definition.alias: {e}")))?;
-    let parent = match raw.parent.as_str() {
-        "" => None,
-        parent => {
-            Some(Alias::parse(parent).map_err(|e| invalid(format!("definition.parent: {e}")))?)
-        }
-    };
-    if parent.as_ref() == Some(&alias) {
-        return Err(invalid(format!("{alias} cannot be its own parent")));
-    }
+    let (alias, parent) = alias_and_parent(&raw)?;
     let kind = match raw.kind {
         Some(wire::container_definition::Kind::Process(process)) => {
             if process.command.trim().is_empty() {
@@ -44,7 +36,10 @@ pub(crate) fn definition(raw: wire::ContainerDefinition) -> Result<Definition, S
                     .then(|| PathBuf::from(process.working_dir)),
             })
         }
-        None => return Err(invalid("definition needs a kind: set `process`")),
+        Some(wire::container_definition::Kind::Task(_)) => {
+            return Err(invalid("a task is not a process definition"));
+        }
+        None => return Err(invalid("definition needs a kind: set `process` or `task`")),
     };
     let name = match (raw.name.is_empty(), &kind) {
         (false, _) => raw.name,
@@ -61,6 +56,81 @@ pub(crate) fn definition(raw: wire::ContainerDefinition) -> Result<Definition, S
         policy: policy(raw.policy.unwrap_or_default())?,
         labels: raw.labels.into_iter().collect(),
     })
+}
+
+fn alias_and_parent(raw: &wire::ContainerDefinition) -> Result<(Alias, Option<Alias>), Status> {
+    let alias = Alias::parse(&raw.alias).map_err(|e| invalid(format!("definition.alias: {e}")))?;
+    let parent = match raw.parent.as_str() {
+        "" => None,
+        parent => {
+            Some(Alias::parse(parent).map_err(|e| invalid(format!("definition.parent: {e}")))?)
+        }
+    };
+    if parent.as_ref() == Some(&alias) {
+        return Err(invalid(format!("{alias} cannot be its own parent")));
+    }
+    Ok((alias, parent))
+}
+
+/// A checked task definition; `None` when `raw` is not a task.
+pub(crate) fn task_definition(
+    raw: &wire::ContainerDefinition,
+) -> Result<Option<TaskDefinition>, Status> {
+    let Some(wire::container_definition::Kind::Task(task)) = &raw.kind else {
+        return Ok(None);
+    };
+    let (alias, parent) = alias_and_parent(raw)?;
+    let host =
+        Alias::parse(&task.host).map_err(|e| invalid(format!("definition.task.host: {e}")))?;
+    if host == alias {
+        return Err(invalid(format!("{alias} cannot host itself")));
+    }
+    if raw.name.is_empty() {
+        return Err(invalid(
+            "definition.name is empty: a task needs the name of a behaviour its host defines",
+        ));
+    }
+    let policy = policy(raw.policy.clone().unwrap_or_default())?;
+    Ok(Some(TaskDefinition {
+        alias,
+        parent,
+        name: raw.name.clone(),
+        host,
+        args: task.args.clone(),
+        restart: match policy.restart {
+            RestartType::Permanent => wire::RestartType::Permanent,
+            RestartType::Transient => wire::RestartType::Transient,
+            RestartType::Temporary => wire::RestartType::Temporary,
+        },
+        max_restarts: policy.max_restarts,
+        period_ms: millis(policy.period),
+        labels: raw.labels.clone().into_iter().collect(),
+    }))
+}
+
+/// What List, Tree and Watch show of a task container.
+pub(crate) fn task_info(spec: &crate::ContainerSpec, task: &TaskSnapshot) -> wire::SupervisedInfo {
+    wire::SupervisedInfo {
+        state: wire::ContainerState::Started as i32,
+        kind: "task".to_owned(),
+        restarts: task.restarts,
+        definition: Some(wire::ContainerDefinition {
+            alias: spec.alias.to_string(),
+            parent: spec
+                .parent
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            name: spec.name.clone(),
+            kind: Some(wire::container_definition::Kind::Task(wire::TaskSpec {
+                host: task.host.to_string(),
+                args: Vec::new(),
+            })),
+            policy: None,
+            labels: spec.labels.clone().into_iter().collect(),
+        }),
+        ..Default::default()
+    }
 }
 
 fn millis_or(value: u32, default: Duration) -> Duration {

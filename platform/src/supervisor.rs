@@ -14,11 +14,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Pki, Registry,
-    RegistryEvent,
+    Alias, ContainerSnapshot, ContainerSpec, EventKind, HostedTask, NodeStats, Phase, Pki,
+    Registry, RegistryEvent, hosting,
     probe::{endpoint_host, ping_endpoint},
     status::{pki_status, registry_status, supervision_status},
-    supervision::{Failure, Supervision},
+    supervision::{Failure, State, Supervision},
     supervision_wire as convert,
 };
 
@@ -72,11 +72,18 @@ impl SupervisorService {
         &self,
         request: wire::CreateRequest,
     ) -> Result<wire::CreateResponse, Status> {
-        let definition = convert::definition(
-            request
-                .definition
-                .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?,
-        )?;
+        let raw = request
+            .definition
+            .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
+        if let Some(task) = convert::task_definition(&raw)? {
+            let (container, created) =
+                hosting::start_task(&self.registry, self.pki.ca_pem(), task).await?;
+            return Ok(wire::CreateResponse {
+                container: Some(container_info(container)),
+                created,
+            });
+        }
+        let definition = convert::definition(raw)?;
         let flag = convert::create_flag(request.flags)?;
         let (container, created) = self
             .supervision
@@ -95,6 +102,12 @@ impl SupervisorService {
     ) -> Result<wire::DestroyResponse, Status> {
         let alias = parse_alias(&request.alias)?;
         let mode = convert::stop_mode(request.flags)?;
+        if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
+            hosting::stop_task(&self.registry, self.pki.ca_pem(), &alias, &task.host).await?;
+            return Ok(wire::DestroyResponse {
+                destroyed: vec![alias.to_string()],
+            });
+        }
         let destroyed = self
             .supervision
             .destroy(alias, mode)
@@ -353,7 +366,10 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::ExistsRequest>,
     ) -> Result<Response<wire::ExistsResponse>, Status> {
         let alias = request.into_inner().alias;
-        let state = self.supervision.exists(&alias);
+        let state = self.supervision.exists(&alias).or_else(|| {
+            let task = self.registry.get(&alias)?.task?;
+            Some(State::Started).filter(|_| self.registry.lookup(task.host.as_str()).is_some())
+        });
         Ok(Response::new(wire::ExistsResponse {
             exists: state.is_some(),
             state: state.map_or(wire::ContainerState::Unspecified, convert::state_to_wire) as i32,
@@ -437,6 +453,70 @@ impl supervisor_server::Supervisor for SupervisorService {
             .await
             .map_err(supervision_status)?;
         Ok(Response::new(wire::FailResponse {}))
+    }
+
+    async fn host(
+        &self,
+        request: Request<wire::HostRequest>,
+    ) -> Result<Response<wire::HostResponse>, Status> {
+        let request = request.into_inner();
+        let host = parse_alias(&request.alias)?;
+        let mut aliases = Vec::with_capacity(request.upsert.len());
+        let mut upsert = Vec::with_capacity(request.upsert.len());
+        let mut invalid = Vec::new();
+        for (index, task) in request.upsert.into_iter().enumerate() {
+            aliases.push(task.alias.clone());
+            let parsed = Alias::parse(&task.alias).and_then(|alias| {
+                let parent = match task.parent.as_str() {
+                    "" => None,
+                    parent => Some(Alias::parse(parent)?),
+                };
+                Ok(HostedTask {
+                    alias,
+                    name: task.name,
+                    parent,
+                    restarts: task.restarts,
+                    labels: task.labels.into_iter().collect(),
+                })
+            });
+            match parsed {
+                Ok(task) => upsert.push(task),
+                Err(error) => invalid.push((index, Status::invalid_argument(error.to_string()))),
+            }
+        }
+        let remove = request
+            .remove
+            .iter()
+            .map(|alias| parse_alias(alias))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut outcomes = self
+            .registry
+            .host_tasks(&host, &request.lease, upsert, remove)
+            .map_err(registry_status)?
+            .into_iter()
+            .map(|outcome| outcome.map(drop).map_err(registry_status));
+        // Results in request order, the invalid ones where they were.
+        let mut invalid = invalid.into_iter().peekable();
+        let results = aliases
+            .into_iter()
+            .enumerate()
+            .map(|(index, alias)| {
+                let outcome = match invalid.next_if(|(at, _)| *at == index) {
+                    Some((_, status)) => Err(status),
+                    None => outcomes.next().unwrap_or(Ok(())),
+                };
+                let (code, message) = match outcome {
+                    Ok(()) => (0, String::new()),
+                    Err(status) => (status.code() as i32, status.message().to_owned()),
+                };
+                wire::BatchResult {
+                    alias,
+                    code,
+                    message,
+                }
+            })
+            .collect();
+        Ok(Response::new(wire::HostResponse { results }))
     }
 
     type LogsStream = LogStream;
@@ -539,6 +619,11 @@ pub(crate) fn unix_ms(at: SystemTime) -> u64 {
 }
 
 fn container_info(snapshot: ContainerSnapshot) -> wire::ContainerInfo {
+    let supervised = match (&snapshot.supervised, &snapshot.task) {
+        (Some(supervised), _) => Some(convert::supervised_info(supervised)),
+        (None, Some(task)) => Some(convert::task_info(&snapshot.spec, task)),
+        (None, None) => None,
+    };
     let spec = snapshot.spec;
     wire::ContainerInfo {
         alias: spec.alias.to_string(),
@@ -551,7 +636,7 @@ fn container_info(snapshot: ContainerSnapshot) -> wire::ContainerInfo {
         registered_at_unix_ms: unix_ms(snapshot.registered_at),
         envelopes_in: snapshot.envelopes_in,
         envelopes_out: snapshot.envelopes_out,
-        supervised: snapshot.supervised.as_ref().map(convert::supervised_info),
+        supervised,
     }
 }
 

@@ -18,10 +18,10 @@ use reef_proto::{
 };
 use reef_sdk::ConnectOptions;
 use tokio::net::TcpListener;
-use tokio_stream::{Stream, StreamExt as _, wrappers::TcpListenerStream};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{
     Request, Response, Status, Streaming,
-    transport::{Identity, Server, ServerTlsConfig},
+    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 
 use crate::{MEASUREMENT_TIMEOUT, report};
@@ -92,6 +92,20 @@ impl Container for PingOnly {
     ) -> Result<Response<reef_proto::CommandResponse>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+
+    async fn start_task(
+        &self,
+        _: Request<reef_proto::StartTaskRequest>,
+    ) -> Result<Response<reef_proto::StartTaskResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn stop_task(
+        &self,
+        _: Request<reef_proto::StopTaskRequest>,
+    ) -> Result<Response<reef_proto::StopTaskResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }
 
 /// Which echo server a bidi figure goes through.
@@ -130,7 +144,9 @@ impl Baseline {
                 .tls_config(ServerTlsConfig::new().identity(identity.clone()))?
                 .add_service(ChannelServer::new(echo))
                 .add_service(ContainerServer::new(PingOnly));
-            tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener)));
+            tokio::spawn(
+                server.serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+            );
             Ok(ConnectOptions {
                 node: addr.to_string(),
                 ca: data.path().join("ca.pem"),

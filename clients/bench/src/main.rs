@@ -13,6 +13,7 @@ mod node;
 mod report;
 mod restart;
 mod routed;
+mod tasks;
 
 use baseline::EchoServer;
 
@@ -63,6 +64,15 @@ pub struct Args {
     /// Only the restart figures.
     #[arg(long)]
     restarts_only: bool,
+    /// Idle task containers spawned for the task spawn and memory figures.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    /// Task panics timed for the task restart figures (panic → answering).
+    #[arg(long, default_value_t = 10_000)]
+    task_restarts: usize,
+    /// Only the task container figures.
+    #[arg(long)]
+    tasks_only: bool,
     /// Internal: be the process the s6 baseline supervises (answers its pid on ADDR).
     #[arg(long, hide = true)]
     serve_pid: Option<std::net::SocketAddr>,
@@ -75,6 +85,8 @@ impl Args {
             self.requests = self.requests.min(5_000);
             self.latency_samples = self.latency_samples.min(500);
             self.restarts = self.restarts.min(20);
+            self.tasks = self.tasks.min(10_000);
+            self.task_restarts = self.task_restarts.min(1_000);
             self.runs = 1;
         }
         self.runs = self.runs.max(1);
@@ -116,6 +128,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if args.restarts_only {
         let node = node::BenchNode::start(&restart_node_args(args))?;
         return restart::measure(&node, args.restarts).await;
+    }
+    if args.tasks_only {
+        return measure_tasks(args).await;
     }
     let baseline = if args.routed_only {
         None
@@ -189,7 +204,19 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     routed.stop().await;
     drop(node);
     let node = node::BenchNode::start(&restart_node_args(args))?;
-    restart::measure(&node, args.restarts).await
+    restart::measure(&node, args.restarts).await?;
+    drop(node);
+    measure_tasks(args).await
+}
+
+async fn measure_tasks(args: &Args) -> anyhow::Result<()> {
+    let mut extra = args.reefd_args.clone();
+    extra.extend([
+        "--max-containers".to_owned(),
+        (args.tasks + 100).to_string(),
+    ]);
+    let node = node::BenchNode::start(&extra)?;
+    tasks::measure(&node, args.tasks, args.task_restarts).await
 }
 
 /// A node that allows as many restarts as the benchmark makes.

@@ -77,6 +77,13 @@ impl BenchNode {
     }
 }
 
+impl BenchNode {
+    /// The reefd process id (none for a node in this process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 impl Drop for BenchNode {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {

@@ -62,3 +62,19 @@ pub fn latency(name: &str, histogram: &Histogram<u64>) {
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
+
+/// p50, p99 and max of a nanosecond histogram, in microseconds.
+pub fn latency_ns(name: &str, histogram: &Histogram<u64>) {
+    for (suffix, value) in [
+        ("p50", histogram.value_at_quantile(0.5)),
+        ("p99", histogram.value_at_quantile(0.99)),
+        ("max", histogram.max()),
+    ] {
+        println!("metric {name}_{suffix} {:.1} us", value as f64 / 1e3);
+    }
+}
+
+/// A histogram for nanosecond latencies up to a minute.
+pub fn histogram_ns() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}

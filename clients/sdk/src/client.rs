@@ -70,12 +70,14 @@ pub(crate) struct EndpointCertificate {
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
+    /// For a task container: its alias, the origin of what it sends through its host.
+    task: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("alias", &self.shared.alias)
+            .field("alias", &self.alias())
             .finish_non_exhaustive()
     }
 }
@@ -184,13 +186,32 @@ impl Client {
                 max_payload: granted.max_payload_bytes as usize,
                 supervisor,
             }),
+            task: None,
         };
         Ok((client, certificate))
     }
 
-    /// The alias this client is attached as.
+    /// The alias this client sends as: its own, or a task's.
     pub fn alias(&self) -> &str {
+        self.task.as_deref().unwrap_or(&self.shared.alias)
+    }
+
+    /// The same connection, sending as task `alias` (which this process hosts).
+    pub(crate) fn for_task(&self, alias: Arc<str>) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            task: Some(alias),
+        }
+    }
+
+    /// The alias the attach stream belongs to (the host's, for a task).
+    pub(crate) fn host_alias(&self) -> &str {
         &self.shared.alias
+    }
+
+    /// The registration's lease.
+    pub(crate) fn lease(&self) -> &str {
+        &self.shared.lease
     }
 
     /// The node's control-plane API on the same connection.
@@ -259,9 +280,14 @@ impl Client {
         self.await_answer(barrier, timeout).await.map(drop)
     }
 
-    /// Sends an already-built envelope (replies from handlers). The origin is set by
-    /// the node.
-    pub(crate) async fn enqueue(&self, envelope: Envelope) -> Result<(), Error> {
+    /// Sends an already-built envelope (replies from handlers). The node sets the
+    /// origin to the stream's alias, unless it names a task of this process.
+    pub(crate) async fn enqueue(&self, mut envelope: Envelope) -> Result<(), Error> {
+        if let Some(task) = &self.task
+            && envelope.origin.is_empty()
+        {
+            envelope.origin = task.to_string();
+        }
         if self.is_disconnected() {
             return Err(self.disconnected());
         }

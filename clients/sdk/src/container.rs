@@ -13,14 +13,13 @@ use std::{
 use bytes::Bytes;
 use reef_proto::{Envelope, EnvelopeKind, container_server::ContainerServer};
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Code,
-    transport::{Identity, Server, ServerTlsConfig},
+    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 
 use crate::{
-    Client, ConnectOptions, Error, HandlerError,
+    Client, ConnectOptions, Error, HandlerError, Tasks,
     client::{EndpointCertificate, Registration, error_envelope},
     endpoint::{CommandCall, EndpointService},
 };
@@ -65,8 +64,9 @@ pub struct Command {
 /// What a handler can use while it handles something.
 #[derive(Debug, Clone)]
 pub struct Context {
-    client: Client,
-    name: String,
+    pub(crate) client: Client,
+    pub(crate) name: Arc<str>,
+    pub(crate) tasks: Tasks,
 }
 
 impl Context {
@@ -83,6 +83,11 @@ impl Context {
     /// Sends and requests on behalf of this container.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The task containers this process hosts.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 }
 
@@ -238,6 +243,8 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
     let (client, certificate, mut inbox) = attach(&options, &endpoint).await?;
 
     let counters = Arc::new(Counters::default());
+    let tasks = Tasks::new(counters.clone());
+    tasks.attached(client.clone());
     let (commands_tx, mut commands) = mpsc::channel::<CommandCall>(16);
     let service = EndpointService::new(
         client.alias(),
@@ -245,6 +252,7 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
         Instant::now(),
         counters.clone(),
         commands_tx,
+        tasks.clone(),
     );
     // Small answers (pings) must not wait for Nagle and the peer's delayed ACK (40 ms).
     let mut server = Server::builder().tcp_nodelay(true);
@@ -260,14 +268,18 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
     let endpoint_task = tokio::spawn(
         server
             .add_service(ContainerServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = endpoint_stopped.await;
-            }),
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = endpoint_stopped.await;
+                },
+            ),
     );
 
     let mut ctx = Context {
         client: client.clone(),
-        name: options.name.clone(),
+        name: options.name.as_str().into(),
+        tasks,
     };
     if let Err(error) = handler.on_start(&ctx).await {
         let _ = client.close().await;
@@ -281,6 +293,12 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
             batch = inbox.recv() => match batch {
                 Some(batch) => {
                     for envelope in batch {
+                        if envelope.destination != ctx.alias() {
+                            if let Some(refusal) = ctx.tasks.deliver(envelope) {
+                                let _ = ctx.client.enqueue(refusal).await;
+                            }
+                            continue;
+                        }
                         handle(&mut handler, &ctx, &counters, envelope).await;
                     }
                 }
@@ -293,6 +311,7 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
                     match reattached {
                         Ok((client, new_inbox)) => {
                             tracing::info!(alias = %client.alias(), "attached again");
+                            ctx.tasks.attached(client.clone());
                             ctx.client = client;
                             inbox = new_inbox;
                         }
@@ -370,7 +389,7 @@ async fn reattach(options: &ContainerOptions, endpoint: &str) -> Result<(Client,
     }
 }
 
-async fn handle<H: Handler>(
+pub(crate) async fn handle<H: Handler>(
     handler: &mut H,
     ctx: &Context,
     counters: &Counters,

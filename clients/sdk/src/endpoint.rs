@@ -10,7 +10,7 @@ use reef_proto::{self as wire, container_server};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::{Command, HandlerError, container::Counters};
+use crate::{Command, HandlerError, Restart, TaskOptions, Tasks, container::Counters};
 
 /// How long an operator command may take before the caller gets DEADLINE_EXCEEDED.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +27,7 @@ pub(crate) struct EndpointService {
     started: Instant,
     counters: Arc<Counters>,
     commands: mpsc::Sender<CommandCall>,
+    tasks: Tasks,
 }
 
 impl EndpointService {
@@ -36,6 +37,7 @@ impl EndpointService {
         started: Instant,
         counters: Arc<Counters>,
         commands: mpsc::Sender<CommandCall>,
+        tasks: Tasks,
     ) -> Self {
         Self {
             alias: alias.to_owned(),
@@ -43,6 +45,7 @@ impl EndpointService {
             started,
             counters,
             commands,
+            tasks,
         }
     }
 }
@@ -99,5 +102,53 @@ impl container_server::Container for EndpointService {
                 "the command took longer than {COMMAND_TIMEOUT:?}"
             ))),
         }
+    }
+
+    async fn start_task(
+        &self,
+        request: Request<wire::StartTaskRequest>,
+    ) -> Result<Response<wire::StartTaskResponse>, Status> {
+        let request = request.into_inner();
+        let restart = match wire::RestartType::try_from(request.restart) {
+            Ok(wire::RestartType::Unspecified | wire::RestartType::Permanent) => Restart::Permanent,
+            Ok(wire::RestartType::Transient) => Restart::Transient,
+            Ok(wire::RestartType::Temporary) => Restart::Temporary,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown restart type {}",
+                    request.restart
+                )));
+            }
+        };
+        let defaults = TaskOptions::new(&request.alias);
+        let options = TaskOptions {
+            alias: request.alias,
+            name: request.name,
+            parent: (!request.parent.is_empty()).then_some(request.parent),
+            restart,
+            max_restarts: match request.max_restarts {
+                0 => defaults.max_restarts,
+                n => n,
+            },
+            period: match request.period_ms {
+                0 => defaults.period,
+                ms => Duration::from_millis(ms.into()),
+            },
+            labels: request.labels.into_iter().collect(),
+        };
+        let created = self.tasks.spawn_defined(options, request.args).await?;
+        Ok(Response::new(wire::StartTaskResponse { created }))
+    }
+
+    async fn stop_task(
+        &self,
+        request: Request<wire::StopTaskRequest>,
+    ) -> Result<Response<wire::StopTaskResponse>, Status> {
+        let alias = request.into_inner().alias;
+        self.tasks
+            .stop(&alias)
+            .await
+            .map_err(|error| Status::new(error.code(), error.to_string()))?;
+        Ok(Response::new(wire::StopTaskResponse {}))
     }
 }

@@ -99,3 +99,11 @@ impl HandlerError {
         .with_code(Code::Unimplemented)
     }
 }
+
+/// An SDK failure inside a handler (a request to another container failed…), passed on
+/// to the requester with the same code.
+impl From<Error> for HandlerError {
+    fn from(error: Error) -> Self {
+        Self::new("reef.sdk", error.to_string()).with_code(error.code())
+    }
+}

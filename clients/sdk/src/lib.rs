@@ -57,6 +57,7 @@ mod container;
 mod endpoint;
 mod error;
 mod options;
+mod task;
 
 pub use self::{
     client::{Client, Registration},
@@ -65,6 +66,7 @@ pub use self::{
     },
     error::{Error, HandlerError},
     options::{ConnectOptions, DEFAULT_CA, DEFAULT_NODE},
+    task::{Restart, TASK_INTENSITY_ERROR, TaskOptions, Tasks},
 };
 pub use bytes::Bytes;
 pub use tonic::Code;

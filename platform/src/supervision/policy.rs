@@ -77,6 +77,9 @@ pub mod error_type {
     pub const START: &str = "start";
     /// A child's failure handed up (intensity exceeded or an `escalate` action).
     pub const ESCALATION: &str = "escalation";
+    /// A task container of this host failed past its restart intensity (the SDK's
+    /// `TASK_INTENSITY_ERROR`).
+    pub const TASK_INTENSITY: &str = "reef.task.intensity";
     /// Matches every error type.
     pub const ANY: &str = "*";
 }
@@ -134,11 +137,13 @@ impl Default for Policy {
 
 /// Kraken's defaults: an unresponsive, crashed or unhealthy child is restarted, and so
 /// is a parent whose child escalated (OTP: a supervisor that gives up is restarted by
-/// its own supervisor); any other error is logged, then escalated.
+/// its own supervisor) or whose task gave up; any other error is logged, then escalated.
 fn default_chain(error_type: &str) -> Option<&'static [Action]> {
     use error_type::*;
     match error_type {
-        EXIT | SIGNAL | UNRESPONSIVE | HEALTH | START | ESCALATION => Some(&[Action::Restart]),
+        EXIT | SIGNAL | UNRESPONSIVE | HEALTH | START | ESCALATION | TASK_INTENSITY => {
+            Some(&[Action::Restart])
+        }
         ANY => Some(&[Action::Log, Action::Escalate]),
         _ => None,
     }
@@ -257,6 +262,7 @@ mod tests {
     fn defaults_follow_kraken() {
         let policy = Policy::default();
         assert_eq!(policy.chain("unresponsive"), [Action::Restart]);
+        assert_eq!(policy.chain("reef.task.intensity"), [Action::Restart]);
         assert_eq!(policy.chain("app.error"), [Action::Log, Action::Escalate]);
     }
 

@@ -4,7 +4,10 @@
 //! - `counter`: counts the messages it receives; a request returns the count;
 //! - `ticker`: sends `tick` to a target (default `counter`) every interval;
 //! - `crasher`: answers like `echo`, then exits with a given code after a delay (for
-//!   trying restart policies).
+//!   trying restart policies);
+//! - `pool`: a task host running `--tasks N` worker tasks `ALIAS/worker-I` (and more
+//!   when the node asks for behaviour `worker`). A worker counts messages; a request
+//!   answers with the count, or panics when its payload is `panic`.
 //!
 //! The node tells each process its alias and where the node is through `REEF_*`
 //! variables; see `reef_sdk::ContainerOptions::from_env`.
@@ -13,7 +16,7 @@ use std::{process::ExitCode, time::Duration};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use reef_sdk::{Command, ContainerOptions, Context, Handler, HandlerError, Message};
+use reef_sdk::{Command, ContainerOptions, Context, Handler, HandlerError, Message, TaskOptions};
 
 #[derive(Debug, Parser)]
 #[command(about = "reef demo containers")]
@@ -46,6 +49,48 @@ enum Behaviour {
         #[arg(long, default_value_t = 3)]
         code: u8,
     },
+    /// Hosts worker task containers.
+    Pool {
+        /// Workers started at once, `ALIAS/worker-0`…
+        #[arg(long, default_value_t = 4)]
+        tasks: usize,
+    },
+}
+
+/// A task host: its own handler does nothing; its workers do the work.
+struct Pool {
+    tasks: usize,
+}
+
+impl Handler for Pool {
+    async fn on_start(&mut self, ctx: &Context) -> Result<(), HandlerError> {
+        ctx.tasks().define("worker", |_| Worker::default());
+        let options = (0..self.tasks)
+            .map(|n| TaskOptions::new(&format!("{}/worker-{n}", ctx.alias())).named("worker"));
+        for result in ctx.tasks().spawn_all(options, Worker::default).await {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts messages; a request answers with the count, or panics on `panic`.
+#[derive(Default)]
+struct Worker {
+    count: u64,
+}
+
+impl Handler for Worker {
+    async fn on_message(&mut self, _: &Context, _: Message) {
+        self.count += 1;
+    }
+
+    async fn on_request(&mut self, ctx: &Context, request: Message) -> Result<Bytes, HandlerError> {
+        if request.payload == "panic" {
+            panic!("{} was asked to panic", ctx.alias());
+        }
+        Ok(self.count.to_string().into())
+    }
 }
 
 struct Crasher {
@@ -159,6 +204,9 @@ async fn main() -> ExitCode {
                 code,
             };
             reef_sdk::run(ContainerOptions::from_env("crasher"), crasher).await
+        }
+        Behaviour::Pool { tasks } => {
+            reef_sdk::run(ContainerOptions::from_env("pool"), Pool { tasks }).await
         }
     };
     match result {

@@ -67,6 +67,9 @@ struct Args {
     /// stream) before it counts as unresponsive, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     attach_timeout_ms: u64,
+    /// Containers (task containers included) the node registers at most.
+    #[arg(long, default_value_t = Limits::default().max_containers)]
+    max_containers: usize,
     /// Time containers get to stop when the node shuts down, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     stop_grace_ms: u64,
@@ -94,6 +97,7 @@ impl Args {
             default_request_timeout: Duration::from_millis(self.default_request_timeout_ms),
             mailbox_capacity: self.mailbox_capacity.max(1),
             attach_timeout: Duration::from_millis(self.attach_timeout_ms),
+            max_containers: self.max_containers,
             ..Limits::default()
         };
         config.root_policy = Policy {
