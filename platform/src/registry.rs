@@ -57,6 +57,8 @@ pub struct TaskSnapshot {
     pub host: Alias,
     /// Times the host restarted it.
     pub restarts: u32,
+    /// When it last (re)started, as far as the node heard.
+    pub started_at: SystemTime,
 }
 
 /// A task container a host announces (`Supervisor.Host`).
@@ -267,6 +269,18 @@ impl Registration {
             tasks: HashSet::new(),
         }
     }
+}
+
+/// `entry` as seen now: a task is attached while its host is.
+fn snapshot_in(entries: &HashMap<Alias, Registration>, entry: &Registration) -> ContainerSnapshot {
+    let mut snapshot = entry.snapshot();
+    if let Some(task) = &entry.task {
+        snapshot.attached = entries
+            .get(&task.host)
+            .and_then(|host| host.attachment.as_ref())
+            .is_some_and(|attachment| !attachment.is_closed());
+    }
+    snapshot
 }
 
 /// Removes `alias` and the tasks it hosts; returns what was removed, the alias first.
@@ -703,7 +717,10 @@ impl Registry {
         if let Some(entry) = entries.get_mut(&task.alias) {
             return match &mut entry.task {
                 Some(existing) if &existing.host == host => {
-                    // Announced again by a restarted host: a new process.
+                    // Restarted by its host, or announced again by a restarted host.
+                    if existing.restarts != task.restarts || entry.spec.pid != host_pid {
+                        existing.started_at = SystemTime::now();
+                    }
                     existing.restarts = task.restarts;
                     entry.spec.pid = host_pid;
                     Ok((false, entry.snapshot()))
@@ -730,6 +747,7 @@ impl Registry {
         registration.task = Some(TaskSnapshot {
             host: host.clone(),
             restarts: task.restarts,
+            started_at: SystemTime::now(),
         });
         let snapshot = registration.snapshot();
         entries.insert(task.alias.clone(), registration);
@@ -824,12 +842,18 @@ impl Registry {
 
     /// The registration of `alias`, if any.
     pub fn get(&self, alias: &str) -> Option<ContainerSnapshot> {
-        self.read().get(alias).map(Registration::snapshot)
+        let entries = self.read();
+        entries.get(alias).map(|entry| snapshot_in(&entries, entry))
     }
 
     /// Every registration, sorted by alias.
     pub fn list(&self) -> Vec<ContainerSnapshot> {
-        let mut all: Vec<_> = self.read().values().map(Registration::snapshot).collect();
+        let entries = self.read();
+        let mut all: Vec<_> = entries
+            .values()
+            .map(|entry| snapshot_in(&entries, entry))
+            .collect();
+        drop(entries);
         all.sort_by(|a, b| a.spec.alias.cmp(&b.spec.alias));
         all
     }

@@ -114,6 +114,7 @@ pub(crate) fn task_info(spec: &crate::ContainerSpec, task: &TaskSnapshot) -> wir
         state: wire::ContainerState::Started as i32,
         kind: "task".to_owned(),
         restarts: task.restarts,
+        started_at_unix_ms: crate::supervisor::unix_ms(task.started_at),
         definition: Some(wire::ContainerDefinition {
             alias: spec.alias.to_string(),
             parent: spec

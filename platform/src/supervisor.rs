@@ -118,8 +118,20 @@ impl SupervisorService {
         })
     }
 
+    /// Start, Stop and Restart act on processes; a task's host restarts it.
+    fn refuse_task(&self, alias: &Alias, what: &str) -> Result<(), Status> {
+        match self.registry.get(alias.as_str()).and_then(|c| c.task) {
+            Some(task) => Err(Status::failed_precondition(format!(
+                "{alias} is a task container in {}: it cannot be {what} on its own (its host restarts it after a panic); destroy and create it instead",
+                task.host
+            ))),
+            None => Ok(()),
+        }
+    }
+
     async fn start_one(&self, request: wire::StartRequest) -> Result<wire::StartResponse, Status> {
         let alias = parse_alias(&request.alias)?;
+        self.refuse_task(&alias, "started")?;
         let container = self
             .supervision
             .start_container(alias)
@@ -132,6 +144,7 @@ impl SupervisorService {
 
     async fn stop_one(&self, request: wire::StopRequest) -> Result<wire::StopResponse, Status> {
         let alias = parse_alias(&request.alias)?;
+        self.refuse_task(&alias, "stopped")?;
         let mode = convert::stop_mode(request.flags)?;
         let container = self
             .supervision
@@ -351,6 +364,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::RestartRequest>,
     ) -> Result<Response<wire::RestartResponse>, Status> {
         let alias = parse_alias(&request.into_inner().alias)?;
+        self.refuse_task(&alias, "restarted")?;
         let container = self
             .supervision
             .restart(alias)

@@ -142,6 +142,70 @@ async fn create_ps_logs_restart_stop_start_and_destroy_a_supervised_container() 
 }
 
 #[tokio::test]
+async fn create_ps_and_destroy_a_task_container_in_a_host() {
+    let node = TestNode::start();
+    let demo = reef_tests::binary("reef-demo");
+    let out = reef(
+        &node,
+        &[
+            "create",
+            "pool",
+            "--",
+            demo.to_str().unwrap(),
+            "pool",
+            "--tasks",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = reef(
+        &node,
+        &["create", "extra", "--task-host", "pool", "--name", "worker"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("created extra"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let listing = text(&reef(&node, &["ps"]).stdout);
+    let row = |alias: &str| {
+        listing
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{alias} ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for task in ["extra", "pool/worker-0"] {
+        let row = row(task);
+        assert!(
+            row.contains("STARTED") && row.contains("task") && row.contains("yes"),
+            "{listing}"
+        );
+    }
+    let out = reef(&node, &["request", "extra", "count"]);
+    assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
+
+    let out = reef(&node, &["create", "t2", "--task-host", "pool"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--name"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = reef(&node, &["destroy", "extra"]);
+    assert_eq!(
+        text(&out.stdout),
+        "destroyed extra\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = reef(&node, &["request", "extra", "count"]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
 async fn failures_are_one_line_errors_with_a_nonzero_exit() {
     let node = TestNode::start();
     let cases: [(&[&str], &str); 4] = [

@@ -209,7 +209,7 @@ async fn the_node_creates_and_destroys_tasks_through_their_host() {
 async fn bad_task_definitions_get_clear_errors_and_change_nothing() {
     let node = TestNode::start();
     let mut supervisor = node.supervisor().await;
-    start_pool(&mut supervisor, 0, None).await;
+    start_pool(&mut supervisor, 1, None).await;
     let before = list(&mut supervisor).await.len();
 
     let cases = [
@@ -251,6 +251,16 @@ async fn bad_task_definitions_get_clear_errors_and_change_nothing() {
         assert!(error.message().contains(words), "{error:?}");
     }
     assert_eq!(list(&mut supervisor).await.len(), before);
+
+    // Lifecycle calls meant for processes name what to do instead.
+    let error = supervisor
+        .restart(wire::RestartRequest {
+            alias: "pool/worker-0".to_owned(),
+        })
+        .await
+        .expect_err("a task is not restarted on its own");
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert!(error.message().contains("destroy and create"), "{error:?}");
 }
 
 #[tokio::test]

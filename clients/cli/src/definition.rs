@@ -161,6 +161,32 @@ pub fn process_definition(
     })
 }
 
+/// A task container definition: behaviour `name` in process `host`.
+pub fn task_definition(
+    alias: &str,
+    parent: Option<&str>,
+    host: &str,
+    name: &str,
+    args: &[String],
+    policy: &PolicySpec,
+) -> anyhow::Result<wire::ContainerDefinition> {
+    Ok(wire::ContainerDefinition {
+        alias: alias.to_owned(),
+        parent: parent.unwrap_or_default().to_owned(),
+        name: name.to_owned(),
+        kind: Some(wire::container_definition::Kind::Task(wire::TaskSpec {
+            host: host.to_owned(),
+            args: args.to_vec(),
+        })),
+        policy: Some(
+            policy
+                .to_wire()
+                .with_context(|| format!("{alias}: policy"))?,
+        ),
+        labels: Default::default(),
+    })
+}
+
 /// `--flags` of create: DEFAULT, FORCE_SOFT, FORCE_HARD, FORCE.
 pub fn create_flag(raw: &str) -> anyhow::Result<i32> {
     enum_value(raw, "CREATE_FLAG_", "create flag", |n| {

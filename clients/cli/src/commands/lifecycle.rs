@@ -8,7 +8,9 @@ use reef_proto::{
 };
 use reef_sdk::{ConnectOptions, Error};
 
-use crate::definition::{PolicySpec, create_flag, destroy_flag, process_definition};
+use crate::definition::{
+    PolicySpec, create_flag, destroy_flag, process_definition, task_definition,
+};
 
 /// Arguments of `reef create`.
 #[derive(Debug, clap::Args)]
@@ -26,8 +28,15 @@ pub struct CreateArgs {
     flags: String,
     #[command(flatten)]
     policy: PolicySpec,
-    /// The program and its arguments (after `--`).
-    #[arg(last = true, required = true)]
+    /// Create a task container inside this host process (which runs the Rust SDK)
+    /// instead of a process; the arguments after `--` go to the task's behaviour.
+    #[arg(long, value_name = "HOST", requires = "name")]
+    task_host: Option<String>,
+    /// The behaviour a task runs, as its host defines it.
+    #[arg(long)]
+    name: Option<String>,
+    /// The program and its arguments (after `--`), or a task's arguments.
+    #[arg(last = true, required_unless_present = "task_host")]
     command: Vec<String>,
 }
 
@@ -70,13 +79,23 @@ pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result
             .ok_or_else(|| anyhow::anyhow!("--env {pair:?} is not KEY=VALUE"))?;
         env.insert(key.to_owned(), value.to_owned());
     }
-    let definition = process_definition(
-        &args.alias,
-        args.parent.as_deref(),
-        &args.command,
-        &env,
-        &args.policy,
-    )?;
+    let definition = match (&args.task_host, &args.name) {
+        (Some(host), Some(name)) => task_definition(
+            &args.alias,
+            args.parent.as_deref(),
+            host,
+            name,
+            &args.command,
+            &args.policy,
+        )?,
+        _ => process_definition(
+            &args.alias,
+            args.parent.as_deref(),
+            &args.command,
+            &env,
+            &args.policy,
+        )?,
+    };
     let flags = create_flag(&args.flags)?;
     let created = supervisor(&options)
         .await?
