@@ -21,8 +21,10 @@ pub enum Command {
     Up(up::Args),
     /// The node's containers as a tree: state, kind, pid, restarts, uptime.
     Ps,
-    /// Create and start a supervised process container: `reef create ALIAS -- PROGRAM ARGS…`.
-    Create(lifecycle::CreateArgs),
+    /// Create and start a supervised process container (`reef create ALIAS -- PROGRAM
+    /// ARGS…`) or a task container in a host (`reef create ALIAS --task-host HOST --name
+    /// BEHAVIOUR`).
+    Create(Box<lifecycle::CreateArgs>),
     /// Destroy a container and its subtree.
     Destroy(lifecycle::StopArgs),
     /// Start a stopped or failed container.
@@ -48,7 +50,7 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
     match command {
         Command::Up(args) => up::run(args, options.insecure).await,
         Command::Ps => ps::run(options).await,
-        Command::Create(args) => lifecycle::create(args, options).await,
+        Command::Create(args) => lifecycle::create(*args, options).await,
         Command::Destroy(args) => lifecycle::destroy(args, options).await,
         Command::Start(args) => lifecycle::start(args, options).await,
         Command::Stop(args) => lifecycle::stop(args, options).await,
