@@ -10,7 +10,9 @@ use std::{
 
 use reef_proto::PingContainerRequest;
 use reef_sdk::{Bytes, Client, ContainerOptions, Context, Handler, HandlerError, Message};
-use reef_tests::{ChildGuard, STARTUP, TestNode, stdout_lines, wait_for_line, workspace_root};
+use reef_tests::{
+    ChildGuard, STARTUP, TestNode, signal_pid, stdout_lines, wait_for_line, workspace_root,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -114,6 +116,72 @@ async fn a_python_container_and_rust_containers_answer_each_other() {
         .into_inner();
     assert_eq!(pong.alias, "py-upper");
     relay.abort();
+}
+
+#[tokio::test]
+async fn a_python_process_container_is_supervised_like_a_rust_one() {
+    let node = TestNode::start();
+    let stubs = tempfile::tempdir().unwrap();
+    generate_python_stubs(stubs.path());
+    let python_path = format!(
+        "{}:{}",
+        stubs.path().display(),
+        workspace_root().join("clients/python").display()
+    );
+    let definition = reef_proto::ContainerDefinition {
+        alias: "py".to_owned(),
+        kind: Some(reef_proto::container_definition::Kind::Process(
+            reef_proto::ProcessSpec {
+                command: venv_bin("python").display().to_string(),
+                args: vec![
+                    workspace_root()
+                        .join("clients/python/example_upper.py")
+                        .display()
+                        .to_string(),
+                ],
+                env: [("PYTHONPATH".to_owned(), python_path)].into(),
+                working_dir: String::new(),
+            },
+        )),
+        ..Default::default()
+    };
+    let mut supervisor = node.supervisor().await;
+    // Create returns once the Python process registered with its REEF_TOKEN, attached
+    // and answered the node's ping on its own endpoint.
+    let created = supervisor
+        .create(reef_proto::CreateRequest {
+            definition: Some(definition),
+            flags: 0,
+        })
+        .await
+        .expect("create the Python container")
+        .into_inner()
+        .container
+        .unwrap();
+    let client = Client::connect(&node.options()).await.unwrap();
+    let reply = client.request("py", "before", WAIT).await.unwrap();
+    assert_eq!(&reply[..], b"BEFORE");
+
+    let mut events = supervisor
+        .watch(reef_proto::WatchRequest { snapshot: false })
+        .await
+        .unwrap()
+        .into_inner();
+    signal_pid(created.pid, nix::sys::signal::Signal::SIGKILL);
+    // Once the node knows the process is gone, what is sent is held for the next
+    // Python process, then answered.
+    while events.message().await.unwrap().unwrap().kind() != reef_proto::ContainerEventKind::Fail {}
+    let reply = client.request("py", "after", WAIT).await.unwrap();
+    assert_eq!(&reply[..], b"AFTER");
+    let listed = supervisor
+        .list(reef_proto::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    let py = listed.iter().find(|c| c.alias == "py").unwrap();
+    assert_ne!(py.pid, created.pid);
+    assert_eq!(py.supervised.as_ref().unwrap().restarts, 1);
 }
 
 #[test]
