@@ -35,14 +35,9 @@ async fn start_pool(
         policy,
         ..Default::default()
     };
-    let pool = supervisor
-        .create(CreateRequest {
-            definition: Some(definition),
-            flags: 0,
-        })
+    let pool = create(supervisor, definition)
         .await
         .expect("create the pool")
-        .into_inner()
         .container
         .unwrap();
     for n in 0..tasks {
@@ -93,6 +88,19 @@ fn task_definition(alias: &str, host: &str, name: &str) -> wire::ContainerDefini
     }
 }
 
+async fn create(
+    supervisor: &mut SupervisorClient<Channel>,
+    definition: wire::ContainerDefinition,
+) -> Result<wire::CreateResponse, tonic::Status> {
+    supervisor
+        .create(CreateRequest {
+            definition: Some(definition),
+            flags: 0,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 async fn count(client: &Client, alias: &str) -> String {
     let reply = client.request(alias, "count", ANSWER).await.unwrap();
     String::from_utf8(reply.to_vec()).unwrap()
@@ -141,14 +149,9 @@ async fn the_node_creates_and_destroys_tasks_through_their_host() {
     start_pool(&mut supervisor, 0, None).await;
     let client = Client::connect(&node.options()).await.unwrap();
 
-    let created = supervisor
-        .create(CreateRequest {
-            definition: Some(task_definition("extra", "pool", "worker")),
-            flags: 0,
-        })
+    let created = create(&mut supervisor, task_definition("extra", "pool", "worker"))
         .await
-        .expect("create a task")
-        .into_inner();
+        .expect("create a task");
     assert!(created.created);
     let info = created.container.unwrap();
     assert_eq!(info.supervised.as_ref().unwrap().kind, "task");
@@ -165,20 +168,11 @@ async fn the_node_creates_and_destroys_tasks_through_their_host() {
     assert!(exists.exists);
 
     // Creating it again is idempotent; another behaviour under the alias is refused.
-    let again = supervisor
-        .create(CreateRequest {
-            definition: Some(task_definition("extra", "pool", "worker")),
-            flags: 0,
-        })
+    let again = create(&mut supervisor, task_definition("extra", "pool", "worker"))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!again.created);
-    let clash = supervisor
-        .create(CreateRequest {
-            definition: Some(task_definition("extra", "pool", "other")),
-            flags: 0,
-        })
+    let clash = create(&mut supervisor, task_definition("extra", "pool", "other"))
         .await
         .expect_err("another behaviour");
     assert_eq!(clash.code(), Code::AlreadyExists, "{clash:?}");
@@ -240,11 +234,7 @@ async fn bad_task_definitions_get_clear_errors_and_change_nothing() {
         ),
     ];
     for (definition, code, words) in cases {
-        let error = supervisor
-            .create(CreateRequest {
-                definition: Some(definition.clone()),
-                flags: 0,
-            })
+        let error = create(&mut supervisor, definition.clone())
             .await
             .expect_err("refused");
         assert_eq!(error.code(), code, "{definition:?}: {error:?}");
@@ -274,11 +264,7 @@ async fn a_task_past_its_intensity_makes_the_node_restart_its_host() {
         period_ms: 60_000,
         ..Default::default()
     });
-    supervisor
-        .create(CreateRequest {
-            definition: Some(definition),
-            flags: 0,
-        })
+    create(&mut supervisor, definition)
         .await
         .expect("create the task");
     let client = Client::connect(&node.options()).await.unwrap();

@@ -355,14 +355,17 @@ impl Tasks {
         })
     }
 
-    async fn refuse_all(&self, refusals: Vec<Envelope>) {
-        let host = self
-            .inner
+    /// The host's current client, once it attached.
+    fn host(&self) -> Option<Client> {
+        self.inner
             .host
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(host) = host {
+            .clone()
+    }
+
+    async fn refuse_all(&self, refusals: Vec<Envelope>) {
+        if let Some(host) = self.host() {
             for refusal in refusals {
                 let _ = host.enqueue(refusal).await;
             }
@@ -620,13 +623,7 @@ impl<H: Handler> TaskCell<H> {
         tasks.announce(Announcement::Remove(self.alias.to_string(), None));
         if exceeded {
             tracing::error!(alias = %self.alias, %failure, "task exceeded its restart intensity");
-            let host = tasks
-                .inner
-                .host
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            if let Some(host) = host {
+            if let Some(host) = tasks.host() {
                 let message = format!(
                     "task {} failed more than {} times in {:?}: {failure}",
                     self.alias, self.max_restarts, self.period
