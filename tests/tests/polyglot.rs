@@ -48,6 +48,15 @@ fn generate_python_stubs(out: &Path) {
     assert!(status.success(), "grpc_tools.protoc failed");
 }
 
+/// PYTHONPATH for the example container: the generated stubs and the client module.
+fn python_path(stubs: &Path) -> String {
+    format!(
+        "{}:{}",
+        stubs.display(),
+        workspace_root().join("clients/python").display()
+    )
+}
+
 /// A Rust container that answers a request by asking the Python container.
 struct Relay;
 
@@ -68,11 +77,7 @@ async fn a_python_container_and_rust_containers_answer_each_other() {
     let _echo = node.spawn_demo("echo", &["echo"]).await;
     let stubs = tempfile::tempdir().unwrap();
     generate_python_stubs(stubs.path());
-    let python_path = format!(
-        "{}:{}",
-        stubs.path().display(),
-        workspace_root().join("clients/python").display()
-    );
+    let python_path = python_path(stubs.path());
     let mut python = Command::new(venv_bin("python"))
         .arg(workspace_root().join("clients/python/example_upper.py"))
         .args(["--ask", "echo:from python"])
@@ -123,11 +128,7 @@ async fn a_python_process_container_is_supervised_like_a_rust_one() {
     let node = TestNode::start();
     let stubs = tempfile::tempdir().unwrap();
     generate_python_stubs(stubs.path());
-    let python_path = format!(
-        "{}:{}",
-        stubs.path().display(),
-        workspace_root().join("clients/python").display()
-    );
+    let python_path = python_path(stubs.path());
     let definition = reef_proto::ContainerDefinition {
         alias: "py".to_owned(),
         kind: Some(reef_proto::container_definition::Kind::Process(
