@@ -271,6 +271,14 @@ impl Registration {
     }
 }
 
+/// The alias that answers for `alias`: its host for a task, itself otherwise.
+fn owner_in(entries: &HashMap<Alias, Registration>, alias: &str) -> Option<Alias> {
+    match entries.get(alias).and_then(|entry| entry.task.as_ref()) {
+        Some(task) => Some(task.host.clone()),
+        None => Alias::parse(alias).ok(),
+    }
+}
+
 /// `entry` as seen now: a task is attached while its host is.
 fn snapshot_in(entries: &HashMap<Alias, Registration>, entry: &Registration) -> ContainerSnapshot {
     let mut snapshot = entry.snapshot();
@@ -461,12 +469,8 @@ impl Registry {
     pub fn hold(&self, alias: &str, envelope: Envelope) -> Result<(), (Envelope, HoldRefused)> {
         let mut entries = self.write();
         // A task's envelopes wait with its host's.
-        let owner = match entries.get(alias).and_then(|entry| entry.task.as_ref()) {
-            Some(task) => task.host.clone(),
-            None => match Alias::parse(alias) {
-                Ok(alias) => alias,
-                Err(_) => return Err((envelope, HoldRefused::Unknown)),
-            },
+        let Some(owner) = owner_in(&entries, alias) else {
+            return Err((envelope, HoldRefused::Unknown));
         };
         let Some(entry) = entries.get_mut(&owner) else {
             return Err((envelope, HoldRefused::Unknown));
@@ -635,13 +639,10 @@ impl Registry {
             .filter(|attachment| !attachment.is_closed())
     }
 
-    /// The alias that answers for `alias`: its host for a task, itself otherwise.
+    /// The alias that answers for `alias`: its host for a task, itself otherwise
+    /// (`None` when it is not a valid alias).
     pub fn owner(&self, alias: &str) -> Option<Alias> {
-        let entries = self.read();
-        match entries.get(alias)?.task.as_ref() {
-            Some(task) => Some(task.host.clone()),
-            None => Alias::parse(alias).ok(),
-        }
+        owner_in(&self.read(), alias)
     }
 
     /// Whether `task` is a task container run by `host`.

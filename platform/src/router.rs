@@ -144,10 +144,7 @@ impl Inbound {
             // request is held for it, under its deadline.
             None => match self.registry.owner(&envelope.destination) {
                 Some(alias) => alias,
-                None => match Alias::parse(&envelope.destination) {
-                    Ok(alias) => alias,
-                    Err(_) => return self.dead_letter_unknown(envelope),
-                },
+                None => return self.dead_letter_unknown(envelope),
             },
         };
         let limits = self.limits();

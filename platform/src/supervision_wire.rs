@@ -7,7 +7,7 @@ use reef_proto as wire;
 use tonic::Status;
 
 use crate::{
-    Alias, TaskSnapshot,
+    Alias, HostedTask, TaskSnapshot,
     hosting::TaskDefinition,
     supervision::{
         Action, CreateFlag, Definition, Kind, Policy, ProcessSpec, RestartType, Solver, State,
@@ -97,11 +97,7 @@ pub(crate) fn task_definition(
         name: raw.name.clone(),
         host,
         args: task.args.clone(),
-        restart: match policy.restart {
-            RestartType::Permanent => wire::RestartType::Permanent,
-            RestartType::Transient => wire::RestartType::Transient,
-            RestartType::Temporary => wire::RestartType::Temporary,
-        },
+        restart: restart_to_wire(policy.restart),
         max_restarts: policy.max_restarts,
         period_ms: millis(policy.period),
         labels: raw.labels.clone().into_iter().collect(),
@@ -131,6 +127,30 @@ pub(crate) fn task_info(spec: &crate::ContainerSpec, task: &TaskSnapshot) -> wir
             labels: spec.labels.clone().into_iter().collect(),
         }),
         ..Default::default()
+    }
+}
+
+/// A task its host announces (`Supervisor.Host`).
+pub(crate) fn hosted_task(raw: wire::HostedTask) -> Result<HostedTask, Status> {
+    let alias = Alias::parse(&raw.alias).map_err(|e| invalid(e.to_string()))?;
+    let parent = match raw.parent.as_str() {
+        "" => None,
+        parent => Some(Alias::parse(parent).map_err(|e| invalid(e.to_string()))?),
+    };
+    Ok(HostedTask {
+        alias,
+        name: raw.name,
+        parent,
+        restarts: raw.restarts,
+        labels: raw.labels.into_iter().collect(),
+    })
+}
+
+fn restart_to_wire(restart: RestartType) -> wire::RestartType {
+    match restart {
+        RestartType::Permanent => wire::RestartType::Permanent,
+        RestartType::Transient => wire::RestartType::Transient,
+        RestartType::Temporary => wire::RestartType::Temporary,
     }
 }
 
@@ -265,11 +285,7 @@ pub(crate) fn definition_to_wire(definition: &Definition) -> wire::ContainerDefi
             },
         )),
         policy: Some(wire::SupervisionPolicy {
-            restart: match policy.restart {
-                RestartType::Permanent => wire::RestartType::Permanent,
-                RestartType::Transient => wire::RestartType::Transient,
-                RestartType::Temporary => wire::RestartType::Temporary,
-            } as i32,
+            restart: restart_to_wire(policy.restart) as i32,
             strategy: match policy.strategy {
                 Strategy::OneForOne => wire::RestartStrategy::OneForOne,
                 Strategy::OneForAll => wire::RestartStrategy::OneForAll,

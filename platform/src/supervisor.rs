@@ -14,8 +14,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Alias, ContainerSnapshot, ContainerSpec, EventKind, HostedTask, NodeStats, Phase, Pki,
-    Registry, RegistryEvent, hosting,
+    Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Pki, Registry,
+    RegistryEvent, hosting,
     probe::{endpoint_host, ping_endpoint},
     status::{pki_status, registry_status, supervision_status},
     supervision::{Failure, State, Supervision},
@@ -154,6 +154,19 @@ impl SupervisorService {
         Ok(wire::StopResponse {
             container: Some(container_info(container)),
         })
+    }
+}
+
+/// One operation's outcome, as Batch and Host report it.
+fn batch_result(alias: String, outcome: Result<(), Status>) -> wire::BatchResult {
+    let (code, message) = match outcome {
+        Ok(()) => (0, String::new()),
+        Err(status) => (status.code() as i32, status.message().to_owned()),
+    };
+    wire::BatchResult {
+        alias,
+        code,
+        message,
     }
 }
 
@@ -427,18 +440,8 @@ impl supervisor_server::Supervisor for SupervisorService {
                     Err(Status::invalid_argument("empty batch operation")),
                 ),
             };
-            let (code, message) = match outcome {
-                Ok(()) => (0, String::new()),
-                Err(status) => {
-                    aborted |= request.stop_on_error;
-                    (status.code() as i32, status.message().to_owned())
-                }
-            };
-            results.push(wire::BatchResult {
-                alias,
-                code,
-                message,
-            });
+            aborted |= outcome.is_err() && request.stop_on_error;
+            results.push(batch_result(alias, outcome));
         }
         Ok(Response::new(wire::BatchResponse { results }))
     }
@@ -475,27 +478,17 @@ impl supervisor_server::Supervisor for SupervisorService {
     ) -> Result<Response<wire::HostResponse>, Status> {
         let request = request.into_inner();
         let host = parse_alias(&request.alias)?;
-        let mut aliases = Vec::with_capacity(request.upsert.len());
+        // Each upsert's alias, and why it was refused before reaching the registry.
+        let mut order = Vec::with_capacity(request.upsert.len());
         let mut upsert = Vec::with_capacity(request.upsert.len());
-        let mut invalid = Vec::new();
-        for (index, task) in request.upsert.into_iter().enumerate() {
-            aliases.push(task.alias.clone());
-            let parsed = Alias::parse(&task.alias).and_then(|alias| {
-                let parent = match task.parent.as_str() {
-                    "" => None,
-                    parent => Some(Alias::parse(parent)?),
-                };
-                Ok(HostedTask {
-                    alias,
-                    name: task.name,
-                    parent,
-                    restarts: task.restarts,
-                    labels: task.labels.into_iter().collect(),
-                })
-            });
-            match parsed {
-                Ok(task) => upsert.push(task),
-                Err(error) => invalid.push((index, Status::invalid_argument(error.to_string()))),
+        for task in request.upsert {
+            let alias = task.alias.clone();
+            match convert::hosted_task(task) {
+                Ok(task) => {
+                    upsert.push(task);
+                    order.push((alias, None));
+                }
+                Err(status) => order.push((alias, Some(status))),
             }
         }
         let remove = request
@@ -507,27 +500,20 @@ impl supervisor_server::Supervisor for SupervisorService {
             .registry
             .host_tasks(&host, &request.lease, upsert, remove)
             .map_err(registry_status)?
+            .into_iter();
+        let results = order
             .into_iter()
-            .map(|outcome| outcome.map(drop).map_err(registry_status));
-        // Results in request order, the invalid ones where they were.
-        let mut invalid = invalid.into_iter().peekable();
-        let results = aliases
-            .into_iter()
-            .enumerate()
-            .map(|(index, alias)| {
-                let outcome = match invalid.next_if(|(at, _)| *at == index) {
-                    Some((_, status)) => Err(status),
-                    None => outcomes.next().unwrap_or(Ok(())),
+            .map(|(alias, refused)| {
+                let outcome = match refused {
+                    Some(status) => Err(status),
+                    // One registry outcome per task that reached it, in order.
+                    None => outcomes
+                        .next()
+                        .unwrap_or(Ok(false))
+                        .map(drop)
+                        .map_err(registry_status),
                 };
-                let (code, message) = match outcome {
-                    Ok(()) => (0, String::new()),
-                    Err(status) => (status.code() as i32, status.message().to_owned()),
-                };
-                wire::BatchResult {
-                    alias,
-                    code,
-                    message,
-                }
+                batch_result(alias, outcome)
             })
             .collect();
         Ok(Response::new(wire::HostResponse { results }))

@@ -209,11 +209,7 @@ impl Tasks {
         }
         let mut results = Vec::with_capacity(waiting.len());
         for started in waiting {
-            results.push(match started {
-                Ok(Some(accepted)) => accepted_by_node(accepted).await.map(|()| true),
-                Ok(None) => Ok(false),
-                Err(error) => Err(error),
-            });
+            results.push(settled(started).await);
         }
         results
     }
@@ -293,10 +289,7 @@ impl Tasks {
         options: TaskOptions,
         factory: Arc<dyn Fn() -> H + Send + Sync>,
     ) -> Result<bool, Error> {
-        match self.start_local(options, factory).await? {
-            Some(accepted) => accepted_by_node(accepted).await.map(|()| true),
-            None => Ok(false),
-        }
+        settled(self.start_local(options, factory).await).await
     }
 
     /// Starts the task here (its `on_start` runs) and queues its announcement; `None`
@@ -383,6 +376,16 @@ impl Tasks {
 
     fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<dyn Cell>>> {
         self.inner.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether a task started here was new, once the node accepted it.
+async fn settled(
+    started: Result<Option<oneshot::Receiver<Result<(), Error>>>, Error>,
+) -> Result<bool, Error> {
+    match started? {
+        Some(accepted) => accepted_by_node(accepted).await.map(|()| true),
+        None => Ok(false),
     }
 }
 
@@ -548,8 +551,8 @@ impl<H: Handler> TaskCell<H> {
                 None => match self.fresh_handler(&ctx).await {
                     Ok(handler) => handler,
                     Err(failure) => {
-                        let refusal = refusal(&envelope, Code::Unavailable, &failure);
-                        self.send_refusal(&tasks, refusal).await;
+                        let refused = refusal(&envelope, Code::Unavailable, &failure);
+                        tasks.refuse_all(refused.into_iter().collect()).await;
                         // Restarted or stopped: the next turn of the loop sees which.
                         let _ = self.crashed(&tasks, &failure).await;
                         continue;
@@ -576,8 +579,8 @@ impl<H: Handler> TaskCell<H> {
                     drop(handler);
                     let failure = format!("task {} panicked: {panic}", self.alias);
                     if let Some(request) = request {
-                        self.send_refusal(&tasks, refusal(&request, Code::Internal, &failure))
-                            .await;
+                        let refused = refusal(&request, Code::Internal, &failure);
+                        tasks.refuse_all(refused.into_iter().collect()).await;
                     }
                     if self.crashed(&tasks, &failure).await {
                         // Restarted at once, like an OTP child: a ready handler waits.
@@ -644,12 +647,6 @@ impl<H: Handler> TaskCell<H> {
             .iter()
             .filter_map(|envelope| refusal(envelope, Code::Unavailable, why))
             .collect()
-    }
-
-    async fn send_refusal(&self, tasks: &Tasks, refusal: Option<Envelope>) {
-        if let Some(refusal) = refusal {
-            tasks.refuse_all(vec![refusal]).await;
-        }
     }
 }
 
