@@ -10,6 +10,7 @@ use prost::Message as _;
 
 const PROTOS: &[&str] = &[
     "reef/v1/envelope.proto",
+    "reef/v1/routing.proto",
     "reef/v1/channel.proto",
     "reef/v1/supervisor.proto",
     "reef/v1/container.proto",

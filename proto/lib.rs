@@ -42,3 +42,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const ALIAS_METADATA: &str = "reef-alias";
 /// Metadata key that carries the lease returned by `Supervisor.Register`.
 pub const LEASE_METADATA: &str = "reef-lease";
+/// REQUEST header: how many more attempts the caller will make after this one. While
+/// it is above 0, a node whose deadline for this attempt passes does not cancel the
+/// request at the callee: the retry will want the answer of the run in progress.
+pub const ATTEMPTS_LEFT_HEADER: &str = "reef-attempts-left";

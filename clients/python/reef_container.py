@@ -13,6 +13,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -68,7 +69,8 @@ class Container:
         self.requests_handled = 0
         self.channel = grpc.secure_channel(node, grpc.ssl_channel_credentials(root_certificates=self.ca))
         self.supervisor = supervisor_pb2_grpc.SupervisorStub(self.channel)
-        self._ids = itertools.count(1)
+        # From the clock: a restarted process must not reuse the ids of its past life.
+        self._ids = itertools.count(time.time_ns())
         self._outbox = queue.Queue(maxsize=4096)
         self._pending = {}
         self._lock = threading.Lock()

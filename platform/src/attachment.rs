@@ -86,6 +86,11 @@ impl Attachment {
         &self.data
     }
 
+    /// Envelopes queued for the container and not yet written.
+    pub fn queued(&self) -> usize {
+        self.data.max_capacity() - self.data.capacity()
+    }
+
     /// The control lane: heartbeats, which overtake queued data.
     pub(crate) fn control(&self) -> &mpsc::Sender<Envelope> {
         &self.control
@@ -199,16 +204,27 @@ impl Drop for Outbound {
         // Closed first, so that nothing new is queued here while the rest moves.
         self.attachment.close(None);
         let unsent = self.frames.close_and_take_unsent();
+        let lost = match self.registry.upgrade() {
+            Some(registry) if !unsent.is_empty() => {
+                let count = unsent.len();
+                let lost = registry.requeue(&self.attachment.alias, unsent);
+                tracing::debug!(alias = %self.attachment.alias, count, lost = lost.len(), "attach stream ended with envelopes queued");
+                lost
+            }
+            _ => unsent,
+        };
+        for envelope in &lost {
+            self.stats
+                .dead_letter(envelope, "the receiver's stream ended before delivery");
+        }
         let Some(registry) = self.registry.upgrade() else {
-            self.stats.add_dead_letters(unsent.len() as u64);
             return;
         };
-        if !unsent.is_empty() {
-            let count = unsent.len();
-            let lost = registry.requeue(&self.attachment.alias, unsent);
-            tracing::debug!(alias = %self.attachment.alias, count, lost, "attach stream ended with envelopes queued");
-            self.stats.add_dead_letters(lost as u64);
-        }
         registry.fail_in_flight(&self.attachment.alias);
+        // Its callers are gone: their callees may stop working for them.
+        let abandoned = self.attachment.pending().take_all();
+        for (id, pending) in abandoned {
+            crate::router::cancel(&registry, id, &pending);
+        }
     }
 }

@@ -5,19 +5,28 @@ use std::sync::Arc;
 use reef_proto::{ALIAS_METADATA, Frame, LEASE_METADATA, channel_server};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{DetachCause, Inbound, NodeStats, Outbound, Registry, keeper, status::registry_status};
+use crate::{
+    DetachCause, Inbound, NodeStats, Outbound, Registry, keeper, routing::Routing,
+    status::registry_status,
+};
 
 /// Serves `Channel.Attach`: binds a registered alias to a bidirectional stream.
 #[derive(Debug, Clone)]
 pub struct ChannelService {
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
+    routing: Arc<Routing>,
 }
 
 impl ChannelService {
-    /// A channel service routing through `registry`.
-    pub fn new(registry: Arc<Registry>, stats: Arc<NodeStats>) -> Self {
-        Self { registry, stats }
+    /// A channel service routing through `registry` by the groups and rules of
+    /// `routing`.
+    pub fn new(registry: Arc<Registry>, stats: Arc<NodeStats>, routing: Arc<Routing>) -> Self {
+        Self {
+            registry,
+            stats,
+            routing,
+        }
     }
 }
 
@@ -53,6 +62,7 @@ impl channel_server::Channel for ChannelService {
         let mut inbound = Inbound::new(
             self.registry.clone(),
             self.stats.clone(),
+            self.routing.clone(),
             attachment.clone(),
         );
         tokio::spawn(keeper::keep(

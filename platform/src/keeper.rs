@@ -7,7 +7,10 @@ use reef_proto::{Envelope, EnvelopeKind, ErrorCode};
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tonic::Status;
 
-use crate::{Attachment, DetachCause, NodeStats, Registry, router::node_error};
+use crate::{
+    Attachment, DetachCause, NodeStats, Registry,
+    router::{cancel, node_error},
+};
 
 /// Runs until `attachment` closes: sends a HEARTBEAT every interval on the control lane,
 /// detaches the container after the heartbeat timeout of silence, and answers expired
@@ -35,7 +38,7 @@ pub(crate) async fn keep(
             _ = closed.changed() => {}
             _ = attachment.deadlines_notified() => {}
             _ = sleep_until(next_deadline.into()) => {
-                expire(&stats, &attachment, limits.enqueue_timeout).await
+                expire(&registry, &stats, &attachment, limits.enqueue_timeout).await
             }
             _ = heartbeat.tick() => {
                 let silence = attachment.silent_for();
@@ -59,16 +62,24 @@ pub(crate) async fn keep(
     }
 }
 
-/// Answers expired requests with DEADLINE_EXCEEDED, waiting at most `patience` for room
+/// Answers expired requests with DEADLINE_EXCEEDED (and tells their callees), waiting at most `patience` for room
 /// in the caller's mailbox: a caller that does not read must not stall its keeper (and
 /// with it the heartbeats).
-async fn expire(stats: &NodeStats, attachment: &Attachment, patience: std::time::Duration) {
+async fn expire(
+    registry: &Registry,
+    stats: &NodeStats,
+    attachment: &Attachment,
+    patience: std::time::Duration,
+) {
     let expired = attachment.pending().expire(Instant::now());
     if expired.is_empty() {
         return;
     }
     stats.add_expired(expired.len() as u64);
     for (id, pending) in expired {
+        if pending.cancel_on_expiry {
+            cancel(registry, id, &pending);
+        }
         let request = Envelope {
             id,
             destination: pending.callee.to_string(),
@@ -84,10 +95,13 @@ async fn expire(stats: &NodeStats, attachment: &Attachment, patience: std::time:
             ErrorCode::DeadlineExceeded,
             message,
         );
-        let queued =
-            tokio::time::timeout(patience, reef_proto::enqueue(attachment.data(), error)).await;
+        let queued = tokio::time::timeout(
+            patience,
+            reef_proto::enqueue(attachment.data(), error.clone()),
+        )
+        .await;
         if !matches!(queued, Ok(Ok(()))) {
-            stats.add_dead_letters(1);
+            stats.dead_letter(&error, "the caller's mailbox stayed full");
         }
     }
 }

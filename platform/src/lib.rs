@@ -21,6 +21,7 @@
 mod alias;
 mod attachment;
 mod channel;
+mod dead_letters;
 mod hosting;
 mod keeper;
 mod lease;
@@ -31,6 +32,8 @@ mod pki;
 mod probe;
 mod registry;
 mod router;
+pub mod routing;
+mod routing_api;
 pub mod runtime;
 mod stats;
 mod status;
@@ -43,6 +46,7 @@ pub use self::{
     alias::{Alias, InvalidAlias, MAX_ALIAS_LEN},
     attachment::{Attachment, Outbound},
     channel::ChannelService,
+    dead_letters::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetters},
     limits::Limits,
     node::{Node, NodeConfig, NodeError},
     pending::{Pending, PendingError, PendingRequests},

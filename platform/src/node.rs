@@ -19,6 +19,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     ChannelService, Limits, NodeIdentity, NodeStats, Pki, PkiError, Registry, SupervisorService,
+    routing::Routing,
     supervision::{Environment, Policy, Supervision, SupervisionConfig},
 };
 
@@ -105,6 +106,7 @@ pub struct Node {
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
     supervision: Supervision,
+    routing: Arc<Routing>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -164,6 +166,7 @@ impl Node {
             registry,
             stats,
             supervision,
+            routing: Routing::new(),
         })
     }
 
@@ -184,6 +187,11 @@ impl Node {
         &self.registry
     }
 
+    /// Groups and router rules, for embedding a node in-process.
+    pub fn routing(&self) -> &Arc<Routing> {
+        &self.routing
+    }
+
     /// The supervisor, for embedding a node in-process.
     pub fn supervision(&self) -> &Supervision {
         &self.supervision
@@ -200,6 +208,7 @@ impl Node {
             self.stats.clone(),
             self.pki.clone(),
             self.supervision.clone(),
+            self.routing.clone(),
             NodeIdentity {
                 name: self.config.name.clone(),
                 listen,
@@ -210,6 +219,7 @@ impl Node {
         let channel = ChannelServer::new(ChannelService::new(
             self.registry.clone(),
             self.stats.clone(),
+            self.routing.clone(),
         ))
         .max_decoding_message_size(limits.max_frame_bytes)
         .max_encoding_message_size(limits.max_frame_bytes);

@@ -14,6 +14,11 @@ pub struct Pending {
     pub deadline: Instant,
     /// Who must answer; a reply from anyone else is not accepted.
     pub callee: Alias,
+    /// Who asked: the stream's container, or a task it hosts.
+    pub origin: Alias,
+    /// Whether the callee hears CANCEL when the deadline passes (not when the caller
+    /// will retry).
+    pub cancel_on_expiry: bool,
 }
 
 /// Why a request cannot be tracked.
@@ -77,18 +82,35 @@ impl PendingRequests {
         }
     }
 
-    /// Whether request `id` is waiting for `callee`.
-    pub fn awaits(&self, id: u64, callee: &str) -> bool {
-        self.by_id
-            .get(&id)
-            .is_some_and(|p| p.callee.as_str() == callee)
+    /// Moves the deadline of request `id` to `deadline` if `callee` is the one it waits
+    /// for (PROGRESS); false when it does not wait for `callee`. A later deadline needs
+    /// no wake-up: the timer finds nothing expired at the old one and re-arms.
+    pub fn extend(&mut self, id: u64, callee: &str, deadline: Instant) -> bool {
+        let Some(pending) = self
+            .by_id
+            .get_mut(&id)
+            .filter(|p| p.callee.as_str() == callee)
+        else {
+            return false;
+        };
+        self.by_deadline.remove(&(pending.deadline, id));
+        pending.deadline = deadline;
+        self.by_deadline.insert((deadline, id));
+        true
     }
 
-    /// Removes request `id` whatever its callee (its delivery failed).
-    pub fn forget(&mut self, id: u64) {
-        if let Some(pending) = self.by_id.remove(&id) {
-            self.by_deadline.remove(&(pending.deadline, id));
-        }
+    /// Removes request `id` whatever its callee (its delivery failed, or the caller gave
+    /// up) and returns it.
+    pub fn forget(&mut self, id: u64) -> Option<Pending> {
+        let pending = self.by_id.remove(&id)?;
+        self.by_deadline.remove(&(pending.deadline, id));
+        Some(pending)
+    }
+
+    /// Removes and returns every request (the caller detached).
+    pub fn take_all(&mut self) -> Vec<(u64, Pending)> {
+        self.by_deadline.clear();
+        self.by_id.drain().collect()
     }
 
     /// Removes and returns the requests waiting for `callee`, except those `keep` says
@@ -153,6 +175,8 @@ mod tests {
         Pending {
             deadline: at,
             callee: Alias::parse(callee).unwrap(),
+            origin: Alias::parse("caller").unwrap(),
+            cancel_on_expiry: true,
         }
     }
 
@@ -182,12 +206,14 @@ mod tests {
             "only the callee may answer"
         );
         assert!(table.complete(1, "b").is_some());
+        assert!(!table.extend(2, "c", at(3)), "only the callee may extend");
+        assert!(table.extend(3, "c", at(1)));
         let expired = table.expire(at(2));
         assert_eq!(
             expired.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            vec![2]
+            vec![2, 3]
         );
-        assert_eq!(table.len(), 1);
+        assert!(table.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::{
 };
 
 use reef_proto::{Envelope, EnvelopeKind};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, mpsc::error::TrySendError};
 use tonic::Status;
 
 use crate::{
@@ -441,23 +441,24 @@ impl Registry {
     /// left of their deadline; expired ones are dropped (their callers hear
     /// DEADLINE_EXCEEDED from their own keeper).
     fn deliver_held(&self, reservation: &mut Reservation, attachment: &Attachment) {
-        let mut dropped = 0;
         for (held_at, mut envelope) in reservation.held.drain(..) {
             if envelope.kind() == EnvelopeKind::Request && envelope.deadline_ms > 0 {
                 let waited = held_at.elapsed();
                 let budget = Duration::from_millis(envelope.deadline_ms.into());
                 if waited >= budget {
-                    dropped += 1;
+                    self.stats
+                        .dead_letter(&envelope, "request expired while its receiver restarted");
                     continue;
                 }
                 envelope.deadline_ms = (budget - waited).as_millis().max(1) as u32;
             }
-            if attachment.data().try_send(envelope).is_err() {
-                dropped += 1;
+            if let Err(error) = attachment.data().try_send(envelope) {
+                let envelope = error.into_inner();
+                self.stats.dead_letter(
+                    &envelope,
+                    "no room in the mailbox of the restarted receiver",
+                );
             }
-        }
-        if dropped > 0 {
-            self.stats.add_dead_letters(dropped);
         }
     }
 
@@ -645,6 +646,21 @@ impl Registry {
         owner_in(&self.read(), alias)
     }
 
+    /// The behaviour name of `alias`, if registered.
+    pub fn name_of(&self, alias: &str) -> Option<String> {
+        self.read().get(alias).map(|entry| entry.spec.name.clone())
+    }
+
+    /// Whether envelopes for `alias` are held for it now (it is supervised, not
+    /// attached, and not stopped).
+    pub fn is_holding(&self, alias: &str) -> bool {
+        let entries = self.read();
+        owner_in(&entries, alias)
+            .and_then(|owner| entries.get(&owner))
+            .and_then(|entry| entry.reservation.as_ref())
+            .is_some_and(|reservation| reservation.holding)
+    }
+
     /// Whether `task` is a task container run by `host`.
     pub fn is_hosted_by(&self, task: &str, host: &Alias) -> bool {
         self.read()
@@ -804,38 +820,40 @@ impl Registry {
                     reef_proto::ErrorCode::Unavailable,
                     message.clone(),
                 );
-                if caller.data().try_send(error).is_err() {
-                    self.stats.add_dead_letters(1);
+                if let Err(error) = caller.data().try_send(error) {
+                    self.stats
+                        .dead_letter(&error.into_inner(), "the caller's mailbox is full");
                 }
             }
         }
     }
 
     /// Takes back what a closed attach stream never wrote: held, ahead of anything
-    /// newer, for a supervised container's next process. Returns how many were lost
+    /// newer, for a supervised container's next process. Returns those that were lost
     /// (not supervised, stopped, or no room).
-    pub fn requeue(&self, alias: &Alias, unsent: Vec<Envelope>) -> usize {
+    pub fn requeue(&self, alias: &Alias, mut unsent: Vec<Envelope>) -> Vec<Envelope> {
         let mut entries = self.write();
         let Some(entry) = entries.get_mut(alias) else {
-            return unsent.len();
+            return unsent;
         };
         let Some(reservation) = entry.reservation.as_mut().filter(|r| r.holding) else {
-            return unsent.len();
+            return unsent;
         };
         if let Some(attachment) = entry.attachment.as_ref().filter(|a| !a.is_closed()) {
             // The next process attached already.
             return unsent
                 .into_iter()
-                .filter(|envelope| attachment.data().try_send(envelope.clone()).is_err())
-                .count();
+                .filter_map(|envelope| attachment.data().try_send(envelope).err())
+                .map(TrySendError::into_inner)
+                .collect();
         }
         let room = self
             .limits
             .mailbox_capacity
             .saturating_sub(reservation.held.len());
-        let lost = unsent.len().saturating_sub(room);
+        let lost = unsent.split_off(room.min(unsent.len()));
         let now = Instant::now();
-        for envelope in unsent.into_iter().take(room).rev() {
+        for envelope in unsent.into_iter().rev() {
             reservation.held.push_front((now, envelope));
         }
         lost
@@ -959,9 +977,13 @@ impl Registry {
         }
         if let Some(reservation) = &mut entry.reservation {
             reservation.holding = holding;
-            if !holding && !reservation.held.is_empty() {
-                self.stats.add_dead_letters(reservation.held.len() as u64);
-                reservation.held.clear();
+            if !holding {
+                for (_, envelope) in reservation.held.drain(..) {
+                    self.stats.dead_letter(
+                        &envelope,
+                        format!("{alias} stopped before it was delivered"),
+                    );
+                }
             }
             reservation.info = info;
         }
@@ -1005,10 +1027,11 @@ impl Registry {
             if let Some(attachment) = &entry.attachment {
                 attachment.close(Some(Status::unavailable("the container was destroyed")));
             }
-            if let Some(reservation) = &entry.reservation
-                && !reservation.held.is_empty()
-            {
-                self.stats.add_dead_letters(reservation.held.len() as u64);
+            for (_, envelope) in entry.reservation.iter().flat_map(|r| r.held.iter()) {
+                self.stats.dead_letter(
+                    envelope,
+                    format!("{alias} was destroyed before it was delivered"),
+                );
             }
         }
     }

@@ -6,7 +6,9 @@
 //!                      └──── mailbox of A ◀──REPLY/ERROR (by correlation) ◀─────┘
 //! ```
 //!
-//! SEND and REQUEST go to the mailbox of their destination alias. A REQUEST is also
+//! SEND and REQUEST pass the input rules, have a `group:NAME` destination resolved to
+//! a member by the group's strategy, pass the output rules, and go to the mailbox of
+//! their destination alias. A REQUEST is also
 //! recorded in the caller's pending table with its deadline, so that REPLY / ERROR /
 //! PROGRESS are accepted only from the callee and the caller hears DEADLINE_EXCEEDED
 //! from the node when nobody answers. Whatever cannot be delivered is a dead letter and,
@@ -21,7 +23,11 @@ use reef_proto::{Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame};
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::{
-    Alias, Attachment, Limits, NodeStats, Pending, PendingError, Registry, registry::HoldRefused,
+    Alias, Attachment, Limits, NodeStats, Pending, PendingError, Registry,
+    registry::HoldRefused,
+    routing::{
+        Availability, GROUP_PREFIX, Group, Refusal, Routing, RuleSet, Stage, Strategy, TAP_HEADER,
+    },
 };
 
 /// Cached routes per inbound stream before the cache is reset.
@@ -35,6 +41,15 @@ pub struct Inbound {
     /// Destination mailboxes this stream used recently: the registry's lock is taken
     /// only on a miss or after the cached attachment closed.
     routes: HashMap<String, Arc<Attachment>>,
+    routing: Arc<Routing>,
+    /// The rules in force and their version, re-read only when the version moves.
+    rules: Arc<RuleSet>,
+    rules_version: u64,
+    /// Copies (broadcasts, taps) that found a full mailbox: waited for before the next
+    /// envelope, like the envelope itself, so that order per receiver holds.
+    blocked: Vec<Blocked>,
+    /// State of the RANDOM strategy's generator (xorshift).
+    random: u64,
 }
 
 /// An envelope waiting for room in a full mailbox.
@@ -51,8 +66,17 @@ enum Fallback {
     Refuse,
     /// The same, after dropping the caller's pending entry for this request.
     RefuseRequest,
-    /// Only count a dead letter (answers, and errors for the sender itself).
+    /// Only count a dead letter (answers, errors for the sender itself, tap copies).
     DeadLetter,
+}
+
+impl Fallback {
+    fn for_kind(kind: EnvelopeKind) -> Self {
+        match kind {
+            EnvelopeKind::Request => Self::RefuseRequest,
+            _ => Self::Refuse,
+        }
+    }
 }
 
 /// Why an envelope could not be queued.
@@ -71,12 +95,25 @@ enum Undelivered {
 
 impl Inbound {
     /// Routes for the container behind `from`.
-    pub fn new(registry: Arc<Registry>, stats: Arc<NodeStats>, from: Arc<Attachment>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        stats: Arc<NodeStats>,
+        routing: Arc<Routing>,
+        from: Arc<Attachment>,
+    ) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
         Self {
             registry,
             stats,
             from,
             routes: HashMap::new(),
+            rules: routing.rules(),
+            rules_version: routing.rules_version(),
+            routing,
+            blocked: Vec::new(),
+            random: seed | 1,
         }
     }
 
@@ -88,10 +125,17 @@ impl Inbound {
     pub async fn route_frame(&mut self, frame: Frame) {
         let count = frame.envelopes.len() as u64;
         self.from.heard(count);
+        self.refresh_rules();
         for envelope in frame.envelopes {
             let mut blocked = self.route(envelope);
-            while let Some(waiting) = blocked {
-                blocked = self.wait_for_room(waiting).await;
+            loop {
+                while let Some(waiting) = blocked {
+                    blocked = self.wait_for_room(waiting).await;
+                }
+                match self.blocked.pop() {
+                    Some(copy) => blocked = Some(copy),
+                    None => break,
+                }
             }
         }
         self.stats.add_frame(count);
@@ -116,12 +160,19 @@ impl Inbound {
             return self.refuse_oversized(envelope, kind);
         }
         match kind {
-            EnvelopeKind::Send => self.route_send(envelope),
-            EnvelopeKind::Request => self.route_request(envelope),
+            EnvelopeKind::Send | EnvelopeKind::Request => self.route_message(envelope, kind),
             EnvelopeKind::Reply | EnvelopeKind::Error | EnvelopeKind::Progress => {
                 self.route_answer(envelope, kind)
             }
             EnvelopeKind::Heartbeat => self.answer_heartbeat(envelope),
+            EnvelopeKind::Cancel => {
+                // Not under the pending lock: `cancel` takes the registry's.
+                let pending = self.from.pending().forget(envelope.correlation_id);
+                if let Some(pending) = pending {
+                    cancel(&self.registry, envelope.correlation_id, &pending);
+                }
+                None
+            }
             EnvelopeKind::Unspecified => {
                 let message = "envelope kind is unspecified or unknown".to_owned();
                 self.refuse(&envelope, ErrorCode::InvalidArgument, message)
@@ -129,10 +180,175 @@ impl Inbound {
         }
     }
 
-    fn route_send(&mut self, envelope: Envelope) -> Option<Blocked> {
+    fn refresh_rules(&mut self) {
+        let version = self.routing.rules_version();
+        if version != self.rules_version {
+            self.rules = self.routing.rules();
+            self.rules_version = version;
+        }
+    }
+
+    /// SEND and REQUEST: input rules, group resolution, then [`Inbound::deliver`].
+    fn route_message(&mut self, mut envelope: Envelope, kind: EnvelopeKind) -> Option<Blocked> {
+        if !self.rules.is_inert() {
+            let rules = self.rules.clone();
+            if !self.apply_rules(&rules, Stage::Input, &mut envelope) {
+                return None;
+            }
+        }
+        if envelope.destination.starts_with(GROUP_PREFIX) {
+            return self.route_group(envelope, kind, Fallback::for_kind(kind));
+        }
+        self.deliver(envelope, kind)
+    }
+
+    /// Output rules, then the destination's mailbox.
+    fn deliver(&mut self, mut envelope: Envelope, kind: EnvelopeKind) -> Option<Blocked> {
+        if !self.rules.is_inert() {
+            let rules = self.rules.clone();
+            if !self.apply_rules(&rules, Stage::Output, &mut envelope) {
+                return None;
+            }
+        }
+        match kind {
+            EnvelopeKind::Request => self.route_request(envelope),
+            _ => self.route_send(envelope, Fallback::Refuse),
+        }
+    }
+
+    /// Evaluates one stage: taps are sent, redirects applied. False when the envelope
+    /// must not be delivered (dropped, or refused to its sender).
+    fn apply_rules(&mut self, rules: &RuleSet, stage: Stage, envelope: &mut Envelope) -> bool {
+        let registry = &self.registry;
+        let verdict = rules.evaluate(stage, envelope, |origin| registry.name_of(origin));
+        for (target, tapped) in verdict.copies {
+            self.tap(envelope, target, tapped);
+        }
+        match verdict.refusal {
+            None => return true,
+            Some(Refusal::Drop(reason)) => self.stats.dead_letter(envelope, reason),
+            Some(Refusal::Reject(reason)) => {
+                self.stats.dead_letter(envelope, reason.clone());
+                let refusal = self.refuse(envelope, ErrorCode::PermissionDenied, reason);
+                self.blocked.extend(refusal);
+            }
+        }
+        false
+    }
+
+    /// Sends a copy of `envelope`, which was addressed to `tapped`, to `target` as a
+    /// SEND that nobody hears about if it cannot be delivered (only the dead letters do).
+    fn tap(&mut self, envelope: &Envelope, target: String, tapped: String) {
+        let mut copy = envelope.clone();
+        copy.kind = EnvelopeKind::Send as i32;
+        copy.deadline_ms = 0;
+        copy.destination = target;
+        copy.headers.insert(TAP_HEADER.to_owned(), tapped);
+        let blocked = match copy.destination.starts_with(GROUP_PREFIX) {
+            true => self.route_group(copy, EnvelopeKind::Send, Fallback::DeadLetter),
+            false => self.route_send(copy, Fallback::DeadLetter),
+        };
+        self.blocked.extend(blocked);
+    }
+
+    /// A `group:NAME` destination: one member by the group's strategy, or every member
+    /// for a broadcast.
+    fn route_group(
+        &mut self,
+        mut envelope: Envelope,
+        kind: EnvelopeKind,
+        fallback: Fallback,
+    ) -> Option<Blocked> {
+        let name = &envelope.destination[GROUP_PREFIX.len()..];
+        let Some(group) = self.routing.group(name) else {
+            let message = format!("no group is named {name:?}");
+            return self.undeliverable_because(envelope, fallback, ErrorCode::NotFound, message);
+        };
+        if group.strategy == Strategy::Broadcast {
+            if kind == EnvelopeKind::Request {
+                let message = format!(
+                    "{:?} broadcasts: send to it, or request one member",
+                    envelope.destination
+                );
+                return self.undeliverable_because(
+                    envelope,
+                    fallback,
+                    ErrorCode::InvalidArgument,
+                    message,
+                );
+            }
+            return self.broadcast(envelope, &group, fallback);
+        }
+        let key = envelope
+            .headers
+            .get(&group.hash_key)
+            .unwrap_or(&envelope.origin)
+            .clone();
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        let random = self.random;
+        let picked = group
+            .pick(&key, random, |member| self.availability(member))
+            .cloned();
+        match picked {
+            Some(member) => {
+                envelope.destination.clear();
+                envelope.destination.push_str(member.as_str());
+                match fallback {
+                    Fallback::DeadLetter => self.route_send(envelope, fallback),
+                    _ => self.deliver(envelope, kind),
+                }
+            }
+            None => {
+                let message = format!("{:?} has no member that can take it", envelope.destination);
+                self.undeliverable_because(envelope, fallback, ErrorCode::Unavailable, message)
+            }
+        }
+    }
+
+    fn broadcast(
+        &mut self,
+        envelope: Envelope,
+        group: &Group,
+        fallback: Fallback,
+    ) -> Option<Blocked> {
+        let mut reached = 0;
+        for member in &group.members {
+            if self.availability(member) == Availability::Absent {
+                continue;
+            }
+            reached += 1;
+            let mut copy = envelope.clone();
+            copy.destination = member.to_string();
+            let blocked = match fallback {
+                Fallback::DeadLetter => self.route_send(copy, fallback),
+                _ => self.deliver(copy, EnvelopeKind::Send),
+            };
+            self.blocked.extend(blocked);
+        }
+        if reached > 0 {
+            return None;
+        }
+        let message = format!("{:?} has no member to broadcast to", envelope.destination);
+        self.undeliverable_because(envelope, fallback, ErrorCode::Unavailable, message)
+    }
+
+    /// What a group strategy needs to know about `member`.
+    fn availability(&mut self, member: &Alias) -> Availability {
+        if let Some(attachment) = self.resolve(member.as_str()) {
+            return Availability::Attached(attachment.queued());
+        }
+        match self.registry.is_holding(member.as_str()) {
+            true => Availability::Held,
+            false => Availability::Absent,
+        }
+    }
+
+    fn route_send(&mut self, envelope: Envelope, fallback: Fallback) -> Option<Blocked> {
         match self.resolve(&envelope.destination) {
-            Some(receiver) => self.offer(receiver, envelope, Fallback::Refuse),
-            None => self.hold(envelope, Fallback::Refuse),
+            Some(receiver) => self.offer(receiver, envelope, fallback),
+            None => self.hold(envelope, fallback),
         }
     }
 
@@ -152,9 +368,20 @@ impl Inbound {
             0 => limits.default_request_timeout,
             ms => std::time::Duration::from_millis(ms.into()).min(limits.max_request_timeout),
         };
+        let origin = match envelope.origin == self.from.alias().as_str() {
+            true => self.from.alias().clone(),
+            // A task of this stream's host (checked in `route`).
+            false => Alias::parse(&envelope.origin).unwrap_or_else(|_| self.from.alias().clone()),
+        };
+        let retried = envelope
+            .headers
+            .get(reef_proto::ATTEMPTS_LEFT_HEADER)
+            .is_some_and(|left| left != "0");
         let pending = Pending {
             deadline: Instant::now() + budget,
             callee: callee_alias,
+            origin,
+            cancel_on_expiry: !retried,
         };
         let tracked = self.from.pending().insert(envelope.id, pending);
         match tracked {
@@ -204,12 +431,19 @@ impl Inbound {
     fn route_answer(&mut self, envelope: Envelope, kind: EnvelopeKind) -> Option<Blocked> {
         let Some(caller) = self.resolve(&envelope.destination) else {
             tracing::debug!(to = %envelope.destination, "answer for a caller that is gone");
-            self.stats.add_dead_letters(1);
+            self.stats.dead_letter(&envelope, "the caller is gone");
             return None;
         };
         let callee = self.from.alias().as_str();
         let awaited = if kind == EnvelopeKind::Progress {
-            caller.pending().awaits(envelope.correlation_id, callee)
+            let limits = self.limits();
+            let budget = match envelope.deadline_ms {
+                0 => limits.default_request_timeout,
+                ms => std::time::Duration::from_millis(ms.into()).min(limits.max_request_timeout),
+            };
+            caller
+                .pending()
+                .extend(envelope.correlation_id, callee, Instant::now() + budget)
         } else {
             caller
                 .pending()
@@ -218,7 +452,10 @@ impl Inbound {
         };
         if !awaited {
             tracing::debug!(to = %envelope.destination, id = envelope.correlation_id, "late or unexpected answer");
-            self.stats.add_dead_letters(1);
+            self.stats.dead_letter(
+                &envelope,
+                "late or unexpected answer: the caller no longer waits for it",
+            );
             return None;
         }
         self.offer(caller, envelope, Fallback::DeadLetter)
@@ -328,13 +565,6 @@ impl Inbound {
         fallback: Fallback,
         why: Undelivered,
     ) -> Option<Blocked> {
-        self.stats.add_dead_letters(1);
-        if let Fallback::DeadLetter = fallback {
-            return None;
-        }
-        if let Fallback::RefuseRequest = fallback {
-            self.from.pending().forget(envelope.id);
-        }
         let (code, message) = match why {
             Undelivered::Gone => (
                 ErrorCode::NotFound,
@@ -364,24 +594,40 @@ impl Inbound {
                 ),
             ),
         };
+        self.undeliverable_because(envelope, fallback, code, message)
+    }
+
+    /// Records a dead letter and, unless `fallback` says not to, tells the sender.
+    fn undeliverable_because(
+        &mut self,
+        envelope: Envelope,
+        fallback: Fallback,
+        code: ErrorCode,
+        message: String,
+    ) -> Option<Blocked> {
+        self.stats.dead_letter(&envelope, message.clone());
+        match fallback {
+            Fallback::DeadLetter => return None,
+            Fallback::RefuseRequest => drop(self.from.pending().forget(envelope.id)),
+            Fallback::Refuse => {}
+        }
         self.refuse(&envelope, code, message)
     }
 
     fn dead_letter_unknown(&mut self, envelope: Envelope) -> Option<Blocked> {
-        self.stats.add_dead_letters(1);
         let message = format!("no container is registered as {:?}", envelope.destination);
-        self.refuse(&envelope, ErrorCode::NotFound, message)
+        self.undeliverable_because(envelope, Fallback::Refuse, ErrorCode::NotFound, message)
     }
 
     /// An oversized SEND or REQUEST is refused to its sender; an oversized answer
     /// becomes an ERROR for the caller that waits for it.
     fn refuse_oversized(&mut self, envelope: Envelope, kind: EnvelopeKind) -> Option<Blocked> {
-        self.stats.add_dead_letters(1);
         let message = format!(
             "payload of {} bytes exceeds the limit of {} bytes",
             envelope.payload.len(),
             self.limits().max_payload_bytes
         );
+        self.stats.dead_letter(&envelope, message.clone());
         match kind {
             EnvelopeKind::Reply | EnvelopeKind::Error | EnvelopeKind::Progress => {
                 let error = Envelope {
@@ -408,6 +654,23 @@ impl Inbound {
         let error = node_error(envelope, self.from.alias(), code, message);
         self.offer(self.from.clone(), error, Fallback::DeadLetter)
     }
+}
+
+/// Tells the callee of request `id` that its caller gave up (deadline, CANCEL from the
+/// caller, or the caller detached). Best effort: behind the request on the callee's data
+/// lane, or nowhere if the callee is not attached.
+pub(crate) fn cancel(registry: &Registry, id: u64, pending: &Pending) {
+    let Some(callee) = registry.lookup(pending.callee.as_str()) else {
+        return;
+    };
+    let cancel = Envelope {
+        kind: EnvelopeKind::Cancel as i32,
+        correlation_id: id,
+        origin: pending.origin.to_string(),
+        destination: pending.callee.to_string(),
+        ..Default::default()
+    };
+    let _ = callee.data().try_send(cancel);
 }
 
 /// An ERROR from the node to `to`, answering `envelope`.

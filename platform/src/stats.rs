@@ -2,13 +2,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use reef_proto::Envelope;
+
+use crate::DeadLetters;
+
 /// Counters the node keeps for `Supervisor.Info`, metrics and tests.
 #[derive(Debug, Default)]
 pub struct NodeStats {
     frames: AtomicU64,
     frames_sent: AtomicU64,
     routed: AtomicU64,
-    dead_letters: AtomicU64,
+    dead_letters: DeadLetters,
     requests_expired: AtomicU64,
 }
 
@@ -34,9 +38,14 @@ impl NodeStats {
         self.frames.load(Relaxed)
     }
 
-    /// Envelopes that could not be delivered.
-    pub fn add_dead_letters(&self, n: u64) {
-        self.dead_letters.fetch_add(n, Relaxed);
+    /// An envelope that could not be delivered, and why.
+    pub fn dead_letter(&self, envelope: &Envelope, reason: impl Into<String>) {
+        self.dead_letters.record(envelope, reason);
+    }
+
+    /// The dead-letter ring.
+    pub fn dead_letter_ring(&self) -> &DeadLetters {
+        &self.dead_letters
     }
 
     /// Requests the node answered with DEADLINE_EXCEEDED.
@@ -51,7 +60,7 @@ impl NodeStats {
 
     /// Envelopes lost so far.
     pub fn dead_letters(&self) -> u64 {
-        self.dead_letters.load(Relaxed)
+        self.dead_letters.total()
     }
 
     /// Requests expired so far.

@@ -125,6 +125,8 @@ pub(crate) fn task_info(spec: &crate::ContainerSpec, task: &TaskSnapshot) -> wir
             })),
             policy: None,
             labels: spec.labels.clone().into_iter().collect(),
+            // Membership lives in the node's routing table (ListGroups), not here.
+            groups: Vec::new(),
         }),
         ..Default::default()
     }
@@ -313,6 +315,7 @@ pub(crate) fn definition_to_wire(definition: &Definition) -> wire::ContainerDefi
                 .collect(),
         }),
         labels: definition.labels.clone().into_iter().collect(),
+        groups: Vec::new(),
     }
 }
 

@@ -17,6 +17,8 @@ use crate::{
     Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Pki, Registry,
     RegistryEvent, hosting,
     probe::{endpoint_host, ping_endpoint},
+    routing::Routing,
+    routing_api,
     status::{pki_status, registry_status, supervision_status},
     supervision::{Failure, State, Supervision},
     supervision_wire as convert,
@@ -47,6 +49,7 @@ pub struct SupervisorService {
     stats: Arc<NodeStats>,
     pki: Arc<Pki>,
     supervision: Supervision,
+    routing: Arc<Routing>,
     node: NodeIdentity,
 }
 
@@ -57,6 +60,7 @@ impl SupervisorService {
         stats: Arc<NodeStats>,
         pki: Arc<Pki>,
         supervision: Supervision,
+        routing: Arc<Routing>,
         node: NodeIdentity,
     ) -> Self {
         Self {
@@ -64,8 +68,24 @@ impl SupervisorService {
             stats,
             pki,
             supervision,
+            routing,
             node,
         }
+    }
+
+    /// Joins a created container to the groups its definition names.
+    fn join_groups(&self, alias: &str, groups: &[String]) -> Result<(), Status> {
+        for group in groups {
+            routing_api::join_group(
+                &self.routing,
+                &self.registry,
+                wire::JoinGroupRequest {
+                    group: group.clone(),
+                    aliases: vec![alias.to_owned()],
+                },
+            )?;
+        }
+        Ok(())
     }
 
     async fn create_one(
@@ -75,6 +95,18 @@ impl SupervisorService {
         let raw = request
             .definition
             .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
+        let groups = raw.groups.clone();
+        let alias = raw.alias.clone();
+        let created = self.create_container(raw, request.flags).await?;
+        self.join_groups(&alias, &groups)?;
+        Ok(created)
+    }
+
+    async fn create_container(
+        &self,
+        raw: wire::ContainerDefinition,
+        flags: i32,
+    ) -> Result<wire::CreateResponse, Status> {
         if let Some(task) = convert::task_definition(&raw)? {
             let (container, created) =
                 hosting::start_task(&self.registry, self.pki.ca_pem(), task).await?;
@@ -84,7 +116,7 @@ impl SupervisorService {
             });
         }
         let definition = convert::definition(raw)?;
-        let flag = convert::create_flag(request.flags)?;
+        let flag = convert::create_flag(flags)?;
         let (container, created) = self
             .supervision
             .create(definition, flag)
@@ -104,6 +136,7 @@ impl SupervisorService {
         let mode = convert::stop_mode(request.flags)?;
         if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
             hosting::stop_task(&self.registry, self.pki.ca_pem(), &alias, &task.host).await?;
+            self.routing.forget_member(&alias);
             return Ok(wire::DestroyResponse {
                 destroyed: vec![alias.to_string()],
             });
@@ -113,6 +146,9 @@ impl SupervisorService {
             .destroy(alias, mode)
             .await
             .map_err(supervision_status)?;
+        for alias in &destroyed {
+            self.routing.forget_member(alias);
+        }
         Ok(wire::DestroyResponse {
             destroyed: destroyed.into_iter().map(String::from).collect(),
         })
@@ -517,6 +553,80 @@ impl supervisor_server::Supervisor for SupervisorService {
             })
             .collect();
         Ok(Response::new(wire::HostResponse { results }))
+    }
+
+    async fn configure_group(
+        &self,
+        request: Request<wire::ConfigureGroupRequest>,
+    ) -> Result<Response<wire::ConfigureGroupResponse>, Status> {
+        routing_api::configure_group(&self.routing, &self.registry, request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<wire::JoinGroupRequest>,
+    ) -> Result<Response<wire::JoinGroupResponse>, Status> {
+        routing_api::join_group(&self.routing, &self.registry, request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<wire::LeaveGroupRequest>,
+    ) -> Result<Response<wire::LeaveGroupResponse>, Status> {
+        routing_api::leave_group(&self.routing, &self.registry, request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<wire::ListGroupsRequest>,
+    ) -> Result<Response<wire::ListGroupsResponse>, Status> {
+        Ok(Response::new(routing_api::list_groups(
+            &self.routing,
+            &self.registry,
+        )))
+    }
+
+    async fn put_rule(
+        &self,
+        request: Request<wire::PutRuleRequest>,
+    ) -> Result<Response<wire::PutRuleResponse>, Status> {
+        routing_api::put_rule(&self.routing, request.into_inner()).map(Response::new)
+    }
+
+    async fn delete_rule(
+        &self,
+        request: Request<wire::DeleteRuleRequest>,
+    ) -> Result<Response<wire::DeleteRuleResponse>, Status> {
+        routing_api::delete_rule(&self.routing, request.into_inner()).map(Response::new)
+    }
+
+    async fn list_rules(
+        &self,
+        _: Request<wire::ListRulesRequest>,
+    ) -> Result<Response<wire::ListRulesResponse>, Status> {
+        Ok(Response::new(routing_api::list_rules(&self.routing)))
+    }
+
+    async fn set_firewall(
+        &self,
+        request: Request<wire::SetFirewallRequest>,
+    ) -> Result<Response<wire::SetFirewallResponse>, Status> {
+        self.routing.set_firewall(request.into_inner().enabled);
+        Ok(Response::new(wire::SetFirewallResponse {}))
+    }
+
+    async fn dead_letters(
+        &self,
+        request: Request<wire::DeadLettersRequest>,
+    ) -> Result<Response<wire::DeadLettersResponse>, Status> {
+        let ring = self.stats.dead_letter_ring();
+        Ok(Response::new(wire::DeadLettersResponse {
+            letters: ring.recent(request.into_inner().limit as usize),
+            total: ring.total(),
+        }))
     }
 
     type LogsStream = LogStream;

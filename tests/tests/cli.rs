@@ -206,6 +206,76 @@ async fn create_ps_and_destroy_a_task_container_in_a_host() {
 }
 
 #[tokio::test]
+async fn groups_rules_firewall_and_dead_letters_from_the_command_line() {
+    let node = TestNode::start();
+    let _echo = node.spawn_demo("echo", &["echo"]).await;
+    let ok = |args: &[&str]| {
+        let out = reef(&node, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    ok(&["group", "set", "echoes", "--strategy", "first_available"]);
+    let joined = ok(&["group", "join", "echoes", "echo"]);
+    assert!(
+        joined.contains("first_available") && joined.contains("echo ["),
+        "{joined}"
+    );
+    assert_eq!(ok(&["request", "group:echoes", "hi"]), "hi\n");
+    assert!(ok(&["group", "list"]).starts_with("group:echoes first_available: echo"));
+
+    ok(&[
+        "rule",
+        "add",
+        "quiet",
+        "--action",
+        "reject",
+        "--destination",
+        "echo",
+        "--kind",
+        "send",
+    ]);
+    let rules = ok(&["rule", "list"]);
+    assert!(rules.starts_with("firewall off\nquiet"), "{rules}");
+    let out = reef(&node, &["send", "echo", "x"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("quiet"), "{}", text(&out.stderr));
+    assert!(ok(&["rule", "list"]).contains("hits 1"));
+    let letters = ok(&["deadletters"]);
+    assert!(
+        letters.contains("send") && letters.contains("rejected by rule \"quiet\""),
+        "{letters}"
+    );
+
+    ok(&["rule", "delete", "quiet"]);
+    ok(&["firewall", "on"]);
+    let out = reef(&node, &["request", "echo", "hi"]);
+    assert!(
+        text(&out.stderr).contains("firewall"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(&[
+        "rule",
+        "add",
+        "open",
+        "--action",
+        "route",
+        "--destination",
+        "e*",
+    ]);
+    assert_eq!(ok(&["request", "echo", "hi"]), "hi\n");
+
+    let out = reef(&node, &["rule", "add", "bad", "--action", "teleport"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("teleport"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
 async fn failures_are_one_line_errors_with_a_nonzero_exit() {
     let node = TestNode::start();
     let cases: [(&[&str], &str); 4] = [

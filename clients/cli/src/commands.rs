@@ -7,6 +7,7 @@ use reef_sdk::ConnectOptions;
 
 mod lifecycle;
 mod logs;
+mod messaging;
 mod ping;
 mod ps;
 mod request;
@@ -43,6 +44,16 @@ pub enum Command {
     Request(request::Args),
     /// Check the node (no alias) or a container's own endpoint (with an alias).
     Ping(ping::Args),
+    /// Groups addressed as `group:NAME`: list, set a strategy, join, leave.
+    #[command(subcommand)]
+    Group(messaging::GroupCommand),
+    /// Router rules: list, add, delete.
+    #[command(subcommand)]
+    Rule(messaging::RuleCommand),
+    /// Firewall mode: refuse what no rule allows (on) or not (off).
+    Firewall(messaging::FirewallArgs),
+    /// The envelopes the node could not or would not deliver, and why.
+    Deadletters(messaging::DeadLettersArgs),
 }
 
 /// Runs `command` against the node described by `options`.
@@ -60,5 +71,9 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
         Command::Send(args) => send::run(args, options).await,
         Command::Request(args) => request::run(args, options).await,
         Command::Ping(args) => ping::run(args, options).await,
+        Command::Group(command) => messaging::group(command, options).await,
+        Command::Rule(command) => messaging::rule(command, options).await,
+        Command::Firewall(args) => messaging::firewall(args, options).await,
+        Command::Deadletters(args) => messaging::dead_letters(args, options).await,
     }
 }

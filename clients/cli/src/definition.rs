@@ -67,7 +67,7 @@ fn solver_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D
         .collect())
 }
 
-fn enum_value(
+pub(crate) fn enum_value(
     raw: &str,
     prefix: &str,
     what: &str,
@@ -158,6 +158,7 @@ pub fn process_definition(
                 .with_context(|| format!("{alias}: policy"))?,
         ),
         labels: Default::default(),
+        groups: Vec::new(),
     })
 }
 
@@ -184,6 +185,7 @@ pub fn task_definition(
                 .with_context(|| format!("{alias}: policy"))?,
         ),
         labels: Default::default(),
+        groups: Vec::new(),
     })
 }
 

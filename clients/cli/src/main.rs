@@ -10,6 +10,7 @@ mod commands;
 mod definition;
 mod duration;
 mod project;
+mod routing;
 
 /// Manage and talk to a reef node.
 #[derive(Debug, Parser)]

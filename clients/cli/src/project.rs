@@ -6,7 +6,10 @@ use anyhow::{Context as _, bail};
 use reef_platform::Alias;
 use serde::Deserialize;
 
-use crate::definition::PolicySpec;
+use crate::{
+    definition::PolicySpec,
+    routing::{GroupSpec, RuleSpec},
+};
 
 /// The demo project shipped with reef, run by `reef up` without a file.
 pub const DEMO: &str = include_str!("../../../examples/demo/reef.toml");
@@ -20,6 +23,24 @@ pub struct Project {
     /// The containers to start, in order.
     #[serde(default, rename = "container")]
     pub containers: Vec<ContainerDef>,
+    /// Groups with their strategies, configured before any container starts.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupSpec>,
+    /// Router rules, in evaluation order, in force before any container starts.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleSpec>,
+    /// Node-wide routing settings.
+    #[serde(default)]
+    pub routing: RoutingSettings,
+}
+
+/// `[routing]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSettings {
+    /// Refuse sends and requests that no route or redirect rule allows.
+    #[serde(default)]
+    pub firewall: bool,
 }
 
 /// `[project]`
@@ -47,6 +68,9 @@ pub struct ContainerDef {
     /// How the node supervises it.
     #[serde(default)]
     pub policy: PolicySpec,
+    /// Groups it joins.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl Project {
@@ -88,6 +112,15 @@ impl Project {
                 .to_wire()
                 .with_context(|| format!("{at}: field `policy`"))?;
         }
+        for (index, group) in project.groups.iter().enumerate() {
+            group
+                .to_wire()
+                .with_context(|| format!("{origin}: group #{} ({:?})", index + 1, group.name))?;
+        }
+        for (index, rule) in project.rules.iter().enumerate() {
+            rule.to_wire()
+                .with_context(|| format!("{origin}: rule #{} ({:?})", index + 1, rule.id))?;
+        }
         Ok(project)
     }
 }
@@ -101,6 +134,43 @@ mod tests {
         let demo = Project::load(None).unwrap();
         let aliases: Vec<_> = demo.containers.iter().map(|c| c.alias.as_str()).collect();
         assert_eq!(aliases, ["echo", "counter", "ticker"]);
+    }
+
+    #[test]
+    fn groups_rules_and_the_firewall_are_read_and_checked() {
+        let text = r#"
+            [project]
+            name = "shop"
+            [routing]
+            firewall = true
+            [[group]]
+            name = "carts"
+            strategy = "consistent_hash"
+            hash_key = "user"
+            [[rule]]
+            id = "audit"
+            action = "copy"
+            target = "auditor"
+            propagate = true
+            destination = "cart/*"
+            headers = ["tenant=a*"]
+            [[container]]
+            alias = "cart/1"
+            command = ["cart"]
+            groups = ["carts"]
+        "#;
+        let project = Project::parse(text, "shop.toml").unwrap();
+        assert!(project.routing.firewall);
+        assert_eq!(project.containers[0].groups, ["carts"]);
+        let rule = project.rules[0].to_wire().unwrap();
+        assert_eq!(rule.action, reef_proto::RuleAction::Copy as i32);
+        assert_eq!(rule.r#match.unwrap().headers["tenant"], "a*");
+        let bad = text.replace("\"copy\"", "\"teleport\"");
+        let error = format!("{:#}", Project::parse(&bad, "shop.toml").unwrap_err());
+        assert!(
+            error.contains("rule #1") && error.contains("teleport"),
+            "{error}"
+        );
     }
 
     #[test]

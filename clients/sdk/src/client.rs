@@ -15,10 +15,13 @@ use reef_proto::{
     FrameLimits, LEASE_METADATA, RegisterRequest, channel_client::ChannelClient,
     supervisor_client::SupervisorClient,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Streaming, metadata::MetadataValue, transport::Channel};
 
-use crate::{ConnectOptions, Error};
+use crate::{
+    ConnectOptions, Error, Message, RequestOptions,
+    request::{Admission, ServedRequests, propagate_deadline},
+};
 
 /// Extra time the client waits beyond a request's deadline for the node's own
 /// DEADLINE_EXCEEDED, which carries the better message.
@@ -92,13 +95,21 @@ struct Shared {
     supervisor: SupervisorClient<Channel>,
 }
 
-type ReplySlot = oneshot::Sender<Result<Envelope, Error>>;
+/// Where the reader puts the answer to one request, and PROGRESS extensions (ms).
+struct ReplySlot {
+    answer: oneshot::Sender<Result<Envelope, Error>>,
+    progress: Option<watch::Sender<u32>>,
+}
 
 /// What the reader task needs: where answers go, and the control lane.
 struct Dispatch {
     pending: Mutex<HashMap<u64, ReplySlot>>,
+    /// Requests this container received: de-duplication and cancellation.
+    served: ServedRequests,
     control: mpsc::Sender<Envelope>,
     undelivered: AtomicU64,
+    /// Why the last undelivered send was refused.
+    last_refusal: Mutex<Option<String>>,
     /// Why the stream ended, once it has: set once, read without a lock on every send.
     lost: OnceLock<String>,
 }
@@ -164,8 +175,10 @@ impl Client {
             .into_inner();
         let dispatch = Arc::new(Dispatch {
             pending: Mutex::new(HashMap::new()),
+            served: ServedRequests::default(),
             control,
             undelivered: AtomicU64::new(0),
+            last_refusal: Mutex::new(None),
             lost: OnceLock::new(),
         });
         // The node sends heartbeats every interval: silence past its timeout means the
@@ -182,7 +195,9 @@ impl Client {
                 lease: granted.lease,
                 data,
                 dispatch,
-                next_id: AtomicU64::new(1),
+                // From the clock, so that a restarted process does not reuse the ids of
+                // its previous life (callees de-duplicate by origin and id).
+                next_id: AtomicU64::new(first_id()),
                 max_payload: granted.max_payload_bytes as usize,
                 supervisor,
             }),
@@ -241,43 +256,116 @@ impl Client {
         self.enqueue(envelope).await
     }
 
-    /// Sends a request and waits up to `timeout` for the reply's payload.
+    /// Sends a request and waits up to `timeout` for the reply's payload. Inside a
+    /// handler answering a request, `timeout` is cut to what is left of that request's
+    /// deadline.
     pub async fn request(
         &self,
         to: &str,
         payload: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Bytes, Error> {
-        let mut envelope = self.envelope(EnvelopeKind::Request, to, payload.into())?;
-        envelope.deadline_ms = timeout.as_millis().clamp(1, u32::MAX as u128) as u32;
-        Ok(self.await_answer(envelope, timeout).await?.payload)
+        self.request_with(to, payload, &RequestOptions::new(timeout))
+            .await
     }
 
-    /// Sends `envelope` and waits for the envelope that answers its id.
-    async fn await_answer(&self, envelope: Envelope, timeout: Duration) -> Result<Envelope, Error> {
-        let id = envelope.id;
-        let (slot, answer) = oneshot::channel();
-        self.shared.dispatch.pending().insert(id, slot);
-        if let Err(error) = self.enqueue(envelope).await {
-            self.shared.dispatch.pending().remove(&id);
-            return Err(error);
-        }
-        match tokio::time::timeout(timeout + DEADLINE_GRACE, answer).await {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(error))) => Err(error),
-            Ok(Err(_)) => Err(self.disconnected()),
-            Err(_) => {
-                self.shared.dispatch.pending().remove(&id);
-                Err(Error::Timeout(timeout))
+    /// Sends a request with headers and retries (see [`RequestOptions`]). Dropping the
+    /// future, or running out of time, cancels the request: the callee's handler sees it
+    /// through [`Message::cancellation`].
+    pub async fn request_with(
+        &self,
+        to: &str,
+        payload: impl Into<Bytes>,
+        options: &RequestOptions,
+    ) -> Result<Bytes, Error> {
+        let mut envelope = self.envelope(EnvelopeKind::Request, to, payload.into())?;
+        envelope.headers.clone_from(&options.headers);
+        let mut attempt = 0;
+        loop {
+            let timeout = propagate_deadline(options.timeout);
+            envelope.deadline_ms = timeout.as_millis().clamp(1, u32::MAX as u128) as u32;
+            if options.retries > 0 {
+                let left = (options.retries - attempt).to_string();
+                envelope
+                    .headers
+                    .insert(reef_proto::ATTEMPTS_LEFT_HEADER.to_owned(), left);
+            }
+            match self.await_answer(envelope.clone(), timeout, true).await {
+                Ok(answer) => return Ok(answer.payload),
+                Err(error) if attempt < options.retries && retryable(&error) => {
+                    attempt += 1;
+                    tracing::debug!(%to, attempt, %error, "retrying the request");
+                    tokio::time::sleep(options.retry_interval).await;
+                }
+                Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Sends `envelope` and waits for the envelope that answers its id. For a request
+    /// (`progress`), PROGRESS from the callee moves the deadline.
+    async fn await_answer(
+        &self,
+        envelope: Envelope,
+        timeout: Duration,
+        progress: bool,
+    ) -> Result<Envelope, Error> {
+        let id = envelope.id;
+        let (answer_tx, mut answer) = oneshot::channel();
+        let (progress_tx, mut extended) = watch::channel(0u32);
+        let slot = ReplySlot {
+            answer: answer_tx,
+            progress: progress.then_some(progress_tx),
+        };
+        self.shared.dispatch.pending().insert(id, slot);
+        // Cancels the request if this future is dropped or gives up before the answer.
+        let mut waiting = Waiting {
+            client: self,
+            id,
+            cancel: progress,
+        };
+        self.enqueue(envelope).await?;
+        let mut deadline = tokio::time::Instant::now() + timeout + DEADLINE_GRACE;
+        let outcome = loop {
+            tokio::select! {
+                answer = &mut answer => break match answer {
+                    Ok(answer) => answer,
+                    Err(_) => Err(self.disconnected()),
+                },
+                Ok(()) = extended.changed() => {
+                    let budget = Duration::from_millis((*extended.borrow_and_update()).into());
+                    deadline = tokio::time::Instant::now() + budget + DEADLINE_GRACE;
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(Error::Timeout(timeout)),
+            }
+        };
+        waiting.cancel = false;
+        outcome
+    }
+
+    /// Tells the caller of `request` that it is still being worked on: the node and the
+    /// caller wait `more` from now (capped by the node's maximum request timeout).
+    pub async fn progress(&self, request: &Message, more: Duration) -> Result<(), Error> {
+        let envelope = Envelope {
+            kind: EnvelopeKind::Progress as i32,
+            correlation_id: request.id,
+            destination: request.origin.clone(),
+            deadline_ms: more.as_millis().clamp(1, u32::MAX as u128) as u32,
+            ..Default::default()
+        };
+        self.enqueue(envelope).await
     }
 
     /// Waits until the node has routed everything this client sent before the call, so
     /// that any ERROR for those sends has arrived (see [`Client::undelivered`]).
     pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
         let barrier = self.envelope(EnvelopeKind::Heartbeat, "", Bytes::new())?;
-        self.await_answer(barrier, timeout).await.map(drop)
+        self.await_answer(barrier, timeout, false).await.map(drop)
+    }
+
+    /// The callee side of requests: de-duplication and cancellation.
+    pub(crate) fn served(&self) -> &ServedRequests {
+        &self.shared.dispatch.served
     }
 
     /// Sends an already-built envelope (replies from handlers). The node sets the
@@ -306,6 +394,12 @@ impl Client {
     /// mailbox, payload too large), as reported back by the node.
     pub fn undelivered(&self) -> u64 {
         self.shared.dispatch.undelivered.load(Relaxed)
+    }
+
+    /// Why the node refused the latest send it could not deliver, if any did.
+    pub fn last_undelivered(&self) -> Option<String> {
+        let last = &self.shared.dispatch.last_refusal;
+        last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether the attach stream has ended.
@@ -348,6 +442,43 @@ impl Client {
     }
 }
 
+/// A request in flight; dropped before its answer arrived, it is cancelled.
+struct Waiting<'a> {
+    client: &'a Client,
+    id: u64,
+    cancel: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.client.shared.dispatch.pending().remove(&self.id);
+        if self.cancel {
+            let cancel = Envelope {
+                kind: EnvelopeKind::Cancel as i32,
+                correlation_id: self.id,
+                ..Default::default()
+            };
+            // Best effort: the node's deadline covers a cancel that finds no room.
+            let _ = self.client.shared.data.try_send(cancel);
+        }
+    }
+}
+
+/// Failures a retry may put right: the callee was slow, restarting or overloaded.
+fn retryable(error: &Error) -> bool {
+    matches!(
+        error.code(),
+        Code::DeadlineExceeded | Code::Unavailable | Code::ResourceExhausted
+    )
+}
+
+fn first_id() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        .max(1)
+}
+
 impl Dispatch {
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReplySlot>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
@@ -375,6 +506,8 @@ impl Dispatch {
                 let error = remote_error(&envelope);
                 if !self.answer(correlation_id, Err(error)) {
                     self.undelivered.fetch_add(1, Relaxed);
+                    let why = remote_error(&envelope).to_string();
+                    *self.last_refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                     tracing::warn!(to = %envelope.origin, error = ?envelope.error, "message not delivered");
                 }
             }
@@ -390,7 +523,16 @@ impl Dispatch {
                 };
                 let _ = self.control.try_send(answer);
             }
-            EnvelopeKind::Send | EnvelopeKind::Request if has_handler => return Some(envelope),
+            EnvelopeKind::Request if has_handler => match self.served.admit(&envelope) {
+                Admission::Handle => return Some(envelope),
+                Admission::Running => {
+                    tracing::debug!(from = %envelope.origin, id = envelope.id, "retry of a request still running");
+                }
+                Admission::Answered(answer) => {
+                    let _ = self.control.try_send(answer);
+                }
+            },
+            EnvelopeKind::Send if has_handler => return Some(envelope),
             EnvelopeKind::Send | EnvelopeKind::Request => {
                 if envelope.kind() == EnvelopeKind::Request {
                     let refusal = error_envelope(
@@ -404,8 +546,19 @@ impl Dispatch {
                     tracing::debug!(from = %envelope.origin, "plain client dropped a message");
                 }
             }
-            // PROGRESS only keeps a request alive.
-            _ => {}
+            EnvelopeKind::Progress => {
+                if let Some(progress) = self
+                    .pending()
+                    .get(&envelope.correlation_id)
+                    .and_then(|slot| slot.progress.as_ref())
+                {
+                    progress.send_replace(envelope.deadline_ms);
+                }
+            }
+            EnvelopeKind::Cancel => self
+                .served
+                .cancel(&envelope.origin, envelope.correlation_id),
+            EnvelopeKind::Unspecified => {}
         }
         None
     }
@@ -414,7 +567,7 @@ impl Dispatch {
     fn answer(&self, id: u64, result: Result<Envelope, Error>) -> bool {
         match self.pending().remove(&id) {
             Some(slot) => {
-                let _ = slot.send(result);
+                let _ = slot.answer.send(result);
                 true
             }
             None => false,
@@ -424,7 +577,7 @@ impl Dispatch {
     fn fail_all(&self, reason: String) {
         let _ = self.lost.set(reason.clone());
         for (_, slot) in self.pending().drain() {
-            let _ = slot.send(Err(Error::Disconnected(reason.clone())));
+            let _ = slot.answer.send(Err(Error::Disconnected(reason.clone())));
         }
     }
 }

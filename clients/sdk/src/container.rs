@@ -19,9 +19,10 @@ use tonic::{
 };
 
 use crate::{
-    Client, ConnectOptions, Error, HandlerError, Tasks,
+    Cancellation, Client, ConnectOptions, Error, HandlerError, Tasks,
     client::{EndpointCertificate, Registration, error_envelope},
     endpoint::{CommandCall, EndpointService},
+    request::{ServedRequests, with_deadline},
 };
 
 /// A message or request as a handler sees it.
@@ -35,8 +36,13 @@ pub struct Message {
     pub content_type: String,
     /// Metadata such as trace context.
     pub headers: BTreeMap<String, String>,
-    /// For requests: the time left to answer.
+    /// For requests: the time left to answer. Requests the handler makes meanwhile
+    /// get at most this much time (the deadline propagates).
     pub deadline: Option<Duration>,
+    /// The envelope's id: for a request, what [`crate::Client::progress`] refers to.
+    pub id: u64,
+    /// For requests: whether the caller still waits.
+    pub cancellation: Cancellation,
 }
 
 impl From<Envelope> for Message {
@@ -44,10 +50,12 @@ impl From<Envelope> for Message {
         Self {
             deadline: (envelope.deadline_ms > 0)
                 .then(|| Duration::from_millis(envelope.deadline_ms.into())),
+            id: envelope.id,
             origin: envelope.origin,
             payload: envelope.payload,
             content_type: envelope.content_type,
             headers: envelope.headers,
+            cancellation: Cancellation::default(),
         }
     }
 }
@@ -404,28 +412,68 @@ pub(crate) async fn handle<H: Handler>(
             counters.requests.fetch_add(1, Relaxed);
             let id = envelope.id;
             let origin = envelope.origin.clone();
-            let answer = match handler.on_request(ctx, Message::from(envelope)).await {
+            let served = ctx.client.served();
+            let mut request = Message::from(envelope);
+            request.cancellation = served.token(&origin, id);
+            if request.cancellation.is_cancelled() {
+                // The caller gave up while this waited in the mailbox.
+                served.abandon(&origin, id);
+                return;
+            }
+            // Forgets the request if the handler panics, so that a retry runs it again.
+            let unanswered = Unanswered {
+                served,
+                origin: &origin,
+                id,
+            };
+            let deadline = request
+                .deadline
+                .map(|left| tokio::time::Instant::now() + left);
+            let outcome = with_deadline(deadline, handler.on_request(ctx, request)).await;
+            unanswered.disarm();
+            let answer = match outcome {
                 Ok(payload) => Envelope {
                     kind: EnvelopeKind::Reply as i32,
                     correlation_id: id,
-                    destination: origin,
+                    destination: origin.clone(),
                     payload,
                     ..Default::default()
                 },
                 Err(error) => {
                     let request = Envelope {
                         id,
-                        origin,
+                        origin: origin.clone(),
                         ..Default::default()
                     };
                     error_envelope(&request, error.code, &error.kind, &error.message)
                 }
             };
+            served.answered(&answer.destination, id, &answer);
             if let Err(error) = ctx.client.enqueue(answer).await {
                 tracing::warn!(%error, "could not send the answer");
             }
         }
         _ => {}
+    }
+}
+
+/// A request being handled; dropped while unwinding from a panic, it is forgotten.
+struct Unanswered<'a> {
+    served: &'a ServedRequests,
+    origin: &'a str,
+    id: u64,
+}
+
+impl Unanswered<'_> {
+    /// The handler returned: its answer will be remembered instead.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        self.served.abandon(self.origin, self.id);
     }
 }
 

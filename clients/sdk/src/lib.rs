@@ -57,6 +57,7 @@ mod container;
 mod endpoint;
 mod error;
 mod options;
+mod request;
 mod task;
 
 pub use self::{
@@ -66,6 +67,7 @@ pub use self::{
     },
     error::{Error, HandlerError},
     options::{ConnectOptions, DEFAULT_CA, DEFAULT_NODE},
+    request::{Cancellation, RequestOptions},
     task::{Restart, TASK_INTENSITY_ERROR, TaskOptions, Tasks},
 };
 pub use bytes::Bytes;

@@ -35,6 +35,9 @@ pub struct CreateArgs {
     /// The behaviour a task runs, as its host defines it.
     #[arg(long)]
     name: Option<String>,
+    /// A group to join once created (repeatable).
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
     /// The program and its arguments (after `--`), or a task's arguments.
     #[arg(last = true, required_unless_present = "task_host")]
     command: Vec<String>,
@@ -79,7 +82,7 @@ pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result
             .ok_or_else(|| anyhow::anyhow!("--env {pair:?} is not KEY=VALUE"))?;
         env.insert(key.to_owned(), value.to_owned());
     }
-    let definition = match (&args.task_host, &args.name) {
+    let mut definition = match (&args.task_host, &args.name) {
         (Some(host), Some(name)) => task_definition(
             &args.alias,
             args.parent.as_deref(),
@@ -96,6 +99,7 @@ pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result
             &args.policy,
         )?,
     };
+    definition.groups = args.groups;
     let flags = create_flag(&args.flags)?;
     let created = supervisor(&options)
         .await?

@@ -19,9 +19,13 @@ pub async fn run(args: Args, options: ConnectOptions) -> anyhow::Result<ExitCode
     // Once the node has routed the send, its ERROR (if any) has arrived.
     client.flush(Duration::from_secs(5)).await?;
     let undelivered = client.undelivered();
+    let why = client.last_undelivered().unwrap_or_default();
     client.close().await?;
     if undelivered > 0 {
-        anyhow::bail!("the node could not deliver the message to {:?}", args.alias);
+        anyhow::bail!(
+            "the node could not deliver the message to {:?}: {why}",
+            args.alias
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reef_proto::{CreateRequest, supervisor_client::SupervisorClient};
+use reef_proto::{
+    CreateRequest, PutRuleRequest, SetFirewallRequest, supervisor_client::SupervisorClient,
+};
 use reef_sdk::ConnectOptions;
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
@@ -85,15 +87,17 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
     // children), so a container can count on the ones listed before it. The node
     // spawns and supervises them; `reef up` only asks.
     let mut supervisor = SupervisorClient::new(options.connect().await?);
+    configure_routing(&mut supervisor, &project).await?;
     let mut containers = Vec::new();
     for def in &project.containers {
-        let definition = process_definition(
+        let mut definition = process_definition(
             &def.alias,
             def.parent.as_deref(),
             &def.command,
             &def.env,
             &def.policy,
         )?;
+        definition.groups.clone_from(&def.groups);
         let created = supervisor
             .create(CreateRequest {
                 definition: Some(definition),
@@ -113,6 +117,45 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
     terminate(&mut node);
     wait_or_kill(&mut node).await;
     outcome
+}
+
+/// Groups, rules and the firewall of `project`, in force before its containers start.
+async fn configure_routing(
+    supervisor: &mut SupervisorClient<tonic::transport::Channel>,
+    project: &Project,
+) -> anyhow::Result<()> {
+    for group in &project.groups {
+        supervisor
+            .configure_group(group.to_wire()?)
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!(
+                    "cannot configure group {:?}: {}",
+                    group.name,
+                    status.message()
+                )
+            })?;
+    }
+    for rule in &project.rules {
+        supervisor
+            .put_rule(PutRuleRequest {
+                rule: Some(rule.to_wire()?),
+                before: String::new(),
+            })
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!("cannot add rule {:?}: {}", rule.id, status.message())
+            })?;
+    }
+    if project.routing.firewall {
+        supervisor
+            .set_firewall(SetFirewallRequest { enabled: true })
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!("cannot turn the firewall on: {}", status.message())
+            })?;
+    }
+    Ok(())
 }
 
 /// Waits for Ctrl-C / SIGTERM; fails if reefd exits first.

@@ -1,0 +1,112 @@
+//! The dead-letter ring: the last envelopes the node could not or would not deliver,
+//! with the reason, for `reef deadletters`.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use reef_proto::{self as wire, Envelope};
+
+/// Payload bytes a dead letter keeps.
+const PREVIEW_BYTES: usize = 256;
+
+/// Dead letters the ring keeps by default.
+pub const DEFAULT_DEAD_LETTER_CAPACITY: usize = 1024;
+
+/// A bounded ring of dead letters and a count of all of them.
+#[derive(Debug)]
+pub struct DeadLetters {
+    ring: Mutex<VecDeque<wire::DeadLetter>>,
+    capacity: usize,
+    total: AtomicU64,
+}
+
+impl Default for DeadLetters {
+    fn default() -> Self {
+        Self::new(DEFAULT_DEAD_LETTER_CAPACITY)
+    }
+}
+
+impl DeadLetters {
+    /// A ring keeping the newest `capacity` dead letters.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            capacity,
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `envelope` as undeliverable because of `reason`.
+    pub fn record(&self, envelope: &Envelope, reason: impl Into<String>) {
+        self.total.fetch_add(1, Relaxed);
+        if self.capacity == 0 {
+            return;
+        }
+        let preview = envelope.payload.len().min(PREVIEW_BYTES);
+        let letter = wire::DeadLetter {
+            at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            kind: envelope.kind,
+            id: envelope.id,
+            correlation_id: envelope.correlation_id,
+            origin: envelope.origin.clone(),
+            destination: envelope.destination.clone(),
+            payload_bytes: envelope.payload.len() as u32,
+            payload_preview: Bytes::copy_from_slice(&envelope.payload[..preview]),
+            reason: reason.into(),
+        };
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() == self.capacity {
+            ring.pop_front();
+        }
+        ring.push_back(letter);
+    }
+
+    /// The newest `limit` dead letters (all kept when 0), oldest first.
+    pub fn recent(&self, limit: usize) -> Vec<wire::DeadLetter> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = match limit {
+            0 => 0,
+            limit => ring.len().saturating_sub(limit),
+        };
+        ring.iter().skip(skip).cloned().collect()
+    }
+
+    /// Dead letters since the node started.
+    pub fn total(&self) -> u64 {
+        self.total.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_and_counts_all() {
+        let ring = DeadLetters::new(2);
+        for id in 1..=3 {
+            let envelope = Envelope {
+                id,
+                payload: Bytes::from(vec![b'x'; 300]),
+                ..Default::default()
+            };
+            ring.record(&envelope, format!("reason {id}"));
+        }
+        assert_eq!(ring.total(), 3);
+        let kept = ring.recent(0);
+        assert_eq!(kept.iter().map(|l| l.id).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(kept[1].reason, "reason 3");
+        assert_eq!(kept[1].payload_bytes, 300);
+        assert_eq!(kept[1].payload_preview.len(), PREVIEW_BYTES);
+        assert_eq!(ring.recent(1)[0].id, 3);
+    }
+}
