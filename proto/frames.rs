@@ -7,7 +7,11 @@
 use std::{
     collections::VecDeque,
     pin::Pin,
-    task::{Context, Poll},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire},
+    },
+    task::{Context, Poll, Waker},
 };
 
 use prost::Message as _;
@@ -34,6 +38,67 @@ impl Default for FrameLimits {
     }
 }
 
+/// A count of envelopes, shared between the half of a stream that grants it and the
+/// half that spends it: credit-based flow control on `Channel.Attach`.
+///
+/// The receiver of a stream grants credit as its handler consumes envelopes (in
+/// `Frame.credit`); the sender sends data-lane envelopes only while it holds credit.
+/// A slow consumer therefore stops the envelopes meant for it at the node, whose
+/// bounded mailbox then slows the producers, instead of letting buffers grow anywhere.
+#[derive(Debug, Default)]
+pub struct Credit {
+    available: AtomicU64,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Credit {
+    /// A credit holding `initial`.
+    pub fn new(initial: u64) -> Arc<Self> {
+        Arc::new(Self {
+            available: AtomicU64::new(initial),
+            waker: Mutex::new(None),
+        })
+    }
+
+    /// Adds `n` and wakes the stream waiting for it.
+    pub fn add(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.available.fetch_add(n, AcqRel);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// What is available now.
+    pub fn available(&self) -> u64 {
+        self.available.load(Acquire)
+    }
+
+    /// Takes up to `n`; returns what was taken.
+    fn take_up_to(&self, n: u64) -> u64 {
+        let mut taken = 0;
+        let _ = self.available.fetch_update(AcqRel, Acquire, |available| {
+            taken = available.min(n);
+            Some(available - taken)
+        });
+        taken
+    }
+
+    /// What is available, registering `cx` to be woken by [`Credit::add`] when nothing is.
+    fn poll_available(&self, cx: &mut Context<'_>) -> u64 {
+        let available = self.available();
+        if available > 0 {
+            return available;
+        }
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // A grant between the first look and the registration would be missed.
+        self.available()
+    }
+}
+
 /// A stream of frames drained from a control lane and a data lane.
 ///
 /// The stream ends when the data lane is closed and empty; a closed control lane only
@@ -48,6 +113,10 @@ pub struct FrameBatcher {
     data_closed: bool,
     /// The frame being filled; allocated once something arrives.
     batch: Vec<Envelope>,
+    /// Data-lane envelopes may be sent only against this credit (none: no limit).
+    send_credit: Option<Arc<Credit>>,
+    /// Credit to grant the peer, carried in the next frame (an empty frame if need be).
+    grants: Option<Arc<Credit>>,
 }
 
 impl FrameBatcher {
@@ -64,7 +133,21 @@ impl FrameBatcher {
             limits,
             data_closed: false,
             batch: Vec::new(),
+            send_credit: None,
+            grants: None,
         }
+    }
+
+    /// Sends data-lane envelopes only against `credit` (control envelopes are free).
+    pub fn with_send_credit(mut self, credit: Arc<Credit>) -> Self {
+        self.send_credit = Some(credit);
+        self
+    }
+
+    /// Announces what is added to `grants` in `Frame.credit`.
+    pub fn with_grants(mut self, grants: Arc<Credit>) -> Self {
+        self.grants = Some(grants);
+        self
     }
 
     /// Closes the data lane and returns what was still queued, in order.
@@ -139,14 +222,37 @@ impl Stream for FrameBatcher {
                 None => break,
             }
         }
-        let room = this.limits.max_envelopes.saturating_sub(batch.len());
-        if room > 0
+        let mut room = this.limits.max_envelopes.saturating_sub(batch.len());
+        if let Some(credit) = &this.send_credit
+            && room > 0
             && !this.data_closed
-            && let Poll::Ready(0) = this.data.poll_recv_many(cx, &mut batch, room)
         {
-            this.data_closed = true;
+            room = room.min(credit.poll_available(cx) as usize);
         }
-        if batch.is_empty() {
+        if room > 0 && !this.data_closed {
+            let before = batch.len();
+            match this.data.poll_recv_many(cx, &mut batch, room) {
+                Poll::Ready(0) => this.data_closed = true,
+                Poll::Ready(taken) => {
+                    if let Some(credit) = &this.send_credit {
+                        credit.take_up_to(taken as u64);
+                    }
+                    debug_assert_eq!(batch.len(), before + taken);
+                }
+                Poll::Pending => {}
+            }
+        }
+        let granted = match &this.grants {
+            Some(grants) => {
+                let granted = grants.take_up_to(u32::MAX.into());
+                if granted == 0 {
+                    grants.poll_available(cx);
+                }
+                granted as u32
+            }
+            None => 0,
+        };
+        if batch.is_empty() && granted == 0 {
             this.batch = batch;
             return if this.data_closed && this.carry.is_empty() {
                 Poll::Ready(None)
@@ -157,7 +263,7 @@ impl Stream for FrameBatcher {
         this.enforce_byte_budget(&mut batch);
         Poll::Ready(Some(Frame {
             envelopes: batch,
-            credit: 0,
+            credit: granted,
         }))
     }
 }
@@ -276,6 +382,43 @@ mod tests {
         drop(rx);
         let (_, back) = enqueue(&tx, envelope(9, 1)).await.unwrap_err();
         assert_eq!(back.id, 9);
+    }
+
+    #[tokio::test]
+    async fn data_waits_for_credit_and_grants_travel_in_frames() {
+        let (_control_tx, control_rx) = mpsc::channel(1);
+        let (data_tx, data_rx) = mpsc::channel(16);
+        for id in 0..5 {
+            data_tx.send(envelope(id, 1)).await.unwrap();
+        }
+        let credit = Credit::new(2);
+        let grants = Credit::new(0);
+        let mut frames = FrameBatcher::new(control_rx, data_rx, FrameLimits::default())
+            .with_send_credit(credit.clone())
+            .with_grants(grants.clone());
+        let first = frames.next().await.unwrap();
+        assert_eq!(first.envelopes.len(), 2, "only as many as the credit");
+        assert_eq!(credit.available(), 0);
+        let waiting = tokio::spawn(async move {
+            let frame = frames.next().await.unwrap();
+            (frame, frames)
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no credit, no frame");
+        grants.add(7);
+        let (frame, mut frames) = waiting.await.unwrap();
+        assert!(frame.envelopes.is_empty());
+        assert_eq!(
+            frame.credit, 7,
+            "a grant travels alone when there is nothing else"
+        );
+        credit.add(10);
+        let rest = frames.next().await.unwrap();
+        assert_eq!(
+            rest.envelopes.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
+        assert_eq!(credit.available(), 7);
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ pub mod reef {
     }
 }
 
-pub use self::frames::{FrameBatcher, FrameLimits, QueueClosed, enqueue, room_for_batch};
+pub use self::frames::{Credit, FrameBatcher, FrameLimits, QueueClosed, enqueue, room_for_batch};
 pub use self::reef::v1::*;
 
 /// The encoded `FileDescriptorSet` of `reef.v1`, for server reflection.
@@ -46,3 +46,7 @@ pub const LEASE_METADATA: &str = "reef-lease";
 /// it is above 0, a node whose deadline for this attempt passes does not cancel the
 /// request at the callee: the retry will want the answer of the run in progress.
 pub const ATTEMPTS_LEFT_HEADER: &str = "reef-attempts-left";
+/// Attach metadata: the credit (envelopes) a container grants the node at the start of
+/// the stream; further grants travel in `Frame.credit`. Without it the node sends
+/// without limit (HTTP/2 flow control and the mailbox bound the stream).
+pub const CREDIT_METADATA: &str = "reef-credit";

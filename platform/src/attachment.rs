@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reef_proto::{Envelope, Frame, FrameBatcher};
+use reef_proto::{Credit, Envelope, Frame, FrameBatcher};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -25,6 +25,9 @@ pub struct Attachment {
     alias: Alias,
     data: mpsc::Sender<Envelope>,
     control: mpsc::Sender<Envelope>,
+    /// What the container lets the node send it (credit-based flow control), if it
+    /// asked for flow control.
+    credit: Option<Arc<Credit>>,
     /// Requests this container sent and still waits on.
     pending: Mutex<PendingRequests>,
     /// Wakes the keeper when an earlier deadline was added.
@@ -45,9 +48,11 @@ impl Attachment {
     pub(crate) fn open(
         alias: Alias,
         limits: &Limits,
+        credit: Option<u64>,
         stats: Arc<NodeStats>,
         registry: Weak<Registry>,
     ) -> (Arc<Self>, Outbound) {
+        let credit = credit.map(Credit::new);
         let (data, data_rx) = mpsc::channel(limits.mailbox_capacity);
         let (control, control_rx) = mpsc::channel(64);
         let (closer, close_rx) = oneshot::channel();
@@ -55,6 +60,7 @@ impl Attachment {
             alias,
             data,
             control,
+            credit: credit.clone(),
             pending: Mutex::new(PendingRequests::new(limits.max_pending_requests)),
             pending_changed: Notify::new(),
             closer: Mutex::new(Some(closer)),
@@ -65,8 +71,12 @@ impl Attachment {
             envelopes_in: AtomicU64::new(0),
             envelopes_out: AtomicU64::new(0),
         });
+        let mut frames = FrameBatcher::new(control_rx, data_rx, limits.frame);
+        if let Some(credit) = credit {
+            frames = frames.with_send_credit(credit);
+        }
         let outbound = Outbound {
-            frames: FrameBatcher::new(control_rx, data_rx, limits.frame),
+            frames,
             close: close_rx,
             finished: false,
             attachment: attachment.clone(),
@@ -130,6 +140,13 @@ impl Attachment {
             self.closing.store(true, Relaxed);
             let _ = closer.send(status);
             self.closed.send_replace(true);
+        }
+    }
+
+    /// Credit the container granted (`Frame.credit`); ignored without flow control.
+    pub(crate) fn grant(&self, credit: u32) {
+        if let Some(available) = &self.credit {
+            available.add(credit.into());
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use reef_proto::{ALIAS_METADATA, Frame, LEASE_METADATA, channel_server};
+use reef_proto::{ALIAS_METADATA, CREDIT_METADATA, Frame, LEASE_METADATA, channel_server};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -53,9 +53,22 @@ impl channel_server::Channel for ChannelService {
     ) -> Result<Response<Outbound>, Status> {
         let alias = metadata(&request, ALIAS_METADATA)?;
         let lease = metadata(&request, LEASE_METADATA)?;
+        let credit = match request.metadata().get(CREDIT_METADATA) {
+            None => None,
+            Some(_) => Some(
+                metadata(&request, CREDIT_METADATA)?
+                    .parse::<u32>()
+                    .map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "metadata {CREDIT_METADATA:?} is not a number of envelopes"
+                        ))
+                    })?
+                    .into(),
+            ),
+        };
         let (attachment, outbound) = self
             .registry
-            .attach(alias, lease)
+            .attach(alias, lease, credit)
             .map_err(registry_status)?;
         tracing::info!(alias = %attachment.alias(), "attached");
         let mut frames = request.into_inner();

@@ -399,10 +399,13 @@ impl Registry {
     }
 
     /// Binds a new attach stream to a registration.
+    /// `credit`: what the container grants at the start (credit-based flow control),
+    /// or `None` to be sent to without limit.
     pub fn attach(
         self: &Arc<Self>,
         alias: &str,
         lease: &str,
+        credit: Option<u64>,
     ) -> Result<(Arc<Attachment>, Outbound), RegistryError> {
         let alias = Alias::parse(alias)?;
         let (attachment, outbound, snapshot) = {
@@ -419,6 +422,7 @@ impl Registry {
             let (attachment, outbound) = Attachment::open(
                 alias.clone(),
                 &self.limits,
+                credit,
                 self.stats.clone(),
                 Arc::downgrade(self),
             );

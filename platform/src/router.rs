@@ -125,6 +125,7 @@ impl Inbound {
     pub async fn route_frame(&mut self, frame: Frame) {
         let count = frame.envelopes.len() as u64;
         self.from.heard(count);
+        self.from.grant(frame.credit);
         self.refresh_rules();
         for envelope in frame.envelopes {
             let mut blocked = self.route(envelope);

@@ -11,9 +11,9 @@ use std::{
 
 use bytes::Bytes;
 use reef_proto::{
-    ALIAS_METADATA, DeregisterRequest, Envelope, EnvelopeKind, ErrorCode, Frame, FrameBatcher,
-    FrameLimits, LEASE_METADATA, RegisterRequest, channel_client::ChannelClient,
-    supervisor_client::SupervisorClient,
+    ALIAS_METADATA, CREDIT_METADATA, Credit, DeregisterRequest, Envelope, EnvelopeKind, ErrorCode,
+    Frame, FrameBatcher, FrameLimits, LEASE_METADATA, RegisterRequest,
+    channel_client::ChannelClient, supervisor_client::SupervisorClient,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Streaming, metadata::MetadataValue, transport::Channel};
@@ -28,6 +28,9 @@ use crate::{
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 /// Envelopes the client queues before `send` waits.
 const OUTBOX_CAPACITY: usize = 8192;
+/// Envelopes the node may send before the container has consumed them (credit-based
+/// flow control): what a slow handler lets pile up in this process.
+const INBOX_CREDIT: u32 = 8192;
 
 /// What a container tells the node about itself when it registers.
 #[derive(Debug, Clone, Default)]
@@ -107,6 +110,8 @@ struct Dispatch {
     /// Requests this container received: de-duplication and cancellation.
     served: ServedRequests,
     control: mpsc::Sender<Envelope>,
+    /// Credit to return to the node as envelopes are consumed.
+    grants: Arc<Credit>,
     undelivered: AtomicU64,
     /// Why the last undelivered send was refused.
     last_refusal: Mutex<Option<String>>,
@@ -163,10 +168,13 @@ impl Client {
             max_bytes: (granted.max_payload_bytes as usize).max(FrameLimits::default().max_bytes),
             ..FrameLimits::default()
         };
-        let mut request = tonic::Request::new(FrameBatcher::new(control_rx, data_rx, limits));
+        let grants = Credit::new(0);
+        let frames = FrameBatcher::new(control_rx, data_rx, limits).with_grants(grants.clone());
+        let mut request = tonic::Request::new(frames);
         let metadata = request.metadata_mut();
         metadata.insert(ALIAS_METADATA, ascii(&registration.alias)?);
         metadata.insert(LEASE_METADATA, ascii(&granted.lease)?);
+        metadata.insert(CREDIT_METADATA, ascii(&INBOX_CREDIT.to_string())?);
         let frames = ChannelClient::new(channel)
             .max_decoding_message_size(64 << 20)
             .attach(request)
@@ -177,6 +185,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             served: ServedRequests::default(),
             control,
+            grants,
             undelivered: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
             lost: OnceLock::new(),
@@ -361,6 +370,11 @@ impl Client {
     pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
         let barrier = self.envelope(EnvelopeKind::Heartbeat, "", Bytes::new())?;
         self.await_answer(barrier, timeout, false).await.map(drop)
+    }
+
+    /// Returns credit for `envelopes` the handler has consumed, so the node sends more.
+    pub(crate) fn consumed(&self, envelopes: usize) {
+        self.shared.dispatch.grants.add(envelopes as u64);
     }
 
     /// The callee side of requests: de-duplication and cancellation.
@@ -594,7 +608,11 @@ async fn read(
         };
         match frame {
             Ok(Some(frame)) => {
+                let received = frame.envelopes.len();
                 let for_handler = dispatch.dispatch_frame(frame, inbox.is_some());
+                // What the reader handled itself is consumed; the handler returns the
+                // credit for the rest as it takes them.
+                dispatch.grants.add((received - for_handler.len()) as u64);
                 if let Some(inbox) = &inbox
                     && !for_handler.is_empty()
                     && inbox.send(for_handler).await.is_err()

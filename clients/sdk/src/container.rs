@@ -300,6 +300,7 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
         tokio::select! {
             batch = inbox.recv() => match batch {
                 Some(batch) => {
+                    let consumed = batch.len();
                     for envelope in batch {
                         if envelope.destination != ctx.alias() {
                             if let Some(refusal) = ctx.tasks.deliver(envelope) {
@@ -309,6 +310,7 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
                         }
                         handle(&mut handler, &ctx, &counters, envelope).await;
                     }
+                    ctx.client.consumed(consumed);
                 }
                 None => {
                     tracing::warn!(alias = %ctx.alias(), "lost the node; attaching again");
