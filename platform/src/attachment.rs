@@ -16,7 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::{Alias, Limits, NodeStats, PendingRequests, Registry};
+use crate::{AckLog, Alias, Limits, NodeStats, PendingRequests, Registry, acks::NotQueued};
 
 /// Where the node queues envelopes for one attached container, what that container is
 /// waiting for, and how to close its stream.
@@ -28,6 +28,9 @@ pub struct Attachment {
     /// What the container lets the node send it (credit-based flow control), if it
     /// asked for flow control.
     credit: Option<Arc<Credit>>,
+    /// Acknowledged-mode envelopes it has not acknowledged (shared with the registration,
+    /// so that they outlive this stream).
+    acks: Arc<AckLog>,
     /// Requests this container sent and still waits on.
     pending: Mutex<PendingRequests>,
     /// Wakes the keeper when an earlier deadline was added.
@@ -49,11 +52,14 @@ impl Attachment {
         alias: Alias,
         limits: &Limits,
         credit: Option<u64>,
+        acks: Arc<AckLog>,
         stats: Arc<NodeStats>,
         registry: Weak<Registry>,
     ) -> (Arc<Self>, Outbound) {
         let credit = credit.map(Credit::new);
-        let (data, data_rx) = mpsc::channel(limits.mailbox_capacity);
+        // Room for a full log of redeliveries on top of the mailbox, so that a restart
+        // never has to drop what it delivers again.
+        let (data, data_rx) = mpsc::channel(limits.mailbox_capacity + limits.unacked_capacity);
         let (control, control_rx) = mpsc::channel(64);
         let (closer, close_rx) = oneshot::channel();
         let attachment = Arc::new(Self {
@@ -61,6 +67,7 @@ impl Attachment {
             data,
             control,
             credit: credit.clone(),
+            acks,
             pending: Mutex::new(PendingRequests::new(limits.max_pending_requests)),
             pending_changed: Notify::new(),
             closer: Mutex::new(Some(closer)),
@@ -94,6 +101,43 @@ impl Attachment {
     /// The data lane: envelopes for the container, in order.
     pub(crate) fn data(&self) -> &mpsc::Sender<Envelope> {
         &self.data
+    }
+
+    /// Queues what was held for this container while it restarted, without waiting:
+    /// through the acknowledgement log in acknowledged mode, however full it is. A full
+    /// or closed mailbox hands it back.
+    // See `Attachment::try_queue`.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn queue_held(&self, envelope: Envelope) -> Result<(), Envelope> {
+        let queued = match envelope.acknowledged {
+            true => self.acks.queue(&self.data, envelope, false),
+            false => self.try_queue(envelope),
+        };
+        queued.map_err(|refused| match refused {
+            NotQueued::LogFull(envelope)
+            | NotQueued::MailboxFull(envelope)
+            | NotQueued::Closed(envelope) => envelope,
+        })
+    }
+
+    /// Queues `envelope` without waiting: through the acknowledgement log in
+    /// acknowledged mode. Says what is full, or that the mailbox is closed.
+    // The envelope comes back by value on refusal, as in `Registry::hold`: boxing it
+    // would cost an allocation per envelope on the hot path instead.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn try_queue(&self, envelope: Envelope) -> Result<(), NotQueued> {
+        if envelope.acknowledged {
+            return self.acks.queue(&self.data, envelope, true);
+        }
+        self.data.try_send(envelope).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(envelope) => NotQueued::MailboxFull(envelope),
+            mpsc::error::TrySendError::Closed(envelope) => NotQueued::Closed(envelope),
+        })
+    }
+
+    /// Its acknowledgement log.
+    pub(crate) fn acks(&self) -> &AckLog {
+        &self.acks
     }
 
     /// Envelopes queued for the container and not yet written.
@@ -220,7 +264,9 @@ impl Drop for Outbound {
     fn drop(&mut self) {
         // Closed first, so that nothing new is queued here while the rest moves.
         self.attachment.close(None);
-        let unsent = self.frames.close_and_take_unsent();
+        let mut unsent = self.frames.close_and_take_unsent();
+        // Numbered ones are in the acknowledgement log: delivered again from there.
+        unsent.retain(|envelope| envelope.sequence == 0);
         let lost = match self.registry.upgrade() {
             Some(registry) if !unsent.is_empty() => {
                 let count = unsent.len();

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod acks;
 mod alias;
 mod attachment;
 mod channel;
@@ -43,6 +44,7 @@ mod supervisor;
 pub mod telemetry;
 
 pub use self::{
+    acks::AckLog,
     alias::{Alias, InvalidAlias, MAX_ALIAS_LEN},
     attachment::{Attachment, Outbound},
     channel::ChannelService,

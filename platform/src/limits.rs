@@ -32,6 +32,9 @@ pub struct Limits {
     pub attach_timeout: Duration,
     /// Registrations one node holds, task containers included.
     pub max_containers: usize,
+    /// Acknowledged-mode envelopes delivered to one container and not yet acknowledged;
+    /// past it, senders wait as on a full mailbox.
+    pub unacked_capacity: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
             heartbeat_timeout: Duration::from_secs(5),
             attach_timeout: Duration::from_secs(10),
             max_containers: 1_000_000,
+            unacked_capacity: 8192,
         }
     }
 }

@@ -11,7 +11,8 @@ use tokio::sync::{broadcast, mpsc, mpsc::error::TrySendError};
 use tonic::Status;
 
 use crate::{
-    Alias, Attachment, InvalidAlias, Limits, NodeStats, Outbound, supervision::SupervisedSnapshot,
+    AckLog, Alias, Attachment, InvalidAlias, Limits, NodeStats, Outbound,
+    supervision::SupervisedSnapshot,
 };
 
 /// What a container says about itself when it claims an alias.
@@ -214,6 +215,9 @@ struct Registration {
     task: Option<TaskSnapshot>,
     /// For a task host: the tasks it runs (they go when it goes).
     tasks: HashSet<Alias>,
+    /// Acknowledged-mode envelopes delivered and not yet acknowledged, across its
+    /// attach streams; created on the first attach.
+    acks: Option<Arc<AckLog>>,
 }
 
 /// An alias the supervisor keeps for a container it runs, across restarts.
@@ -267,6 +271,7 @@ impl Registration {
             reservation: None,
             task: None,
             tasks: HashSet::new(),
+            acks: None,
         }
     }
 }
@@ -292,13 +297,21 @@ fn snapshot_in(entries: &HashMap<Alias, Registration>, entry: &Registration) -> 
 }
 
 /// Removes `alias` and the tasks it hosts; returns what was removed, the alias first.
+/// Removes `alias` and its tasks. What it had not acknowledged is a dead letter.
 fn remove_with_tasks(
     entries: &mut HashMap<Alias, Registration>,
     alias: &Alias,
+    stats: &NodeStats,
 ) -> Vec<Registration> {
     let Some(mut entry) = entries.remove(alias) else {
         return Vec::new();
     };
+    for envelope in entry.acks.iter().flat_map(|acks| acks.drain()) {
+        stats.dead_letter(
+            &envelope,
+            format!("{alias} went away before acknowledging it"),
+        );
+    }
     let tasks = std::mem::take(&mut entry.tasks);
     let mut removed = vec![entry];
     removed.extend(tasks.iter().filter_map(|task| entries.remove(task)));
@@ -419,13 +432,23 @@ impl Registry {
             if entry.attachment.is_some() {
                 return Err(RegistryError::AlreadyAttached(alias.to_string()));
             }
+            let acks = entry
+                .acks
+                .get_or_insert_with(|| Arc::new(AckLog::new(self.limits.unacked_capacity)))
+                .clone();
             let (attachment, outbound) = Attachment::open(
                 alias.clone(),
                 &self.limits,
                 credit,
+                acks.clone(),
                 self.stats.clone(),
                 Arc::downgrade(self),
             );
+            // What the previous stream delivered and nobody acknowledged comes first.
+            for envelope in acks.redeliver(attachment.data()) {
+                self.stats
+                    .dead_letter(&envelope, "no room to deliver it again after a restart");
+            }
             if let Some(reservation) = &mut entry.reservation {
                 self.deliver_held(reservation, &attachment);
                 self.observe(Observed::Attached {
@@ -456,8 +479,7 @@ impl Registry {
                 }
                 envelope.deadline_ms = (budget - waited).as_millis().max(1) as u32;
             }
-            if let Err(error) = attachment.data().try_send(envelope) {
-                let envelope = error.into_inner();
+            if let Err(envelope) = attachment.queue_held(envelope) {
                 self.stats.dead_letter(
                     &envelope,
                     "no room in the mailbox of the restarted receiver",
@@ -528,7 +550,7 @@ impl Registry {
                         });
                         vec![snapshot]
                     } else {
-                        remove_with_tasks(&mut entries, alias)
+                        remove_with_tasks(&mut entries, alias, &self.stats)
                             .iter()
                             .map(Registration::snapshot)
                             .collect()
@@ -578,7 +600,7 @@ impl Registry {
             let mut entries = self.write();
             match entries.get(&alias) {
                 Some(entry) if entry.lease.as_deref() == Some(lease) => {
-                    remove_with_tasks(&mut entries, &alias)
+                    remove_with_tasks(&mut entries, &alias, &self.stats)
                 }
                 _ => Vec::new(),
             }
@@ -611,7 +633,7 @@ impl Registry {
                         entry.lease = None;
                         None
                     } else {
-                        Some(remove_with_tasks(&mut entries, alias))
+                        Some(remove_with_tasks(&mut entries, alias, &self.stats))
                     }
                 }
                 _ => None,
@@ -1017,7 +1039,7 @@ impl Registry {
     /// Forgets a supervised alias (destroyed): closes its stream, drops what was held.
     /// Its tasks go with it.
     pub fn release(&self, alias: &Alias) {
-        let removed = remove_with_tasks(&mut self.write(), alias);
+        let removed = remove_with_tasks(&mut self.write(), alias, &self.stats);
         let mut removed = removed.into_iter();
         let entry = removed.next();
         for task in removed {

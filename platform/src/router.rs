@@ -20,10 +20,10 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use reef_proto::{Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame};
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::{
     Alias, Attachment, Limits, NodeStats, Pending, PendingError, Registry,
+    acks::NotQueued,
     registry::HoldRefused,
     routing::{
         Availability, GROUP_PREFIX, Group, Refusal, Routing, RuleSet, Stage, Strategy, TAP_HEADER,
@@ -52,11 +52,24 @@ pub struct Inbound {
     random: u64,
 }
 
-/// An envelope waiting for room in a full mailbox.
+/// An envelope waiting for room: in a full mailbox, a full acknowledgement log, or the
+/// full hold of a restarting receiver.
 struct Blocked {
-    receiver: Arc<Attachment>,
     envelope: Envelope,
     fallback: Fallback,
+    /// What it waits for.
+    wait: Wait,
+}
+
+/// What a blocked envelope waits for.
+enum Wait {
+    /// Room in the receiver's mailbox.
+    Mailbox(Arc<Attachment>),
+    /// Acknowledgements that free the receiver's log.
+    Acks(Arc<Attachment>),
+    /// The receiver's next process (acknowledged mode: it waits rather than be refused
+    /// while the receiver restarts with a full hold).
+    Attach,
 }
 
 /// What to do with an envelope that cannot be queued.
@@ -166,6 +179,10 @@ impl Inbound {
                 self.route_answer(envelope, kind)
             }
             EnvelopeKind::Heartbeat => self.answer_heartbeat(envelope),
+            EnvelopeKind::Ack => {
+                self.from.acks().ack(envelope.correlation_id);
+                None
+            }
             EnvelopeKind::Cancel => {
                 // Not under the pending lock: `cancel` takes the registry's.
                 let pending = self.from.pending().forget(envelope.correlation_id);
@@ -422,10 +439,21 @@ impl Inbound {
             Err((envelope, HoldRefused::Stopped)) => {
                 self.undeliverable(envelope, fallback, Undelivered::Stopped)
             }
-            Err((envelope, HoldRefused::Full(_))) => {
-                self.undeliverable(envelope, fallback, Undelivered::HoldFull)
-            }
+            Err((envelope, HoldRefused::Full(_))) => self.hold_full(envelope, fallback),
         }
+    }
+
+    /// The hold of a restarting receiver is full: an acknowledged-mode envelope waits
+    /// for the receiver to attach; anything else is refused.
+    fn hold_full(&mut self, envelope: Envelope, fallback: Fallback) -> Option<Blocked> {
+        if !envelope.acknowledged {
+            return self.undeliverable(envelope, fallback, Undelivered::HoldFull);
+        }
+        Some(Blocked {
+            envelope,
+            fallback,
+            wait: Wait::Attach,
+        })
     }
 
     /// REPLY, ERROR and PROGRESS go back to the caller only while it waits for them.
@@ -501,15 +529,17 @@ impl Inbound {
         envelope: Envelope,
         fallback: Fallback,
     ) -> Option<Blocked> {
-        match receiver.data().try_send(envelope) {
-            Ok(()) => None,
-            Err(TrySendError::Full(envelope)) => Some(Blocked {
-                receiver,
-                envelope,
-                fallback,
-            }),
-            Err(TrySendError::Closed(envelope)) => self.redirect_closed(envelope, fallback),
-        }
+        let (envelope, wait) = match receiver.try_queue(envelope) {
+            Ok(()) => return None,
+            Err(NotQueued::MailboxFull(envelope)) => (envelope, Wait::Mailbox(receiver)),
+            Err(NotQueued::LogFull(envelope)) => (envelope, Wait::Acks(receiver)),
+            Err(NotQueued::Closed(envelope)) => return self.redirect_closed(envelope, fallback),
+        };
+        Some(Blocked {
+            envelope,
+            fallback,
+            wait,
+        })
     }
 
     /// The receiver's stream closed under us: a SEND or REQUEST for a supervised
@@ -524,39 +554,85 @@ impl Inbound {
             Err((envelope, HoldRefused::Open(receiver))) => {
                 self.offer(receiver, envelope, fallback)
             }
+            Err((envelope, HoldRefused::Full(_))) => self.hold_full(envelope, fallback),
             Err((envelope, _)) => self.undeliverable(envelope, fallback, Undelivered::Gone),
         }
     }
 
-    /// Waits up to the enqueue timeout for room; what follows may block in turn.
+    /// Waits up to the enqueue timeout for room; what follows may block in turn. A
+    /// receiver whose stream closes meanwhile is treated like one found closed: a
+    /// supervised one's next process gets the envelope.
     async fn wait_for_room(&mut self, blocked: Blocked) -> Option<Blocked> {
         let deadline = tokio::time::Instant::now() + self.limits().enqueue_timeout;
         let Blocked {
-            receiver,
-            mut envelope,
+            envelope,
             fallback,
+            wait,
         } = blocked;
+        let (receiver, mut acks) = match wait {
+            Wait::Attach => return self.wait_for_attach(envelope, fallback, deadline).await,
+            Wait::Mailbox(receiver) => (receiver, false),
+            Wait::Acks(receiver) => (receiver, true),
+        };
+        let mut envelope = envelope;
         loop {
-            let room =
-                tokio::time::timeout_at(deadline, reef_proto::room_for_batch(receiver.data()))
-                    .await;
-            let why = match room {
-                Ok(Ok(())) => match receiver.data().try_send(envelope) {
-                    Ok(()) => return None,
-                    // Another sender took the room first: wait again.
-                    Err(TrySendError::Full(back)) => {
-                        envelope = back;
-                        continue;
-                    }
-                    Err(TrySendError::Closed(back)) => {
-                        envelope = back;
-                        Undelivered::Gone
-                    }
-                },
-                Ok(Err(_)) => Undelivered::Gone,
-                Err(_) => Undelivered::Full,
+            let room = match acks {
+                false => {
+                    tokio::time::timeout_at(deadline, reef_proto::room_for_batch(receiver.data()))
+                        .await
+                        .map(|room| room.is_ok())
+                }
+                true => {
+                    tokio::time::timeout_at(deadline, async {
+                        tokio::select! {
+                            _ = receiver.acks().room() => true,
+                            // Acknowledgements stop when the stream closes.
+                            _ = receiver.data().closed() => false,
+                        }
+                    })
+                    .await
+                }
             };
-            return self.undeliverable(envelope, fallback, why);
+            match room {
+                Err(_) => return self.undeliverable(envelope, fallback, Undelivered::Full),
+                Ok(false) => return self.redirect_closed(envelope, fallback),
+                Ok(true) => {}
+            }
+            match receiver.try_queue(envelope) {
+                Ok(()) => return None,
+                // Another sender took the room first, or the other bound is reached.
+                Err(NotQueued::MailboxFull(back)) => (envelope, acks) = (back, false),
+                Err(NotQueued::LogFull(back)) => (envelope, acks) = (back, true),
+                Err(NotQueued::Closed(back)) => return self.redirect_closed(back, fallback),
+            }
+        }
+    }
+
+    /// Waits for a restarting receiver with a full hold to attach (any registry event
+    /// is a reason to look again), then delivers or holds the envelope.
+    async fn wait_for_attach(
+        &mut self,
+        mut envelope: Envelope,
+        fallback: Fallback,
+        deadline: tokio::time::Instant,
+    ) -> Option<Blocked> {
+        let mut events = self.registry.subscribe();
+        loop {
+            let destination = envelope.destination.clone();
+            match self.registry.hold(&destination, envelope) {
+                Ok(()) => return None,
+                Err((back, HoldRefused::Open(receiver))) => {
+                    return self.offer(receiver, back, fallback);
+                }
+                Err((back, HoldRefused::Full(_))) => envelope = back,
+                Err((back, _)) => return self.undeliverable(back, fallback, Undelivered::Gone),
+            }
+            if tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .is_err()
+            {
+                return self.undeliverable(envelope, fallback, Undelivered::HoldFull);
+            }
         }
     }
 

@@ -265,6 +265,28 @@ impl Client {
         self.enqueue(envelope).await
     }
 
+    /// Sends `payload` to `to` in acknowledged mode: the node keeps it until the
+    /// receiver's handler has handled it, and delivers it again, in order, to the
+    /// receiver's next process if it dies first. Returns once the envelope is queued.
+    /// The receiver sees [`Message::sequence`] and [`Message::redelivered`], by which it
+    /// de-duplicates what it does.
+    pub async fn send_acked(&self, to: &str, payload: impl Into<Bytes>) -> Result<(), Error> {
+        let mut envelope = self.envelope(EnvelopeKind::Send, to, payload.into())?;
+        envelope.acknowledged = true;
+        self.enqueue(envelope).await
+    }
+
+    /// Tells the node that acknowledged-mode envelope `sequence` was handled.
+    pub(crate) async fn ack(&self, sequence: u64) {
+        let ack = Envelope {
+            kind: EnvelopeKind::Ack as i32,
+            correlation_id: sequence,
+            ..Default::default()
+        };
+        // A lost stream loses the ACK too: the node delivers the envelope again.
+        let _ = self.enqueue(ack).await;
+    }
+
     /// Sends a request and waits up to `timeout` for the reply's payload. Inside a
     /// handler answering a request, `timeout` is cut to what is left of that request's
     /// deadline.
@@ -548,6 +570,14 @@ impl Dispatch {
             },
             EnvelopeKind::Send if has_handler => return Some(envelope),
             EnvelopeKind::Send | EnvelopeKind::Request => {
+                if envelope.sequence != 0 {
+                    let ack = Envelope {
+                        kind: EnvelopeKind::Ack as i32,
+                        correlation_id: envelope.sequence,
+                        ..Default::default()
+                    };
+                    let _ = self.control.try_send(ack);
+                }
                 if envelope.kind() == EnvelopeKind::Request {
                     let refusal = error_envelope(
                         &envelope,
@@ -572,7 +602,7 @@ impl Dispatch {
             EnvelopeKind::Cancel => self
                 .served
                 .cancel(&envelope.origin, envelope.correlation_id),
-            EnvelopeKind::Unspecified => {}
+            EnvelopeKind::Ack | EnvelopeKind::Unspecified => {}
         }
         None
     }

@@ -43,6 +43,12 @@ pub struct Message {
     pub id: u64,
     /// For requests: whether the caller still waits.
     pub cancellation: Cancellation,
+    /// Acknowledged mode ([`Client::send_acked`]): the message's number in this
+    /// container's sequence, the same on every delivery of it; 0 otherwise.
+    pub sequence: u64,
+    /// Acknowledged mode: the message is delivered again because a previous process or
+    /// stream of this container did not acknowledge it (it may have handled it).
+    pub redelivered: bool,
 }
 
 impl From<Envelope> for Message {
@@ -51,6 +57,8 @@ impl From<Envelope> for Message {
             deadline: (envelope.deadline_ms > 0)
                 .then(|| Duration::from_millis(envelope.deadline_ms.into())),
             id: envelope.id,
+            sequence: envelope.sequence,
+            redelivered: envelope.redelivered,
             origin: envelope.origin,
             payload: envelope.payload,
             content_type: envelope.content_type,
@@ -303,8 +311,12 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
                     let consumed = batch.len();
                     for envelope in batch {
                         if envelope.destination != ctx.alias() {
+                            let sequence = envelope.sequence;
                             if let Some(refusal) = ctx.tasks.deliver(envelope) {
                                 let _ = ctx.client.enqueue(refusal).await;
+                                if sequence != 0 {
+                                    ctx.client.ack(sequence).await;
+                                }
                             }
                             continue;
                         }
@@ -408,7 +420,11 @@ pub(crate) async fn handle<H: Handler>(
     match envelope.kind() {
         EnvelopeKind::Send => {
             counters.messages.fetch_add(1, Relaxed);
+            let sequence = envelope.sequence;
             handler.on_message(ctx, Message::from(envelope)).await;
+            if sequence != 0 {
+                ctx.client.ack(sequence).await;
+            }
         }
         EnvelopeKind::Request => {
             counters.requests.fetch_add(1, Relaxed);

@@ -7,7 +7,10 @@
 //!   trying restart policies);
 //! - `pool`: a task host running `--tasks N` worker tasks `ALIAS/worker-I` (and more
 //!   when the node asks for behaviour `worker`). A worker counts messages; a request
-//!   answers with the count, or panics when its payload is `panic`.
+//!   answers with the count, or panics when its payload is `panic`;
+//! - `ledger`: appends each acknowledged-mode message to `--file` as `SEQUENCE PAYLOAD`,
+//!   skipping redeliveries it recorded before it was killed (by sequence); a request
+//!   returns how many it recorded.
 //!
 //! The node tells each process its alias and where the node is through `REEF_*`
 //! variables; see `reef_sdk::ContainerOptions::from_env`.
@@ -55,6 +58,75 @@ enum Behaviour {
         #[arg(long, default_value_t = 4)]
         tasks: usize,
     },
+    /// Records acknowledged-mode messages in a file, once each.
+    Ledger {
+        /// The file it appends to (and reads back after a restart).
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+}
+
+/// Appends each message to a file with its sequence number. The file is its memory
+/// across restarts: a redelivered message it already recorded (its sequence is not past
+/// the last line's) is skipped, so each one is recorded exactly once.
+struct Ledger {
+    file: std::fs::File,
+    last: u64,
+    recorded: u64,
+}
+
+impl Ledger {
+    fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(path).or_else(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => Ok(String::new()),
+            _ => Err(error),
+        })?;
+        // A torn last line (killed mid-write) would not parse: such a line is not there.
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..=end],
+            None => "",
+        };
+        if complete.len() != text.len() {
+            std::fs::write(path, complete)?;
+        }
+        let last = complete
+            .lines()
+            .last()
+            .and_then(|line| line.split(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            file,
+            last,
+            recorded: complete.lines().count() as u64,
+        })
+    }
+}
+
+impl Handler for Ledger {
+    async fn on_message(&mut self, _: &Context, message: Message) {
+        use std::io::Write as _;
+        if message.sequence != 0 && message.sequence <= self.last {
+            return;
+        }
+        let mut line = format!("{} ", message.sequence).into_bytes();
+        line.extend_from_slice(&message.payload);
+        line.push(b'\n');
+        if let Err(error) = self.file.write_all(&line) {
+            // Unrecorded and unacknowledged would need a crash to be redelivered: exit.
+            eprintln!("reef-demo ledger: cannot record: {error}");
+            std::process::exit(1);
+        }
+        self.last = self.last.max(message.sequence);
+        self.recorded += 1;
+    }
+
+    async fn on_request(&mut self, _: &Context, _: Message) -> Result<Bytes, HandlerError> {
+        Ok(self.recorded.to_string().into())
+    }
 }
 
 /// A task host: its own handler does nothing; its workers do the work.
@@ -208,6 +280,13 @@ async fn main() -> ExitCode {
         Behaviour::Pool { tasks } => {
             reef_sdk::run(ContainerOptions::from_env("pool"), Pool { tasks }).await
         }
+        Behaviour::Ledger { file } => match Ledger::open(&file) {
+            Ok(ledger) => reef_sdk::run(ContainerOptions::from_env("ledger"), ledger).await,
+            Err(error) => Err(reef_sdk::Error::Config(format!(
+                "cannot open the ledger {}: {error}",
+                file.display()
+            ))),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,187 @@
+//! Acknowledged delivery: the envelopes delivered to one container in acknowledged mode
+//! and not yet acknowledged, kept by the node to deliver again to the container's next
+//! process or stream.
+//!
+//! The log belongs to the registration, not to one attach stream, so it outlives a
+//! restart. Each envelope gets the next number of the receiver's sequence as it enters
+//! the receiver's mailbox; an ACK with that number removes it.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use reef_proto::Envelope;
+use tokio::sync::{Notify, mpsc};
+
+/// Unacknowledged envelopes of one receiver, by sequence number.
+#[derive(Debug)]
+pub struct AckLog {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    /// Wakes senders waiting for the log to have room.
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next: u64,
+    unacked: BTreeMap<u64, Envelope>,
+}
+
+/// Why an envelope did not enter the receiver's mailbox.
+pub(crate) enum NotQueued {
+    /// The log is full: wait for acknowledgements.
+    LogFull(Envelope),
+    /// The mailbox is full: wait for the stream to take some.
+    MailboxFull(Envelope),
+    /// The mailbox is closed.
+    Closed(Envelope),
+}
+
+impl AckLog {
+    /// An empty log holding at most `capacity` envelopes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                next: 1,
+                unacked: BTreeMap::new(),
+            }),
+            capacity: capacity.max(1),
+            room: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Numbers `envelope` and queues it on `mailbox`, keeping a copy until it is
+    /// acknowledged. Under one lock, so sequence order is mailbox order. `bounded`:
+    /// refuse when the log is full (senders wait); envelopes that were held for a
+    /// restarting receiver are queued regardless (the mailbox has room for them).
+    // The envelope comes back by value on refusal, as in `Registry::hold`: boxing it
+    // would cost an allocation per envelope on the hot path instead.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn queue(
+        &self,
+        mailbox: &mpsc::Sender<Envelope>,
+        mut envelope: Envelope,
+        bounded: bool,
+    ) -> Result<(), NotQueued> {
+        let mut inner = self.lock();
+        if bounded && inner.unacked.len() >= self.capacity {
+            return Err(NotQueued::LogFull(envelope));
+        }
+        let sequence = inner.next;
+        envelope.sequence = sequence;
+        let kept = envelope.clone();
+        match mailbox.try_send(envelope) {
+            Ok(()) => {
+                inner.next += 1;
+                inner.unacked.insert(sequence, kept);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(mut back)) => {
+                back.sequence = 0;
+                Err(NotQueued::MailboxFull(back))
+            }
+            Err(mpsc::error::TrySendError::Closed(mut back)) => {
+                back.sequence = 0;
+                Err(NotQueued::Closed(back))
+            }
+        }
+    }
+
+    /// The receiver handled envelope `sequence`.
+    pub(crate) fn ack(&self, sequence: u64) {
+        if self.lock().unacked.remove(&sequence).is_some() {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Waits until the log may have room (a later [`AckLog::queue`] decides).
+    pub(crate) async fn room(&self) {
+        let notified = self.room.notified();
+        if self.lock().unacked.len() < self.capacity {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Queues every unacknowledged envelope again, in sequence order, marked as
+    /// redelivered, on the mailbox of the receiver's new stream. Returns those that did
+    /// not fit (the mailbox is sized so that they do).
+    pub(crate) fn redeliver(&self, mailbox: &mpsc::Sender<Envelope>) -> Vec<Envelope> {
+        let inner = self.lock();
+        let mut lost = Vec::new();
+        for envelope in inner.unacked.values() {
+            let mut again = envelope.clone();
+            again.redelivered = true;
+            if let Err(error) = mailbox.try_send(again) {
+                lost.push(error.into_inner());
+            }
+        }
+        lost
+    }
+
+    /// Empties the log (the receiver is gone for good) and returns what was in it.
+    pub(crate) fn drain(&self) -> Vec<Envelope> {
+        let drained = std::mem::take(&mut self.lock().unacked);
+        self.room.notify_waiters();
+        drained.into_values().collect()
+    }
+
+    /// Envelopes waiting for an ACK.
+    pub fn len(&self) -> usize {
+        self.lock().unacked.len()
+    }
+
+    /// Whether nothing waits for an ACK.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(id: u64) -> Envelope {
+        Envelope {
+            id,
+            acknowledged: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn numbers_keeps_until_acked_and_redelivers_in_order() {
+        let log = AckLog::new(3);
+        let (mailbox, mut delivered) = mpsc::channel(8);
+        for id in 1..=3 {
+            assert!(log.queue(&mailbox, send(id), true).is_ok());
+        }
+        assert!(matches!(
+            log.queue(&mailbox, send(4), true),
+            Err(NotQueued::LogFull(_))
+        ));
+        let sequences: Vec<u64> = (0..3)
+            .map(|_| delivered.try_recv().unwrap().sequence)
+            .collect();
+        assert_eq!(sequences, [1, 2, 3]);
+        log.ack(2);
+        assert_eq!(log.len(), 2);
+        let (next_stream, mut again) = mpsc::channel(8);
+        assert!(log.redeliver(&next_stream).is_empty());
+        let first = again.try_recv().unwrap();
+        assert_eq!((first.sequence, first.redelivered), (1, true));
+        assert_eq!(again.try_recv().unwrap().sequence, 3);
+        assert!(log.queue(&next_stream, send(4), true).is_ok());
+        assert_eq!(
+            again.try_recv().unwrap().sequence,
+            4,
+            "numbers are never reused"
+        );
+    }
+}
