@@ -8,7 +8,7 @@ use std::{
     collections::VecDeque,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire},
     },
     task::{Context, Poll, Waker},
@@ -99,6 +99,23 @@ impl Credit {
     }
 }
 
+/// The queue of a [`FrameBatcher`]'s data lane, seen from outside: the node sheds the
+/// oldest envelopes of a full mailbox through it (overflow policy "drop oldest"), even
+/// while the stream is not being polled because its consumer is slow.
+#[derive(Debug, Clone)]
+pub struct Mailbox(Arc<Mutex<mpsc::Receiver<Envelope>>>);
+
+impl Mailbox {
+    /// Takes the oldest queued envelope out, if any.
+    pub fn take_oldest(&self) -> Option<Envelope> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_recv()
+            .ok()
+    }
+}
+
 /// A stream of frames drained from a control lane and a data lane.
 ///
 /// The stream ends when the data lane is closed and empty; a closed control lane only
@@ -106,7 +123,8 @@ impl Credit {
 #[derive(Debug)]
 pub struct FrameBatcher {
     control: Option<mpsc::Receiver<Envelope>>,
-    data: mpsc::Receiver<Envelope>,
+    /// Shared with [`Mailbox`] handles, which may take the oldest envelopes out.
+    data: Arc<Mutex<mpsc::Receiver<Envelope>>>,
     /// Envelopes taken from the data lane that did not fit in the previous frame.
     carry: VecDeque<Envelope>,
     limits: FrameLimits,
@@ -128,7 +146,7 @@ impl FrameBatcher {
     ) -> Self {
         Self {
             control: Some(control),
-            data,
+            data: Arc::new(Mutex::new(data)),
             carry: VecDeque::new(),
             limits,
             data_closed: false,
@@ -150,11 +168,21 @@ impl FrameBatcher {
         self
     }
 
+    /// A handle on the data lane's queue, for taking its oldest envelopes out.
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox(self.data.clone())
+    }
+
+    fn data(&self) -> MutexGuard<'_, mpsc::Receiver<Envelope>> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Closes the data lane and returns what was still queued, in order.
     pub fn close_and_take_unsent(&mut self) -> Vec<Envelope> {
-        self.data.close();
         let mut unsent: Vec<Envelope> = self.carry.drain(..).collect();
-        while let Ok(envelope) = self.data.try_recv() {
+        let mut data = self.data();
+        data.close();
+        while let Ok(envelope) = data.try_recv() {
             unsent.push(envelope);
         }
         unsent
@@ -163,10 +191,11 @@ impl FrameBatcher {
     /// Closes the data lane and returns how many envelopes were still queued: they will
     /// never be written, and the caller decides what that means (dead letters).
     pub fn close_and_count_unsent(&mut self) -> usize {
-        self.data.close();
         let mut unsent = self.carry.len();
         self.carry.clear();
-        while self.data.try_recv().is_ok() {
+        let mut data = self.data();
+        data.close();
+        while data.try_recv().is_ok() {
             unsent += 1;
         }
         unsent
@@ -231,7 +260,8 @@ impl Stream for FrameBatcher {
         }
         if room > 0 && !this.data_closed {
             let before = batch.len();
-            match this.data.poll_recv_many(cx, &mut batch, room) {
+            let polled = this.data().poll_recv_many(cx, &mut batch, room);
+            match polled {
                 Poll::Ready(0) => this.data_closed = true,
                 Poll::Ready(taken) => {
                     if let Some(credit) = &this.send_credit {

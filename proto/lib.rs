@@ -31,7 +31,9 @@ pub mod reef {
     }
 }
 
-pub use self::frames::{Credit, FrameBatcher, FrameLimits, QueueClosed, enqueue, room_for_batch};
+pub use self::frames::{
+    Credit, FrameBatcher, FrameLimits, Mailbox, QueueClosed, enqueue, room_for_batch,
+};
 pub use self::reef::v1::*;
 
 /// The encoded `FileDescriptorSet` of `reef.v1`, for server reflection.

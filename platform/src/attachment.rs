@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reef_proto::{Credit, Envelope, Frame, FrameBatcher};
+use reef_proto::{Credit, Envelope, Frame, FrameBatcher, Mailbox};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -31,6 +31,12 @@ pub struct Attachment {
     /// Acknowledged-mode envelopes it has not acknowledged (shared with the registration,
     /// so that they outlive this stream).
     acks: Arc<AckLog>,
+    /// The data lane's queue, for shedding its oldest envelopes.
+    mailbox: Mailbox,
+    /// Envelopes the mailbox takes from senders. The data lane is larger by `slack`,
+    /// kept for redeliveries of acknowledged-mode envelopes after a restart.
+    mailbox_capacity: usize,
+    slack: usize,
     /// Requests this container sent and still waits on.
     pending: Mutex<PendingRequests>,
     /// Wakes the keeper when an earlier deadline was added.
@@ -57,17 +63,24 @@ impl Attachment {
         registry: Weak<Registry>,
     ) -> (Arc<Self>, Outbound) {
         let credit = credit.map(Credit::new);
+        let (control, control_rx) = mpsc::channel(64);
         // Room for a full log of redeliveries on top of the mailbox, so that a restart
         // never has to drop what it delivers again.
         let (data, data_rx) = mpsc::channel(limits.mailbox_capacity + limits.unacked_capacity);
-        let (control, control_rx) = mpsc::channel(64);
+        let mut frames = FrameBatcher::new(control_rx, data_rx, limits.frame);
+        if let Some(credit) = &credit {
+            frames = frames.with_send_credit(credit.clone());
+        }
         let (closer, close_rx) = oneshot::channel();
         let attachment = Arc::new(Self {
             alias,
             data,
             control,
-            credit: credit.clone(),
+            credit,
             acks,
+            mailbox: frames.mailbox(),
+            mailbox_capacity: limits.mailbox_capacity,
+            slack: limits.unacked_capacity,
             pending: Mutex::new(PendingRequests::new(limits.max_pending_requests)),
             pending_changed: Notify::new(),
             closer: Mutex::new(Some(closer)),
@@ -78,10 +91,6 @@ impl Attachment {
             envelopes_in: AtomicU64::new(0),
             envelopes_out: AtomicU64::new(0),
         });
-        let mut frames = FrameBatcher::new(control_rx, data_rx, limits.frame);
-        if let Some(credit) = credit {
-            frames = frames.with_send_credit(credit);
-        }
         let outbound = Outbound {
             frames,
             close: close_rx,
@@ -129,10 +138,29 @@ impl Attachment {
         if envelope.acknowledged {
             return self.acks.queue(&self.data, envelope, true);
         }
+        if self.queued() >= self.mailbox_capacity {
+            return Err(NotQueued::MailboxFull(envelope));
+        }
         self.data.try_send(envelope).map_err(|error| match error {
             mpsc::error::TrySendError::Full(envelope) => NotQueued::MailboxFull(envelope),
             mpsc::error::TrySendError::Closed(envelope) => NotQueued::Closed(envelope),
         })
+    }
+
+    /// Takes the oldest envelope queued for the container out of its mailbox.
+    pub(crate) fn shed_oldest(&self) -> Option<Envelope> {
+        self.mailbox.take_oldest()
+    }
+
+    /// Waits until the mailbox has room for a batch of senders' envelopes (see
+    /// [`reef_proto::room_for_batch`]), not counting the slack; `Err` once it is closed.
+    pub(crate) async fn mailbox_room(&self) -> Result<(), reef_proto::QueueClosed> {
+        let batch = (self.mailbox_capacity / 4).clamp(1, 256);
+        self.data
+            .reserve_many(self.slack + batch)
+            .await
+            .map(drop)
+            .map_err(|_| reef_proto::QueueClosed)
     }
 
     /// Its acknowledgement log.

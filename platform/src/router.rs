@@ -26,7 +26,8 @@ use crate::{
     acks::NotQueued,
     registry::HoldRefused,
     routing::{
-        Availability, GROUP_PREFIX, Group, Refusal, Routing, RuleSet, Stage, Strategy, TAP_HEADER,
+        Availability, GROUP_PREFIX, Group, Overflow, Refusal, Routing, RuleSet, Stage, Strategy,
+        TAP_HEADER,
     },
 };
 
@@ -531,6 +532,11 @@ impl Inbound {
     ) -> Option<Blocked> {
         let (envelope, wait) = match receiver.try_queue(envelope) {
             Ok(()) => return None,
+            Err(NotQueued::MailboxFull(envelope))
+                if !envelope.acknowledged && !matches!(fallback, Fallback::DeadLetter) =>
+            {
+                return self.overflow(receiver, envelope, fallback);
+            }
             Err(NotQueued::MailboxFull(envelope)) => (envelope, Wait::Mailbox(receiver)),
             Err(NotQueued::LogFull(envelope)) => (envelope, Wait::Acks(receiver)),
             Err(NotQueued::Closed(envelope)) => return self.redirect_closed(envelope, fallback),
@@ -539,6 +545,55 @@ impl Inbound {
             envelope,
             fallback,
             wait,
+        })
+    }
+
+    /// A full mailbox: what the receiver's overflow policy says.
+    fn overflow(
+        &mut self,
+        receiver: Arc<Attachment>,
+        mut envelope: Envelope,
+        fallback: Fallback,
+    ) -> Option<Blocked> {
+        let policy = self.routing.overflow(receiver.alias());
+        let full = format!("the mailbox of {} is full", receiver.alias());
+        match policy {
+            Overflow::Block => {}
+            Overflow::DropNewest if envelope.kind() == EnvelopeKind::Send => {
+                self.stats
+                    .dead_letter(&envelope, format!("{full} (overflow policy drop_newest)"));
+                return None;
+            }
+            Overflow::Reject | Overflow::DropNewest => {
+                let message = format!("{full} (overflow policy reject)");
+                return self.undeliverable_because(
+                    envelope,
+                    fallback,
+                    ErrorCode::ResourceExhausted,
+                    message,
+                );
+            }
+            Overflow::DropOldest => {
+                // Others may fill the room first: a few tries, then wait like BLOCK.
+                for _ in 0..8 {
+                    if let Some(oldest) = receiver.shed_oldest() {
+                        let reason = format!("{full} (overflow policy drop_oldest)");
+                        self.stats.dead_letter(&oldest, reason);
+                    }
+                    envelope = match receiver.try_queue(envelope) {
+                        Ok(()) => return None,
+                        Err(NotQueued::Closed(back)) => {
+                            return self.redirect_closed(back, fallback);
+                        }
+                        Err(NotQueued::MailboxFull(back) | NotQueued::LogFull(back)) => back,
+                    };
+                }
+            }
+        }
+        Some(Blocked {
+            envelope,
+            fallback,
+            wait: Wait::Mailbox(receiver),
         })
     }
 
@@ -577,11 +632,9 @@ impl Inbound {
         let mut envelope = envelope;
         loop {
             let room = match acks {
-                false => {
-                    tokio::time::timeout_at(deadline, reef_proto::room_for_batch(receiver.data()))
-                        .await
-                        .map(|room| room.is_ok())
-                }
+                false => tokio::time::timeout_at(deadline, receiver.mailbox_room())
+                    .await
+                    .map(|room| room.is_ok()),
                 true => {
                     tokio::time::timeout_at(deadline, async {
                         tokio::select! {

@@ -5,8 +5,8 @@ use reef_proto as wire;
 use tonic::Status;
 
 use crate::{
-    Registry,
-    routing::{Group, Routing, RoutingError, Strategy},
+    Alias, Registry,
+    routing::{Group, Overflow, Routing, RoutingError, Strategy},
 };
 
 fn routing_status(error: RoutingError) -> Status {
@@ -121,6 +121,33 @@ pub(crate) fn list_groups(routing: &Routing, registry: &Registry) -> wire::ListG
             .map(|(name, group)| group_to_wire(registry, name, group))
             .collect(),
     }
+}
+
+fn overflow(raw: i32) -> Result<Overflow, Status> {
+    use wire::OverflowPolicy as W;
+    Ok(match W::try_from(raw) {
+        Ok(W::Unspecified | W::Block) => Overflow::Block,
+        Ok(W::Reject) => Overflow::Reject,
+        Ok(W::DropNewest) => Overflow::DropNewest,
+        Ok(W::DropOldest) => Overflow::DropOldest,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown overflow policy {raw}"
+            )));
+        }
+    })
+}
+
+pub(crate) fn set_overflow(
+    routing: &Routing,
+    request: wire::SetOverflowRequest,
+) -> Result<wire::SetOverflowResponse, Status> {
+    let alias =
+        Alias::parse(&request.alias).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    routing
+        .set_overflow(alias, overflow(request.policy)?)
+        .map_err(routing_status)?;
+    Ok(wire::SetOverflowResponse {})
 }
 
 pub(crate) fn put_rule(

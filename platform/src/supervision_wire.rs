@@ -127,6 +127,7 @@ pub(crate) fn task_info(spec: &crate::ContainerSpec, task: &TaskSnapshot) -> wir
             labels: spec.labels.clone().into_iter().collect(),
             // Membership lives in the node's routing table (ListGroups), not here.
             groups: Vec::new(),
+            overflow: 0,
         }),
         ..Default::default()
     }
@@ -316,6 +317,7 @@ pub(crate) fn definition_to_wire(definition: &Definition) -> wire::ContainerDefi
         }),
         labels: definition.labels.clone().into_iter().collect(),
         groups: Vec::new(),
+        overflow: 0,
     }
 }
 

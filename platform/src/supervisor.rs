@@ -97,8 +97,12 @@ impl SupervisorService {
             .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
         let groups = raw.groups.clone();
         let alias = raw.alias.clone();
+        let policy = raw.overflow;
         let created = self.create_container(raw, request.flags).await?;
         self.join_groups(&alias, &groups)?;
+        if policy != 0 {
+            routing_api::set_overflow(&self.routing, wire::SetOverflowRequest { alias, policy })?;
+        }
         Ok(created)
     }
 
@@ -627,6 +631,13 @@ impl supervisor_server::Supervisor for SupervisorService {
             letters: ring.recent(request.into_inner().limit as usize),
             total: ring.total(),
         }))
+    }
+
+    async fn set_overflow(
+        &self,
+        request: Request<wire::SetOverflowRequest>,
+    ) -> Result<Response<wire::SetOverflowResponse>, Status> {
+        routing_api::set_overflow(&self.routing, request.into_inner()).map(Response::new)
     }
 
     type LogsStream = LogStream;

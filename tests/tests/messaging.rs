@@ -560,3 +560,105 @@ async fn created_containers_join_their_groups_and_leave_when_destroyed() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::Unavailable, "{gone}");
 }
+
+/// Holds its first message until the test opens the gate, then reports every payload.
+struct Gated {
+    gate: Arc<tokio::sync::Semaphore>,
+    seen: mpsc::UnboundedSender<u64>,
+}
+
+impl Handler for Gated {
+    async fn on_message(&mut self, _: &Context, message: Message) {
+        if let Ok(permit) = self.gate.acquire().await {
+            permit.forget();
+            self.gate.add_permits(1);
+        }
+        let n = String::from_utf8_lossy(&message.payload).parse().unwrap();
+        let _ = self.seen.send(n);
+    }
+}
+
+/// Credit the SDK grants (envelopes delivered before the handler consumes them) plus
+/// the node's mailbox in the overflow test.
+const IN_FLIGHT: u64 = 8192 + 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_blocks_rejects_or_drops_by_its_overflow_policy() {
+    let node = TestNode::start_with(&["--mailbox-capacity", "4"]);
+    let mut supervisor = node.supervisor().await;
+    let client = Client::connect(&node.options()).await.unwrap();
+    let extra = 50;
+    for (alias, policy) in [
+        ("newest", wire::OverflowPolicy::DropNewest),
+        ("oldest", wire::OverflowPolicy::DropOldest),
+        ("reject", wire::OverflowPolicy::Reject),
+    ] {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (seen, mut handled) = mpsc::unbounded_channel();
+        start(
+            &node,
+            alias,
+            Gated {
+                gate: gate.clone(),
+                seen,
+            },
+        )
+        .await;
+        // With the default policy (block) the sender waits: this fills the handler's
+        // credit and then the mailbox, and loses nothing.
+        for n in 0..IN_FLIGHT {
+            client.send(alias, n.to_string()).await.unwrap();
+        }
+        client.flush(ANSWER).await.unwrap();
+        supervisor
+            .set_overflow(wire::SetOverflowRequest {
+                alias: alias.into(),
+                policy: policy as i32,
+            })
+            .await
+            .unwrap();
+        let refused_before = client.undelivered();
+        for n in IN_FLIGHT..IN_FLIGHT + extra {
+            client.send(alias, n.to_string()).await.unwrap();
+        }
+        client.flush(ANSWER).await.unwrap();
+        gate.add_permits(1);
+        let mut got = Vec::new();
+        while got.len() < IN_FLIGHT as usize {
+            let n = tokio::time::timeout(ANSWER, handled.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{alias}: {} handled: {:?}", got.len(), got.last()))
+                .unwrap();
+            got.push(n);
+        }
+        let expected: Vec<u64> = match policy {
+            // The last ones found the mailbox full.
+            wire::OverflowPolicy::DropNewest | wire::OverflowPolicy::Reject => {
+                (0..IN_FLIGHT).collect()
+            }
+            // The mailbox kept the newest four.
+            _ => (0..IN_FLIGHT - 4)
+                .chain(IN_FLIGHT + extra - 4..IN_FLIGHT + extra)
+                .collect(),
+        };
+        assert_eq!(got, expected, "{alias}");
+        let refused = client.undelivered() - refused_before;
+        let letters = supervisor
+            .dead_letters(DeadLettersRequest { limit: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .letters;
+        let dropped = letters
+            .iter()
+            .filter(|l| l.destination == alias && l.reason.contains("overflow policy"))
+            .count() as u64;
+        assert_eq!(dropped, extra, "{alias}: {:?}", letters.last());
+        let told = if policy == wire::OverflowPolicy::Reject {
+            extra
+        } else {
+            0
+        };
+        assert_eq!(refused, told, "{alias}: only reject tells the sender");
+    }
+}

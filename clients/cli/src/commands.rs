@@ -52,6 +52,8 @@ pub enum Command {
     Rule(messaging::RuleCommand),
     /// Firewall mode: refuse what no rule allows (on) or not (off).
     Firewall(messaging::FirewallArgs),
+    /// What happens to sends for a container whose mailbox is full.
+    Overflow(messaging::OverflowArgs),
     /// The envelopes the node could not or would not deliver, and why.
     Deadletters(messaging::DeadLettersArgs),
 }
@@ -74,6 +76,7 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
         Command::Group(command) => messaging::group(command, options).await,
         Command::Rule(command) => messaging::rule(command, options).await,
         Command::Firewall(args) => messaging::firewall(args, options).await,
+        Command::Overflow(args) => messaging::overflow(args, options).await,
         Command::Deadletters(args) => messaging::dead_letters(args, options).await,
     }
 }

@@ -159,6 +159,7 @@ pub fn process_definition(
         ),
         labels: Default::default(),
         groups: Vec::new(),
+        overflow: 0,
     })
 }
 
@@ -186,6 +187,7 @@ pub fn task_definition(
         ),
         labels: Default::default(),
         groups: Vec::new(),
+        overflow: 0,
     })
 }
 

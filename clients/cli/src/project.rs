@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     definition::PolicySpec,
-    routing::{GroupSpec, RuleSpec},
+    routing::{GroupSpec, RuleSpec, overflow_policy},
 };
 
 /// The demo project shipped with reef, run by `reef up` without a file.
@@ -71,6 +71,9 @@ pub struct ContainerDef {
     /// Groups it joins.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Its mailbox's overflow policy: block, reject, drop_newest or drop_oldest.
+    #[serde(default)]
+    pub overflow: Option<String>,
 }
 
 impl Project {
@@ -111,6 +114,9 @@ impl Project {
                 .policy
                 .to_wire()
                 .with_context(|| format!("{at}: field `policy`"))?;
+            if let Some(policy) = &container.overflow {
+                overflow_policy(policy).with_context(|| format!("{at}: field `overflow`"))?;
+            }
         }
         for (index, group) in project.groups.iter().enumerate() {
             group

@@ -43,6 +43,13 @@ impl GroupSpec {
     }
 }
 
+/// `block`, `reject`, `drop_newest` or `drop_oldest` as the wire's overflow policy.
+pub fn overflow_policy(raw: &str) -> anyhow::Result<i32> {
+    enum_value(raw, "OVERFLOW_POLICY_", "overflow policy", |n| {
+        wire::OverflowPolicy::from_str_name(n).map(|v| v as i32)
+    })
+}
+
 /// A router rule.
 #[derive(Debug, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]

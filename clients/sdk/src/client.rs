@@ -638,11 +638,16 @@ async fn read(
         };
         match frame {
             Ok(Some(frame)) => {
-                let received = frame.envelopes.len();
+                // The node's heartbeats travel on its control lane and cost no credit.
+                let data = frame
+                    .envelopes
+                    .iter()
+                    .filter(|e| !(e.kind() == EnvelopeKind::Heartbeat && e.correlation_id == 0))
+                    .count();
                 let for_handler = dispatch.dispatch_frame(frame, inbox.is_some());
                 // What the reader handled itself is consumed; the handler returns the
                 // credit for the rest as it takes them.
-                dispatch.grants.add((received - for_handler.len()) as u64);
+                dispatch.grants.add((data - for_handler.len()) as u64);
                 if let Some(inbox) = &inbox
                     && !for_handler.is_empty()
                     && inbox.send(for_handler).await.is_err()

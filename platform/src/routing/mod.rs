@@ -62,9 +62,25 @@ fn validate_group_name(name: &str) -> Result<(), RoutingError> {
         .map_err(|e| RoutingError::Invalid(format!("group name {name:?}: {}", e.reason)))
 }
 
-/// The node's groups and rules.
+/// What happens to a SEND or REQUEST for a full mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// The sender waits, up to the enqueue timeout, then is refused.
+    #[default]
+    Block,
+    /// The sender is refused at once.
+    Reject,
+    /// The new send is a dead letter.
+    DropNewest,
+    /// The oldest queued envelope is a dead letter.
+    DropOldest,
+}
+
+/// The node's groups, rules and overflow policies.
 #[derive(Debug, Default)]
 pub struct Routing {
+    /// Overflow policies by receiver alias; absent = [`Overflow::Block`].
+    overflow: RwLock<HashMap<Alias, Overflow>>,
     groups: RwLock<HashMap<String, Arc<Group>>>,
     rules: RwLock<Arc<RuleSet>>,
     /// Bumped on every rule change, so that routers re-read the set only then.
@@ -75,6 +91,26 @@ impl Routing {
     /// No groups, no rules, firewall off.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// The overflow policy of `alias`'s mailbox.
+    pub fn overflow(&self, alias: &Alias) -> Overflow {
+        read(&self.overflow).get(alias).copied().unwrap_or_default()
+    }
+
+    /// Sets the overflow policy of `alias`'s mailbox.
+    pub fn set_overflow(&self, alias: Alias, policy: Overflow) -> Result<(), RoutingError> {
+        let mut policies = write(&self.overflow);
+        if policy == Overflow::Block {
+            policies.remove(&alias);
+        } else if policies.len() >= MAX_GROUPS && !policies.contains_key(&alias) {
+            return Err(RoutingError::Full(format!(
+                "the node holds {MAX_GROUPS} overflow policies already"
+            )));
+        } else {
+            policies.insert(alias, policy);
+        }
+        Ok(())
     }
 
     /// The group called `name`.

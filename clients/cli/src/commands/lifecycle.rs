@@ -8,8 +8,9 @@ use reef_proto::{
 };
 use reef_sdk::{ConnectOptions, Error};
 
-use crate::definition::{
-    PolicySpec, create_flag, destroy_flag, process_definition, task_definition,
+use crate::{
+    definition::{PolicySpec, create_flag, destroy_flag, process_definition, task_definition},
+    routing::overflow_policy,
 };
 
 /// Arguments of `reef create`.
@@ -38,6 +39,9 @@ pub struct CreateArgs {
     /// A group to join once created (repeatable).
     #[arg(long = "group", value_name = "GROUP")]
     groups: Vec<String>,
+    /// Its mailbox's overflow policy: block, reject, drop_newest or drop_oldest.
+    #[arg(long)]
+    overflow: Option<String>,
     /// The program and its arguments (after `--`), or a task's arguments.
     #[arg(last = true, required_unless_present = "task_host")]
     command: Vec<String>,
@@ -100,6 +104,9 @@ pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result
         )?,
     };
     definition.groups = args.groups;
+    if let Some(policy) = &args.overflow {
+        definition.overflow = overflow_policy(policy)?;
+    }
     let flags = create_flag(&args.flags)?;
     let created = supervisor(&options)
         .await?

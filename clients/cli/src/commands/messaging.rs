@@ -4,12 +4,12 @@ use std::process::ExitCode;
 
 use reef_proto::{
     self as wire, DeadLettersRequest, DeleteRuleRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListRulesRequest, PutRuleRequest, SetFirewallRequest,
+    ListGroupsRequest, ListRulesRequest, PutRuleRequest, SetFirewallRequest, SetOverflowRequest,
     supervisor_client::SupervisorClient,
 };
 use reef_sdk::{ConnectOptions, Error};
 
-use crate::routing::{GroupSpec, RuleSpec, describe_rule};
+use crate::routing::{GroupSpec, RuleSpec, describe_rule, overflow_policy};
 
 /// `reef group …`
 #[derive(Debug, clap::Subcommand)]
@@ -64,6 +64,15 @@ pub struct FirewallArgs {
     /// on: refuse sends and requests no route or redirect rule allows; off: allow.
     #[arg(value_parser = ["on", "off"])]
     mode: String,
+}
+
+/// Arguments of `reef overflow`.
+#[derive(Debug, clap::Args)]
+pub struct OverflowArgs {
+    /// The container whose mailbox it is.
+    alias: String,
+    /// block (wait, then refuse), reject (refuse at once), drop_newest or drop_oldest.
+    policy: String,
 }
 
 /// Arguments of `reef deadletters`.
@@ -205,6 +214,20 @@ pub async fn firewall(args: FirewallArgs, options: ConnectOptions) -> anyhow::Re
         .await
         .map_err(Error::Rejected)?;
     println!("firewall {}", args.mode);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn overflow(args: OverflowArgs, options: ConnectOptions) -> anyhow::Result<ExitCode> {
+    let policy = overflow_policy(&args.policy)?;
+    supervisor(&options)
+        .await?
+        .set_overflow(SetOverflowRequest {
+            alias: args.alias.clone(),
+            policy,
+        })
+        .await
+        .map_err(Error::Rejected)?;
+    println!("{}: overflow policy {}", args.alias, args.policy);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,7 +19,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{definition::process_definition, project::Project};
+use crate::{definition::process_definition, project::Project, routing::overflow_policy};
 
 /// How long the node and the containers get to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +98,9 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
             &def.policy,
         )?;
         definition.groups.clone_from(&def.groups);
+        if let Some(policy) = &def.overflow {
+            definition.overflow = overflow_policy(policy)?;
+        }
         let created = supervisor
             .create(CreateRequest {
                 definition: Some(definition),
