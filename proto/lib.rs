@@ -48,6 +48,8 @@ pub const LEASE_METADATA: &str = "reef-lease";
 /// it is above 0, a node whose deadline for this attempt passes does not cancel the
 /// request at the callee: the retry will want the answer of the run in progress.
 pub const ATTEMPTS_LEFT_HEADER: &str = "reef-attempts-left";
+/// Container.Push metadata: the ticket from Supervisor.OpenPush.
+pub const PUSH_TICKET_METADATA: &str = "reef-push-ticket";
 /// Attach metadata: the credit (envelopes) a container grants the node at the start of
 /// the stream; further grants travel in `Frame.credit`. Without it the node sends
 /// without limit (HTTP/2 flow control and the mailbox bound the stream).

@@ -31,6 +31,7 @@ mod node;
 mod pending;
 mod pki;
 mod probe;
+mod push;
 mod registry;
 mod router;
 pub mod routing;

@@ -17,6 +17,7 @@ use crate::{
     Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Pki, Registry,
     RegistryEvent, hosting,
     probe::{endpoint_host, ping_endpoint},
+    push::PushTickets,
     routing::Routing,
     routing_api,
     status::{pki_status, registry_status, supervision_status},
@@ -50,6 +51,7 @@ pub struct SupervisorService {
     pki: Arc<Pki>,
     supervision: Supervision,
     routing: Arc<Routing>,
+    push_tickets: Arc<PushTickets>,
     node: NodeIdentity,
 }
 
@@ -69,7 +71,18 @@ impl SupervisorService {
             pki,
             supervision,
             routing,
+            push_tickets: Arc::default(),
             node,
+        }
+    }
+
+    /// Refuses a caller that does not hold `alias`'s lease.
+    fn authenticate(&self, alias: &str, lease: &str) -> Result<(), Status> {
+        match self.registry.holds_lease(alias, lease) {
+            true => Ok(()),
+            false => Err(Status::permission_denied(format!(
+                "{alias:?} is not registered with that lease"
+            ))),
         }
     }
 
@@ -638,6 +651,55 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::SetOverflowRequest>,
     ) -> Result<Response<wire::SetOverflowResponse>, Status> {
         routing_api::set_overflow(&self.routing, request.into_inner()).map(Response::new)
+    }
+
+    async fn open_push(
+        &self,
+        request: Request<wire::OpenPushRequest>,
+    ) -> Result<Response<wire::OpenPushResponse>, Status> {
+        let request = request.into_inner();
+        self.authenticate(&request.alias, &request.lease)?;
+        let origin = parse_alias(&request.alias)?;
+        let peer = parse_alias(&request.peer)?;
+        let container = self
+            .registry
+            .get(peer.as_str())
+            .ok_or_else(|| Status::not_found(format!("no container is registered as {peer}")))?;
+        if container.task.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "{peer} is a task container: push to its host's alias or send through the node"
+            )));
+        }
+        let endpoint = match (&container.spec.endpoint, container.attached) {
+            (Some(endpoint), true) => endpoint.clone(),
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "{peer} is not attached with an endpoint"
+                )));
+            }
+        };
+        let ticket = self
+            .push_tickets
+            .issue(origin, peer)
+            .ok_or_else(|| Status::resource_exhausted("too many push tickets outstanding"))?;
+        Ok(Response::new(wire::OpenPushResponse { endpoint, ticket }))
+    }
+
+    async fn check_push(
+        &self,
+        request: Request<wire::CheckPushRequest>,
+    ) -> Result<Response<wire::CheckPushResponse>, Status> {
+        let request = request.into_inner();
+        self.authenticate(&request.alias, &request.lease)?;
+        let origin = self
+            .push_tickets
+            .redeem(&request.ticket, &request.alias)
+            .ok_or_else(|| {
+                Status::permission_denied("the push ticket is unknown, used, expired or not yours")
+            })?;
+        Ok(Response::new(wire::CheckPushResponse {
+            origin: origin.to_string(),
+        }))
     }
 
     type LogsStream = LogStream;

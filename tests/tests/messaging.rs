@@ -662,3 +662,65 @@ async fn a_full_mailbox_blocks_rejects_or_drops_by_its_overflow_policy() {
         assert_eq!(refused, told, "{alias}: only reject tells the sender");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_push_reaches_the_peer_in_order_with_a_verified_origin() {
+    let node = TestNode::start();
+    let mut observed = members(&node, &["peer"]).await;
+    let client = Client::connect(&node.options()).await.unwrap();
+    let push = client.push("peer").await.expect("open a push stream");
+
+    let reply = push.request("?", ANSWER).await.unwrap();
+    assert_eq!(&reply[..], b"peer");
+    let (_, request) = observed.recv().await.unwrap();
+    assert_eq!(
+        request.origin,
+        client.alias(),
+        "the node vouched for the pusher"
+    );
+
+    for n in 0..1000 {
+        push.send(n.to_string()).await.unwrap();
+    }
+    for n in 0..1000 {
+        let (alias, message) = tokio::time::timeout(ANSWER, observed.recv())
+            .await
+            .expect("pushed sends arrive")
+            .unwrap();
+        assert_eq!(alias, "peer");
+        assert_eq!(
+            message.payload,
+            n.to_string().as_bytes(),
+            "FIFO on the stream"
+        );
+    }
+    let info = node
+        .supervisor()
+        .await
+        .list(wire::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let peer = info.containers.iter().find(|c| c.alias == "peer").unwrap();
+    assert!(
+        peer.envelopes_out < 100,
+        "pushed envelopes bypassed the node"
+    );
+
+    // A stream without a valid ticket is refused by the peer.
+    let endpoint = reef_sdk::ConnectOptions {
+        node: peer.endpoint.clone(),
+        ..node.options()
+    };
+    let mut raw =
+        reef_proto::container_client::ContainerClient::new(endpoint.connect().await.unwrap());
+    let mut forged = tonic::Request::new(tokio_stream::iter(Vec::<wire::Frame>::new()));
+    forged
+        .metadata_mut()
+        .insert(reef_proto::PUSH_TICKET_METADATA, "0123".parse().unwrap());
+    let refused = raw.push(forged).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    let unknown = client.push("nobody").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown}");
+}

@@ -69,6 +69,15 @@ struct PingOnly;
 
 #[tonic::async_trait]
 impl Container for PingOnly {
+    type PushStream = Pin<Box<dyn Stream<Item = Result<reef_proto::Frame, Status>> + Send>>;
+
+    async fn push(
+        &self,
+        _: Request<tonic::Streaming<reef_proto::Frame>>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
     async fn ping(
         &self,
         request: Request<reef_proto::PingRequest>,

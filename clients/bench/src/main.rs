@@ -181,6 +181,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         report::median_of(args.runs, || routed.sends(args.messages, payload.clone())).await?;
     report::rate("routed_send_rate", &sends, "msg/s");
     batching.report("routed_send", &routed).await?;
+    let acked = report::median_of(args.runs, || {
+        routed.acked_sends(args.messages, payload.clone())
+    })
+    .await?;
+    report::rate("acked_send_rate", &acked, "msg/s");
+    let direct = report::median_of(args.runs, || {
+        routed.direct_sends(args.messages, payload.clone())
+    })
+    .await?;
+    report::rate("direct_send_rate", &direct, "msg/s");
     let requests = report::median_of(args.runs, || {
         routed.requests(args.requests, args.in_flight, payload.clone())
     })
@@ -193,6 +203,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     report::latency("routed_request", &latency);
     if let Some((bidi, unary, unary_latency)) = baseline {
         report::ratio("routed_send_vs_tonic_bidi", &sends, &bidi);
+        report::ratio("acked_send_vs_tonic_bidi", &acked, &bidi);
+        report::ratio("direct_send_vs_tonic_bidi", &direct, &bidi);
         report::ratio("routed_request_vs_tonic_unary", &requests, &unary);
         report::metric(
             "routed_request_p50_vs_tonic_unary_p50",

@@ -100,6 +100,42 @@ impl Routed {
         Ok(messages as f64 / elapsed.as_secs_f64())
     }
 
+    /// The same in acknowledged mode: the node numbers each send, keeps it until the
+    /// sink's SDK acknowledges it after the handler, and the sender waits when the
+    /// sink's log of unacknowledged sends is full.
+    pub async fn acked_sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
+        self.client.request(SINK, "", MEASUREMENT_TIMEOUT).await?;
+        let started = Instant::now();
+        for _ in 0..messages {
+            self.client.send_acked(SINK, payload.clone()).await?;
+        }
+        let counted = self.client.request(SINK, "", MEASUREMENT_TIMEOUT).await?;
+        let elapsed = started.elapsed();
+        let counted: u64 = std::str::from_utf8(&counted)?.parse()?;
+        if counted != messages {
+            bail!("the sink counted {counted} of {messages} acknowledged messages");
+        }
+        Ok(messages as f64 / elapsed.as_secs_f64())
+    }
+
+    /// Sends per second on a direct push stream client → sink, bypassing the node; the
+    /// closing request travels the same stream, behind the sends.
+    pub async fn direct_sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
+        let push = self.client.push(SINK).await?;
+        push.request("", MEASUREMENT_TIMEOUT).await?;
+        let started = Instant::now();
+        for _ in 0..messages {
+            push.send(payload.clone()).await?;
+        }
+        let counted = push.request("", MEASUREMENT_TIMEOUT).await?;
+        let elapsed = started.elapsed();
+        let counted: u64 = std::str::from_utf8(&counted)?.parse()?;
+        if counted != messages {
+            bail!("the sink counted {counted} of {messages} pushed messages");
+        }
+        Ok(messages as f64 / elapsed.as_secs_f64())
+    }
+
     /// Requests per second to the echo container with `in_flight` concurrent callers.
     pub async fn requests(
         &self,

@@ -20,6 +20,7 @@ use tonic::{Code, Streaming, metadata::MetadataValue, transport::Channel};
 
 use crate::{
     ConnectOptions, Error, Message, RequestOptions,
+    container::Delivery,
     request::{Admission, ServedRequests, propagate_deadline},
 };
 
@@ -96,6 +97,10 @@ struct Shared {
     next_id: AtomicU64,
     max_payload: usize,
     supervisor: SupervisorClient<Channel>,
+    /// How this client reached its node (and reaches peers' endpoints).
+    options: ConnectOptions,
+    /// Where the handler loop takes deliveries (containers only): push streams feed it.
+    inbox: Option<mpsc::Sender<Delivery>>,
 }
 
 /// Where the reader puts the answer to one request, and PROGRESS extensions (ms).
@@ -145,7 +150,7 @@ impl Client {
     pub(crate) async fn attach(
         options: &ConnectOptions,
         registration: Registration,
-        inbox: Option<mpsc::Sender<Vec<Envelope>>>,
+        inbox: Option<mpsc::Sender<Delivery>>,
     ) -> Result<(Self, Option<EndpointCertificate>), Error> {
         let channel = options.connect().await?;
         let mut supervisor = SupervisorClient::new(channel.clone());
@@ -193,7 +198,7 @@ impl Client {
         // The node sends heartbeats every interval: silence past its timeout means the
         // node hangs or the network dropped us, even if the connection looks open.
         let silence = Duration::from_millis(granted.heartbeat_timeout_ms.max(1).into());
-        tokio::spawn(read(frames, dispatch.clone(), inbox, silence));
+        tokio::spawn(read(frames, dispatch.clone(), inbox.clone(), silence));
         let certificate = (!granted.endpoint_cert_pem.is_empty()).then_some(EndpointCertificate {
             cert_pem: granted.endpoint_cert_pem,
             key_pem: granted.endpoint_key_pem,
@@ -209,6 +214,8 @@ impl Client {
                 next_id: AtomicU64::new(first_id()),
                 max_payload: granted.max_payload_bytes as usize,
                 supervisor,
+                options: options.clone(),
+                inbox,
             }),
             task: None,
         };
@@ -231,6 +238,21 @@ impl Client {
     /// The alias the attach stream belongs to (the host's, for a task).
     pub(crate) fn host_alias(&self) -> &str {
         &self.shared.alias
+    }
+
+    /// How this client reached its node.
+    pub(crate) fn connect_options(&self) -> &ConnectOptions {
+        &self.shared.options
+    }
+
+    /// The handler loop's inbox, for a container.
+    pub(crate) fn inbox(&self) -> Option<mpsc::Sender<Delivery>> {
+        self.shared.inbox.clone()
+    }
+
+    /// A fresh envelope id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Relaxed)
     }
 
     /// The registration's lease.
@@ -629,7 +651,7 @@ impl Dispatch {
 async fn read(
     mut frames: Streaming<Frame>,
     dispatch: Arc<Dispatch>,
-    inbox: Option<mpsc::Sender<Vec<Envelope>>>,
+    inbox: Option<mpsc::Sender<Delivery>>,
     silence: Duration,
 ) {
     let reason = loop {
@@ -648,9 +670,13 @@ async fn read(
                 // What the reader handled itself is consumed; the handler returns the
                 // credit for the rest as it takes them.
                 dispatch.grants.add((data - for_handler.len()) as u64);
+                let delivery = Delivery {
+                    envelopes: for_handler,
+                    answers: None,
+                };
                 if let Some(inbox) = &inbox
-                    && !for_handler.is_empty()
-                    && inbox.send(for_handler).await.is_err()
+                    && !delivery.envelopes.is_empty()
+                    && inbox.send(delivery).await.is_err()
                 {
                     break "the container stopped handling messages".to_owned();
                 }

@@ -307,10 +307,10 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
     let outcome = loop {
         tokio::select! {
             batch = inbox.recv() => match batch {
-                Some(batch) => {
-                    let consumed = batch.len();
-                    for envelope in batch {
-                        if envelope.destination != ctx.alias() {
+                Some(Delivery { envelopes, answers }) => {
+                    let consumed = envelopes.len();
+                    for envelope in envelopes {
+                        if answers.is_none() && envelope.destination != ctx.alias() {
                             let sequence = envelope.sequence;
                             if let Some(refusal) = ctx.tasks.deliver(envelope) {
                                 let _ = ctx.client.enqueue(refusal).await;
@@ -320,9 +320,11 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
                             }
                             continue;
                         }
-                        handle(&mut handler, &ctx, &counters, envelope).await;
+                        handle(&mut handler, &ctx, &counters, envelope, answers.as_ref()).await;
                     }
-                    ctx.client.consumed(consumed);
+                    if answers.is_none() {
+                        ctx.client.consumed(consumed);
+                    }
                 }
                 None => {
                     tracing::warn!(alias = %ctx.alias(), "lost the node; attaching again");
@@ -357,7 +359,15 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
     outcome
 }
 
-type Inbox = mpsc::Receiver<Vec<Envelope>>;
+/// What the handler loop takes from its inbox: envelopes from the node's stream
+/// (`answers` = `None`: answers go back through the node, and the node's credit is
+/// returned once they are handled) or from a push stream (answers go back on it).
+pub(crate) struct Delivery {
+    pub envelopes: Vec<Envelope>,
+    pub answers: Option<mpsc::Sender<Envelope>>,
+}
+
+type Inbox = mpsc::Receiver<Delivery>;
 
 /// Registers the container with its endpoint and opens the attach stream.
 async fn attach(
@@ -365,7 +375,7 @@ async fn attach(
     endpoint: &str,
 ) -> Result<(Client, Option<EndpointCertificate>, Inbox), Error> {
     // One entry per frame: the reader hands over whole batches, not single envelopes.
-    let (inbox_tx, inbox) = mpsc::channel::<Vec<Envelope>>(64);
+    let (inbox_tx, inbox) = mpsc::channel::<Delivery>(64);
     let registration = Registration {
         alias: options.alias.clone(),
         name: options.name.clone(),
@@ -416,6 +426,7 @@ pub(crate) async fn handle<H: Handler>(
     ctx: &Context,
     counters: &Counters,
     envelope: Envelope,
+    answers: Option<&mpsc::Sender<Envelope>>,
 ) {
     match envelope.kind() {
         EnvelopeKind::Send => {
@@ -467,7 +478,14 @@ pub(crate) async fn handle<H: Handler>(
                 }
             };
             served.answered(&answer.destination, id, &answer);
-            if let Err(error) = ctx.client.enqueue(answer).await {
+            let sent = match answers {
+                // Straight back on the push stream it came by.
+                Some(answers) => reef_proto::enqueue(answers, answer)
+                    .await
+                    .map_err(|_| Error::Disconnected("the push stream closed".into())),
+                None => ctx.client.enqueue(answer).await,
+            };
+            if let Err(error) = sent {
                 tracing::warn!(%error, "could not send the answer");
             }
         }

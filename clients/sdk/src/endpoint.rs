@@ -52,6 +52,32 @@ impl EndpointService {
 
 #[tonic::async_trait]
 impl container_server::Container for EndpointService {
+    type PushStream = crate::push::Answers;
+
+    async fn push(
+        &self,
+        request: Request<tonic::Streaming<wire::Frame>>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let ticket = request
+            .metadata()
+            .get(wire::PUSH_TICKET_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "missing metadata {:?}: ask the node for a ticket (Supervisor.OpenPush)",
+                    wire::PUSH_TICKET_METADATA
+                ))
+            })?
+            .to_owned();
+        let client = self
+            .tasks
+            .host_client()
+            .ok_or_else(|| Status::unavailable("not attached to a node yet"))?;
+        crate::push::serve(client, &ticket, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn ping(
         &self,
         request: Request<wire::PingRequest>,

@@ -57,6 +57,7 @@ mod container;
 mod endpoint;
 mod error;
 mod options;
+mod push;
 mod request;
 mod task;
 
@@ -67,6 +68,7 @@ pub use self::{
     },
     error::{Error, HandlerError},
     options::{ConnectOptions, DEFAULT_CA, DEFAULT_NODE},
+    push::Push,
     request::{Cancellation, RequestOptions},
     task::{Restart, TASK_INTENSITY_ERROR, TaskOptions, Tasks},
 };

@@ -159,6 +159,15 @@ impl Tasks {
         }
     }
 
+    /// The client of the host's current attach stream.
+    pub(crate) fn host_client(&self) -> Option<Client> {
+        self.inner
+            .host
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Uses `client` from now on and announces every task again (a node that was
     /// restarted knows none of them).
     pub(crate) fn attached(&self, client: Client) {
@@ -571,6 +580,7 @@ impl<H: Handler> TaskCell<H> {
                 &ctx,
                 &tasks.inner.counters,
                 envelope,
+                None,
             )))
             .await;
             match outcome {
