@@ -100,7 +100,9 @@ struct Shared {
     /// How this client reached its node (and reaches peers' endpoints).
     options: ConnectOptions,
     /// Where the handler loop takes deliveries (containers only): push streams feed it.
-    inbox: Option<mpsc::Sender<Delivery>>,
+    /// Weak, so that the inbox closes when the reader ends: that is how the handler
+    /// loop learns that the node is lost.
+    inbox: Option<mpsc::WeakSender<Delivery>>,
 }
 
 /// Where the reader puts the answer to one request, and PROGRESS extensions (ms).
@@ -198,7 +200,8 @@ impl Client {
         // The node sends heartbeats every interval: silence past its timeout means the
         // node hangs or the network dropped us, even if the connection looks open.
         let silence = Duration::from_millis(granted.heartbeat_timeout_ms.max(1).into());
-        tokio::spawn(read(frames, dispatch.clone(), inbox.clone(), silence));
+        let weak_inbox = inbox.as_ref().map(mpsc::Sender::downgrade);
+        tokio::spawn(read(frames, dispatch.clone(), inbox, silence));
         let certificate = (!granted.endpoint_cert_pem.is_empty()).then_some(EndpointCertificate {
             cert_pem: granted.endpoint_cert_pem,
             key_pem: granted.endpoint_key_pem,
@@ -215,7 +218,7 @@ impl Client {
                 max_payload: granted.max_payload_bytes as usize,
                 supervisor,
                 options: options.clone(),
-                inbox,
+                inbox: weak_inbox,
             }),
             task: None,
         };
@@ -247,7 +250,7 @@ impl Client {
 
     /// The handler loop's inbox, for a container.
     pub(crate) fn inbox(&self) -> Option<mpsc::Sender<Delivery>> {
-        self.shared.inbox.clone()
+        self.shared.inbox.as_ref()?.upgrade()
     }
 
     /// A fresh envelope id.

@@ -231,9 +231,12 @@ pub(crate) async fn serve(
         .await?
         .into_inner()
         .origin;
+    // Weak: an open push stream must not keep the handler loop from noticing that the
+    // node's stream ended. After a re-attach this stream ends; the pusher opens another.
     let inbox = client
         .inbox()
-        .ok_or_else(|| Status::failed_precondition("this alias handles no messages"))?;
+        .ok_or_else(|| Status::failed_precondition("this alias handles no messages"))?
+        .downgrade();
     let (answers, answers_rx) = mpsc::channel(PUSH_OUTBOX);
     let (_control, control_rx) = mpsc::channel(1);
     let me = client.host_alias().to_owned();
@@ -262,7 +265,13 @@ pub(crate) async fn serve(
                 envelopes,
                 answers: Some(answers.clone()),
             };
-            if !delivery.envelopes.is_empty() && inbox.send(delivery).await.is_err() {
+            if delivery.envelopes.is_empty() {
+                continue;
+            }
+            let Some(inbox) = inbox.upgrade() else {
+                return;
+            };
+            if inbox.send(delivery).await.is_err() {
                 return;
             }
         }
