@@ -47,6 +47,32 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `reef-demo ARGS…` as the process a container definition runs (quiet logs).
+pub fn demo_process(args: &[&str]) -> Option<reef_proto::container_definition::Kind> {
+    Some(reef_proto::container_definition::Kind::Process(
+        reef_proto::ProcessSpec {
+            command: binary("reef-demo").display().to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: [("REEF_LOG".to_owned(), "warn".to_owned())].into(),
+            working_dir: String::new(),
+        },
+    ))
+}
+
+/// `Supervisor.Create` with default flags.
+pub async fn create(
+    supervisor: &mut SupervisorClient<Channel>,
+    definition: reef_proto::ContainerDefinition,
+) -> Result<reef_proto::CreateResponse, tonic::Status> {
+    supervisor
+        .create(reef_proto::CreateRequest {
+            definition: Some(definition),
+            flags: 0,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// A child process killed (and reaped) when dropped.
 #[derive(Debug)]
 pub struct ChildGuard(pub Child);

@@ -11,7 +11,7 @@ use reef_proto::{
     self as wire, DeadLettersRequest, ListRequest, supervisor_client::SupervisorClient,
 };
 use reef_sdk::Client;
-use reef_tests::{STARTUP, TestNode, binary, eventually, signal_pid};
+use reef_tests::{STARTUP, TestNode, create, demo_process, eventually, signal_pid};
 use tonic::transport::Channel;
 
 const MESSAGES: u64 = 100_000;
@@ -43,18 +43,7 @@ async fn acknowledged_messages_survive_five_sigkills_exactly_once_in_order() {
     let mut supervisor = node.supervisor().await;
     let definition = wire::ContainerDefinition {
         alias: "ledger".into(),
-        kind: Some(wire::container_definition::Kind::Process(
-            wire::ProcessSpec {
-                command: binary("reef-demo").display().to_string(),
-                args: vec![
-                    "ledger".into(),
-                    "--file".into(),
-                    ledger_file.display().to_string(),
-                ],
-                env: [("REEF_LOG".to_owned(), "warn".to_owned())].into(),
-                working_dir: String::new(),
-            },
-        )),
+        kind: demo_process(&["ledger", "--file", &ledger_file.display().to_string()]),
         policy: Some(wire::SupervisionPolicy {
             max_restarts: 100,
             period_ms: 60_000,
@@ -64,11 +53,7 @@ async fn acknowledged_messages_survive_five_sigkills_exactly_once_in_order() {
         }),
         ..Default::default()
     };
-    supervisor
-        .create(wire::CreateRequest {
-            definition: Some(definition),
-            flags: 0,
-        })
+    create(&mut supervisor, definition)
         .await
         .expect("create the ledger");
     let mut pid = attached_pid(&supervisor).await;

@@ -516,21 +516,10 @@ async fn created_containers_join_their_groups_and_leave_when_destroyed() {
     let definition = wire::ContainerDefinition {
         alias: "echo".into(),
         groups: vec!["echoes".into()],
-        kind: Some(wire::container_definition::Kind::Process(
-            wire::ProcessSpec {
-                command: reef_tests::binary("reef-demo").display().to_string(),
-                args: vec!["echo".into()],
-                env: [("REEF_LOG".to_owned(), "warn".to_owned())].into(),
-                working_dir: String::new(),
-            },
-        )),
+        kind: reef_tests::demo_process(&["echo"]),
         ..Default::default()
     };
-    supervisor
-        .create(wire::CreateRequest {
-            definition: Some(definition),
-            flags: 0,
-        })
+    reef_tests::create(&mut supervisor, definition)
         .await
         .expect("create");
     let client = Client::connect(&node.options()).await.unwrap();

@@ -12,29 +12,18 @@ use reef_proto::{
 };
 use reef_sdk::{Client, Code};
 use reef_tests::{
-    STARTUP, TestNode, binary, container_processes, eventually, group_members, process_alive,
-    signal_pid,
+    STARTUP, TestNode, binary, container_processes, demo_process, eventually, group_members,
+    process_alive, signal_pid,
 };
 use tonic::transport::Channel;
 
 const ANSWER: Duration = Duration::from_secs(10);
 
-fn process(args: &[&str]) -> Option<wire::container_definition::Kind> {
-    Some(wire::container_definition::Kind::Process(
-        wire::ProcessSpec {
-            command: binary("reef-demo").display().to_string(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env: [("REEF_LOG".to_owned(), "warn".to_owned())].into(),
-            working_dir: String::new(),
-        },
-    ))
-}
-
 fn definition(alias: &str, parent: &str, args: &[&str]) -> wire::ContainerDefinition {
     wire::ContainerDefinition {
         alias: alias.to_owned(),
         parent: parent.to_owned(),
-        kind: process(args),
+        kind: demo_process(args),
         ..Default::default()
     }
 }
@@ -43,14 +32,9 @@ async fn create(
     supervisor: &mut SupervisorClient<Channel>,
     definition: wire::ContainerDefinition,
 ) -> ContainerInfo {
-    supervisor
-        .create(CreateRequest {
-            definition: Some(definition),
-            flags: 0,
-        })
+    reef_tests::create(supervisor, definition)
         .await
         .expect("create succeeds")
-        .into_inner()
         .container
         .expect("the created container")
 }

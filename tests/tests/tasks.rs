@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use reef_proto::{
-    self as wire, ContainerInfo, CreateRequest, DestroyRequest, ExistsRequest, ListRequest,
+    self as wire, ContainerInfo, DestroyRequest, ExistsRequest, ListRequest,
     supervisor_client::SupervisorClient,
 };
 use reef_sdk::{Client, Code};
-use reef_tests::{STARTUP, TestNode, binary, eventually, signal_pid};
+use reef_tests::{STARTUP, TestNode, create, demo_process, eventually, signal_pid};
 use tonic::transport::Channel;
 
 const ANSWER: Duration = Duration::from_secs(10);
@@ -24,14 +24,7 @@ async fn start_pool(
 ) -> ContainerInfo {
     let definition = wire::ContainerDefinition {
         alias: "pool".to_owned(),
-        kind: Some(wire::container_definition::Kind::Process(
-            wire::ProcessSpec {
-                command: binary("reef-demo").display().to_string(),
-                args: vec!["pool".to_owned(), "--tasks".to_owned(), tasks.to_string()],
-                env: [("REEF_LOG".to_owned(), "warn".to_owned())].into(),
-                working_dir: String::new(),
-            },
-        )),
+        kind: demo_process(&["pool", "--tasks", &tasks.to_string()]),
         policy,
         ..Default::default()
     };
@@ -86,19 +79,6 @@ fn task_definition(alias: &str, host: &str, name: &str) -> wire::ContainerDefini
         })),
         ..Default::default()
     }
-}
-
-async fn create(
-    supervisor: &mut SupervisorClient<Channel>,
-    definition: wire::ContainerDefinition,
-) -> Result<wire::CreateResponse, tonic::Status> {
-    supervisor
-        .create(CreateRequest {
-            definition: Some(definition),
-            flags: 0,
-        })
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 async fn count(client: &Client, alias: &str) -> String {
