@@ -494,6 +494,27 @@ impl Registry {
     // an allocation on every hold instead.
     #[allow(clippy::result_large_err)]
     pub fn hold(&self, alias: &str, envelope: Envelope) -> Result<(), (Envelope, HoldRefused)> {
+        self.hold_with(alias, envelope, false).map(drop)
+    }
+
+    /// [`Registry::hold`], making room in a full hold by taking out its oldest envelope,
+    /// which is returned (overflow policy "drop oldest").
+    #[allow(clippy::result_large_err)]
+    pub fn hold_evicting_oldest(
+        &self,
+        alias: &str,
+        envelope: Envelope,
+    ) -> Result<Option<Envelope>, (Envelope, HoldRefused)> {
+        self.hold_with(alias, envelope, true)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn hold_with(
+        &self,
+        alias: &str,
+        envelope: Envelope,
+        evict: bool,
+    ) -> Result<Option<Envelope>, (Envelope, HoldRefused)> {
         let mut entries = self.write();
         // A task's envelopes wait with its host's.
         let Some(owner) = owner_in(&entries, alias) else {
@@ -513,11 +534,15 @@ impl Registry {
         if !reservation.holding {
             return Err((envelope, HoldRefused::Stopped));
         }
+        let mut evicted = None;
         if reservation.held.len() >= self.limits.mailbox_capacity {
-            return Err((envelope, HoldRefused::Full(reservation.held.len())));
+            if !evict {
+                return Err((envelope, HoldRefused::Full(reservation.held.len())));
+            }
+            evicted = reservation.held.pop_front().map(|(_, oldest)| oldest);
         }
         reservation.held.push_back((Instant::now(), envelope));
-        Ok(())
+        Ok(evicted)
     }
 
     /// Closes `attachment` and releases its alias, if the alias still belongs to it.

@@ -444,17 +444,53 @@ impl Inbound {
         }
     }
 
-    /// The hold of a restarting receiver is full: an acknowledged-mode envelope waits
-    /// for the receiver to attach; anything else is refused.
+    /// The hold of a restarting receiver is full: the receiver's overflow policy
+    /// decides, as for a full mailbox. Acknowledged-mode envelopes always wait.
     fn hold_full(&mut self, envelope: Envelope, fallback: Fallback) -> Option<Blocked> {
-        if !envelope.acknowledged {
-            return self.undeliverable(envelope, fallback, Undelivered::HoldFull);
+        let policy = match (envelope.acknowledged, fallback) {
+            (true, _) => Overflow::Block,
+            // Taps and answers are never worth waiting for.
+            (false, Fallback::DeadLetter) => Overflow::Reject,
+            (false, _) => self
+                .registry
+                .owner(&envelope.destination)
+                .map_or(Overflow::Block, |owner| self.routing.overflow(&owner)),
+        };
+        let full = format!(
+            "{} is restarting and its mailbox is full",
+            envelope.destination
+        );
+        match policy {
+            Overflow::Block => Some(Blocked {
+                envelope,
+                fallback,
+                wait: Wait::Attach,
+            }),
+            Overflow::DropNewest if envelope.kind() == EnvelopeKind::Send => {
+                let reason = format!("{full} (overflow policy drop_newest)");
+                self.stats.dead_letter(&envelope, reason);
+                None
+            }
+            Overflow::Reject | Overflow::DropNewest => {
+                self.undeliverable(envelope, fallback, Undelivered::HoldFull)
+            }
+            Overflow::DropOldest => {
+                let destination = envelope.destination.clone();
+                match self.registry.hold_evicting_oldest(&destination, envelope) {
+                    Ok(evicted) => {
+                        if let Some(oldest) = evicted {
+                            let reason = format!("{full} (overflow policy drop_oldest)");
+                            self.stats.dead_letter(&oldest, reason);
+                        }
+                        None
+                    }
+                    Err((envelope, HoldRefused::Open(receiver))) => {
+                        self.offer(receiver, envelope, fallback)
+                    }
+                    Err((envelope, _)) => self.undeliverable(envelope, fallback, Undelivered::Gone),
+                }
+            }
         }
-        Some(Blocked {
-            envelope,
-            fallback,
-            wait: Wait::Attach,
-        })
     }
 
     /// REPLY, ERROR and PROGRESS go back to the caller only while it waits for them.

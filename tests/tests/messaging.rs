@@ -713,3 +713,97 @@ async fn direct_push_reaches_the_peer_in_order_with_a_verified_origin() {
     let unknown = client.push("nobody").await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hold_of_a_restarting_container_follows_its_overflow_policy() {
+    let node = TestNode::start_with(&["--mailbox-capacity", "4"]);
+    let mut supervisor = node.supervisor().await;
+    let definition = wire::ContainerDefinition {
+        alias: "slow-to-return".into(),
+        kind: reef_tests::demo_process(&["echo"]),
+        overflow: wire::OverflowPolicy::DropOldest as i32,
+        // Down for a minute after a crash: long enough to fill its hold.
+        policy: Some(wire::SupervisionPolicy {
+            backoff_initial_ms: 60_000,
+            backoff_max_ms: 60_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = reef_tests::create(&mut supervisor, definition)
+        .await
+        .expect("create")
+        .container
+        .unwrap();
+    node.wait_attached("slow-to-return").await;
+    // The first restart is immediate; the backoff holds the second one back.
+    reef_tests::signal_pid(created.pid, nix::sys::signal::Signal::SIGKILL);
+    let second = eventually("the first restart", STARTUP, || {
+        let mut supervisor = supervisor.clone();
+        async move {
+            let listed = supervisor
+                .list(wire::ListRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            listed
+                .containers
+                .into_iter()
+                .find(|c| c.alias == "slow-to-return" && c.attached && c.pid != created.pid)
+                .map(|c| c.pid)
+        }
+    })
+    .await;
+    reef_tests::signal_pid(second, nix::sys::signal::Signal::SIGKILL);
+    eventually("the container is down", STARTUP, || {
+        let mut supervisor = supervisor.clone();
+        async move {
+            let listed = supervisor
+                .list(wire::ListRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let down = listed
+                .containers
+                .iter()
+                .any(|c| c.alias == "slow-to-return" && !c.attached);
+            down.then_some(())
+        }
+    })
+    .await;
+
+    let client = Client::connect(&node.options()).await.unwrap();
+    for n in 0..7 {
+        client.send("slow-to-return", n.to_string()).await.unwrap();
+    }
+    client.flush(ANSWER).await.unwrap();
+    assert_eq!(client.undelivered(), 0, "drop_oldest tells no sender");
+    let letters = supervisor
+        .dead_letters(DeadLettersRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .letters;
+    let dropped: Vec<_> = letters
+        .iter()
+        .filter(|l| l.reason.contains("drop_oldest"))
+        .map(|l| String::from_utf8_lossy(&l.payload_preview).into_owned())
+        .collect();
+    assert_eq!(dropped, ["0", "1", "2"], "the oldest made room");
+
+    supervisor
+        .set_overflow(wire::SetOverflowRequest {
+            alias: "slow-to-return".into(),
+            policy: wire::OverflowPolicy::Reject as i32,
+        })
+        .await
+        .unwrap();
+    client.send("slow-to-return", "refused").await.unwrap();
+    client.flush(ANSWER).await.unwrap();
+    assert_eq!(client.undelivered(), 1, "reject tells the sender");
+    assert!(
+        client.last_undelivered().unwrap().contains("restarting"),
+        "{:?}",
+        client.last_undelivered()
+    );
+}
