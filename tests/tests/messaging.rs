@@ -351,6 +351,18 @@ impl Handler for Patient {
     }
 }
 
+/// A request to "patient" that waits a minute, running until aborted.
+fn ask_patient_in_background(
+    client: &Client,
+) -> tokio::task::JoinHandle<Result<Bytes, reef_sdk::Error>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .request("patient", "?", Duration::from_secs(60))
+            .await
+    })
+}
+
 async fn next_event(events: &mut mpsc::UnboundedReceiver<&'static str>) -> &'static str {
     tokio::time::timeout(ANSWER, events.recv())
         .await
@@ -375,28 +387,14 @@ async fn the_handler_sees_cancellation_when_the_caller_times_out_or_gives_up() {
     assert_eq!(next_event(&mut events).await, "cancelled");
 
     // The caller drops its request future.
-    let abandoned = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .request("patient", "?", Duration::from_secs(60))
-                .await
-        }
-    });
+    let abandoned = ask_patient_in_background(&client);
     assert_eq!(next_event(&mut events).await, "started");
     abandoned.abort();
     assert_eq!(next_event(&mut events).await, "cancelled");
 
     // The caller disconnects.
     let leaving = Client::connect(&node.options()).await.unwrap();
-    let pending = tokio::spawn({
-        let leaving = leaving.clone();
-        async move {
-            leaving
-                .request("patient", "?", Duration::from_secs(60))
-                .await
-        }
-    });
+    let pending = ask_patient_in_background(&leaving);
     assert_eq!(next_event(&mut events).await, "started");
     leaving.close().await.unwrap();
     assert_eq!(next_event(&mut events).await, "cancelled");

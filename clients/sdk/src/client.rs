@@ -346,7 +346,12 @@ impl Client {
                     .headers
                     .insert(reef_proto::ATTEMPTS_LEFT_HEADER.to_owned(), left);
             }
-            match self.await_answer(envelope.clone(), timeout, true).await {
+            // The last attempt sends the envelope itself; earlier ones send copies.
+            let attempt_envelope = match attempt < options.retries {
+                true => envelope.clone(),
+                false => std::mem::take(&mut envelope),
+            };
+            match self.await_answer(attempt_envelope, timeout, true).await {
                 Ok(answer) => return Ok(answer.payload),
                 Err(error) if attempt < options.retries && retryable(&error) => {
                     attempt += 1;
