@@ -320,18 +320,29 @@ impl TestNode {
     /// Polls the registry until `alias` is attached.
     pub async fn wait_attached(&self, alias: &str) {
         let supervisor = self.supervisor().await;
-        eventually(&format!("{alias} attached"), STARTUP, || {
-            let mut supervisor = supervisor.clone();
-            async move {
-                let list = supervisor.list(ListRequest {}).await.ok()?.into_inner();
-                list.containers
-                    .iter()
-                    .any(|c| c.alias == alias && c.attached)
-                    .then_some(())
-            }
-        })
-        .await;
+        wait_for_container(&supervisor, alias, "attached", |c| c.attached).await;
     }
+}
+
+/// Polls `List` until container `alias` is listed and `check` holds for it; `what`
+/// names the wait in the timeout message.
+pub async fn wait_for_container(
+    supervisor: &SupervisorClient<Channel>,
+    alias: &str,
+    what: &str,
+    check: impl Fn(&reef_proto::ContainerInfo) -> bool,
+) -> reef_proto::ContainerInfo {
+    let check = &check;
+    eventually(&format!("{alias} {what}"), STARTUP, || {
+        let mut supervisor = supervisor.clone();
+        async move {
+            let list = supervisor.list(ListRequest {}).await.ok()?.into_inner();
+            list.containers
+                .into_iter()
+                .find(|c| c.alias == alias && check(c))
+        }
+    })
+    .await
 }
 
 fn spawn_reefd(

@@ -7,11 +7,11 @@
 use std::{path::Path, time::Duration};
 
 use nix::sys::signal::Signal;
-use reef_proto::{
-    self as wire, DeadLettersRequest, ListRequest, supervisor_client::SupervisorClient,
-};
+use reef_proto::{self as wire, DeadLettersRequest, supervisor_client::SupervisorClient};
 use reef_sdk::Client;
-use reef_tests::{STARTUP, TestNode, create, demo_process, eventually, signal_pid};
+use reef_tests::{
+    STARTUP, TestNode, create, demo_process, eventually, signal_pid, wait_for_container,
+};
 use tonic::transport::Channel;
 
 const MESSAGES: u64 = 100_000;
@@ -19,17 +19,9 @@ const KILLS: u64 = 5;
 
 /// The ledger's pid while it is attached.
 async fn attached_pid(supervisor: &SupervisorClient<Channel>) -> u32 {
-    eventually("the ledger attached", STARTUP, || {
-        let mut supervisor = supervisor.clone();
-        async move {
-            let list = supervisor.list(ListRequest {}).await.ok()?.into_inner();
-            list.containers
-                .into_iter()
-                .find(|c| c.alias == "ledger" && c.attached)
-                .map(|c| c.pid)
-        }
-    })
-    .await
+    wait_for_container(supervisor, "ledger", "attached", |c| c.attached)
+        .await
+        .pid
 }
 
 fn recorded_lines(path: &Path) -> usize {

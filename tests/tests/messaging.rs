@@ -736,39 +736,13 @@ async fn the_hold_of_a_restarting_container_follows_its_overflow_policy() {
     node.wait_attached("slow-to-return").await;
     // The first restart is immediate; the backoff holds the second one back.
     reef_tests::signal_pid(created.pid, nix::sys::signal::Signal::SIGKILL);
-    let second = eventually("the first restart", STARTUP, || {
-        let mut supervisor = supervisor.clone();
-        async move {
-            let listed = supervisor
-                .list(wire::ListRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            listed
-                .containers
-                .into_iter()
-                .find(|c| c.alias == "slow-to-return" && c.attached && c.pid != created.pid)
-                .map(|c| c.pid)
-        }
+    let second = reef_tests::wait_for_container(&supervisor, "slow-to-return", "restarted", |c| {
+        c.attached && c.pid != created.pid
     })
-    .await;
+    .await
+    .pid;
     reef_tests::signal_pid(second, nix::sys::signal::Signal::SIGKILL);
-    eventually("the container is down", STARTUP, || {
-        let mut supervisor = supervisor.clone();
-        async move {
-            let listed = supervisor
-                .list(wire::ListRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            let down = listed
-                .containers
-                .iter()
-                .any(|c| c.alias == "slow-to-return" && !c.attached);
-            down.then_some(())
-        }
-    })
-    .await;
+    reef_tests::wait_for_container(&supervisor, "slow-to-return", "down", |c| !c.attached).await;
 
     let client = Client::connect(&node.options()).await.unwrap();
     for n in 0..7 {
