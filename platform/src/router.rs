@@ -379,7 +379,9 @@ impl Inbound {
             // request is held for it, under its deadline.
             None => match self.registry.owner(&envelope.destination) {
                 Some(alias) => alias,
-                None => return self.dead_letter_unknown(envelope),
+                None => {
+                    return self.undeliverable(envelope, Fallback::Refuse, Undelivered::Unknown);
+                }
             },
         };
         let limits = self.limits();
@@ -778,11 +780,6 @@ impl Inbound {
             Fallback::Refuse => {}
         }
         self.refuse(&envelope, code, message)
-    }
-
-    fn dead_letter_unknown(&mut self, envelope: Envelope) -> Option<Blocked> {
-        let message = format!("no container is registered as {:?}", envelope.destination);
-        self.undeliverable_because(envelope, Fallback::Refuse, ErrorCode::NotFound, message)
     }
 
     /// An oversized SEND or REQUEST is refused to its sender; an oversized answer
