@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "reef/v1/channel.proto",
     "reef/v1/supervisor.proto",
     "reef/v1/container.proto",
+    "reef/v1/state.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

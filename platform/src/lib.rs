@@ -37,6 +37,7 @@ mod router;
 pub mod routing;
 mod routing_api;
 pub mod runtime;
+pub mod state;
 mod stats;
 mod status;
 pub mod supervision;
@@ -51,7 +52,7 @@ pub use self::{
     channel::ChannelService,
     dead_letters::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetters},
     limits::Limits,
-    node::{Node, NodeConfig, NodeError},
+    node::{Node, NodeConfig, NodeError, StateBackend},
     pending::{Pending, PendingError, PendingRequests},
     pki::{CertifiedKey, Pki, PkiError},
     registry::{

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reef_proto::{channel_server::ChannelServer, supervisor_server::SupervisorServer};
+use reef_proto::{
+    channel_server::ChannelServer, state_server::StateServer, supervisor_server::SupervisorServer,
+};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{
     Status,
@@ -20,6 +22,9 @@ use tonic_health::ServingStatus;
 use crate::{
     ChannelService, Limits, NodeIdentity, NodeStats, Pki, PkiError, Registry, SupervisorService,
     routing::Routing,
+    state::{
+        Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateService,
+    },
     supervision::{Environment, Policy, Supervision, SupervisionConfig},
 };
 
@@ -46,6 +51,26 @@ pub struct NodeConfig {
     pub root_policy: Policy,
     /// How long supervised containers get to stop when the node shuts down.
     pub stop_grace: Duration,
+    /// Where `reef.v1.State` keeps its keys.
+    pub state: StateBackend,
+}
+
+/// The store behind `reef.v1.State`.
+#[derive(Debug, Clone)]
+pub enum StateBackend {
+    /// A redb file, `DATA/state.redb`, keeping this many revisions of history.
+    Embedded {
+        /// Revisions of history kept for watches that resume.
+        history: u64,
+    },
+    /// An etcd cluster.
+    Etcd(EtcdConfig),
+}
+
+impl Default for StateBackend {
+    fn default() -> Self {
+        Self::Embedded { history: 100_000 }
+    }
 }
 
 impl NodeConfig {
@@ -62,6 +87,7 @@ impl NodeConfig {
             drain_timeout: Duration::from_secs(5),
             root_policy: Policy::default(),
             stop_grace: Duration::from_secs(5),
+            state: StateBackend::default(),
         }
     }
 
@@ -94,10 +120,12 @@ pub enum NodeError {
     /// The durable registry or the log directory could not be read.
     #[error("supervision state in the data dir: {0}")]
     Supervision(std::io::Error),
+    /// The state store could not be opened.
+    #[error("state store: {0}")]
+    State(#[from] StateError),
 }
 
 /// A node whose ports are bound; [`Node::run`] serves them.
-#[derive(Debug)]
 pub struct Node {
     config: NodeConfig,
     listener: TcpListener,
@@ -107,6 +135,16 @@ pub struct Node {
     stats: Arc<NodeStats>,
     supervision: Supervision,
     routing: Arc<Routing>,
+    state: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("config", &self.config)
+            .field("listen", &self.local_addr())
+            .finish_non_exhaustive()
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -158,6 +196,13 @@ impl Node {
             registry.clone(),
         )
         .map_err(NodeError::Supervision)?;
+        let state: Arc<dyn Backend> = match &config.state {
+            StateBackend::Embedded { history } => Arc::new(Embedded::open(EmbeddedConfig {
+                path: Some(config.data_dir.join("state.redb")),
+                history: *history,
+            })?),
+            StateBackend::Etcd(etcd) => Arc::new(Etcd::connect(etcd.clone())?),
+        };
         Ok(Self {
             config,
             listener,
@@ -167,6 +212,7 @@ impl Node {
             stats,
             supervision,
             routing: Routing::new(),
+            state,
         })
     }
 
@@ -223,6 +269,13 @@ impl Node {
         ))
         .max_decoding_message_size(limits.max_frame_bytes)
         .max_encoding_message_size(limits.max_frame_bytes);
+        let owners = Owners::new(self.registry.clone(), self.state.clone());
+        let sweeper = tokio::spawn(owners.clone().run());
+        let state = StateServer::new(StateService::new(self.state.clone(), owners))
+            // A transaction's limit (1.25 MiB of keys and values) plus framing.
+            .max_decoding_message_size(2 << 20)
+            // A List page's limit (4 MiB of keys and values) plus framing.
+            .max_encoding_message_size(6 << 20);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(reef_proto::FILE_DESCRIPTOR_SET)
@@ -233,6 +286,7 @@ impl Node {
             .set_serving::<SupervisorServer<SupervisorService>>()
             .await;
         health.set_serving::<ChannelServer<ChannelService>>().await;
+        health.set_serving::<StateServer<StateService>>().await;
 
         let mut server = Server::builder()
             // Only applies to listeners tonic binds itself: ours get TCP_NODELAY through
@@ -261,7 +315,8 @@ impl Node {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(supervisor)
-            .add_service(channel);
+            .add_service(channel)
+            .add_service(state);
 
         let (stop, stopped) = watch::channel(false);
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
@@ -310,6 +365,7 @@ impl Node {
             }
         })
         .await;
+        sweeper.abort();
         if drained.is_err() {
             tracing::warn!(timeout = ?self.config.drain_timeout, "drain timed out; closing remaining connections");
             main.abort();

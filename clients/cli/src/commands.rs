@@ -12,6 +12,7 @@ mod ping;
 mod ps;
 mod request;
 mod send;
+mod state;
 mod up;
 mod watch;
 
@@ -56,6 +57,9 @@ pub enum Command {
     Overflow(messaging::OverflowArgs),
     /// The envelopes the node could not or would not deliver, and why.
     Deadletters(messaging::DeadLettersArgs),
+    /// Synchronised state: get, put, del, ls, watch.
+    #[command(subcommand)]
+    State(state::StateCommand),
 }
 
 /// Runs `command` against the node described by `options`.
@@ -78,5 +82,6 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
         Command::Firewall(args) => messaging::firewall(args, options).await,
         Command::Overflow(args) => messaging::overflow(args, options).await,
         Command::Deadletters(args) => messaging::dead_letters(args, options).await,
+        Command::State(command) => state::run(command, options).await,
     }
 }

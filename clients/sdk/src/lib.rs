@@ -59,6 +59,7 @@ mod error;
 mod options;
 mod push;
 mod request;
+pub mod state;
 mod task;
 
 pub use self::{

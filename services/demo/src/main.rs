@@ -11,15 +11,28 @@
 //! - `ledger`: appends each acknowledged-mode message to `--file` as `SEQUENCE PAYLOAD`,
 //!   skipping redeliveries it recorded before it was killed (by sequence); a request
 //!   returns how many it recorded.
+//! - `replica`: keeps a `reef_sdk::state::Replica` of `--namespace`; a request returns
+//!   its view, `revision=R changes=N` and then `KEY=VALUE` lines in key order.
 //!
 //! The node tells each process its alias and where the node is through `REEF_*`
 //! variables; see `reef_sdk::ContainerOptions::from_env`.
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use reef_sdk::{Command, ContainerOptions, Context, Handler, HandlerError, Message, TaskOptions};
+use reef_sdk::{
+    Command, ConnectOptions, ContainerOptions, Context, Handler, HandlerError, Message,
+    TaskOptions,
+    state::{Replica, StateClient},
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "reef demo containers")]
@@ -64,6 +77,48 @@ enum Behaviour {
         #[arg(long)]
         file: std::path::PathBuf,
     },
+    /// Keeps a local replica of a state namespace and answers requests with it.
+    Replica {
+        /// The namespace it replicates.
+        #[arg(long)]
+        namespace: String,
+    },
+}
+
+/// A replica of a namespace: the snapshot taken at start, then every change.
+struct ReplicaView {
+    replica: Replica,
+    changes: Arc<AtomicU64>,
+}
+
+impl ReplicaView {
+    async fn start(namespace: &str) -> Result<Self, reef_sdk::Error> {
+        let state = StateClient::connect(&ConnectOptions::from_env()).await?;
+        let changes = Arc::new(AtomicU64::new(0));
+        let counted = changes.clone();
+        let replica = Replica::start(state, namespace, "", move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        })
+        .await?;
+        Ok(Self { replica, changes })
+    }
+}
+
+impl Handler for ReplicaView {
+    async fn on_request(&mut self, _: &Context, _: Message) -> Result<Bytes, HandlerError> {
+        let mut view = format!(
+            "revision={} changes={}\n",
+            self.replica.revision(),
+            self.changes.load(Ordering::Relaxed)
+        );
+        for (key, entry) in self.replica.snapshot() {
+            view.push_str(&format!(
+                "{key}={}\n",
+                String::from_utf8_lossy(&entry.value)
+            ));
+        }
+        Ok(view.into())
+    }
 }
 
 /// Appends each message to a file with its sequence number. The file is its memory
@@ -286,6 +341,10 @@ async fn main() -> ExitCode {
                 "cannot open the ledger {}: {error}",
                 file.display()
             ))),
+        },
+        Behaviour::Replica { namespace } => match ReplicaView::start(&namespace).await {
+            Ok(view) => reef_sdk::run(ContainerOptions::from_env("replica"), view).await,
+            Err(error) => Err(error),
         },
     };
     match result {

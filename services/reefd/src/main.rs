@@ -5,7 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use reef_platform::{
-    Limits, Node, NodeConfig,
+    Limits, Node, NodeConfig, StateBackend,
+    state::EtcdConfig,
     supervision::{Policy, Strategy},
 };
 
@@ -73,6 +74,16 @@ struct Args {
     /// Time containers get to stop when the node shuts down, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     stop_grace_ms: u64,
+    /// Keep `reef.v1.State` in etcd at this client URL (`http://HOST:PORT`) instead of the
+    /// embedded store in the data dir.
+    #[arg(long, env = "REEF_ETCD")]
+    etcd: Option<String>,
+    /// The etcd key prefix under which reef keeps its state.
+    #[arg(long, default_value = "/reef/state")]
+    etcd_root: String,
+    /// Revisions of state history the embedded store keeps for watches that resume.
+    #[arg(long, default_value_t = 100_000)]
+    state_history: u64,
 }
 
 /// `--strategy` values.
@@ -111,6 +122,15 @@ impl Args {
             ..Policy::default()
         };
         config.stop_grace = Duration::from_millis(self.stop_grace_ms);
+        config.state = match &self.etcd {
+            Some(endpoint) => StateBackend::Etcd(EtcdConfig {
+                endpoint: endpoint.clone(),
+                root: self.etcd_root.clone(),
+            }),
+            None => StateBackend::Embedded {
+                history: self.state_history,
+            },
+        };
         config
     }
 }

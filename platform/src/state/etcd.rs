@@ -1,0 +1,692 @@
+//! The etcd backend: the same operations on an etcd v3 cluster, for state that must
+//! outlive any one node.
+//!
+//! Keys live under `ROOT/NAMESPACE/KEY` and keep etcd's revisions, so a watch resumes
+//! exactly as etcd's does. A container that owns keys gets one etcd lease (with etcd's
+//! longest TTL, never kept alive: it only groups keys), recorded at `ROOT/_owners/ALIAS`
+//! on that lease; releasing the owner revokes the lease, which deletes its keys in one
+//! revision.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::{Code, Status, transport::Channel};
+
+use super::{
+    Backend, Batch, BoxFuture, Event, EventKind, KeyValue, ListQuery, MAX_PAGE_BYTES, Namespace,
+    Op, Page, Revision, StateError, Txn, TxnOutcome, Watching,
+};
+
+#[allow(missing_docs, clippy::all)]
+mod pb {
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}
+
+use pb::{
+    etcdserverpb::{
+        self as etcd, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
+        response_op, watch_client::WatchClient, watch_request,
+    },
+    mvccpb,
+};
+
+/// etcd's longest lease TTL (seconds): owner leases group keys; they are not timers.
+const OWNER_LEASE_TTL: i64 = 9_000_000_000;
+
+/// Where the etcd cluster is and where reef's keys live in it.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// A client URL, such as `http://127.0.0.1:2379`.
+    pub endpoint: String,
+    /// The key prefix for everything reef stores.
+    pub root: String,
+}
+
+/// The etcd backend.
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    channel: Channel,
+    root: Arc<str>,
+    /// Owner leases: lease id → alias, and alias → lease id.
+    leases: Arc<Mutex<Leases>>,
+    /// Serialises lease creation so that an owner gets one lease.
+    granting: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Leases {
+    owner_of: HashMap<i64, String>,
+    lease_of: HashMap<String, i64>,
+}
+
+fn unavailable(status: Status) -> StateError {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            StateError::Unavailable(format!("etcd: {}", status.message()))
+        }
+        Code::InvalidArgument | Code::FailedPrecondition
+            if status.message().contains("too large") =>
+        {
+            StateError::Invalid(format!("etcd refused: {}", status.message()))
+        }
+        _ => StateError::Internal(format!("etcd: {}", status.message())),
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range_end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn revision(header: Option<etcd::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| h.revision.max(0) as Revision)
+}
+
+impl Etcd {
+    /// Connects lazily to `config.endpoint`: the first operation reports an unreachable
+    /// cluster as UNAVAILABLE.
+    pub fn connect(config: EtcdConfig) -> Result<Self, StateError> {
+        let channel = Channel::from_shared(config.endpoint.clone())
+            .map_err(|e| StateError::Invalid(format!("etcd endpoint {:?}: {e}", config.endpoint)))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            channel,
+            root: config.root.trim_end_matches('/').into(),
+            leases: Arc::default(),
+            granting: Arc::default(),
+        })
+    }
+
+    fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone()).max_decoding_message_size(16 << 20)
+    }
+
+    fn namespace_prefix(&self, namespace: &Namespace) -> String {
+        format!("{}/{}/", self.root, namespace)
+    }
+
+    fn owners_prefix(&self) -> String {
+        format!("{}/_owners/", self.root)
+    }
+
+    fn key(&self, namespace: &Namespace, key: &str) -> Vec<u8> {
+        format!("{}{key}", self.namespace_prefix(namespace)).into_bytes()
+    }
+
+    /// A reef key from an etcd key under the namespace's prefix.
+    fn to_domain(
+        &self,
+        namespace_prefix: &str,
+        kv: mvccpb::KeyValue,
+        with_value: bool,
+    ) -> KeyValue {
+        let key = String::from_utf8_lossy(&kv.key[namespace_prefix.len().min(kv.key.len())..])
+            .into_owned();
+        KeyValue {
+            key,
+            value: match with_value {
+                true => Bytes::from(kv.value),
+                false => Bytes::new(),
+            },
+            create_revision: kv.create_revision.max(0) as Revision,
+            mod_revision: kv.mod_revision.max(0) as Revision,
+            version: kv.version.max(0) as u64,
+            owner: self.owner_of_lease(kv.lease),
+        }
+    }
+
+    fn owner_of_lease(&self, lease: i64) -> Option<String> {
+        if lease == 0 {
+            return None;
+        }
+        let leases = self.leases.lock().expect("leases");
+        Some(
+            leases
+                .owner_of
+                .get(&lease)
+                .cloned()
+                .unwrap_or_else(|| format!("lease:{lease:x}")),
+        )
+    }
+
+    /// Reads `ROOT/_owners/*` into the lease map.
+    async fn load_owners(&self) -> Result<(), StateError> {
+        let prefix = self.owners_prefix();
+        let found = self
+            .kv()
+            .range(etcd::RangeRequest {
+                key: prefix.clone().into_bytes(),
+                range_end: prefix_end(prefix.as_bytes()),
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        let mut leases = self.leases.lock().expect("leases");
+        leases.owner_of.clear();
+        leases.lease_of.clear();
+        for kv in found.kvs {
+            let owner = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+            leases.owner_of.insert(kv.lease, owner.clone());
+            leases.lease_of.insert(owner, kv.lease);
+        }
+        Ok(())
+    }
+
+    /// The lease that groups `owner`'s keys, granted on first use.
+    async fn lease_for(&self, owner: &str) -> Result<i64, StateError> {
+        if let Some(lease) = self.leases.lock().expect("leases").lease_of.get(owner) {
+            return Ok(*lease);
+        }
+        let _one_at_a_time = self.granting.lock().await;
+        self.load_owners().await?;
+        if let Some(lease) = self.leases.lock().expect("leases").lease_of.get(owner) {
+            return Ok(*lease);
+        }
+        let mut lease = LeaseClient::new(self.channel.clone());
+        let granted = lease
+            .lease_grant(etcd::LeaseGrantRequest {
+                ttl: OWNER_LEASE_TTL,
+                id: 0,
+            })
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        let marker = format!("{}{owner}", self.owners_prefix()).into_bytes();
+        // Another node may have recorded a lease for this owner meanwhile: only the first wins.
+        let recorded = self
+            .kv()
+            .txn(etcd::TxnRequest {
+                compare: vec![etcd::Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Create as i32,
+                    key: marker.clone(),
+                    target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                    ..Default::default()
+                }],
+                success: vec![put_op(marker, Vec::new(), granted.id, false)],
+                failure: Vec::new(),
+            })
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        if !recorded.succeeded {
+            let _ = lease
+                .lease_revoke(etcd::LeaseRevokeRequest { id: granted.id })
+                .await;
+            self.load_owners().await?;
+            return self
+                .leases
+                .lock()
+                .expect("leases")
+                .lease_of
+                .get(owner)
+                .copied()
+                .ok_or_else(|| StateError::Internal(format!("no lease recorded for {owner}")));
+        }
+        let mut leases = self.leases.lock().expect("leases");
+        leases.owner_of.insert(granted.id, owner.to_owned());
+        leases.lease_of.insert(owner.to_owned(), granted.id);
+        Ok(granted.id)
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StateError> {
+        let response = self
+            .kv()
+            .range(etcd::RangeRequest {
+                key: format!("{}/", self.root).into_bytes(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        Ok(revision(response.header))
+    }
+
+    async fn run_txn(&self, txn: Txn) -> Result<TxnOutcome, StateError> {
+        let namespace = &txn.namespace;
+        let mut success = Vec::with_capacity(txn.ops.len());
+        for op in &txn.ops {
+            success.push(match op {
+                Op::Put { key, value, owner } => {
+                    let lease = match owner {
+                        Some(owner) => self.lease_for(owner).await?,
+                        None => 0,
+                    };
+                    put_op(self.key(namespace, key), value.to_vec(), lease, true)
+                }
+                Op::Delete { key } => delete_op(self.key(namespace, key), Vec::new()),
+                Op::DeletePrefix { prefix } => {
+                    let start = self.key(namespace, prefix);
+                    let end = prefix_end(&start);
+                    delete_op(start, end)
+                }
+            });
+        }
+        let compare = txn
+            .compares
+            .iter()
+            .map(|c| etcd::Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Mod as i32,
+                key: self.key(namespace, &c.key),
+                target_union: Some(compare::TargetUnion::ModRevision(c.mod_revision as i64)),
+                ..Default::default()
+            })
+            .collect();
+        let failure = txn
+            .compares
+            .iter()
+            .map(|c| etcd::RequestOp {
+                request: Some(request_op::Request::RequestRange(etcd::RangeRequest {
+                    key: self.key(namespace, &c.key),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let response = self
+            .kv()
+            .txn(etcd::TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        let store_revision = revision(response.header);
+        let prefix = self.namespace_prefix(namespace);
+        if !response.succeeded {
+            if let Some(ahead) = txn
+                .compares
+                .iter()
+                .find(|c| c.mod_revision > store_revision)
+            {
+                return Err(StateError::Future {
+                    requested: ahead.mod_revision,
+                    current: store_revision,
+                });
+            }
+            let current = response
+                .responses
+                .into_iter()
+                .map(|op| match op.response {
+                    Some(response_op::Response::ResponseRange(range)) => range
+                        .kvs
+                        .into_iter()
+                        .next()
+                        .map(|kv| self.to_domain(&prefix, kv, true)),
+                    _ => None,
+                })
+                .collect();
+            return Ok(TxnOutcome::Conflict {
+                revision: store_revision,
+                current,
+            });
+        }
+        let mut previous = Vec::with_capacity(response.responses.len());
+        let mut deleted = 0;
+        for op in response.responses {
+            match op.response {
+                Some(response_op::Response::ResponsePut(put)) => {
+                    previous.push(put.prev_kv.map(|kv| self.to_domain(&prefix, kv, true)));
+                }
+                Some(response_op::Response::ResponseDeleteRange(range)) => {
+                    deleted += range.deleted.max(0) as u64;
+                    previous.push(None);
+                }
+                _ => previous.push(None),
+            }
+        }
+        Ok(TxnOutcome::Committed {
+            revision: store_revision,
+            previous,
+            deleted,
+        })
+    }
+
+    async fn open_watch(
+        &self,
+        namespace: &Namespace,
+        prefix: &str,
+        start: Option<Revision>,
+    ) -> Result<Watching, StateError> {
+        let current = self.current_revision().await?;
+        let start = match start {
+            None | Some(0) => current + 1,
+            Some(start) if start > current + 1 => {
+                return Err(StateError::Future {
+                    requested: start,
+                    current,
+                });
+            }
+            Some(start) => start,
+        };
+        let key = self.key(namespace, prefix);
+        let (requests, request_stream) = mpsc::channel(1);
+        requests
+            .send(etcd::WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(
+                    etcd::WatchCreateRequest {
+                        range_end: prefix_end(&key),
+                        key,
+                        start_revision: start as i64,
+                        ..Default::default()
+                    },
+                )),
+            })
+            .await
+            .map_err(|_| StateError::Internal("watch request channel closed".into()))?;
+        let mut responses = WatchClient::new(self.channel.clone())
+            .max_decoding_message_size(16 << 20)
+            .watch(ReceiverStream::new(request_stream))
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        let created = responses
+            .next()
+            .await
+            .ok_or_else(|| StateError::Unavailable("etcd closed the watch".into()))?
+            .map_err(unavailable)?;
+        if created.compact_revision > 0 {
+            return Err(StateError::Compacted {
+                requested: start,
+                first: created.compact_revision as Revision,
+            });
+        }
+        let (events, stream) = mpsc::channel(16);
+        let this = self.clone();
+        let namespace = namespace.clone();
+        let namespace_prefix = self.namespace_prefix(&namespace);
+        tokio::spawn(async move {
+            // Keeps the request side open: etcd ends the watch when it closes.
+            let _requests = requests;
+            while let Some(response) = responses.next().await {
+                let response = match response {
+                    Ok(response) => response,
+                    Err(status) => {
+                        let _ = events.send(Err(unavailable(status))).await;
+                        return;
+                    }
+                };
+                if response.compact_revision > 0 || response.canceled {
+                    let error = match response.compact_revision {
+                        0 => StateError::Unavailable(format!(
+                            "etcd cancelled the watch: {}",
+                            response.cancel_reason
+                        )),
+                        first => StateError::Compacted {
+                            requested: start,
+                            first: first as Revision,
+                        },
+                    };
+                    let _ = events.send(Err(error)).await;
+                    return;
+                }
+                for batch in this
+                    .batches(&namespace, &namespace_prefix, response.events)
+                    .await
+                {
+                    if events.send(Ok(Arc::new(batch))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = events
+                .send(Err(StateError::Unavailable("etcd closed the watch".into())))
+                .await;
+        });
+        Ok(Watching {
+            revision: current,
+            events: Box::pin(ReceiverStream::new(stream)),
+        })
+    }
+
+    /// Groups etcd events by revision.
+    async fn batches(
+        &self,
+        namespace: &Namespace,
+        namespace_prefix: &str,
+        events: Vec<mvccpb::Event>,
+    ) -> Vec<Batch> {
+        let unknown_lease = events.iter().any(|e| {
+            e.kv.as_ref().is_some_and(|kv| {
+                kv.lease != 0
+                    && !self
+                        .leases
+                        .lock()
+                        .expect("leases")
+                        .owner_of
+                        .contains_key(&kv.lease)
+            })
+        });
+        if unknown_lease {
+            let _ = self.load_owners().await;
+        }
+        let mut batches: Vec<Batch> = Vec::new();
+        for event in events {
+            let kind = match event.r#type() {
+                mvccpb::event::EventType::Put => EventKind::Put,
+                mvccpb::event::EventType::Delete => EventKind::Delete,
+            };
+            let Some(kv) = event.kv else { continue };
+            let kv = self.to_domain(namespace_prefix, kv, kind == EventKind::Put);
+            let event = Event {
+                kind,
+                namespace: namespace.clone(),
+                kv,
+            };
+            match batches.last_mut() {
+                Some(batch) if batch.revision == event.kv.mod_revision => batch.events.push(event),
+                _ => batches.push(Batch {
+                    revision: event.kv.mod_revision,
+                    events: vec![event],
+                }),
+            }
+        }
+        batches
+    }
+}
+
+fn put_op(key: Vec<u8>, value: Vec<u8>, lease: i64, prev_kv: bool) -> etcd::RequestOp {
+    etcd::RequestOp {
+        request: Some(request_op::Request::RequestPut(etcd::PutRequest {
+            key,
+            value,
+            lease,
+            prev_kv,
+            ..Default::default()
+        })),
+    }
+}
+
+fn delete_op(key: Vec<u8>, range_end: Vec<u8>) -> etcd::RequestOp {
+    etcd::RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            etcd::DeleteRangeRequest {
+                key,
+                range_end,
+                prev_kv: false,
+            },
+        )),
+    }
+}
+
+impl Backend for Etcd {
+    fn get<'a>(
+        &'a self,
+        namespace: &'a Namespace,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(Option<KeyValue>, Revision), StateError>> {
+        Box::pin(async move {
+            let response = self
+                .kv()
+                .range(etcd::RangeRequest {
+                    key: self.key(namespace, key),
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable)?
+                .into_inner();
+            let prefix = self.namespace_prefix(namespace);
+            let found = response
+                .kvs
+                .into_iter()
+                .next()
+                .map(|kv| self.to_domain(&prefix, kv, true));
+            Ok((found, revision(response.header)))
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        namespace: &'a Namespace,
+        query: ListQuery,
+    ) -> BoxFuture<'a, Result<Page, StateError>> {
+        Box::pin(async move {
+            let prefix = self.namespace_prefix(namespace);
+            let range_start = self.key(namespace, &query.prefix);
+            let range_end = prefix_end(&range_start);
+            let start = match &query.after {
+                Some(after) => {
+                    let mut key = self.key(namespace, after);
+                    key.push(0);
+                    key
+                }
+                None => range_start,
+            };
+            let response = self
+                .kv()
+                .range(etcd::RangeRequest {
+                    key: start,
+                    range_end,
+                    limit: query.limit as i64,
+                    keys_only: query.keys_only,
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable)?
+                .into_inner();
+            let mut more = response.more;
+            let mut kvs = Vec::with_capacity(response.kvs.len());
+            let mut bytes = 0;
+            for kv in response.kvs {
+                if bytes >= MAX_PAGE_BYTES {
+                    more = true;
+                    break;
+                }
+                let kv = self.to_domain(&prefix, kv, !query.keys_only);
+                bytes += kv.key.len() + kv.value.len();
+                kvs.push(kv);
+            }
+            Ok(Page {
+                next: more.then(|| kvs.last().map(|kv| kv.key.clone())).flatten(),
+                kvs,
+                revision: revision(response.header),
+            })
+        })
+    }
+
+    fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnOutcome, StateError>> {
+        Box::pin(self.run_txn(txn))
+    }
+
+    fn watch<'a>(
+        &'a self,
+        namespace: &'a Namespace,
+        prefix: &'a str,
+        start: Option<Revision>,
+    ) -> BoxFuture<'a, Result<Watching, StateError>> {
+        Box::pin(self.open_watch(namespace, prefix, start))
+    }
+
+    fn compact(&self, target: Revision) -> BoxFuture<'_, Result<Revision, StateError>> {
+        Box::pin(async move {
+            let current = self.current_revision().await?;
+            if target > current {
+                return Err(StateError::Future {
+                    requested: target,
+                    current,
+                });
+            }
+            match self
+                .kv()
+                .compact(etcd::CompactionRequest {
+                    revision: target as i64,
+                    physical: false,
+                })
+                .await
+            {
+                Ok(_) => Ok(target),
+                // Already compacted at or past it: nothing to do.
+                Err(status) if status.message().contains("compacted") => Ok(target),
+                Err(status) => Err(unavailable(status)),
+            }
+        })
+    }
+
+    fn owners(&self) -> BoxFuture<'_, Result<Vec<String>, StateError>> {
+        Box::pin(async move {
+            self.load_owners().await?;
+            let leases = self.leases.lock().expect("leases");
+            let mut owners: Vec<_> = leases.lease_of.keys().cloned().collect();
+            owners.sort();
+            Ok(owners)
+        })
+    }
+
+    fn release<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<u64, StateError>> {
+        Box::pin(async move {
+            let _one_at_a_time = self.granting.lock().await;
+            self.load_owners().await?;
+            let Some(id) = self
+                .leases
+                .lock()
+                .expect("leases")
+                .lease_of
+                .get(owner)
+                .copied()
+            else {
+                return Ok(0);
+            };
+            let mut lease = LeaseClient::new(self.channel.clone());
+            let attached = lease
+                .lease_time_to_live(etcd::LeaseTimeToLiveRequest { id, keys: true })
+                .await
+                .map_err(unavailable)?
+                .into_inner();
+            match lease.lease_revoke(etcd::LeaseRevokeRequest { id }).await {
+                Ok(_) => {}
+                Err(status) if status.message().contains("not found") => {}
+                Err(status) => return Err(unavailable(status)),
+            }
+            let mut leases = self.leases.lock().expect("leases");
+            leases.lease_of.remove(owner);
+            leases.owner_of.remove(&id);
+            // The marker key at ROOT/_owners/ALIAS is one of the lease's keys.
+            Ok(attached.keys.len().saturating_sub(1) as u64)
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! `reef.v1.State`: wire types in, domain types to the backend, errors to gRPC codes here
+//! and nowhere else.
+
+use std::{pin::Pin, sync::Arc};
+
+use reef_proto::{self as wire, state_server::State};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+
+use super::{
+    Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Owners, Revision,
+    StateError, Txn, TxnOutcome,
+};
+
+/// Trailing metadata on OUT_OF_RANGE for a compacted revision: the oldest revision kept.
+pub const FIRST_REVISION_METADATA: &str = "reef-first-revision";
+/// Trailing metadata on ABORTED for a failed compare-and-set: the key's revision.
+pub const CURRENT_REVISION_METADATA: &str = "reef-current-revision";
+
+/// The State service over a backend.
+#[derive(Clone)]
+pub struct StateService {
+    backend: Arc<dyn Backend>,
+    owners: Owners,
+}
+
+impl std::fmt::Debug for StateService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateService").finish_non_exhaustive()
+    }
+}
+
+impl StateService {
+    /// Serves `backend`; bound keys must name a container that `owners` knows.
+    pub fn new(backend: Arc<dyn Backend>, owners: Owners) -> Self {
+        Self { backend, owners }
+    }
+
+    async fn write(&self, txn: Txn) -> Result<TxnOutcome, Status> {
+        txn.validate().map_err(status)?;
+        for owner in txn.owners() {
+            self.owners.check(owner).map_err(status)?;
+        }
+        self.backend.txn(txn).await.map_err(status)
+    }
+}
+
+/// The one mapping of state errors to gRPC statuses.
+fn status(error: StateError) -> Status {
+    let message = error.to_string();
+    match error {
+        StateError::Invalid(_) => Status::invalid_argument(message),
+        StateError::Conflict { actual, .. } => {
+            let mut status = Status::aborted(message);
+            status
+                .metadata_mut()
+                .insert(CURRENT_REVISION_METADATA, MetadataValue::from(actual));
+            status
+        }
+        StateError::Future { .. } => Status::out_of_range(message),
+        StateError::Compacted { first, .. } => {
+            let mut status = Status::out_of_range(message);
+            status
+                .metadata_mut()
+                .insert(FIRST_REVISION_METADATA, MetadataValue::from(first));
+            status
+        }
+        StateError::NoSuchOwner(_) => Status::failed_precondition(message),
+        StateError::Unavailable(_) => Status::unavailable(message),
+        StateError::Internal(_) => Status::internal(message),
+    }
+}
+
+fn namespace(name: &str) -> Result<Namespace, Status> {
+    Namespace::new(name).map_err(status)
+}
+
+/// A wire revision: non-negative.
+fn revision(value: i64, what: &str) -> Result<Revision, Status> {
+    u64::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("{what} cannot be negative (got {value})")))
+}
+
+/// An empty wire string is "not set".
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+fn wire_kv(kv: KeyValue) -> wire::KeyValue {
+    wire::KeyValue {
+        key: kv.key,
+        value: kv.value,
+        create_revision: kv.create_revision as i64,
+        mod_revision: kv.mod_revision as i64,
+        version: kv.version as i64,
+        owner: kv.owner.unwrap_or_default(),
+    }
+}
+
+fn absent(key: &str) -> wire::KeyValue {
+    wire::KeyValue {
+        key: key.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn wire_batch(batch: &Batch) -> wire::WatchKeysResponse {
+    wire::WatchKeysResponse {
+        events: batch
+            .events
+            .iter()
+            .map(|event| wire::WatchEvent {
+                kind: match event.kind {
+                    EventKind::Put => wire::watch_event::Kind::Put,
+                    EventKind::Delete => wire::watch_event::Kind::Delete,
+                } as i32,
+                kv: Some(wire_kv(event.kv.clone())),
+            })
+            .collect(),
+        revision: batch.revision as i64,
+    }
+}
+
+/// A single-key compare-and-set that did not hold, as ABORTED.
+fn conflict(key: String, expected: Revision, current: Vec<Option<KeyValue>>) -> Status {
+    let actual = current
+        .into_iter()
+        .next()
+        .flatten()
+        .map_or(0, |kv| kv.mod_revision);
+    status(StateError::Conflict {
+        key,
+        expected,
+        actual,
+    })
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<wire::WatchKeysResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl State for StateService {
+    async fn get(
+        &self,
+        request: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::GetResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = namespace(&request.namespace)?;
+        super::validate_key(&request.key).map_err(status)?;
+        let (kv, revision) = self
+            .backend
+            .get(&namespace, &request.key)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(wire::GetResponse {
+            kv: kv.map(wire_kv),
+            revision: revision as i64,
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<wire::PutRequest>,
+    ) -> Result<Response<wire::PutResponse>, Status> {
+        let request = request.into_inner();
+        let mut txn = Txn::new(
+            namespace(&request.namespace)?,
+            vec![Op::Put {
+                key: request.key.clone(),
+                value: request.value,
+                owner: non_empty(request.owner),
+            }],
+        );
+        let expected = match request.expected_revision {
+            Some(expected) => Some(revision(expected, "expected_revision")?),
+            None => None,
+        };
+        if let Some(expected) = expected {
+            txn = txn.when(request.key.clone(), expected);
+        }
+        match self.write(txn).await? {
+            TxnOutcome::Committed {
+                revision,
+                mut previous,
+                ..
+            } => Ok(Response::new(wire::PutResponse {
+                revision: revision as i64,
+                previous: previous.pop().flatten().map(wire_kv),
+            })),
+            TxnOutcome::Conflict { current, .. } => {
+                Err(conflict(request.key, expected.unwrap_or_default(), current))
+            }
+        }
+    }
+
+    async fn delete(
+        &self,
+        request: Request<wire::DeleteRequest>,
+    ) -> Result<Response<wire::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = namespace(&request.namespace)?;
+        let expected = match request.expected_revision {
+            Some(_) if request.prefix => {
+                return Err(Status::invalid_argument(
+                    "expected_revision applies to one key, not to a prefix",
+                ));
+            }
+            Some(expected) => Some(revision(expected, "expected_revision")?),
+            None => None,
+        };
+        let op = match request.prefix {
+            true => Op::DeletePrefix {
+                prefix: request.key.clone(),
+            },
+            false => Op::Delete {
+                key: request.key.clone(),
+            },
+        };
+        let mut txn = Txn::new(namespace, vec![op]);
+        if let Some(expected) = expected {
+            txn = txn.when(request.key.clone(), expected);
+        }
+        match self.write(txn).await? {
+            TxnOutcome::Committed {
+                revision, deleted, ..
+            } => Ok(Response::new(wire::DeleteResponse {
+                revision: revision as i64,
+                deleted: deleted as i64,
+            })),
+            TxnOutcome::Conflict { current, .. } => {
+                Err(conflict(request.key, expected.unwrap_or_default(), current))
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        request: Request<wire::ListKeysRequest>,
+    ) -> Result<Response<wire::ListKeysResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = namespace(&request.namespace)?;
+        super::validate_prefix(&request.prefix).map_err(status)?;
+        let limit = match request.limit as usize {
+            0 => MAX_PAGE_KEYS,
+            limit => limit.min(MAX_PAGE_KEYS),
+        };
+        let after = non_empty(request.page_token);
+        if let Some(after) = &after
+            && !after.starts_with(&request.prefix)
+        {
+            return Err(Status::invalid_argument(format!(
+                "page_token {after:?} is not under the prefix {:?}: pass the next_page_token of the previous page",
+                request.prefix
+            )));
+        }
+        let page = self
+            .backend
+            .list(
+                &namespace,
+                ListQuery {
+                    prefix: request.prefix,
+                    after,
+                    limit,
+                    keys_only: request.keys_only,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(wire::ListKeysResponse {
+            kvs: page.kvs.into_iter().map(wire_kv).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+            revision: page.revision as i64,
+        }))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<wire::TxnRequest>,
+    ) -> Result<Response<wire::TxnResponse>, Status> {
+        let request = request.into_inner();
+        let mut txn = Txn::new(namespace(&request.namespace)?, Vec::new());
+        for compare in request.compares {
+            let expected = revision(compare.mod_revision, "a compare's mod_revision")?;
+            txn = txn.when(compare.key, expected);
+        }
+        for (index, op) in request.ops.into_iter().enumerate() {
+            txn.ops.push(match op.op {
+                Some(wire::txn_op::Op::Put(put)) => Op::Put {
+                    key: put.key,
+                    value: put.value,
+                    owner: non_empty(put.owner),
+                },
+                Some(wire::txn_op::Op::Delete(delete)) if delete.prefix => {
+                    Op::DeletePrefix { prefix: delete.key }
+                }
+                Some(wire::txn_op::Op::Delete(delete)) => Op::Delete { key: delete.key },
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "operation {index} is neither a put nor a delete"
+                    )));
+                }
+            });
+        }
+        let keys: Vec<String> = txn.compares.iter().map(|c| c.key.clone()).collect();
+        Ok(Response::new(match self.write(txn).await? {
+            TxnOutcome::Committed { revision, .. } => wire::TxnResponse {
+                succeeded: true,
+                revision: revision as i64,
+                current: Vec::new(),
+            },
+            TxnOutcome::Conflict { revision, current } => wire::TxnResponse {
+                succeeded: false,
+                revision: revision as i64,
+                current: current
+                    .into_iter()
+                    .zip(&keys)
+                    .map(|(kv, key)| kv.map_or_else(|| absent(key), wire_kv))
+                    .collect(),
+            },
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<wire::WatchKeysRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let namespace = namespace(&request.namespace)?;
+        super::validate_prefix(&request.prefix).map_err(status)?;
+        let start = match revision(request.start_revision, "start_revision")? {
+            0 => None,
+            start => Some(start),
+        };
+        let watching = self
+            .backend
+            .watch(&namespace, &request.prefix, start)
+            .await
+            .map_err(status)?;
+        let established = wire::WatchKeysResponse {
+            events: Vec::new(),
+            revision: watching.revision as i64,
+        };
+        let events = watching.events.map(|batch| match batch {
+            Ok(batch) => Ok(wire_batch(&batch)),
+            Err(error) => Err(status(error)),
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::once(Ok(established)).chain(events),
+        )))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<wire::CompactRequest>,
+    ) -> Result<Response<wire::CompactResponse>, Status> {
+        let target = revision(request.into_inner().revision, "revision")?;
+        let first = self.backend.compact(target).await.map_err(status)?;
+        Ok(Response::new(wire::CompactResponse {
+            first_revision: first as i64,
+        }))
+    }
+}
