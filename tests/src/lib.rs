@@ -14,6 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod etcd;
+
+pub use etcd::LocalEtcd;
 use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
 use reef_sdk::ConnectOptions;
 use tempfile::TempDir;

@@ -13,6 +13,7 @@ mod node;
 mod report;
 mod restart;
 mod routed;
+mod state;
 mod tasks;
 
 use baseline::EchoServer;
@@ -73,6 +74,9 @@ pub struct Args {
     /// Only the task container figures.
     #[arg(long)]
     tasks_only: bool,
+    /// Only the state figures (reef's embedded store and etcd).
+    #[arg(long)]
+    state_only: bool,
     /// Internal: be the process the s6 baseline supervises (answers its pid on ADDR).
     #[arg(long, hide = true)]
     serve_pid: Option<std::net::SocketAddr>,
@@ -131,6 +135,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.tasks_only {
         return measure_tasks(args).await;
+    }
+    if args.state_only {
+        let node = node::BenchNode::start(&args.reefd_args)?;
+        return state::run(&node, state::Sizes::new(args.quick), args.runs).await;
     }
     let baseline = if args.routed_only {
         None
@@ -214,6 +222,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     routed.stop().await;
+    state::run(&node, state::Sizes::new(args.quick), args.runs).await?;
     drop(node);
     let node = node::BenchNode::start(&restart_node_args(args))?;
     restart::measure(&node, args.restarts).await?;

@@ -1,32 +1,36 @@
-//! The embedded backend: a redb file in the node's data dir.
+//! The embedded backend: a redb file in the node's data dir, made durable by a
+//! write-ahead log (see `wal.rs`).
 //!
-//! One writer thread owns every write. It takes all the transactions waiting in its queue,
-//! applies them in one redb write transaction (each with its own revision) and commits
-//! once: a durable put costs one fsync shared by everyone who put at the same time (group
-//! commit). Committed batches go to watchers through a broadcast channel; a watcher that
-//! falls behind reads the events table, which keeps the last `history` revisions.
+//! Writes are group-committed without a writer thread: a caller that finds no commit in
+//! progress leads one, taking every write queued meanwhile, applying them in one redb
+//! transaction (each with its own revision), appending them to the log with one
+//! `fdatasync` and answering everyone. A lone writer so commits on its own task, without
+//! a thread hop; under load the leader hands on to a blocking thread that keeps
+//! committing while writes queue. Committed batches go to watchers through a broadcast
+//! channel; a watcher that falls behind reads the events table, which keeps the last
+//! `history` revisions.
 
 use std::{
     collections::BTreeSet,
     ops::Bound,
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use redb::{
-    Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
     backends::InMemoryBackend,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Semaphore, broadcast, oneshot};
 
 use super::{
-    Backend, Batch, BoxFuture, Event, EventKind, KeyValue, ListQuery, MAX_PAGE_BYTES, Namespace,
-    Op, Page, Revision, StateError, Txn, TxnOutcome, Watching, codec,
+    Backend, Batch, BoxFuture, Event, EventKind, EventStream, KeyValue, ListQuery, MAX_PAGE_BYTES,
+    Namespace, Op, Page, Revision, StateError, Txn, TxnOutcome, Watching, codec, wal::Wal,
 };
 
 /// `namespace \0 key` → record (see `codec::record`).
@@ -38,19 +42,24 @@ const OWNERS: TableDefinition<&[u8], ()> = TableDefinition::new("owners");
 /// "revision", "compacted" (the newest revision whose history is gone).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// Most transactions committed together.
+/// Most writes committed together.
 const MAX_GROUP: usize = 1024;
-/// Transactions waiting for the writer before callers wait for room.
+/// Writes queued before callers wait for room.
 const QUEUE: usize = 4096;
 /// Committed batches buffered for watchers before slow ones fall back to history.
 const LIVE_BATCHES: usize = 4096;
 /// Batches read from history at a time by a catching-up watcher.
 const HISTORY_CHUNK: usize = 256;
+/// How often the log is folded into a durable redb commit…
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// …or sooner, once the log is this long.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 /// Where and how the embedded store keeps its data.
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {
-    /// The redb file; `None` keeps everything in memory (tests).
+    /// The redb file (the log sits beside it, `.wal`); `None` keeps everything in
+    /// memory (tests).
     pub path: Option<PathBuf>,
     /// Revisions of history kept for watches that resume.
     pub history: u64,
@@ -66,11 +75,10 @@ impl EmbeddedConfig {
     }
 }
 
-/// The embedded store. Cheap to share: clones use the same writer.
+/// The embedded store. Cheap to share: clones use the same database and queue.
 #[derive(Debug, Clone)]
 pub struct Embedded {
     shared: Arc<Shared>,
-    writes: mpsc::Sender<Write>,
 }
 
 #[derive(Debug)]
@@ -79,8 +87,21 @@ struct Shared {
     /// The newest committed revision.
     revision: AtomicU64,
     live: broadcast::Sender<Arc<Batch>>,
+    /// Writes waiting for a commit, and whether one is being led.
+    queue: Mutex<Queue>,
+    /// Bounds the queue.
+    room: Semaphore,
+    /// The commit state; only the leader locks it.
+    writer: Mutex<Writer>,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Vec<Write>,
+    leading: bool,
+}
+
+#[derive(Debug)]
 enum Write {
     Txn(Txn, oneshot::Sender<Result<TxnOutcome, StateError>>),
     Release(String, oneshot::Sender<Result<u64, StateError>>),
@@ -92,58 +113,110 @@ fn internal(error: impl std::fmt::Display) -> StateError {
 }
 
 impl Embedded {
-    /// Opens (or creates) the store and starts its writer thread.
+    /// Opens (or creates) the store and applies what its log holds past the last
+    /// checkpoint.
     pub fn open(config: EmbeddedConfig) -> Result<Self, StateError> {
-        let db = match &config.path {
+        let (db, wal) = match &config.path {
             Some(path) => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(internal)?;
                 }
-                Database::create(path).map_err(|e| {
+                let db = Database::create(path).map_err(|e| {
                     StateError::Internal(format!("cannot open {}: {e}", path.display()))
-                })?
+                })?;
+                (db, Some(Wal::open(&path.with_extension("wal"))?))
             }
-            None => Database::builder()
-                .create_with_backend(InMemoryBackend::new())
-                .map_err(internal)?,
+            None => {
+                let db = Database::builder()
+                    .create_with_backend(InMemoryBackend::new())
+                    .map_err(internal)?;
+                (db, None)
+            }
         };
         let write = db.begin_write().map_err(internal)?;
-        let revision = {
+        let mut revision = {
             write.open_table(KV).map_err(internal)?;
             write.open_table(EVENTS).map_err(internal)?;
             write.open_table(OWNERS).map_err(internal)?;
             let meta = write.open_table(META).map_err(internal)?;
             read_meta(&meta, "revision")?
         };
-        write.commit().map_err(internal)?;
-        let shared = Arc::new(Shared {
-            db,
-            revision: AtomicU64::new(revision),
-            live: broadcast::channel(LIVE_BATCHES).0,
-        });
-        let (writes, queue) = mpsc::channel(QUEUE);
-        let writer = Writer {
-            shared: shared.clone(),
-            history: config.history.max(1),
+        let wal = match wal {
+            Some((mut wal, logged)) => {
+                let checkpointed = revision;
+                let replayed = logged.iter().filter(|b| b.revision > checkpointed).count();
+                for batch in logged.into_iter().filter(|b| b.revision > checkpointed) {
+                    if batch.revision != revision + 1 {
+                        return Err(StateError::Internal(format!(
+                            "the state log jumps from revision {revision} to {}",
+                            batch.revision
+                        )));
+                    }
+                    replay(&write, &batch)?;
+                    revision = batch.revision;
+                }
+                write
+                    .open_table(META)
+                    .map_err(internal)?
+                    .insert("revision", revision)
+                    .map_err(internal)?;
+                write.commit().map_err(internal)?;
+                wal.reset()?;
+                if replayed > 0 {
+                    tracing::info!(replayed, revision, "state: applied the log after a crash");
+                }
+                Some(wal)
+            }
+            None => {
+                write.commit().map_err(internal)?;
+                None
+            }
         };
-        std::thread::Builder::new()
-            .name("reef-state-writer".into())
-            .spawn(move || writer.run(queue))
-            .map_err(internal)?;
-        Ok(Self { shared, writes })
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                revision: AtomicU64::new(revision),
+                live: broadcast::channel(LIVE_BATCHES).0,
+                queue: Mutex::default(),
+                room: Semaphore::new(QUEUE),
+                writer: Mutex::new(Writer {
+                    wal,
+                    history: config.history.max(1),
+                    checkpointed: Instant::now(),
+                    poisoned: None,
+                }),
+            }),
+        })
     }
 
+    /// Queues a write and waits for its commit, leading the commit if nobody is.
     async fn submit<T>(
         &self,
         write: impl FnOnce(oneshot::Sender<Result<T, StateError>>) -> Write,
     ) -> Result<T, StateError> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StateError::Unavailable("the state writer has stopped".to_owned());
-        self.writes
-            .send(write(reply))
+        let _room = self
+            .shared
+            .room
+            .acquire()
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| StateError::Unavailable("the state store closed".into()))?;
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut queue = self.shared.queue.lock().expect("state queue");
+            queue.pending.push(write(reply));
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            // The first group (which holds this write) is committed here; if more
+            // writes queued meanwhile, a blocking thread goes on leading.
+            if self.shared.lead_one_group() {
+                let shared = self.shared.clone();
+                tokio::task::spawn_blocking(move || while shared.lead_one_group() {});
+            }
+        }
+        answer
+            .await
+            .map_err(|_| StateError::Internal("the state commit was abandoned".into()))?
     }
 }
 
@@ -272,18 +345,19 @@ impl Backend for Embedded {
                     start
                 }
             };
-            let (events, stream) = mpsc::channel(16);
             let watcher = Watcher {
                 shared: self.shared.clone(),
                 namespace: namespace.clone(),
                 prefix: prefix.to_owned(),
                 next,
-                events,
+                live,
+                backlog: Default::default(),
+                catching_up: true,
+                ended: false,
             };
-            tokio::spawn(watcher.run(live));
             Ok(Watching {
                 revision: current,
-                events: Box::pin(ReceiverStream::new(stream)),
+                events: watcher.into_stream(),
             })
         })
     }
@@ -341,91 +415,109 @@ impl Shared {
     }
 }
 
-/// Feeds one watch: history until it is level with the writer, then live batches;
-/// back to history whenever it falls behind the broadcast.
+/// One watch: history until it is level with the store, then live batches; back to
+/// history whenever it falls behind the broadcast. Polled by the watch's response
+/// stream itself, so a live batch costs one task wake-up per watcher.
 struct Watcher {
     shared: Arc<Shared>,
     namespace: Namespace,
     prefix: String,
     /// The next revision to deliver.
     next: Revision,
-    events: mpsc::Sender<Result<Arc<Batch>, StateError>>,
+    live: broadcast::Receiver<Arc<Batch>>,
+    /// Batches read from history, not yet delivered.
+    backlog: std::collections::VecDeque<Arc<Batch>>,
+    catching_up: bool,
+    ended: bool,
 }
 
 impl Watcher {
-    async fn run(mut self, mut live: broadcast::Receiver<Arc<Batch>>) {
-        loop {
-            if let Err(error) = self.catch_up().await {
-                let _ = self.events.send(Err(error)).await;
-                return;
+    fn into_stream(self) -> EventStream {
+        Box::pin(futures_util::stream::unfold(
+            self,
+            |mut watcher| async move {
+                let next = watcher.next_batch().await?;
+                Some((next, watcher))
+            },
+        ))
+    }
+
+    /// The next batch with matching events, or the error that ends the watch.
+    async fn next_batch(&mut self) -> Option<Result<Arc<Batch>, StateError>> {
+        while !self.ended {
+            if let Some(batch) = self.backlog.pop_front() {
+                if let Some(matching) = self.matching(batch) {
+                    return Some(Ok(matching));
+                }
+                continue;
             }
-            loop {
-                match live.recv().await {
-                    Ok(batch) if batch.revision < self.next => continue,
-                    Ok(batch) if batch.revision == self.next => {
-                        if !self.deliver(batch).await {
-                            return;
-                        }
+            if self.catching_up {
+                if self.next > self.shared.revision.load(Ordering::Acquire) {
+                    self.catching_up = false;
+                    continue;
+                }
+                let shared = self.shared.clone();
+                let from = self.next;
+                let read = tokio::task::spawn_blocking(move || shared.history(from))
+                    .await
+                    .map_err(internal)
+                    .and_then(|read| read);
+                match read {
+                    Ok(batches) if batches.is_empty() => self.catching_up = false,
+                    Ok(batches) => self.backlog.extend(batches),
+                    Err(error) => {
+                        self.ended = true;
+                        return Some(Err(error));
                     }
-                    // A gap or a lag: the missing revisions are in history.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let stopped = StateError::Unavailable("the state store closed".into());
-                        let _ = self.events.send(Err(stopped)).await;
-                        return;
-                    }
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(batch) if batch.revision < self.next => {}
+                Ok(batch) if batch.revision == self.next => self.backlog.push_back(batch),
+                // A gap or a lag: the missing revisions are in history.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.ended = true;
+                    return Some(Err(StateError::Unavailable(
+                        "the state store closed".into(),
+                    )));
                 }
             }
         }
+        None
     }
 
-    async fn catch_up(&mut self) -> Result<(), StateError> {
-        while self.next <= self.shared.revision.load(Ordering::Acquire) {
-            let shared = self.shared.clone();
-            let from = self.next;
-            let batches = tokio::task::spawn_blocking(move || shared.history(from))
-                .await
-                .map_err(internal)??;
-            if batches.is_empty() {
-                break;
-            }
-            for batch in batches {
-                if !self.deliver(batch).await {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends the batch's matching events; false once the watcher has gone.
-    async fn deliver(&mut self, batch: Arc<Batch>) -> bool {
+    /// The batch's events under the watch's prefix, if any; moves `next` past it.
+    fn matching(&mut self, batch: Arc<Batch>) -> Option<Arc<Batch>> {
         self.next = batch.revision + 1;
         let matching = batch.matching(&self.namespace, &self.prefix).count();
-        if matching == 0 {
-            return !self.events.is_closed();
-        }
-        let batch = match matching == batch.events.len() {
-            true => batch,
-            false => Arc::new(Batch {
+        match matching {
+            0 => None,
+            n if n == batch.events.len() => Some(batch),
+            _ => Some(Arc::new(Batch {
                 revision: batch.revision,
                 events: batch
                     .matching(&self.namespace, &self.prefix)
                     .cloned()
                     .collect(),
-            }),
-        };
-        self.events.send(Ok(batch)).await.is_ok()
+            })),
+        }
     }
 }
 
-/// The single writer.
+/// The commit state, owned by whoever leads.
+#[derive(Debug)]
 struct Writer {
-    shared: Arc<Shared>,
+    /// `None` for an in-memory store.
+    wal: Option<Wal>,
     history: u64,
+    checkpointed: Instant,
+    /// Set when a commit failed half-way: the store refuses writes until restarted.
+    poisoned: Option<String>,
 }
 
-/// What one write request produced inside a group.
+/// What one write produced inside a group.
 enum Applied {
     Txn(
         oneshot::Sender<Result<TxnOutcome, StateError>>,
@@ -441,70 +533,140 @@ enum Applied {
     ),
 }
 
-impl Writer {
-    fn run(self, mut queue: mpsc::Receiver<Write>) {
-        let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = queue.blocking_recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(write) => group.push(write),
-                    Err(_) => break,
-                }
-            }
-            self.commit_group(&mut group);
+impl Applied {
+    fn answer(self) {
+        match self {
+            Applied::Txn(reply, outcome) => drop(reply.send(outcome)),
+            Applied::Release(reply, outcome) => drop(reply.send(outcome)),
+            Applied::Compact(reply, outcome) => drop(reply.send(outcome)),
         }
     }
 
-    /// Applies every write of the group in one redb transaction and commits once.
-    fn commit_group(&self, group: &mut Vec<Write>) {
+    fn fail(self, error: &StateError) {
+        match self {
+            Applied::Txn(reply, _) => drop(reply.send(Err(error.clone()))),
+            Applied::Release(reply, _) => drop(reply.send(Err(error.clone()))),
+            Applied::Compact(reply, _) => drop(reply.send(Err(error.clone()))),
+        }
+    }
+}
+
+impl Write {
+    fn refuse(self, error: &StateError) {
+        match self {
+            Write::Txn(_, reply) => drop(reply.send(Err(error.clone()))),
+            Write::Release(_, reply) => drop(reply.send(Err(error.clone()))),
+            Write::Compact(_, reply) => drop(reply.send(Err(error.clone()))),
+        }
+    }
+}
+
+impl Shared {
+    /// Commits the writes queued now; returns whether more queued meanwhile (the
+    /// caller goes on leading) or gives up the lead.
+    fn lead_one_group(&self) -> bool {
+        let group: Vec<Write> = {
+            let mut queue = self.queue.lock().expect("state queue");
+            let take = queue.pending.len().min(MAX_GROUP);
+            queue.pending.drain(..take).collect()
+        };
+        if !group.is_empty() {
+            let mut writer = self.writer.lock().expect("state writer");
+            // This blocks the caller's worker for one fsync (~0.15 ms). `block_in_place`
+            // would hand the worker's other tasks to another thread first, but that
+            // hand-off costs as much as the fsync on a small VM; under load the groups
+            // after the first run on a blocking thread anyway.
+            self.commit_group(&mut writer, group);
+        }
+        let mut queue = self.queue.lock().expect("state queue");
+        queue.leading = !queue.pending.is_empty();
+        queue.leading
+    }
+
+    /// Applies every write of the group in one redb transaction, logs it durably,
+    /// commits and answers.
+    fn commit_group(&self, writer: &mut Writer, group: Vec<Write>) {
+        if let Some(why) = &writer.poisoned {
+            let error = StateError::Internal(why.clone());
+            group.into_iter().for_each(|write| write.refuse(&error));
+            return;
+        }
         let mut batches = Vec::new();
         let mut applied = Vec::with_capacity(group.len());
-        let result = (|| -> Result<Revision, StateError> {
-            let write = self.shared.db.begin_write().map_err(internal)?;
-            let mut revision = self.shared.revision.load(Ordering::Acquire);
-            for request in group.drain(..) {
-                applied.push(self.apply(&write, request, &mut revision, &mut batches)?);
+        let mut group = group.into_iter();
+        let staged = (|| -> Result<(WriteTransaction, Revision), StateError> {
+            let mut write = self.db.begin_write().map_err(internal)?;
+            write.set_durability(Durability::None).map_err(internal)?;
+            let mut revision = self.revision.load(Ordering::Acquire);
+            for request in group.by_ref() {
+                applied.push(writer.apply(&write, request, &mut revision, &mut batches)?);
             }
-            self.trim_history(&write, revision)?;
+            writer.trim_history(&write, revision)?;
             write
                 .open_table(META)
                 .map_err(internal)?
                 .insert("revision", revision)
                 .map_err(internal)?;
-            write.commit().map_err(internal)?;
-            Ok(revision)
+            Ok((write, revision))
         })();
-        match result {
-            Ok(revision) => {
-                self.shared.revision.store(revision, Ordering::Release);
-                for batch in batches {
-                    let _ = self.shared.live.send(Arc::new(batch));
-                }
-                for done in applied {
-                    match done {
-                        Applied::Txn(reply, outcome) => drop(reply.send(outcome)),
-                        Applied::Release(reply, outcome) => drop(reply.send(outcome)),
-                        Applied::Compact(reply, outcome) => drop(reply.send(outcome)),
-                    }
-                }
+        let staged = staged.and_then(|(write, revision)| {
+            // Durable first: once the log holds the group, a crash replays it.
+            if let Some(wal) = &mut writer.wal {
+                wal.append(&batches)?;
             }
+            Ok((write, revision))
+        });
+        let (write, revision) = match staged {
+            Ok(staged) => staged,
             Err(error) => {
                 tracing::error!(%error, "state commit failed; nothing of this group was applied");
-                // Requests not yet drained are dropped with the group: their callers see
-                // the writer's answer channel close.
-                group.clear();
-                for done in applied {
-                    match done {
-                        Applied::Txn(reply, _) => drop(reply.send(Err(error.clone()))),
-                        Applied::Release(reply, _) => drop(reply.send(Err(error.clone()))),
-                        Applied::Compact(reply, _) => drop(reply.send(Err(error.clone()))),
-                    }
-                }
+                applied.into_iter().for_each(|done| done.fail(&error));
+                group.for_each(|write| write.refuse(&error));
+                return;
             }
+        };
+        if let Err(error) = write.commit() {
+            // The log has the group but redb does not: only a restart (which replays
+            // the log) makes the two agree again.
+            let why = format!(
+                "the state store could not commit revision {revision} after logging it ({error}); restart the node to recover"
+            );
+            tracing::error!("{why}");
+            let error = StateError::Internal(why.clone());
+            applied.into_iter().for_each(|done| done.fail(&error));
+            writer.poisoned = Some(why);
+            return;
+        }
+        self.revision.store(revision, Ordering::Release);
+        for batch in batches {
+            let _ = self.live.send(Arc::new(batch));
+        }
+        applied.into_iter().for_each(Applied::answer);
+        if let Err(error) = self.checkpoint_if_due(writer) {
+            tracing::error!(%error, "state checkpoint failed; the log keeps growing until one succeeds");
         }
     }
 
+    /// Folds the log into a durable redb commit once it is old or long enough.
+    fn checkpoint_if_due(&self, writer: &mut Writer) -> Result<(), StateError> {
+        let Some(wal) = &mut writer.wal else {
+            return Ok(());
+        };
+        let due =
+            writer.checkpointed.elapsed() >= CHECKPOINT_INTERVAL || wal.len() >= CHECKPOINT_BYTES;
+        if wal.len() == 0 || !due {
+            return Ok(());
+        }
+        // An empty durable commit makes every earlier non-durable one durable.
+        let write = self.db.begin_write().map_err(internal)?;
+        write.commit().map_err(internal)?;
+        wal.reset()?;
+        writer.checkpointed = Instant::now();
+        Ok(())
+    }
+}
+
+impl Writer {
     fn apply(
         &self,
         write: &WriteTransaction,
@@ -522,34 +684,26 @@ impl Writer {
                 }
             }
             Write::Release(owner, reply) => {
-                let txn = owned_keys(write, &owner)?;
-                let deleted = match txn.is_empty() {
-                    true => 0,
-                    false => {
-                        let mut deleted = 0;
-                        for (namespace, ops) in txn {
-                            match apply_txn(write, &Txn::new(namespace, ops), revision, batches)? {
-                                TxnOutcome::Committed { deleted: n, .. } => deleted += n,
-                                TxnOutcome::Conflict { .. } => {}
-                            }
-                        }
-                        deleted
+                let mut deleted = 0;
+                for (namespace, ops) in owned_keys(write, &owner)? {
+                    if let TxnOutcome::Committed { deleted: n, .. } =
+                        apply_txn(write, &Txn::new(namespace, ops), revision, batches)?
+                    {
+                        deleted += n;
                     }
-                };
+                }
                 Applied::Release(reply, Ok(deleted))
             }
-            Write::Compact(target, reply) => {
-                let outcome = compact(write, target, *revision);
-                match outcome {
-                    Err(StateError::Internal(error)) => return Err(StateError::Internal(error)),
-                    outcome => Applied::Compact(reply, outcome),
-                }
-            }
+            Write::Compact(target, reply) => match compact(write, target, *revision) {
+                Err(StateError::Internal(error)) => return Err(StateError::Internal(error)),
+                outcome => Applied::Compact(reply, outcome),
+            },
         })
     }
 
     /// Keeps the events table to about `history` revisions, trimming in steps of an
-    /// eighth so that a busy store does not delete one row per commit.
+    /// eighth so that a busy store does not delete one row per commit. (A trim that a
+    /// crash loses before the next checkpoint is simply made again.)
     fn trim_history(&self, write: &WriteTransaction, revision: Revision) -> Result<(), StateError> {
         let mut meta = write.open_table(META).map_err(internal)?;
         let compacted = read_meta(&meta, "compacted")?;
@@ -562,6 +716,83 @@ impl Writer {
         meta.insert("compacted", upto).map_err(internal)?;
         Ok(())
     }
+}
+
+/// Applies a logged batch again (after a crash), exactly as it was first applied.
+fn replay(write: &WriteTransaction, batch: &Batch) -> Result<(), StateError> {
+    let mut kv = write.open_table(KV).map_err(internal)?;
+    let mut owners = write.open_table(OWNERS).map_err(internal)?;
+    for event in &batch.events {
+        match event.kind {
+            EventKind::Put => {
+                store(&mut kv, &mut owners, &event.namespace, &event.kv)?;
+            }
+            EventKind::Delete => {
+                remove(&mut kv, &mut owners, &event.namespace, &event.kv.key)?;
+            }
+        }
+    }
+    write
+        .open_table(EVENTS)
+        .map_err(internal)?
+        .insert(batch.revision, codec::encode_batch(batch).as_slice())
+        .map_err(internal)?;
+    Ok(())
+}
+
+type KvTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+type OwnersTable<'t> = redb::Table<'t, &'static [u8], ()>;
+
+/// Writes a key's new record and moves its owner index entry; returns the old record.
+fn store(
+    kv: &mut KvTable<'_>,
+    owners: &mut OwnersTable<'_>,
+    namespace: &Namespace,
+    new: &KeyValue,
+) -> Result<Option<KeyValue>, StateError> {
+    let old = kv
+        .insert(
+            kv_key(namespace, &new.key).as_slice(),
+            codec::encode_record(new).as_slice(),
+        )
+        .map_err(internal)?
+        .map(|old| codec::record(new.key.clone(), old.value(), true))
+        .transpose()?;
+    if let Some(old_owner) = old.as_ref().and_then(|o| o.owner.as_ref())
+        && Some(old_owner) != new.owner.as_ref()
+    {
+        owners
+            .remove(owner_key(old_owner, namespace, &new.key).as_slice())
+            .map_err(internal)?;
+    }
+    if let Some(owner) = &new.owner {
+        owners
+            .insert(owner_key(owner, namespace, &new.key).as_slice(), ())
+            .map_err(internal)?;
+    }
+    Ok(old)
+}
+
+/// Deletes a key and its owner index entry; returns the old record.
+fn remove(
+    kv: &mut KvTable<'_>,
+    owners: &mut OwnersTable<'_>,
+    namespace: &Namespace,
+    key: &str,
+) -> Result<Option<KeyValue>, StateError> {
+    let Some(old) = kv
+        .remove(kv_key(namespace, key).as_slice())
+        .map_err(internal)?
+    else {
+        return Ok(None);
+    };
+    let old = codec::record(key.to_owned(), old.value(), false)?;
+    if let Some(owner) = &old.owner {
+        owners
+            .remove(owner_key(owner, namespace, key).as_slice())
+            .map_err(internal)?;
+    }
+    Ok(Some(old))
 }
 
 /// The keys bound to `owner`, as one delete transaction per namespace.
@@ -627,13 +858,12 @@ fn apply_txn(
 ) -> Result<TxnOutcome, StateError> {
     let mut kv = write.open_table(KV).map_err(internal)?;
     let namespace = &txn.namespace;
-    let current =
-        |kv: &redb::Table<&[u8], &[u8]>, key: &str| -> Result<Option<KeyValue>, StateError> {
-            kv.get(kv_key(namespace, key).as_slice())
-                .map_err(internal)?
-                .map(|record| codec::record(key.to_owned(), record.value(), true))
-                .transpose()
-        };
+    let current = |kv: &KvTable<'_>, key: &str| -> Result<Option<KeyValue>, StateError> {
+        kv.get(kv_key(namespace, key).as_slice())
+            .map_err(internal)?
+            .map(|record| codec::record(key.to_owned(), record.value(), true))
+            .transpose()
+    };
     if let Some(ahead) = txn.compares.iter().find(|c| c.mod_revision > *revision) {
         return Err(StateError::Future {
             requested: ahead.mod_revision,
@@ -662,36 +892,17 @@ fn apply_txn(
     let mut events = Vec::new();
     let mut previous = Vec::with_capacity(txn.ops.len());
     let mut deleted = 0;
-    let delete = |kv: &mut redb::Table<&[u8], &[u8]>,
-                  owners: &mut redb::Table<&[u8], ()>,
-                  events: &mut Vec<Event>,
-                  key: String|
-     -> Result<bool, StateError> {
-        let Some(old) = kv
-            .remove(kv_key(namespace, &key).as_slice())
-            .map_err(internal)?
-        else {
-            return Ok(false);
-        };
-        let old = codec::record(key, old.value(), false)?;
-        if let Some(owner) = &old.owner {
-            owners
-                .remove(owner_key(owner, namespace, &old.key).as_slice())
-                .map_err(internal)?;
-        }
-        events.push(Event {
-            kind: EventKind::Delete,
-            namespace: namespace.clone(),
-            kv: KeyValue {
-                key: old.key,
-                value: Bytes::new(),
-                create_revision: 0,
-                mod_revision: next,
-                version: 0,
-                owner: None,
-            },
-        });
-        Ok(true)
+    let deletion = |key: String| Event {
+        kind: EventKind::Delete,
+        namespace: namespace.clone(),
+        kv: KeyValue {
+            key,
+            value: Bytes::new(),
+            create_revision: 0,
+            mod_revision: next,
+            version: 0,
+            owner: None,
+        },
     };
     for op in &txn.ops {
         match op {
@@ -705,23 +916,7 @@ fn apply_txn(
                     version: old.as_ref().map_or(1, |o| o.version + 1),
                     owner: owner.clone(),
                 };
-                if let Some(old_owner) = old.as_ref().and_then(|o| o.owner.as_ref())
-                    && Some(old_owner) != owner.as_ref()
-                {
-                    owners
-                        .remove(owner_key(old_owner, namespace, key).as_slice())
-                        .map_err(internal)?;
-                }
-                if let Some(owner) = owner {
-                    owners
-                        .insert(owner_key(owner, namespace, key).as_slice(), ())
-                        .map_err(internal)?;
-                }
-                kv.insert(
-                    kv_key(namespace, key).as_slice(),
-                    codec::encode_record(&new).as_slice(),
-                )
-                .map_err(internal)?;
+                store(&mut kv, &mut owners, namespace, &new)?;
                 events.push(Event {
                     kind: EventKind::Put,
                     namespace: namespace.clone(),
@@ -730,7 +925,10 @@ fn apply_txn(
                 previous.push(old);
             }
             Op::Delete { key } => {
-                deleted += u64::from(delete(&mut kv, &mut owners, &mut events, key.clone())?);
+                if remove(&mut kv, &mut owners, namespace, key)?.is_some() {
+                    deleted += 1;
+                    events.push(deletion(key.clone()));
+                }
                 previous.push(None);
             }
             Op::DeletePrefix { prefix } => {
@@ -746,7 +944,10 @@ fn apply_txn(
                     keys.push(String::from_utf8(key[skip..].to_vec()).map_err(internal)?);
                 }
                 for key in keys {
-                    deleted += u64::from(delete(&mut kv, &mut owners, &mut events, key)?);
+                    if remove(&mut kv, &mut owners, namespace, &key)?.is_some() {
+                        deleted += 1;
+                        events.push(deletion(key));
+                    }
                 }
                 previous.push(None);
             }

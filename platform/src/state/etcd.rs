@@ -23,8 +23,10 @@ use super::{
     Op, Page, Revision, StateError, Txn, TxnOutcome, Watching,
 };
 
+/// etcd's v3 API as generated from `proto/etcd` (for tools and benchmarks that talk to
+/// etcd directly).
 #[allow(missing_docs, clippy::all)]
-mod pb {
+pub mod pb {
     pub mod mvccpb {
         tonic::include_proto!("mvccpb");
     }
@@ -265,6 +267,26 @@ impl Etcd {
         Ok(revision(response.header))
     }
 
+    /// Whether etcd's history before `revision` was compacted away.
+    async fn compacted(&self, revision: Revision) -> Result<bool, StateError> {
+        let read = self
+            .kv()
+            .range(etcd::RangeRequest {
+                key: format!("{}/", self.root).into_bytes(),
+                revision: revision as i64,
+                count_only: true,
+                ..Default::default()
+            })
+            .await;
+        match read {
+            Ok(_) => Ok(false),
+            Err(status) if status.message().contains("compacted") => Ok(true),
+            // A start one past the store's revision is not readable yet: not compacted.
+            Err(status) if status.message().contains("future revision") => Ok(false),
+            Err(status) => Err(unavailable(status)),
+        }
+    }
+
     async fn run_txn(&self, txn: Txn) -> Result<TxnOutcome, StateError> {
         let namespace = &txn.namespace;
         let mut success = Vec::with_capacity(txn.ops.len());
@@ -410,10 +432,25 @@ impl Etcd {
             .await
             .ok_or_else(|| StateError::Unavailable("etcd closed the watch".into()))?
             .map_err(unavailable)?;
-        if created.compact_revision > 0 {
+        // etcd reports a compacted start revision after `created`, when it next syncs its
+        // watchers: a read at the start revision finds out now, so the caller gets the
+        // error from the Watch call itself, as with the embedded store.
+        let compacted = created.compact_revision > 0 || self.compacted(start).await?;
+        if compacted {
+            let mut first = created.compact_revision;
+            while first == 0 {
+                match tokio::time::timeout(Duration::from_secs(5), responses.next()).await {
+                    Ok(Some(Ok(response))) => first = response.compact_revision,
+                    _ => {
+                        return Err(StateError::Unavailable(
+                            "etcd did not say where its history starts".into(),
+                        ));
+                    }
+                }
+            }
             return Err(StateError::Compacted {
                 requested: start,
-                first: created.compact_revision as Revision,
+                first: first as Revision,
             });
         }
         let (events, stream) = mpsc::channel(16);

@@ -11,6 +11,7 @@ mod embedded;
 mod etcd;
 mod owners;
 mod service;
+mod wal;
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
@@ -19,7 +20,7 @@ use tokio_stream::Stream;
 
 pub use self::{
     embedded::{Embedded, EmbeddedConfig},
-    etcd::{Etcd, EtcdConfig},
+    etcd::{Etcd, EtcdConfig, pb as etcd_v3},
     owners::Owners,
     service::StateService,
 };

@@ -1,0 +1,812 @@
+//! `reef.v1.State` against real reefd processes: one conformance suite run on the embedded
+//! store and on a real etcd, durability across SIGKILL, watch resume across a node
+//! restart, compaction, replicas and keys bound to a container's life.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use reef_proto::{self as wire, state_client::StateClient as Raw};
+use reef_sdk::{
+    Client,
+    state::{Change, Replica, StateClient},
+};
+use reef_tests::{LocalEtcd, STARTUP, TestNode, eventually};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status, transport::Channel};
+
+async fn raw(node: &TestNode) -> Raw<Channel> {
+    StateClient::connect(&node.options())
+        .await
+        .expect("connect")
+        .raw()
+}
+
+/// Polls until the node's state backend answers (etcd elects itself after it listens).
+async fn wait_for_state(state: &Raw<Channel>) {
+    eventually("the state backend to answer", STARTUP, || {
+        let mut state = state.clone();
+        async move {
+            state
+                .get(wire::GetRequest {
+                    namespace: "ready".into(),
+                    key: "probe".into(),
+                })
+                .await
+                .ok()
+        }
+    })
+    .await;
+}
+
+fn put(namespace: &str, key: &str, value: &str) -> wire::PutRequest {
+    wire::PutRequest {
+        namespace: namespace.into(),
+        key: key.into(),
+        value: value.to_owned().into(),
+        ..Default::default()
+    }
+}
+
+fn txn_put(key: &str, value: &str) -> wire::TxnOp {
+    wire::TxnOp {
+        op: Some(wire::txn_op::Op::Put(wire::TxnPut {
+            key: key.into(),
+            value: value.to_owned().into(),
+            owner: String::new(),
+        })),
+    }
+}
+
+async fn get(state: &mut Raw<Channel>, namespace: &str, key: &str) -> Option<wire::KeyValue> {
+    state
+        .get(wire::GetRequest {
+            namespace: namespace.into(),
+            key: key.into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .kv
+}
+
+fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) -> Status {
+    let status = result.expect_err("the call should be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{:?} should mention {needle:?}",
+        status.message()
+    );
+    status
+}
+
+/// Reads responses until `count` events have arrived.
+async fn next_events(
+    stream: &mut tonic::Streaming<wire::WatchKeysResponse>,
+    count: usize,
+) -> Vec<wire::WatchEvent> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("watch events arrive")
+            .expect("the watch continues")
+            .expect("watch response");
+        events.extend(response.events);
+    }
+    events
+}
+
+async fn watch(
+    state: &mut Raw<Channel>,
+    namespace: &str,
+    prefix: &str,
+    start: i64,
+) -> Result<(tonic::Streaming<wire::WatchKeysResponse>, i64), Status> {
+    let mut stream = state
+        .watch(wire::WatchKeysRequest {
+            namespace: namespace.into(),
+            prefix: prefix.into(),
+            start_revision: start,
+        })
+        .await?
+        .into_inner();
+    // The first response says where the watch is established; errors for the start
+    // revision may come instead of it.
+    let first = stream
+        .next()
+        .await
+        .ok_or_else(|| Status::unavailable("the watch ended at once"))??;
+    assert!(
+        first.events.is_empty(),
+        "the first response carries no events"
+    );
+    Ok((stream, first.revision))
+}
+
+fn key_of(event: &wire::WatchEvent) -> (wire::watch_event::Kind, String, i64) {
+    let kv = event.kv.as_ref().expect("event kv");
+    (event.kind(), kv.key.clone(), kv.mod_revision)
+}
+
+/// What every backend must do, through the gRPC API.
+async fn conformance(node: &TestNode) {
+    let mut state = raw(node).await;
+    wait_for_state(&state).await;
+    let ns = "conformance";
+
+    // Put, get, versions and revisions.
+    let first = state
+        .put(put(ns, "a", "1"))
+        .await
+        .expect("put")
+        .into_inner();
+    assert!(first.previous.is_none());
+    let second = state
+        .put(put(ns, "a", "2"))
+        .await
+        .expect("put")
+        .into_inner();
+    assert!(second.revision > first.revision);
+    assert_eq!(second.previous.expect("previous").value, "1");
+    let a = get(&mut state, ns, "a").await.expect("a exists");
+    assert_eq!(
+        (
+            a.value.as_ref(),
+            a.create_revision,
+            a.mod_revision,
+            a.version
+        ),
+        (&b"2"[..], first.revision, second.revision, 2)
+    );
+    assert!(get(&mut state, ns, "missing").await.is_none());
+    assert!(
+        get(&mut state, "conformance-other", "a").await.is_none(),
+        "namespaces are apart"
+    );
+
+    // Compare-and-set.
+    let mut stale = put(ns, "a", "3");
+    stale.expected_revision = Some(first.revision);
+    let status = expect_code(state.put(stale).await, Code::Aborted, "not the expected");
+    assert_eq!(
+        status
+            .metadata()
+            .get("reef-current-revision")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some(second.revision.to_string())
+    );
+    let mut fresh = put(ns, "a", "3");
+    fresh.expected_revision = Some(second.revision);
+    let third = state
+        .put(fresh)
+        .await
+        .expect("CAS at the current revision")
+        .into_inner();
+    let mut create_only = put(ns, "a", "x");
+    create_only.expected_revision = Some(0);
+    expect_code(state.put(create_only).await, Code::Aborted, "\"a\"");
+    let mut create_new = put(ns, "b", "1");
+    create_new.expected_revision = Some(0);
+    state
+        .put(create_new)
+        .await
+        .expect("create-only put of a new key");
+    let mut future = put(ns, "a", "x");
+    future.expected_revision = Some(third.revision + 1_000);
+    expect_code(
+        state.put(future).await,
+        Code::OutOfRange,
+        "ahead of the store",
+    );
+
+    // Deletes: one key, nothing, compare-and-delete, a prefix.
+    let deleted = state
+        .delete(wire::DeleteRequest {
+            namespace: ns.into(),
+            key: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
+    let nothing = state
+        .delete(wire::DeleteRequest {
+            namespace: ns.into(),
+            key: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete of nothing")
+        .into_inner();
+    assert_eq!(
+        (nothing.deleted, nothing.revision),
+        (0, deleted.revision),
+        "deleting nothing takes no revision"
+    );
+    expect_code(
+        state
+            .delete(wire::DeleteRequest {
+                namespace: ns.into(),
+                key: "a".into(),
+                expected_revision: Some(first.revision),
+                ..Default::default()
+            })
+            .await,
+        Code::Aborted,
+        "not the expected",
+    );
+
+    // Listing in pages.
+    for i in 0..25 {
+        state
+            .put(put(ns, &format!("list/{i:02}"), &format!("v{i}")))
+            .await
+            .expect("put");
+    }
+    state
+        .put(put(ns, "listx", "outside the prefix"))
+        .await
+        .expect("put");
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = state
+            .list(wire::ListKeysRequest {
+                namespace: ns.into(),
+                prefix: "list/".into(),
+                limit: 10,
+                page_token,
+                keys_only: pages == 1,
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages += 1;
+        assert!(page.kvs.len() <= 10);
+        if pages == 2 {
+            assert!(page.kvs.iter().all(|kv| kv.value.is_empty()), "keys only");
+        }
+        listed.extend(page.kvs.into_iter().map(|kv| kv.key));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("list/{i:02}")).collect();
+    assert_eq!(listed, expected);
+    assert_eq!(pages, 3);
+    let removed = state
+        .delete(wire::DeleteRequest {
+            namespace: ns.into(),
+            key: "list/".into(),
+            prefix: true,
+            ..Default::default()
+        })
+        .await
+        .expect("delete prefix")
+        .into_inner();
+    assert_eq!(removed.deleted, 25);
+    assert!(
+        get(&mut state, ns, "listx").await.is_some(),
+        "only the prefix"
+    );
+
+    // Transactions: all or nothing under one revision.
+    let applied = state
+        .txn(wire::TxnRequest {
+            namespace: ns.into(),
+            compares: vec![
+                wire::Compare {
+                    key: "a".into(),
+                    mod_revision: third.revision,
+                },
+                wire::Compare {
+                    key: "pair/x".into(),
+                    mod_revision: 0,
+                },
+            ],
+            ops: vec![txn_put("pair/x", "1"), txn_put("pair/y", "1")],
+        })
+        .await
+        .expect("txn")
+        .into_inner();
+    assert!(applied.succeeded);
+    let x = get(&mut state, ns, "pair/x").await.expect("x");
+    let y = get(&mut state, ns, "pair/y").await.expect("y");
+    assert_eq!(
+        (x.mod_revision, y.mod_revision),
+        (applied.revision, applied.revision)
+    );
+    let refused = state
+        .txn(wire::TxnRequest {
+            namespace: ns.into(),
+            compares: vec![wire::Compare {
+                key: "pair/x".into(),
+                mod_revision: 0,
+            }],
+            ops: vec![txn_put("pair/x", "2"), txn_put("pair/z", "2")],
+        })
+        .await
+        .expect("txn")
+        .into_inner();
+    assert!(!refused.succeeded);
+    assert_eq!(refused.current.len(), 1);
+    assert_eq!(refused.current[0].mod_revision, applied.revision);
+    assert!(
+        get(&mut state, ns, "pair/z").await.is_none(),
+        "nothing applied"
+    );
+    expect_code(
+        state
+            .txn(wire::TxnRequest {
+                namespace: ns.into(),
+                compares: Vec::new(),
+                ops: vec![txn_put("dup", "1"), txn_put("dup", "2")],
+            })
+            .await,
+        Code::InvalidArgument,
+        "twice",
+    );
+
+    // Watches: live events in order, history from a past revision, prefixes.
+    let (mut live, established) = watch(&mut state, ns, "w/", 0).await.expect("watch");
+    let w1 = state
+        .put(put(ns, "w/1", "one"))
+        .await
+        .expect("put")
+        .into_inner()
+        .revision;
+    state.put(put(ns, "elsewhere", "x")).await.expect("put");
+    let w2 = state
+        .put(put(ns, "w/2", "two"))
+        .await
+        .expect("put")
+        .into_inner()
+        .revision;
+    let wd = state
+        .delete(wire::DeleteRequest {
+            namespace: ns.into(),
+            key: "w/1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner()
+        .revision;
+    use wire::watch_event::Kind::{Delete, Put};
+    let seen: Vec<_> = next_events(&mut live, 3).await.iter().map(key_of).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Put, "w/1".to_owned(), w1),
+            (Put, "w/2".to_owned(), w2),
+            (Delete, "w/1".to_owned(), wd),
+        ]
+    );
+    assert!(established < w1);
+    let (mut replay, _) = watch(&mut state, ns, "w/", w1)
+        .await
+        .expect("watch from history");
+    let replayed: Vec<_> = next_events(&mut replay, 3)
+        .await
+        .iter()
+        .map(key_of)
+        .collect();
+    assert_eq!(
+        replayed, seen,
+        "a watch from a past revision replays history"
+    );
+    expect_code(
+        watch(&mut state, ns, "", wd + 100).await,
+        Code::OutOfRange,
+        "ahead of the store",
+    );
+
+    // Compaction: a watch from before it is told to resynchronise.
+    let compacted = state
+        .compact(wire::CompactRequest { revision: w2 })
+        .await
+        .expect("compact")
+        .into_inner();
+    assert_eq!(compacted.first_revision, w2);
+    let status = expect_code(
+        watch(&mut state, ns, "w/", w1).await,
+        Code::OutOfRange,
+        "resynchronise",
+    );
+    assert!(status.metadata().get("reef-first-revision").is_some());
+    let (mut after, _) = watch(&mut state, ns, "w/", w2)
+        .await
+        .expect("watch from the first kept revision");
+    assert_eq!(key_of(&next_events(&mut after, 1).await[0]).2, w2);
+    expect_code(
+        state
+            .compact(wire::CompactRequest { revision: wd + 100 })
+            .await,
+        Code::OutOfRange,
+        "ahead of the store",
+    );
+
+    // Bad input.
+    let long_key = "k".repeat(1025);
+    for (request, needle) in [
+        (put("Bad Namespace", "k", "v"), "invalid namespace"),
+        (put("", "k", "v"), "invalid namespace"),
+        (put(ns, "", "v"), "empty"),
+        (put(ns, &long_key, "v"), "at most 1024 bytes"),
+    ] {
+        expect_code(state.put(request).await, Code::InvalidArgument, needle);
+    }
+    let mut huge = put(ns, "huge", "");
+    huge.value = vec![0u8; (1 << 20) + 1].into();
+    expect_code(state.put(huge).await, Code::InvalidArgument, "the limit is");
+    let mut negative = put(ns, "a", "v");
+    negative.expected_revision = Some(-1);
+    expect_code(state.put(negative).await, Code::InvalidArgument, "negative");
+    let mut orphan = put(ns, "a", "v");
+    orphan.owner = "nobody-here".into();
+    expect_code(
+        state.put(orphan).await,
+        Code::FailedPrecondition,
+        "not a container",
+    );
+    let too_many = (0..129).map(|i| txn_put(&format!("t{i}"), "v")).collect();
+    expect_code(
+        state
+            .txn(wire::TxnRequest {
+                namespace: ns.into(),
+                compares: Vec::new(),
+                ops: too_many,
+            })
+            .await,
+        Code::InvalidArgument,
+        "at most 128",
+    );
+
+    bound_keys_vanish_with_their_container(node, &mut state).await;
+}
+
+/// A key bound to a container is deleted (with a watch event) when it is destroyed,
+/// and not when it merely restarts.
+async fn bound_keys_vanish_with_their_container(node: &TestNode, state: &mut Raw<Channel>) {
+    let ns = "discovery";
+    let mut supervisor = node.supervisor().await;
+    reef_tests::create(
+        &mut supervisor,
+        wire::ContainerDefinition {
+            alias: "service-a".into(),
+            kind: reef_tests::demo_process(&["echo"]),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create");
+    let mut bound = put(ns, "services/a", "127.0.0.1:9000");
+    bound.owner = "service-a".into();
+    state.put(bound).await.expect("bound put");
+    state
+        .put(put(ns, "services/static", "stays"))
+        .await
+        .expect("put");
+    let kv = get(state, ns, "services/a").await.expect("bound key");
+    assert_eq!(kv.owner, "service-a");
+
+    let (mut events, _) = watch(state, ns, "services/", 0).await.expect("watch");
+    supervisor
+        .restart(wire::RestartRequest {
+            alias: "service-a".into(),
+        })
+        .await
+        .expect("restart");
+    assert!(
+        get(state, ns, "services/a").await.is_some(),
+        "a restart keeps it"
+    );
+    supervisor
+        .destroy(wire::DestroyRequest {
+            alias: "service-a".into(),
+            flags: 0,
+        })
+        .await
+        .expect("destroy");
+    let gone = next_events(&mut events, 1).await;
+    let (kind, key, _) = key_of(&gone[0]);
+    assert_eq!(
+        (kind, key.as_str()),
+        (wire::watch_event::Kind::Delete, "services/a")
+    );
+    assert!(get(state, ns, "services/a").await.is_none());
+    assert!(get(state, ns, "services/static").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_conforms() {
+    let node = TestNode::start();
+    conformance(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_backend_conforms() {
+    let etcd = LocalEtcd::start().unwrap_or_else(|why| panic!("{why}"));
+    let node = TestNode::start_with(&["--etcd", &etcd.endpoint]);
+    conformance(&node).await;
+}
+
+/// Writers that put counters and transactions that write pairs, while the node is
+/// SIGKILLed: after a restart, every acknowledged put is there and every pair is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let mut node = TestNode::start();
+    let state = raw(&node).await;
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let mut state = state.clone();
+        let acked = acked_tx.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 1u64.. {
+                let written = match writer % 2 {
+                    0 => state
+                        .put(put("storm", &format!("counter/{writer}"), &n.to_string()))
+                        .await
+                        .is_ok(),
+                    _ => state
+                        .txn(wire::TxnRequest {
+                            namespace: "storm".into(),
+                            compares: Vec::new(),
+                            ops: vec![
+                                txn_put(&format!("pair/{writer}/{n}/a"), &n.to_string()),
+                                txn_put(&format!("pair/{writer}/{n}/b"), &n.to_string()),
+                            ],
+                        })
+                        .await
+                        .is_ok_and(|r| r.into_inner().succeeded),
+                };
+                if !written || acked.send((writer, n)).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(acked_tx);
+    let mut last_acked = BTreeMap::new();
+    while let Some((writer, n)) = acked_rx.recv().await {
+        last_acked.insert(writer, n);
+        if last_acked.values().sum::<u64>() >= 4000 {
+            break;
+        }
+    }
+    node.process().signal(nix::sys::signal::Signal::SIGKILL);
+    // Writers stop at their first failed write; what they had acknowledged is counted.
+    while let Some((writer, n)) = acked_rx.recv().await {
+        last_acked.insert(writer, n);
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let _ = node.process().0.wait();
+    node.restart();
+
+    let mut state = raw(&node).await;
+    for (writer, acked) in &last_acked {
+        if writer % 2 == 0 {
+            let stored: u64 = String::from_utf8(
+                get(&mut state, "storm", &format!("counter/{writer}"))
+                    .await
+                    .expect("counter")
+                    .value
+                    .to_vec(),
+            )
+            .unwrap()
+            .parse()
+            .unwrap();
+            // One more than acknowledged is allowed: written, but the answer was lost.
+            assert!(
+                stored == *acked || stored == acked + 1,
+                "writer {writer}: acknowledged {acked}, stored {stored}"
+            );
+        }
+    }
+    let pairs = StateClient::connect(&node.options())
+        .await
+        .expect("connect")
+        .list_all("storm", "pair/")
+        .await
+        .expect("list")
+        .0;
+    let mut whole = BTreeMap::<String, u32>::new();
+    for key in pairs.keys() {
+        let (pair, _) = key.rsplit_once('/').expect("pair key");
+        *whole.entry(pair.to_owned()).or_default() += 1;
+    }
+    assert!(
+        whole.values().all(|&halves| halves == 2),
+        "a transaction was half applied"
+    );
+    for (writer, acked) in &last_acked {
+        if writer % 2 == 1 {
+            for n in 1..=*acked {
+                assert!(
+                    whole.contains_key(&format!("pair/{writer}/{n}")),
+                    "writer {writer}: acknowledged transaction {n} is missing"
+                );
+            }
+        }
+    }
+    let total: u64 = last_acked.values().sum();
+    assert!(total >= 4000, "only {total} writes were acknowledged");
+}
+
+/// A watcher that reconnects after a node restart with its last revision gets every
+/// event it missed; a replica follows across the restart on its own; a restarted
+/// container gets the snapshot, then the updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_and_replicas_resume_across_a_node_restart() {
+    let mut node = TestNode::start();
+    let mut state = raw(&node).await;
+    let ns = "resume";
+    let mut supervisor = node.supervisor().await;
+    reef_tests::create(
+        &mut supervisor,
+        wire::ContainerDefinition {
+            alias: "replica".into(),
+            kind: reef_tests::demo_process(&["replica", "--namespace", ns]),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create");
+
+    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let replica = Replica::start(
+        StateClient::connect(&node.options())
+            .await
+            .expect("connect"),
+        ns,
+        "",
+        move |change: &Change| drop(changes_tx.send(change.clone())),
+    )
+    .await
+    .expect("replica");
+
+    let (mut stream, _) = watch(&mut state, ns, "", 0).await.expect("watch");
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let revision = state
+            .put(put(ns, &format!("k{i}"), &format!("before-{i}")))
+            .await
+            .expect("put")
+            .into_inner()
+            .revision;
+        written.push((format!("k{i}"), revision));
+    }
+    // The watcher reads only part of what was written before the node goes down.
+    let seen = next_events(&mut stream, 4).await;
+    let mut last_seen = key_of(seen.last().unwrap()).2;
+    let mut delivered: Vec<(String, i64)> =
+        seen.iter().map(|e| (key_of(e).1, key_of(e).2)).collect();
+    drop(stream);
+
+    node.process().signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = node.process().0.wait();
+    node.restart();
+    let mut state = raw(&node).await;
+    for i in 0..10 {
+        let revision = state
+            .put(put(ns, &format!("k{i}"), &format!("after-{i}")))
+            .await
+            .expect("put after the restart")
+            .into_inner()
+            .revision;
+        written.push((format!("k{i}"), revision));
+    }
+    let (mut resumed, _) = watch(&mut state, ns, "", last_seen + 1)
+        .await
+        .expect("resume");
+    let missed = next_events(&mut resumed, written.len() - delivered.len()).await;
+    for event in &missed {
+        let (_, key, revision) = key_of(event);
+        assert!(revision > last_seen, "no event twice");
+        last_seen = revision;
+        delivered.push((key, revision));
+    }
+    assert_eq!(delivered, written, "every event, in order, once");
+
+    let newest = written.last().unwrap().1 as u64;
+    tokio::time::timeout(Duration::from_secs(20), replica.wait_for(newest))
+        .await
+        .expect("the replica catches up after the restart")
+        .expect("replica");
+    let values: BTreeMap<_, _> = replica
+        .snapshot()
+        .into_iter()
+        .map(|(k, e)| (k, String::from_utf8(e.value.to_vec()).unwrap()))
+        .collect();
+    let expected: BTreeMap<_, _> = (0..10)
+        .map(|i| (format!("k{i}"), format!("after-{i}")))
+        .collect();
+    assert_eq!(values, expected);
+    let mut callbacks = 0;
+    while changes.try_recv().is_ok() {
+        callbacks += 1;
+    }
+    assert!(
+        callbacks >= 20,
+        "every change reached the callback ({callbacks})"
+    );
+
+    // The demo container restarted with the node's adoption or by policy: either way
+    // it holds the snapshot and then follows updates.
+    let client = Client::connect(&node.options()).await.expect("client");
+    let view = |client: Client| async move {
+        let reply = client
+            .request("replica", "", Duration::from_secs(2))
+            .await
+            .ok()?;
+        Some(String::from_utf8(reply.to_vec()).unwrap())
+    };
+    let expected_view: String = (0..10).map(|i| format!("k{i}=after-{i}\n")).collect();
+    eventually("the replica container's snapshot", STARTUP, || {
+        let client = client.clone();
+        let expected_view = expected_view.clone();
+        async move { view(client).await.filter(|v| v.ends_with(&expected_view)) }
+    })
+    .await;
+    let pid = reef_tests::wait_for_container(&supervisor, "replica", "running", |c| c.pid != 0)
+        .await
+        .pid;
+    reef_tests::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+    state.put(put(ns, "while-down", "1")).await.expect("put");
+    reef_tests::wait_for_container(&supervisor, "replica", "restarted", |c| {
+        c.pid != 0 && c.pid != pid && c.attached
+    })
+    .await;
+    state.put(put(ns, "after-restart", "2")).await.expect("put");
+    let restarted_view = format!("after-restart=2\n{expected_view}while-down=1\n");
+    eventually(
+        "the restarted container's snapshot and update",
+        STARTUP,
+        || {
+            let client = client.clone();
+            let restarted_view = restarted_view.clone();
+            async move { view(client).await.filter(|v| v.ends_with(&restarted_view)) }
+        },
+    )
+    .await;
+}
+
+/// A node keeping little history refuses a watch from a compacted revision with the
+/// oldest revision kept; a replica that was away resynchronises and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_history_asks_watchers_to_resynchronise() {
+    let node = TestNode::start_with(&["--state-history", "50"]);
+    let mut state = raw(&node).await;
+    let ns = "short";
+    for i in 0..200 {
+        state
+            .put(put(ns, &format!("k{}", i % 20), &i.to_string()))
+            .await
+            .expect("put");
+    }
+    let status = expect_code(
+        watch(&mut state, ns, "", 1).await,
+        Code::OutOfRange,
+        "was compacted",
+    );
+    let first: i64 = status
+        .metadata()
+        .get("reef-first-revision")
+        .expect("first revision")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((120..=151).contains(&first), "history starts at {first}");
+    let (mut stream, _) = watch(&mut state, ns, "", first)
+        .await
+        .expect("watch from first kept");
+    let kept = next_events(&mut stream, (201 - first) as usize).await;
+    assert_eq!(key_of(&kept[0]).2, first);
+}
