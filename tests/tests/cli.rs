@@ -276,6 +276,82 @@ async fn groups_rules_firewall_and_dead_letters_from_the_command_line() {
 }
 
 #[tokio::test]
+async fn state_put_get_ls_watch_and_del_from_the_command_line() {
+    let node = TestNode::start();
+    let stdout = |args: &[&str]| {
+        let out = reef(&node, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(
+        stdout(&["state", "put", "config", "mode", "fast"]),
+        "revision 1\n"
+    );
+    stdout(&["state", "put", "config", "level", "3"]);
+    assert_eq!(stdout(&["state", "get", "config", "mode"]), "fast\n");
+    assert!(
+        stdout(&["state", "get", "-v", "config", "mode"])
+            .contains("revision 1 (created 1, version 1)")
+    );
+    assert_eq!(stdout(&["state", "ls", "config"]), "level=3\nmode=fast\n");
+    assert_eq!(stdout(&["state", "ls", "config", "m", "--keys"]), "mode\n");
+
+    // A watch from revision 1 replays history, then follows.
+    let mut watch = ChildGuard(
+        Command::new(binary("reef"))
+            .args(["--node", &node.addr.to_string(), "--ca"])
+            .arg(&node.ca)
+            .args(["state", "watch", "config", "--from", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("reef state watch"),
+    );
+    let lines = stdout_lines(&mut watch.0);
+    wait_for_line(&lines, "1 put mode=fast", STARTUP);
+    wait_for_line(&lines, "2 put level=3", STARTUP);
+
+    let stale = reef(
+        &node,
+        &["state", "put", "config", "mode", "slow", "--expect", "2"],
+    );
+    assert!(!stale.status.success());
+    assert!(text(&stale.stderr).contains("is at revision 1, not the expected 2"));
+    assert_eq!(
+        stdout(&["state", "put", "config", "mode", "slow", "--expect", "1"]),
+        "revision 3\n"
+    );
+    wait_for_line(&lines, "3 put mode=slow", STARTUP);
+    assert_eq!(
+        stdout(&["state", "del", "config", "mode"]),
+        "deleted 1 (revision 4)\n"
+    );
+    wait_for_line(&lines, "4 del mode", STARTUP);
+    let missing = reef(&node, &["state", "get", "config", "mode"]);
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("does not exist"));
+    for (args, mention) in [
+        (&["state", "get", "Config!", "k"][..], "invalid namespace"),
+        (
+            &["state", "put", "config", "k", "v", "--owner", "ghost"][..],
+            "ghost is not a container",
+        ),
+        (
+            &["state", "watch", "config", "--from", "99"][..],
+            "ahead of the store",
+        ),
+    ] {
+        let out = reef(&node, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            text(&out.stderr).contains(mention),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
 async fn failures_are_one_line_errors_with_a_nonzero_exit() {
     let node = TestNode::start();
     let cases: [(&[&str], &str); 4] = [

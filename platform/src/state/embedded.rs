@@ -591,6 +591,10 @@ impl Shared {
             group.into_iter().for_each(|write| write.refuse(&error));
             return;
         }
+        // A compaction is not in the log: make it durable at once.
+        let compacts = group
+            .iter()
+            .any(|write| matches!(write, Write::Compact(..)));
         let mut batches = Vec::new();
         let mut applied = Vec::with_capacity(group.len());
         let mut group = group.into_iter();
@@ -642,19 +646,21 @@ impl Shared {
             let _ = self.live.send(Arc::new(batch));
         }
         applied.into_iter().for_each(Applied::answer);
-        if let Err(error) = self.checkpoint_if_due(writer) {
+        if let Err(error) = self.checkpoint_if_due(writer, compacts) {
             tracing::error!(%error, "state checkpoint failed; the log keeps growing until one succeeds");
         }
     }
 
-    /// Folds the log into a durable redb commit once it is old or long enough.
-    fn checkpoint_if_due(&self, writer: &mut Writer) -> Result<(), StateError> {
+    /// Folds the log into a durable redb commit once it is old or long enough, or
+    /// `now`.
+    fn checkpoint_if_due(&self, writer: &mut Writer, now: bool) -> Result<(), StateError> {
         let Some(wal) = &mut writer.wal else {
             return Ok(());
         };
-        let due =
-            writer.checkpointed.elapsed() >= CHECKPOINT_INTERVAL || wal.len() >= CHECKPOINT_BYTES;
-        if wal.len() == 0 || !due {
+        let due = now
+            || writer.checkpointed.elapsed() >= CHECKPOINT_INTERVAL
+            || wal.len() >= CHECKPOINT_BYTES;
+        if !due || (wal.len() == 0 && !now) {
             return Ok(());
         }
         // An empty durable commit makes every earlier non-durable one durable.
