@@ -16,7 +16,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use reef_platform::state::etcd_v3::etcdserverpb as etcd;
 use reef_proto as wire;
-use reef_sdk::state::StateClient;
+use reef_sdk::{ConnectOptions, state::StateClient};
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -62,15 +62,36 @@ const WATCHERS: usize = 100;
 /// A store under test.
 #[derive(Clone)]
 enum Store {
-    Reef(wire::state_client::StateClient<Channel>),
-    Etcd(Channel),
+    Reef(wire::state_client::StateClient<Channel>, ConnectOptions),
+    Etcd(Channel, String),
 }
 
 impl Store {
+    async fn connect_reef(options: &ConnectOptions) -> anyhow::Result<Self> {
+        let client = StateClient::connect(options).await?.raw();
+        Ok(Store::Reef(client, options.clone()))
+    }
+
+    async fn connect_etcd(endpoint: &str) -> anyhow::Result<Self> {
+        let channel = Channel::from_shared(endpoint.to_owned())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(Store::Etcd(channel, endpoint.to_owned()))
+    }
+
+    /// The same store over a connection of its own, as a separate client would have.
+    async fn reconnect(&self) -> anyhow::Result<Self> {
+        match self {
+            Store::Reef(_, options) => Self::connect_reef(options).await,
+            Store::Etcd(_, endpoint) => Self::connect_etcd(endpoint).await,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
-            Store::Reef(_) => "state",
-            Store::Etcd(_) => "etcd",
+            Store::Reef(..) => "state",
+            Store::Etcd(..) => "etcd",
         }
     }
 
@@ -80,7 +101,7 @@ impl Store {
 
     async fn put(&self, key: &str, value: Bytes) -> anyhow::Result<()> {
         match self {
-            Store::Reef(client) => {
+            Store::Reef(client, _) => {
                 client
                     .clone()
                     .put(wire::PutRequest {
@@ -91,7 +112,7 @@ impl Store {
                     })
                     .await?;
             }
-            Store::Etcd(channel) => {
+            Store::Etcd(channel, _) => {
                 etcd::kv_client::KvClient::new(channel.clone())
                     .put(etcd::PutRequest {
                         key: Self::etcd_key(key),
@@ -106,7 +127,7 @@ impl Store {
 
     async fn put_batch(&self, keys: Vec<String>, value: Bytes) -> anyhow::Result<()> {
         match self {
-            Store::Reef(client) => {
+            Store::Reef(client, _) => {
                 let ops = keys
                     .into_iter()
                     .map(|key| wire::TxnOp {
@@ -127,7 +148,7 @@ impl Store {
                     .await?;
                 anyhow::ensure!(done.into_inner().succeeded, "batch not applied");
             }
-            Store::Etcd(channel) => {
+            Store::Etcd(channel, _) => {
                 let success = keys
                     .iter()
                     .map(|key| etcd::RequestOp {
@@ -152,7 +173,7 @@ impl Store {
 
     async fn get(&self, key: &str) -> anyhow::Result<usize> {
         Ok(match self {
-            Store::Reef(client) => client
+            Store::Reef(client, _) => client
                 .clone()
                 .get(wire::GetRequest {
                     namespace: "bench".into(),
@@ -162,7 +183,7 @@ impl Store {
                 .into_inner()
                 .kv
                 .map_or(0, |kv| kv.value.len()),
-            Store::Etcd(channel) => etcd::kv_client::KvClient::new(channel.clone())
+            Store::Etcd(channel, _) => etcd::kv_client::KvClient::new(channel.clone())
                 .range(etcd::RangeRequest {
                     key: Self::etcd_key(key),
                     ..Default::default()
@@ -198,7 +219,7 @@ impl Store {
             arrived.notify_one();
         };
         Ok(match self {
-            Store::Reef(client) => {
+            Store::Reef(client, _) => {
                 let mut stream = client
                     .clone()
                     .watch(wire::WatchKeysRequest {
@@ -219,7 +240,7 @@ impl Store {
                     }
                 })
             }
-            Store::Etcd(channel) => {
+            Store::Etcd(channel, _) => {
                 let key = Self::etcd_key("watch/");
                 let mut end = key.clone();
                 *end.last_mut().expect("key") += 1;
@@ -290,7 +311,10 @@ struct Figures {
     concurrent: Vec<f64>,
     batched: Vec<f64>,
     gets: Vec<f64>,
-    watch: Histogram<u64>,
+    /// 100 watchers sharing one connection.
+    watch_shared: Histogram<u64>,
+    /// 100 watchers with a connection each (100 clients).
+    watch_apart: Histogram<u64>,
 }
 
 async fn measure(store: &Store, sizes: Sizes, runs: usize) -> anyhow::Result<Figures> {
@@ -343,28 +367,35 @@ async fn measure(store: &Store, sizes: Sizes, runs: usize) -> anyhow::Result<Fig
         })
     })
     .await?;
-    let watch = watch_fan_out(store, sizes.watch_rounds).await?;
+    let watch_shared = watch_fan_out(store, sizes.watch_rounds, false).await?;
+    let watch_apart = watch_fan_out(store, sizes.watch_rounds, true).await?;
     Ok(Figures {
         sequential,
         sequential_latency,
         concurrent,
         batched,
         gets,
-        watch,
+        watch_shared,
+        watch_apart,
     })
 }
 
 /// One put at a time to a key 100 watchers watch; the next put waits until every watcher
-/// has seen the previous one, so each latency is a quiet-system fan-out.
-async fn watch_fan_out(store: &Store, rounds: u64) -> anyhow::Result<Histogram<u64>> {
+/// has seen the previous one, so each latency is a quiet-system fan-out. The watchers
+/// share the writer's connection, or (`apart`) each has its own, like 100 clients.
+async fn watch_fan_out(store: &Store, rounds: u64, apart: bool) -> anyhow::Result<Histogram<u64>> {
     let epoch = Instant::now();
     let latencies = Arc::new(std::sync::Mutex::new(report::histogram_ns()));
     let received = Arc::new(AtomicU64::new(0));
     let arrived = Arc::new(Notify::new());
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
+        let watching = match apart {
+            true => store.reconnect().await?,
+            false => store.clone(),
+        };
         watchers.push(
-            store
+            watching
                 .watcher(epoch, latencies.clone(), received.clone(), arrived.clone())
                 .await?,
         );
@@ -409,17 +440,19 @@ fn print(name: &str, figures: &Figures) {
         "put/s",
     );
     report::rate(&format!("{name}_get_rate"), &figures.gets, "get/s");
-    report::latency_ns(&format!("{name}_watch_fanout{WATCHERS}"), &figures.watch);
+    report::latency_ns(
+        &format!("{name}_watch_fanout{WATCHERS}_shared"),
+        &figures.watch_shared,
+    );
+    report::latency_ns(
+        &format!("{name}_watch_fanout{WATCHERS}_apart"),
+        &figures.watch_apart,
+    );
 }
 
 /// Measures reef's embedded store through `node`, then etcd if it is installed.
 pub async fn run(node: &BenchNode, sizes: Sizes, runs: usize) -> anyhow::Result<()> {
-    let reef = Store::Reef(
-        StateClient::connect(&node.options)
-            .await?
-            .raw()
-            .max_decoding_message_size(8 << 20),
-    );
+    let reef = Store::connect_reef(&node.options).await?;
     let ours = measure(&reef, sizes, runs).await?;
     print("state", &ours);
     let etcd = match reef_tests::LocalEtcd::start() {
@@ -429,11 +462,7 @@ pub async fn run(node: &BenchNode, sizes: Sizes, runs: usize) -> anyhow::Result<
             return Ok(());
         }
     };
-    let channel = Channel::from_shared(etcd.endpoint.clone())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let store = Store::Etcd(channel);
+    let store = Store::connect_etcd(&etcd.endpoint).await?;
     // etcd answers once it has elected itself.
     let deadline = Instant::now() + Duration::from_secs(20);
     while store.put("ready", Bytes::from_static(b"1")).await.is_err() {
@@ -454,13 +483,18 @@ pub async fn run(node: &BenchNode, sizes: Sizes, runs: usize) -> anyhow::Result<
     );
     report::ratio("state_batched_put_vs_etcd", &ours.batched, &theirs.batched);
     report::ratio("state_get_vs_etcd", &ours.gets, &theirs.gets);
-    for quantile in [0.5, 0.99] {
-        report::metric(
-            &format!("state_watch_p{}_vs_etcd", (quantile * 100.0) as u32),
-            ours.watch.value_at_quantile(quantile) as f64
-                / theirs.watch.value_at_quantile(quantile).max(1) as f64,
-            "ratio (lower is better)",
-        );
+    for (shape, ours, theirs) in [
+        ("shared", &ours.watch_shared, &theirs.watch_shared),
+        ("apart", &ours.watch_apart, &theirs.watch_apart),
+    ] {
+        for quantile in [0.5, 0.99] {
+            report::metric(
+                &format!("state_watch_{shape}_p{}_vs_etcd", (quantile * 100.0) as u32),
+                ours.value_at_quantile(quantile) as f64
+                    / theirs.value_at_quantile(quantile).max(1) as f64,
+                "ratio (lower is better)",
+            );
+        }
     }
     Ok(())
 }
