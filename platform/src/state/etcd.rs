@@ -196,15 +196,25 @@ impl Etcd {
         Ok(())
     }
 
+    /// The lease of `owner` as last loaded.
+    fn known_lease(&self, owner: &str) -> Option<i64> {
+        self.leases
+            .lock()
+            .expect("leases")
+            .lease_of
+            .get(owner)
+            .copied()
+    }
+
     /// The lease that groups `owner`'s keys, granted on first use.
     async fn lease_for(&self, owner: &str) -> Result<i64, StateError> {
-        if let Some(lease) = self.leases.lock().expect("leases").lease_of.get(owner) {
-            return Ok(*lease);
+        if let Some(lease) = self.known_lease(owner) {
+            return Ok(lease);
         }
         let _one_at_a_time = self.granting.lock().await;
         self.load_owners().await?;
-        if let Some(lease) = self.leases.lock().expect("leases").lease_of.get(owner) {
-            return Ok(*lease);
+        if let Some(lease) = self.known_lease(owner) {
+            return Ok(lease);
         }
         let mut lease = LeaseClient::new(self.channel.clone());
         let granted = lease
@@ -239,12 +249,7 @@ impl Etcd {
                 .await;
             self.load_owners().await?;
             return self
-                .leases
-                .lock()
-                .expect("leases")
-                .lease_of
-                .get(owner)
-                .copied()
+                .known_lease(owner)
                 .ok_or_else(|| StateError::Internal(format!("no lease recorded for {owner}")));
         }
         let mut leases = self.leases.lock().expect("leases");
@@ -698,14 +703,7 @@ impl Backend for Etcd {
         Box::pin(async move {
             let _one_at_a_time = self.granting.lock().await;
             self.load_owners().await?;
-            let Some(id) = self
-                .leases
-                .lock()
-                .expect("leases")
-                .lease_of
-                .get(owner)
-                .copied()
-            else {
+            let Some(id) = self.known_lease(owner) else {
                 return Ok(0);
             };
             let mut lease = LeaseClient::new(self.channel.clone());
