@@ -5,8 +5,8 @@
 //! progress leads one, taking every write queued meanwhile, applying them in one redb
 //! transaction (each with its own revision), appending them to the log with one
 //! `fdatasync` and answering everyone. A lone writer so commits on its own task, without
-//! a thread hop; under load the leader hands on to a blocking thread that keeps
-//! committing while writes queue. Committed batches go to watchers through a broadcast
+//! a thread hop; under load, or when a checkpoint is due, the leader hands on to a
+//! blocking thread that keeps committing while writes queue and runs the checkpoint. Committed batches go to watchers through a broadcast
 //! channel; a watcher that falls behind reads the events table, which keeps the last
 //! `history` revisions.
 
@@ -183,6 +183,7 @@ impl Embedded {
                     wal,
                     history: config.history.max(1),
                     checkpointed: Instant::now(),
+                    checkpoint_now: false,
                     poisoned: None,
                 }),
             }),
@@ -208,10 +209,15 @@ impl Embedded {
         };
         if lead {
             // The first group (which holds this write) is committed here; if more
-            // writes queued meanwhile, a blocking thread goes on leading.
-            if self.shared.lead_one_group() {
+            // writes queued meanwhile, or a checkpoint is due, a blocking thread goes on
+            // leading.
+            if self.shared.lead_one_group(Leader::Caller) {
                 let shared = self.shared.clone();
-                tokio::task::spawn_blocking(move || while shared.lead_one_group() {});
+                tokio::task::spawn_blocking(
+                    move || {
+                        while shared.lead_one_group(Leader::BlockingThread) {}
+                    },
+                );
             }
         }
         answer
@@ -513,6 +519,8 @@ struct Writer {
     wal: Option<Wal>,
     history: u64,
     checkpointed: Instant,
+    /// A compaction asks for a checkpoint without waiting for the interval.
+    checkpoint_now: bool,
     /// Set when a commit failed half-way: the store refuses writes until restarted.
     poisoned: Option<String>,
 }
@@ -561,10 +569,19 @@ impl Write {
     }
 }
 
+/// Who leads a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    /// A writer's own task, on a runtime worker: it commits its group and no more.
+    Caller,
+    /// A blocking thread, which also runs checkpoints (up to ~100 ms of I/O).
+    BlockingThread,
+}
+
 impl Shared {
-    /// Commits the writes queued now; returns whether more queued meanwhile (the
-    /// caller goes on leading) or gives up the lead.
-    fn lead_one_group(&self) -> bool {
+    /// Commits the writes queued now, and a due checkpoint if `leader` may block; returns
+    /// whether there is more to do (the leader goes on) or gives up the lead.
+    fn lead_one_group(&self, leader: Leader) -> bool {
         let group: Vec<Write> = {
             let mut queue = self.queue.lock().expect("state queue");
             let take = queue.pending.len().min(MAX_GROUP);
@@ -578,8 +595,20 @@ impl Shared {
             // after the first run on a blocking thread anyway.
             self.commit_group(&mut writer, group);
         }
+        let checkpoint_due = {
+            let mut writer = self.writer.lock().expect("state writer");
+            match leader {
+                Leader::Caller => writer.checkpoint_due(),
+                Leader::BlockingThread => {
+                    if let Err(error) = self.checkpoint_if_due(&mut writer) {
+                        tracing::error!(%error, "state checkpoint failed; the log keeps growing until one succeeds");
+                    }
+                    false
+                }
+            }
+        };
         let mut queue = self.queue.lock().expect("state queue");
-        queue.leading = !queue.pending.is_empty();
+        queue.leading = !queue.pending.is_empty() || checkpoint_due;
         queue.leading
     }
 
@@ -591,8 +620,8 @@ impl Shared {
             group.into_iter().for_each(|write| write.refuse(&error));
             return;
         }
-        // A compaction is not in the log: make it durable at once.
-        let compacts = group
+        // A compaction is not in the log: make it durable at the next checkpoint, now.
+        writer.checkpoint_now |= group
             .iter()
             .any(|write| matches!(write, Write::Compact(..)));
         let mut batches = Vec::new();
@@ -646,33 +675,38 @@ impl Shared {
             let _ = self.live.send(Arc::new(batch));
         }
         applied.into_iter().for_each(Applied::answer);
-        if let Err(error) = self.checkpoint_if_due(writer, compacts) {
-            tracing::error!(%error, "state checkpoint failed; the log keeps growing until one succeeds");
-        }
     }
 
-    /// Folds the log into a durable redb commit once it is old or long enough, or
-    /// `now`.
-    fn checkpoint_if_due(&self, writer: &mut Writer, now: bool) -> Result<(), StateError> {
-        let Some(wal) = &mut writer.wal else {
-            return Ok(());
-        };
-        let due = now
-            || writer.checkpointed.elapsed() >= CHECKPOINT_INTERVAL
-            || wal.len() >= CHECKPOINT_BYTES;
-        if !due || (wal.len() == 0 && !now) {
+    /// Folds the log into a durable redb commit if one is due.
+    fn checkpoint_if_due(&self, writer: &mut Writer) -> Result<(), StateError> {
+        if !writer.checkpoint_due() {
             return Ok(());
         }
         // An empty durable commit makes every earlier non-durable one durable.
         let write = self.db.begin_write().map_err(internal)?;
         write.commit().map_err(internal)?;
-        wal.reset()?;
+        if let Some(wal) = &mut writer.wal {
+            wal.reset()?;
+        }
         writer.checkpointed = Instant::now();
+        writer.checkpoint_now = false;
         Ok(())
     }
 }
 
 impl Writer {
+    /// Whether the log should be folded into redb now: it is a second old or 64 MiB
+    /// long, or a compaction asked.
+    fn checkpoint_due(&self) -> bool {
+        let Some(wal) = &self.wal else {
+            return false;
+        };
+        self.checkpoint_now
+            || (wal.len() > 0
+                && (self.checkpointed.elapsed() >= CHECKPOINT_INTERVAL
+                    || wal.len() >= CHECKPOINT_BYTES))
+    }
+
     fn apply(
         &self,
         write: &WriteTransaction,
