@@ -810,3 +810,66 @@ async fn compacted_history_asks_watchers_to_resynchronise() {
     let kept = next_events(&mut stream, (201 - first) as usize).await;
     assert_eq!(key_of(&kept[0]).2, first);
 }
+
+/// A replica whose last revision was compacted while it was away (a quiet namespace,
+/// busy others, a node restart) takes a new snapshot and follows on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_resynchronises_when_its_history_was_compacted() {
+    let mut node = TestNode::start_with(&["--state-history", "50"]);
+    let mut state = raw(&node).await;
+    state.put(put("quiet", "a", "1")).await.expect("put");
+    state.put(put("quiet", "b", "1")).await.expect("put");
+    let replica = Replica::start(
+        StateClient::connect(&node.options())
+            .await
+            .expect("connect"),
+        "quiet",
+        "",
+        |_| {},
+    )
+    .await
+    .expect("replica");
+    let deleted = state
+        .delete(wire::DeleteRequest {
+            namespace: "quiet".into(),
+            key: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner()
+        .revision;
+    tokio::time::timeout(Duration::from_secs(10), replica.wait_for(deleted as u64))
+        .await
+        .expect("the replica follows")
+        .expect("replica");
+    // Other namespaces move the store on far past the 50 revisions it keeps.
+    for i in 0..200 {
+        state
+            .put(put("busy", &format!("k{}", i % 7), "x"))
+            .await
+            .expect("put");
+    }
+    node.process().signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = node.process().0.wait();
+    node.restart();
+    let mut state = raw(&node).await;
+    let latest = state
+        .put(put("quiet", "c", "1"))
+        .await
+        .expect("put")
+        .into_inner()
+        .revision;
+    tokio::time::timeout(Duration::from_secs(20), replica.wait_for(latest as u64))
+        .await
+        .expect("the replica catches up after resynchronising")
+        .expect("replica");
+    let keys: Vec<String> = replica.snapshot().into_keys().collect();
+    assert_eq!(keys, ["a", "c"]);
+    assert_eq!(
+        replica.resynchronisations(),
+        1,
+        "resuming from a compacted revision resynchronises"
+    );
+    assert!(replica.stopped().is_none());
+}

@@ -215,6 +215,8 @@ struct Shared {
     entries: Mutex<BTreeMap<String, Entry>>,
     /// Why the replica stopped following, once it has.
     stopped: Mutex<Option<String>>,
+    /// New snapshots taken because the history to resume from was compacted.
+    resynchronised: std::sync::atomic::AtomicU64,
 }
 
 type OnChange = Box<dyn FnMut(&Change) + Send>;
@@ -231,7 +233,7 @@ impl Replica {
         let (entries, revision) = client.list_all(namespace, prefix).await?;
         let shared = Arc::new(Shared {
             entries: Mutex::new(entries),
-            stopped: Mutex::default(),
+            ..Shared::default()
         });
         let (revision_tx, revision_rx) = watch::channel(revision);
         let follower = Follower {
@@ -279,6 +281,14 @@ impl Replica {
             .await
             .map(|_| ())
             .map_err(|_| Error::Disconnected(self.stopped().unwrap_or_default()))
+    }
+
+    /// How many times the replica took a new snapshot because the history it needed to
+    /// resume from had been compacted.
+    pub fn resynchronisations(&self) -> u64 {
+        self.shared
+            .resynchronised
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Why the replica stopped following (a refused namespace, say), if it has.
@@ -416,6 +426,9 @@ impl Follower {
                 self.apply(Change::Put { key, entry });
             }
         }
+        self.shared
+            .resynchronised
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.revision.send_replace(revision);
         Ok(())
     }
