@@ -67,6 +67,7 @@ impl BenchNode {
         let options = ConnectOptions {
             node: grpc.to_owned(),
             ca: data.path().join("tls/ca.pem"),
+            insecure: line.contains("tls=off"),
             ..ConnectOptions::default()
         };
         Ok(Self {

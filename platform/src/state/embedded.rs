@@ -52,8 +52,10 @@ const LIVE_BATCHES: usize = 4096;
 const HISTORY_CHUNK: usize = 256;
 /// How often the log is folded into a durable redb commit…
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// …or sooner, once the log is this long.
-const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// …or sooner, once the log is this long: a checkpoint's work, and so the wait of a
+/// write that arrives during it, grows with what it folds in (at 64 MiB a checkpoint
+/// after a second of batched writes took ~90 ms).
+const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 /// Where and how the embedded store keeps its data.
 #[derive(Debug, Clone)]
@@ -695,7 +697,7 @@ impl Shared {
 }
 
 impl Writer {
-    /// Whether the log should be folded into redb now: it is a second old or 64 MiB
+    /// Whether the log should be folded into redb now: it is a second old or 16 MiB
     /// long, or a compaction asked.
     fn checkpoint_due(&self) -> bool {
         let Some(wal) = &self.wal else {
