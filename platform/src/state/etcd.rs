@@ -43,6 +43,10 @@ use pb::{
     mvccpb,
 };
 
+/// The largest etcd response decoded; a List page that would be larger is read again
+/// with fewer keys.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
 /// etcd's longest lease TTL (seconds): owner leases group keys; they are not timers.
 const OWNER_LEASE_TTL: i64 = 9_000_000_000;
 
@@ -121,7 +125,7 @@ impl Etcd {
     }
 
     fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone()).max_decoding_message_size(16 << 20)
+        KvClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     fn namespace_prefix(&self, namespace: &Namespace) -> String {
@@ -619,18 +623,28 @@ impl Backend for Etcd {
                 }
                 None => range_start,
             };
-            let response = self
-                .kv()
-                .range(etcd::RangeRequest {
-                    key: start,
-                    range_end,
-                    limit: query.limit as i64,
-                    keys_only: query.keys_only,
-                    ..Default::default()
-                })
-                .await
-                .map_err(unavailable)?
-                .into_inner();
+            // etcd cannot bound a range by size: a page of large values that the client
+            // may not decode is asked for again with fewer keys (one value always fits).
+            let mut limit = query.limit.max(1) as i64;
+            let response = loop {
+                let read = self
+                    .kv()
+                    .range(etcd::RangeRequest {
+                        key: start.clone(),
+                        range_end: range_end.clone(),
+                        limit,
+                        keys_only: query.keys_only,
+                        ..Default::default()
+                    })
+                    .await;
+                match read {
+                    Ok(response) => break response.into_inner(),
+                    Err(status) if status.code() == Code::OutOfRange && limit > 1 => {
+                        limit = (limit / 8).max(1);
+                    }
+                    Err(status) => return Err(unavailable(status)),
+                }
+            };
             let mut more = response.more;
             let mut kvs = Vec::with_capacity(response.kvs.len());
             let mut bytes = 0;
