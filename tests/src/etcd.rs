@@ -2,7 +2,7 @@
 
 use std::{
     net::TcpStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -37,12 +37,23 @@ impl LocalEtcd {
     /// never answered). etcd cannot take port 0, so a port taken between the probe and
     /// etcd's bind is retried with new ports.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS with the certificates in `certs` (a reef
+    /// `Pki` directory: `ca.pem`, `node.pem`, `node-key.pem`), requiring client
+    /// certificates signed by the same CA. The endpoint is `https://127.0.0.1:PORT`.
+    pub fn start_tls(certs: &Path) -> Result<Self, String> {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&Path>) -> Result<Self, String> {
         let binary = etcd_binary().ok_or(
             "etcd is not installed: scripts/test installs Debian's etcd-server (or set REEF_ETCD_BIN)",
         )?;
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::start_once(&binary) {
+            match Self::start_once(&binary, certs) {
                 Ok(etcd) => return Ok(etcd),
                 Err(error) => last_error = error,
             }
@@ -50,11 +61,21 @@ impl LocalEtcd {
         Err(last_error)
     }
 
-    fn start_once(binary: &PathBuf) -> Result<Self, String> {
+    fn start_once(binary: &PathBuf, certs: Option<&Path>) -> Result<Self, String> {
         let data = tempfile::tempdir().map_err(|e| e.to_string())?;
         let client = unused_port();
         let peer = unused_port();
-        let client_url = format!("http://127.0.0.1:{client}");
+        let scheme = if certs.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client}");
+        let tls: Vec<String> = match certs {
+            Some(dir) => vec![
+                format!("--cert-file={}", dir.join("node.pem").display()),
+                format!("--key-file={}", dir.join("node-key.pem").display()),
+                format!("--trusted-ca-file={}", dir.join("ca.pem").display()),
+                "--client-cert-auth".to_owned(),
+            ],
+            None => Vec::new(),
+        };
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new(binary)
             .arg("--name=reef-test")
@@ -65,6 +86,7 @@ impl LocalEtcd {
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=reef-test={peer_url}"))
             .arg("--log-level=error")
+            .args(&tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

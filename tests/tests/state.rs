@@ -568,6 +568,56 @@ async fn the_etcd_backend_conforms() {
     conformance(&node).await;
 }
 
+/// etcd over mutual TLS, with a dead endpoint first in the list: the node moves on to
+/// the endpoint that answers; without a client certificate etcd refuses it, and the
+/// node says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_backend_speaks_mutual_tls_to_a_list_of_endpoints() {
+    let certs = tempfile::tempdir().unwrap();
+    reef_platform::Pki::load_or_create(certs.path(), &["127.0.0.1".into(), "localhost".into()])
+        .expect("certificates");
+    let etcd = LocalEtcd::start_tls(certs.path()).unwrap_or_else(|why| panic!("{why}"));
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("node.pem"), file("node-key.pem"));
+    let dead = format!("https://127.0.0.1:{}", reef_tests::unused_port());
+    // The dead endpoint first: the node must move on to the one that answers.
+    let endpoints = format!("{dead},{}", etcd.endpoint);
+    let node = TestNode::start_with(&[
+        "--etcd",
+        &endpoints,
+        "--etcd-ca",
+        &ca,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+    ]);
+    let mut state = raw(&node).await;
+    wait_for_state(&state).await;
+    let (mut events, _) = watch(&mut state, "tls", "", 0).await.expect("watch");
+    let written = state
+        .put(put("tls", "k", "v"))
+        .await
+        .expect("put")
+        .into_inner();
+    let seen = next_events(&mut events, 1).await;
+    assert_eq!(key_of(&seen[0]).2, written.revision);
+    assert_eq!(get(&mut state, "tls", "k").await.expect("k").value, "v");
+
+    let without_cert = TestNode::start_with(&["--etcd", &etcd.endpoint, "--etcd-ca", &ca]);
+    let mut refused = raw(&without_cert).await;
+    expect_code(
+        refused
+            .get(wire::GetRequest {
+                namespace: "tls".into(),
+                key: "k".into(),
+            })
+            .await,
+        Code::Unavailable,
+        "etcd",
+    );
+}
+
 /// Writers that put counters and transactions that write pairs, while the node is
 /// SIGKILLed: after a restart, every acknowledged put is there and every pair is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,14 +9,21 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Status,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
 
 use super::{
     Backend, Batch, BoxFuture, Event, EventKind, KeyValue, ListQuery, MAX_PAGE_BYTES, Namespace,
@@ -47,22 +54,57 @@ use pb::{
 /// with fewer keys.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
+/// After moving to the next endpoint, failures within this long do not move again.
+const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
+
 /// etcd's longest lease TTL (seconds): owner leases group keys; they are not timers.
 const OWNER_LEASE_TTL: i64 = 9_000_000_000;
 
 /// Where the etcd cluster is and where reef's keys live in it.
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
-    /// A client URL, such as `http://127.0.0.1:2379`.
-    pub endpoint: String,
+    /// The cluster's client URLs, such as `http://127.0.0.1:2379` (`https://` with
+    /// `tls`); requests are balanced over those that answer.
+    pub endpoints: Vec<String>,
     /// The key prefix for everything reef stores.
     pub root: String,
+    /// TLS for `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+}
+
+/// How reef authenticates etcd, and itself to etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's server certificates (PEM file).
+    pub ca: PathBuf,
+    /// A client certificate and its key (PEM files), for clusters that require one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl EtcdTls {
+    fn client_config(&self) -> Result<ClientTlsConfig, StateError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                StateError::Invalid(format!("etcd TLS: cannot read {}: {e}", path.display()))
+            })
+        };
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(config)
+    }
 }
 
 /// The etcd backend.
 #[derive(Debug, Clone)]
 pub struct Etcd {
-    channel: Channel,
+    /// One channel per endpoint; calls go to `current` until it cannot be reached.
+    channels: Arc<[Channel]>,
+    current: Arc<AtomicUsize>,
+    /// When `current` last moved on.
+    moved: Arc<Mutex<std::time::Instant>>,
     root: Arc<str>,
     /// Owner leases: lease id → alias, and alias → lease id.
     leases: Arc<Mutex<Leases>>,
@@ -77,10 +119,14 @@ struct Leases {
 }
 
 fn unavailable(status: Status) -> StateError {
+    // tonic reports a connection that failed after it was made (a TLS handshake etcd
+    // refused, say) as UNKNOWN "transport error".
+    let transport = status.code() == Code::Unknown && status.message().contains("transport");
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             StateError::Unavailable(format!("etcd: {}", status.message()))
         }
+        _ if transport => StateError::Unavailable(format!("etcd: {}", status.message())),
         Code::InvalidArgument | Code::FailedPrecondition
             if status.message().contains("too large") =>
         {
@@ -110,22 +156,78 @@ impl Etcd {
     /// Connects lazily to `config.endpoint`: the first operation reports an unreachable
     /// cluster as UNAVAILABLE.
     pub fn connect(config: EtcdConfig) -> Result<Self, StateError> {
-        let channel = Channel::from_shared(config.endpoint.clone())
-            .map_err(|e| StateError::Invalid(format!("etcd endpoint {:?}: {e}", config.endpoint)))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        if config.endpoints.is_empty() {
+            return Err(StateError::Invalid("etcd: no endpoint given".into()));
+        }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(EtcdTls::client_config)
+            .transpose()?;
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(config.endpoints.len());
+        for url in &config.endpoints {
+            let invalid =
+                |why: String| StateError::Invalid(format!("etcd endpoint {url:?}: {why}"));
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| invalid(e.to_string()))?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+                .tcp_nodelay(true);
+            match (url.starts_with("https://"), &tls) {
+                (true, Some(tls)) => {
+                    endpoint = endpoint
+                        .tls_config(tls.clone())
+                        .map_err(|e| invalid(e.to_string()))?;
+                }
+                (true, None) => {
+                    return Err(invalid(
+                        "https needs the CA of etcd's certificates (--etcd-ca)".into(),
+                    ));
+                }
+                (false, Some(_)) => {
+                    return Err(invalid("TLS options need https:// endpoints".into()));
+                }
+                (false, None) => {}
+            }
+            endpoints.push(endpoint);
+        }
         Ok(Self {
-            channel,
+            channels: endpoints.into_iter().map(|e| e.connect_lazy()).collect(),
+            current: Arc::default(),
+            moved: Arc::new(Mutex::new(
+                std::time::Instant::now()
+                    .checked_sub(FAILOVER_PAUSE)
+                    .unwrap_or_else(std::time::Instant::now),
+            )),
             root: config.root.trim_end_matches('/').into(),
             leases: Arc::default(),
             granting: Arc::default(),
         })
     }
 
+    /// The endpoint calls go to now.
+    fn channel(&self) -> Channel {
+        self.channels[self.current.load(Ordering::Relaxed) % self.channels.len()].clone()
+    }
+
+    /// Maps a failed call to a state error. A call that could not reach its endpoint
+    /// moves the next calls to the next endpoint; it is not retried here, because
+    /// only the caller knows whether it may be (UNAVAILABLE says to).
+    fn failed(&self, status: Status) -> StateError {
+        if status.code() == Code::Unavailable && status.message().contains("connect") {
+            // Calls that failed together move on once, not once each (which could
+            // bring them back to the endpoint they failed on).
+            let mut moved = self.moved.lock().expect("moved");
+            if moved.elapsed() >= FAILOVER_PAUSE {
+                self.current.fetch_add(1, Ordering::Relaxed);
+                *moved = std::time::Instant::now();
+            }
+        }
+        unavailable(status)
+    }
+
     fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+        KvClient::new(self.channel()).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     fn namespace_prefix(&self, namespace: &Namespace) -> String {
@@ -187,7 +289,7 @@ impl Etcd {
                 ..Default::default()
             })
             .await
-            .map_err(unavailable)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         let mut leases = self.leases.lock().expect("leases");
         leases.owner_of.clear();
@@ -220,14 +322,14 @@ impl Etcd {
         if let Some(lease) = self.known_lease(owner) {
             return Ok(lease);
         }
-        let mut lease = LeaseClient::new(self.channel.clone());
+        let mut lease = LeaseClient::new(self.channel());
         let granted = lease
             .lease_grant(etcd::LeaseGrantRequest {
                 ttl: OWNER_LEASE_TTL,
                 id: 0,
             })
             .await
-            .map_err(unavailable)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         let marker = format!("{}{owner}", self.owners_prefix()).into_bytes();
         // Another node may have recorded a lease for this owner meanwhile: only the first wins.
@@ -245,7 +347,7 @@ impl Etcd {
                 failure: Vec::new(),
             })
             .await
-            .map_err(unavailable)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         if !recorded.succeeded {
             let _ = lease
@@ -271,7 +373,7 @@ impl Etcd {
                 ..Default::default()
             })
             .await
-            .map_err(unavailable)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         Ok(revision(response.header))
     }
@@ -292,7 +394,7 @@ impl Etcd {
             Err(status) if status.message().contains("compacted") => Ok(true),
             // A start one past the store's revision is not readable yet: not compacted.
             Err(status) if status.message().contains("future revision") => Ok(false),
-            Err(status) => Err(unavailable(status)),
+            Err(status) => Err(self.failed(status)),
         }
     }
 
@@ -345,7 +447,7 @@ impl Etcd {
                 failure,
             })
             .await
-            .map_err(unavailable)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         let store_revision = revision(response.header);
         let prefix = self.namespace_prefix(namespace);
@@ -430,17 +532,17 @@ impl Etcd {
             })
             .await
             .map_err(|_| StateError::Internal("watch request channel closed".into()))?;
-        let mut responses = WatchClient::new(self.channel.clone())
+        let mut responses = WatchClient::new(self.channel())
             .max_decoding_message_size(16 << 20)
             .watch(ReceiverStream::new(request_stream))
             .await
-            .map_err(unavailable)?
+            .map_err(|status| self.failed(status))?
             .into_inner();
         let created = responses
             .next()
             .await
             .ok_or_else(|| StateError::Unavailable("etcd closed the watch".into()))?
-            .map_err(unavailable)?;
+            .map_err(|status| self.failed(status))?;
         // etcd reports a compacted start revision after `created`, when it next syncs its
         // watchers: a read at the start revision finds out now, so the caller gets the
         // error from the Watch call itself, as with the embedded store.
@@ -473,7 +575,7 @@ impl Etcd {
                 let response = match response {
                     Ok(response) => response,
                     Err(status) => {
-                        let _ = events.send(Err(unavailable(status))).await;
+                        let _ = events.send(Err(this.failed(status))).await;
                         return;
                     }
                 };
@@ -594,7 +696,7 @@ impl Backend for Etcd {
                     ..Default::default()
                 })
                 .await
-                .map_err(unavailable)?
+                .map_err(|status| self.failed(status))?
                 .into_inner();
             let prefix = self.namespace_prefix(namespace);
             let found = response
@@ -642,7 +744,7 @@ impl Backend for Etcd {
                     Err(status) if status.code() == Code::OutOfRange && limit > 1 => {
                         limit = (limit / 8).max(1);
                     }
-                    Err(status) => return Err(unavailable(status)),
+                    Err(status) => return Err(self.failed(status)),
                 }
             };
             let mut more = response.more;
@@ -698,7 +800,7 @@ impl Backend for Etcd {
                 Ok(_) => Ok(target),
                 // Already compacted at or past it: nothing to do.
                 Err(status) if status.message().contains("compacted") => Ok(target),
-                Err(status) => Err(unavailable(status)),
+                Err(status) => Err(self.failed(status)),
             }
         })
     }
@@ -720,16 +822,16 @@ impl Backend for Etcd {
             let Some(id) = self.known_lease(owner) else {
                 return Ok(0);
             };
-            let mut lease = LeaseClient::new(self.channel.clone());
+            let mut lease = LeaseClient::new(self.channel());
             let attached = lease
                 .lease_time_to_live(etcd::LeaseTimeToLiveRequest { id, keys: true })
                 .await
-                .map_err(unavailable)?
+                .map_err(|status| self.failed(status))?
                 .into_inner();
             match lease.lease_revoke(etcd::LeaseRevokeRequest { id }).await {
                 Ok(_) => {}
                 Err(status) if status.message().contains("not found") => {}
-                Err(status) => return Err(unavailable(status)),
+                Err(status) => return Err(self.failed(status)),
             }
             let mut leases = self.leases.lock().expect("leases");
             leases.lease_of.remove(owner);

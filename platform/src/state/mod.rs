@@ -20,7 +20,7 @@ use tokio_stream::Stream;
 
 pub use self::{
     embedded::{Embedded, EmbeddedConfig},
-    etcd::{Etcd, EtcdConfig, pb as etcd_v3},
+    etcd::{Etcd, EtcdConfig, EtcdTls, pb as etcd_v3},
     owners::Owners,
     service::StateService,
 };

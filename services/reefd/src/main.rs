@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::Parser;
 use reef_platform::{
     Limits, Node, NodeConfig, StateBackend,
-    state::EtcdConfig,
+    state::{EtcdConfig, EtcdTls},
     supervision::{Policy, Strategy},
 };
 
@@ -74,10 +74,20 @@ struct Args {
     /// Time containers get to stop when the node shuts down, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     stop_grace_ms: u64,
-    /// Keep `reef.v1.State` in etcd at this client URL (`http://HOST:PORT`) instead of the
-    /// embedded store in the data dir.
-    #[arg(long, env = "REEF_ETCD")]
-    etcd: Option<String>,
+    /// Keep `reef.v1.State` in etcd at these client URLs (`http://HOST:PORT`, or
+    /// `https://` with --etcd-ca; comma-separated) instead of the embedded store in the
+    /// data dir.
+    #[arg(long, env = "REEF_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The CA certificate (PEM) that signed etcd's server certificates.
+    #[arg(long, env = "REEF_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd clusters that require one; with --etcd-key.
+    #[arg(long, env = "REEF_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "REEF_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// The etcd key prefix under which reef keeps its state.
     #[arg(long, default_value = "/reef/state")]
     etcd_root: String,
@@ -122,12 +132,16 @@ impl Args {
             ..Policy::default()
         };
         config.stop_grace = Duration::from_millis(self.stop_grace_ms);
-        config.state = match &self.etcd {
-            Some(endpoint) => StateBackend::Etcd(EtcdConfig {
-                endpoint: endpoint.clone(),
+        config.state = match self.etcd.is_empty() {
+            false => StateBackend::Etcd(EtcdConfig {
+                endpoints: self.etcd.clone(),
                 root: self.etcd_root.clone(),
+                tls: self.etcd_ca.clone().map(|ca| EtcdTls {
+                    ca,
+                    identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+                }),
             }),
-            None => StateBackend::Embedded {
+            true => StateBackend::Embedded {
                 history: self.state_history,
             },
         };
