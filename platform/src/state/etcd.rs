@@ -571,7 +571,15 @@ impl Etcd {
         tokio::spawn(async move {
             // Keeps the request side open: etcd ends the watch when it closes.
             let _requests = requests;
-            while let Some(response) = responses.next().await {
+            loop {
+                // A watcher that went away ends the etcd watch now, not at the next event.
+                let response = tokio::select! {
+                    _ = events.closed() => return,
+                    response = responses.next() => match response {
+                        Some(response) => response,
+                        None => break,
+                    },
+                };
                 let response = match response {
                     Ok(response) => response,
                     Err(status) => {
