@@ -118,7 +118,8 @@ struct Leases {
     lease_of: HashMap<String, i64>,
 }
 
-fn unavailable(status: Status) -> StateError {
+/// What a failed etcd call means for reef's callers.
+fn state_error(status: Status) -> StateError {
     // tonic reports a connection that failed after it was made (a TLS handshake etcd
     // refused, say) as UNKNOWN "transport error".
     let transport = status.code() == Code::Unknown && status.message().contains("transport");
@@ -223,7 +224,7 @@ impl Etcd {
                 *moved = std::time::Instant::now();
             }
         }
-        unavailable(status)
+        state_error(status)
     }
 
     fn kv(&self) -> KvClient<Channel> {
@@ -364,22 +365,9 @@ impl Etcd {
         Ok(granted.id)
     }
 
-    async fn current_revision(&self) -> Result<Revision, StateError> {
-        let response = self
-            .kv()
-            .range(etcd::RangeRequest {
-                key: format!("{}/", self.root).into_bytes(),
-                count_only: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|status| self.failed(status))?
-            .into_inner();
-        Ok(revision(response.header))
-    }
-
-    /// Whether etcd's history before `revision` was compacted away.
-    async fn compacted(&self, revision: Revision) -> Result<bool, StateError> {
+    /// A count-only read of reef's keys at `revision` (0: the latest), for what its
+    /// header and its errors say about the store.
+    async fn probe(&self, revision: Revision) -> Result<etcd::RangeResponse, Status> {
         let read = self
             .kv()
             .range(etcd::RangeRequest {
@@ -388,8 +376,18 @@ impl Etcd {
                 count_only: true,
                 ..Default::default()
             })
-            .await;
-        match read {
+            .await?;
+        Ok(read.into_inner())
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StateError> {
+        let response = self.probe(0).await.map_err(|status| self.failed(status))?;
+        Ok(revision(response.header))
+    }
+
+    /// Whether etcd's history before `revision` was compacted away.
+    async fn compacted(&self, revision: Revision) -> Result<bool, StateError> {
+        match self.probe(revision).await {
             Ok(_) => Ok(false),
             Err(status) if status.message().contains("compacted") => Ok(true),
             // A start one past the store's revision is not readable yet: not compacted.

@@ -89,7 +89,8 @@ fn print_value(kv: &wire::KeyValue, verbose: bool) {
 }
 
 pub async fn run(command: StateCommand, options: ConnectOptions) -> anyhow::Result<ExitCode> {
-    let mut state = StateClient::connect(&options).await?.raw();
+    let client = StateClient::connect(&options).await?;
+    let mut state = client.raw();
     match command {
         StateCommand::Get {
             namespace,
@@ -161,29 +162,12 @@ pub async fn run(command: StateCommand, options: ConnectOptions) -> anyhow::Resu
             prefix,
             keys,
         } => {
-            let mut page_token = String::new();
-            loop {
-                let page = state
-                    .list(wire::ListKeysRequest {
-                        namespace: namespace.clone(),
-                        prefix: prefix.clone(),
-                        page_token,
-                        keys_only: keys,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(Error::Rejected)?
-                    .into_inner();
-                for kv in &page.kvs {
-                    match keys {
-                        true => println!("{}", kv.key),
-                        false => println!("{}={}", kv.key, String::from_utf8_lossy(&kv.value)),
-                    }
+            let (entries, _) = client.list_all(&namespace, &prefix).await?;
+            for (key, entry) in entries {
+                match keys {
+                    true => println!("{key}"),
+                    false => println!("{key}={}", String::from_utf8_lossy(&entry.value)),
                 }
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
             }
         }
         StateCommand::Watch {
