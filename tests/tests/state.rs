@@ -123,6 +123,38 @@ async fn watch(
     Ok((stream, first.revision))
 }
 
+/// Every page of a listing, following the page tokens; page `keys_only_page` (counted
+/// from 0), if any, asks for keys only.
+async fn list_pages(
+    state: &mut Raw<Channel>,
+    mut request: wire::ListKeysRequest,
+    keys_only_page: Option<usize>,
+) -> Vec<wire::ListKeysResponse> {
+    let mut pages = Vec::new();
+    loop {
+        request.keys_only = keys_only_page == Some(pages.len());
+        let page = state
+            .list(request.clone())
+            .await
+            .expect("list")
+            .into_inner();
+        let next = page.next_page_token.clone();
+        pages.push(page);
+        if next.is_empty() {
+            return pages;
+        }
+        request.page_token = next;
+    }
+}
+
+/// The keys of a listing's pages, in order.
+fn keys_of(pages: &[wire::ListKeysResponse]) -> Vec<String> {
+    pages
+        .iter()
+        .flat_map(|page| page.kvs.iter().map(|kv| kv.key.clone()))
+        .collect()
+}
+
 fn key_of(event: &wire::WatchEvent) -> (wire::watch_event::Kind, String, i64) {
     let kv = event.kv.as_ref().expect("event kv");
     (event.kind(), kv.key.clone(), kv.mod_revision)
@@ -248,35 +280,25 @@ async fn conformance(node: &TestNode) {
         .put(put(ns, "listx", "outside the prefix"))
         .await
         .expect("put");
-    let mut listed = Vec::new();
-    let mut page_token = String::new();
-    let mut pages = 0;
-    loop {
-        let page = state
-            .list(wire::ListKeysRequest {
-                namespace: ns.into(),
-                prefix: "list/".into(),
-                limit: 10,
-                page_token,
-                keys_only: pages == 1,
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        pages += 1;
-        assert!(page.kvs.len() <= 10);
-        if pages == 2 {
-            assert!(page.kvs.iter().all(|kv| kv.value.is_empty()), "keys only");
-        }
-        listed.extend(page.kvs.into_iter().map(|kv| kv.key));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let pages = list_pages(
+        &mut state,
+        wire::ListKeysRequest {
+            namespace: ns.into(),
+            prefix: "list/".into(),
+            limit: 10,
+            ..Default::default()
+        },
+        Some(1),
+    )
+    .await;
+    assert!(pages.iter().all(|page| page.kvs.len() <= 10));
+    assert!(
+        pages[1].kvs.iter().all(|kv| kv.value.is_empty()),
+        "keys only"
+    );
     let expected: Vec<String> = (0..25).map(|i| format!("list/{i:02}")).collect();
-    assert_eq!(listed, expected);
-    assert_eq!(pages, 3);
+    assert_eq!(keys_of(&pages), expected);
+    assert_eq!(pages.len(), 3);
     let removed = state
         .delete(wire::DeleteRequest {
             namespace: ns.into(),
@@ -300,30 +322,23 @@ async fn conformance(node: &TestNode) {
         request.value = big.clone().into();
         state.put(request).await.expect("put a 1 MiB value");
     }
-    let mut keys = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = state
-            .list(wire::ListKeysRequest {
-                namespace: ns.into(),
-                prefix: "big/".into(),
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .expect("list large values")
-            .into_inner();
+    let pages = list_pages(
+        &mut state,
+        wire::ListKeysRequest {
+            namespace: ns.into(),
+            prefix: "big/".into(),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    for page in &pages {
         let bytes: usize = page.kvs.iter().map(|kv| kv.value.len()).sum();
         assert!(bytes <= 6 << 20, "a page of {bytes} bytes");
         assert!(page.kvs.iter().all(|kv| kv.value.len() == 1 << 20));
-        keys.extend(page.kvs.into_iter().map(|kv| kv.key));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
     }
     assert_eq!(
-        keys,
+        keys_of(&pages),
         (0..20).map(|i| format!("big/{i:02}")).collect::<Vec<_>>()
     );
 
