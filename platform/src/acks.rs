@@ -100,6 +100,17 @@ impl AckLog {
         }
     }
 
+    /// The receiver (a linked node) handled every envelope up to `sequence`.
+    pub(crate) fn ack_through(&self, sequence: u64) {
+        let mut inner = self.lock();
+        let kept = inner.unacked.split_off(&sequence.saturating_add(1));
+        let acked = std::mem::replace(&mut inner.unacked, kept).len();
+        drop(inner);
+        if acked > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
     /// Waits until the log may have room (a later [`AckLog::queue`] decides).
     pub(crate) async fn room(&self) {
         let notified = self.room.notified();
@@ -153,6 +164,21 @@ mod tests {
             acknowledged: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn acknowledges_a_prefix_at_once() {
+        let log = AckLog::new(8);
+        let (mailbox, _rx) = mpsc::channel(8);
+        for _ in 0..5 {
+            assert!(log.queue(&mailbox, Envelope::default(), true).is_ok());
+        }
+        log.ack_through(3);
+        assert_eq!(log.len(), 2);
+        log.ack_through(3);
+        assert_eq!(log.len(), 2);
+        log.ack_through(u64::MAX);
+        assert_eq!(log.len(), 0);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::{AckLog, Alias, Limits, NodeStats, PendingRequests, Registry, acks::NotQueued};
+use crate::{
+    AckLog, Alias, Limits, NodeStats, PendingRequests, Registry, acks::NotQueued, link::LinkSession,
+};
 
 /// Where the node queues envelopes for one attached container, what that container is
 /// waiting for, and how to close its stream.
@@ -31,6 +33,8 @@ pub struct Attachment {
     /// Acknowledged-mode envelopes it has not acknowledged (shared with the registration,
     /// so that they outlive this stream).
     acks: Arc<AckLog>,
+    /// For a link to another node (see `link`): every envelope goes through `acks`.
+    link: Option<Arc<LinkSession>>,
     /// The data lane's queue, for shedding its oldest envelopes.
     mailbox: Mailbox,
     /// Envelopes the mailbox takes from senders. The data lane is larger by `slack`,
@@ -58,6 +62,7 @@ impl Attachment {
         alias: Alias,
         limits: &Limits,
         credit: Option<u64>,
+        link: Option<Arc<LinkSession>>,
         acks: Arc<AckLog>,
         stats: Arc<NodeStats>,
         registry: Weak<Registry>,
@@ -78,6 +83,7 @@ impl Attachment {
             control,
             credit,
             acks,
+            link,
             mailbox: frames.mailbox(),
             mailbox_capacity: limits.mailbox_capacity,
             slack: limits.unacked_capacity,
@@ -118,7 +124,7 @@ impl Attachment {
     // See `Attachment::try_queue`.
     #[allow(clippy::result_large_err)]
     pub(crate) fn queue_held(&self, envelope: Envelope) -> Result<(), Envelope> {
-        let queued = match envelope.acknowledged {
+        let queued = match envelope.acknowledged || self.link.is_some() {
             true => self.acks.queue(&self.data, envelope, false),
             false => self.try_queue(envelope),
         };
@@ -135,7 +141,7 @@ impl Attachment {
     // would cost an allocation per envelope on the hot path instead.
     #[allow(clippy::result_large_err)]
     pub(crate) fn try_queue(&self, envelope: Envelope) -> Result<(), NotQueued> {
-        if envelope.acknowledged {
+        if envelope.acknowledged || self.link.is_some() {
             return self.acks.queue(&self.data, envelope, true);
         }
         if self.queued() >= self.mailbox_capacity {
@@ -161,6 +167,11 @@ impl Attachment {
             .await
             .map(drop)
             .map_err(|_| reef_proto::QueueClosed)
+    }
+
+    /// For a link to another node, what the link remembers across streams.
+    pub(crate) fn link(&self) -> Option<&LinkSession> {
+        self.link.as_deref()
     }
 
     /// Its acknowledgement log.
@@ -311,7 +322,10 @@ impl Drop for Outbound {
         let Some(registry) = self.registry.upgrade() else {
             return;
         };
-        registry.fail_in_flight(&self.attachment.alias);
+        // A link's requests are in its log, delivered again by its next stream.
+        if self.attachment.link().is_none() {
+            registry.fail_in_flight(&self.attachment.alias);
+        }
         // Its callers are gone: their callees may stop working for them.
         let abandoned = self.attachment.pending().take_all();
         for (id, pending) in abandoned {

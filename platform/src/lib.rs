@@ -27,6 +27,7 @@ mod hosting;
 mod keeper;
 mod lease;
 mod limits;
+pub mod link;
 mod node;
 mod pending;
 mod pki;
@@ -44,6 +45,7 @@ pub mod supervision;
 mod supervision_wire;
 mod supervisor;
 pub mod telemetry;
+mod uplink;
 
 pub use self::{
     acks::AckLog,
@@ -62,4 +64,5 @@ pub use self::{
     router::Inbound,
     stats::NodeStats,
     supervisor::{NodeIdentity, SupervisorService},
+    uplink::JoinConfig,
 };

@@ -26,7 +26,19 @@ use crate::{
         Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateService,
     },
     supervision::{Environment, Policy, Supervision, SupervisionConfig},
+    uplink::{self, JoinConfig, Uplink},
 };
+
+/// Checks links to other nodes for envelopes that waited out the partition tolerance.
+async fn expire_link_holds(registry: Arc<Registry>, tolerance: Duration) {
+    let mut tick = tokio::time::interval(
+        (tolerance / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+    );
+    loop {
+        tick.tick().await;
+        registry.expire_link_holds(tolerance);
+    }
+}
 
 /// How to run a node.
 #[derive(Debug, Clone)]
@@ -53,6 +65,15 @@ pub struct NodeConfig {
     pub stop_grace: Duration,
     /// Where `reef.v1.State` keeps its keys.
     pub state: StateBackend,
+    /// The parent node to link to, if this node is a child.
+    pub join: Option<JoinConfig>,
+    /// The address other nodes reach this one at (`host:port`), told to the parent for
+    /// the calls it forwards here; by default the listen address, unless that is
+    /// unspecified (0.0.0.0).
+    pub advertise: Option<String>,
+    /// How long envelopes wait for a link to another node that is down before they
+    /// become dead letters.
+    pub partition_tolerance: Duration,
 }
 
 /// The store behind `reef.v1.State`.
@@ -88,6 +109,9 @@ impl NodeConfig {
             root_policy: Policy::default(),
             stop_grace: Duration::from_secs(5),
             state: StateBackend::default(),
+            join: None,
+            advertise: None,
+            partition_tolerance: Duration::from_secs(30),
         }
     }
 
@@ -136,6 +160,8 @@ pub struct Node {
     supervision: Supervision,
     routing: Arc<Routing>,
     state: Arc<dyn Backend>,
+    /// Random for each start (see `JoinRequest.session`).
+    session: String,
 }
 
 impl std::fmt::Debug for Node {
@@ -174,6 +200,14 @@ impl Node {
         let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"), &names)?);
         let stats = Arc::new(NodeStats::default());
         let registry = Registry::new(config.limits.clone(), stats.clone());
+        if config.join.is_some() {
+            // Held from the start: what is sent up before the first link is not lost.
+            let link = uplink::parent_link_spec("");
+            registry.set_parent(link.alias.clone());
+            registry
+                .join_link(link, "")
+                .map_err(|e| NodeError::Supervision(std::io::Error::other(e.to_string())))?;
+        }
         let local = listener.local_addr().unwrap_or(config.listen);
         // Children reach the node on loopback when it listens on every interface.
         let reachable = match local.ip().is_unspecified() {
@@ -213,6 +247,7 @@ impl Node {
             supervision,
             routing: Routing::new(),
             state,
+            session: crate::lease::new_lease(),
         })
     }
 
@@ -259,6 +294,7 @@ impl Node {
                 name: self.config.name.clone(),
                 listen,
                 started: Instant::now(),
+                session: self.session.clone(),
             },
         ))
         .max_decoding_message_size(1 << 20);
@@ -269,6 +305,10 @@ impl Node {
         ))
         .max_decoding_message_size(limits.max_frame_bytes)
         .max_encoding_message_size(limits.max_frame_bytes);
+        let reaper = tokio::spawn(expire_link_holds(
+            self.registry.clone(),
+            self.config.partition_tolerance,
+        ));
         let owners = Owners::new(self.registry.clone(), self.state.clone());
         let sweeper = tokio::spawn(owners.clone().run());
         let state = StateServer::new(StateService::new(self.state.clone(), owners))
@@ -319,6 +359,23 @@ impl Node {
             .add_service(state);
 
         let (stop, stopped) = watch::channel(false);
+        if let Some(join) = self.config.join.clone() {
+            let uplink = Uplink {
+                join,
+                node: self.config.name.clone(),
+                session: self.session.clone(),
+                endpoint: self
+                    .config
+                    .advertise
+                    .clone()
+                    .or_else(|| (!listen.ip().is_unspecified()).then(|| listen.to_string())),
+                ca_pem: self.pki.ca_pem().to_owned(),
+                registry: self.registry.clone(),
+                stats: self.stats.clone(),
+                routing: self.routing.clone(),
+            };
+            tokio::spawn(uplink.run(stopped.clone()));
+        }
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
@@ -366,6 +423,7 @@ impl Node {
         })
         .await;
         sweeper.abort();
+        reaper.abort();
         if drained.is_err() {
             tracing::warn!(timeout = ?self.config.drain_timeout, "drain timed out; closing remaining connections");
             main.abort();

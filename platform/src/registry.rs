@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, OnceLock, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc, mpsc::error::TrySendError};
 use tonic::Status;
 
 use crate::{
-    AckLog, Alias, Attachment, InvalidAlias, Limits, NodeStats, Outbound,
+    AckLog, Alias, Attachment, InvalidAlias, Limits, NodeStats, Outbound, link::LinkSession,
     supervision::SupervisedSnapshot,
 };
 
@@ -218,6 +218,15 @@ struct Registration {
     /// Acknowledged-mode envelopes delivered and not yet acknowledged, across its
     /// attach streams; created on the first attach.
     acks: Option<Arc<AckLog>>,
+    /// For a link to another node: what it remembers across streams.
+    link: Option<LinkEntry>,
+}
+
+/// A link registration's own state.
+struct LinkEntry {
+    session: Arc<LinkSession>,
+    /// When its last stream closed, while it has none.
+    down_since: Option<Instant>,
 }
 
 /// An alias the supervisor keeps for a container it runs, across restarts.
@@ -228,7 +237,8 @@ struct Reservation {
     holding: bool,
     /// Envelopes that arrived while it was not attached, with their arrival time.
     held: VecDeque<(Instant, Envelope)>,
-    info: SupervisedSnapshot,
+    /// The supervisor's view; `None` for a link to another node.
+    info: Option<SupervisedSnapshot>,
 }
 
 /// Whether `alias` is `start` or one of its registered ancestors.
@@ -257,7 +267,7 @@ impl Registration {
             attached: self.attachment.is_some(),
             envelopes_in,
             envelopes_out,
-            supervised: self.reservation.as_ref().map(|r| r.info.clone()),
+            supervised: self.reservation.as_ref().and_then(|r| r.info.clone()),
             task: self.task.clone(),
         }
     }
@@ -272,15 +282,27 @@ impl Registration {
             task: None,
             tasks: HashSet::new(),
             acks: None,
+            link: None,
         }
     }
 }
 
-/// The alias that answers for `alias`: its host for a task, itself otherwise.
-fn owner_in(entries: &HashMap<Alias, Registration>, alias: &str) -> Option<Alias> {
-    match entries.get(alias).and_then(|entry| entry.task.as_ref()) {
-        Some(task) => Some(task.host.clone()),
-        None => Alias::parse(alias).ok(),
+/// The alias that answers for `alias`: its host for a task, itself for a registered
+/// alias, the link to the parent node (`parent`) for an unknown one.
+fn owner_in(
+    entries: &HashMap<Alias, Registration>,
+    parent: Option<&Alias>,
+    alias: &str,
+) -> Option<Alias> {
+    match entries.get(alias) {
+        Some(entry) => match &entry.task {
+            Some(task) => Some(task.host.clone()),
+            None => Some(entry.spec.alias.clone()),
+        },
+        None => match parent {
+            Some(parent) if Alias::parse(alias).is_ok() => Some(parent.clone()),
+            _ => Alias::parse(alias).ok(),
+        },
     }
 }
 
@@ -325,6 +347,8 @@ pub struct Registry {
     observer: Mutex<Option<mpsc::UnboundedSender<Observed>>>,
     limits: Limits,
     stats: Arc<NodeStats>,
+    /// On a child node: the link to its parent, where unknown aliases go.
+    parent: OnceLock<Alias>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -342,6 +366,7 @@ impl Registry {
             observer: Mutex::new(None),
             limits,
             stats,
+            parent: OnceLock::new(),
         })
     }
 
@@ -436,10 +461,15 @@ impl Registry {
                 .acks
                 .get_or_insert_with(|| Arc::new(AckLog::new(self.limits.unacked_capacity)))
                 .clone();
+            let link = entry.link.as_mut().map(|link| {
+                link.down_since = None;
+                link.session.clone()
+            });
             let (attachment, outbound) = Attachment::open(
                 alias.clone(),
                 &self.limits,
                 credit,
+                link,
                 acks.clone(),
                 self.stats.clone(),
                 Arc::downgrade(self),
@@ -517,7 +547,7 @@ impl Registry {
     ) -> Result<Option<Envelope>, (Envelope, HoldRefused)> {
         let mut entries = self.write();
         // A task's envelopes wait with its host's.
-        let Some(owner) = owner_in(&entries, alias) else {
+        let Some(owner) = owner_in(&entries, self.parent.get(), alias) else {
             return Err((envelope, HoldRefused::Unknown));
         };
         let Some(entry) = entries.get_mut(&owner) else {
@@ -569,6 +599,9 @@ impl Registry {
                         let snapshot = entry.snapshot();
                         entry.attachment = None;
                         entry.lease = None;
+                        if let Some(link) = &mut entry.link {
+                            link.down_since = Some(Instant::now());
+                        }
                         self.observe(Observed::Detached {
                             alias: alias.clone(),
                             cause,
@@ -680,7 +713,10 @@ impl Registry {
     /// A task's attachment is its host's.
     pub fn lookup(&self, alias: &str) -> Option<Arc<Attachment>> {
         let entries = self.read();
-        let entry = entries.get(alias)?;
+        let entry = match entries.get(alias) {
+            Some(entry) => entry,
+            None => entries.get(self.parent.get()?)?,
+        };
         let entry = match &entry.task {
             Some(task) => entries.get(&task.host)?,
             None => entry,
@@ -694,7 +730,34 @@ impl Registry {
     /// The alias that answers for `alias`: its host for a task, itself otherwise
     /// (`None` when it is not a valid alias).
     pub fn owner(&self, alias: &str) -> Option<Alias> {
-        owner_in(&self.read(), alias)
+        owner_in(&self.read(), self.parent.get(), alias)
+    }
+
+    /// [`Registry::owner`] of a registered alias; `None` for one that is not.
+    pub fn registered_owner(&self, alias: &str) -> Option<Alias> {
+        let entries = self.read();
+        entries
+            .contains_key(alias)
+            .then(|| owner_in(&entries, None, alias))?
+    }
+
+    /// Records that `alias` lives behind `link` (a child node's link), as the child's
+    /// next announcement will say. Nothing happens for an invalid or known alias.
+    pub fn learn_route(&self, alias: &str, link: &Alias) {
+        let Ok(alias) = Alias::parse(alias) else {
+            return;
+        };
+        let task = HostedTask {
+            alias,
+            name: "remote".to_owned(),
+            parent: None,
+            restarts: 0,
+            labels: BTreeMap::new(),
+        };
+        let learned = self.upsert_task(&mut self.write(), link, task);
+        if let Ok((true, snapshot)) = learned {
+            self.emit(EventKind::Registered, snapshot, "seen behind a node link");
+        }
     }
 
     /// The behaviour name of `alias`, if registered.
@@ -706,7 +769,7 @@ impl Registry {
     /// attached, and not stopped).
     pub fn is_holding(&self, alias: &str) -> bool {
         let entries = self.read();
-        owner_in(&entries, alias)
+        owner_in(&entries, self.parent.get(), alias)
             .and_then(|owner| entries.get(&owner))
             .and_then(|entry| entry.reservation.as_ref())
             .is_some_and(|reservation| reservation.holding)
@@ -728,7 +791,8 @@ impl Registry {
         host: &Alias,
         lease: &str,
         upsert: Vec<HostedTask>,
-        remove: Vec<Alias>,
+        mut remove: Vec<Alias>,
+        replace: bool,
     ) -> Result<Vec<Result<bool, RegistryError>>, RegistryError> {
         let mut events = Vec::new();
         let results = {
@@ -737,6 +801,10 @@ impl Registry {
                 None => return Err(RegistryError::NotRegistered(host.to_string())),
                 Some(entry) if entry.lease.as_deref() != Some(lease) => {
                     return Err(RegistryError::LeaseMismatch(host.to_string()));
+                }
+                Some(entry) if replace => {
+                    let kept: HashSet<&Alias> = upsert.iter().map(|task| &task.alias).collect();
+                    remove.extend(entry.tasks.iter().filter(|t| !kept.contains(t)).cloned());
                 }
                 Some(_) => {}
             }
@@ -782,6 +850,8 @@ impl Registry {
         task: HostedTask,
     ) -> Result<(bool, ContainerSnapshot), RegistryError> {
         let host_pid = entries.get(host).and_then(|h| h.spec.pid);
+        let parent = task.parent.clone().unwrap_or_else(|| host.clone());
+        let parent_allowed = !ancestors_include(entries, &parent, &task.alias);
         if let Some(entry) = entries.get_mut(&task.alias) {
             return match &mut entry.task {
                 Some(existing) if &existing.host == host => {
@@ -791,13 +861,18 @@ impl Registry {
                     }
                     existing.restarts = task.restarts;
                     entry.spec.pid = host_pid;
+                    // A route learned from traffic gets its details from the announcement.
+                    entry.spec.name = task.name;
+                    entry.spec.labels = task.labels;
+                    if parent_allowed {
+                        entry.spec.parent = Some(parent);
+                    }
                     Ok((false, entry.snapshot()))
                 }
                 _ => Err(RegistryError::AlreadyRegistered(task.alias.to_string())),
             };
         }
-        let parent = task.parent.unwrap_or_else(|| host.clone());
-        if ancestors_include(entries, &parent, &task.alias) {
+        if !parent_allowed {
             return Err(RegistryError::ParentCycle(task.alias.to_string()));
         }
         if entries.len() >= self.limits.max_containers {
@@ -979,6 +1054,120 @@ impl Registry {
         }
     }
 
+    /// Makes `link` (a link registration, see [`Registry::join_link`]) the route for
+    /// aliases this node does not know: this node is a child of another.
+    pub fn set_parent(&self, link: Alias) {
+        let _ = self.parent.set(link);
+    }
+
+    /// The link to the parent node, on a child node.
+    pub fn parent(&self) -> Option<&Alias> {
+        self.parent.get()
+    }
+
+    /// Creates or renews the link registration `spec.alias` for the node at its other
+    /// end, whose current session is `session`, and returns the lease of its next
+    /// stream. A stream the link still has is closed first: the other end reconnected,
+    /// so that stream is stale (a half-open connection after a partition). Envelopes for
+    /// the link are held while it has no stream.
+    pub fn join_link(&self, spec: ContainerSpec, session: &str) -> Result<String, RegistryError> {
+        let alias = spec.alias.clone();
+        let stale = self
+            .read()
+            .get(&alias)
+            .filter(|entry| entry.link.is_some())
+            .and_then(|entry| entry.attachment.clone());
+        if let Some(stale) = stale {
+            let reason = "the node at the other end opened a new stream";
+            self.detach(
+                &stale,
+                DetachCause::Closed,
+                reason,
+                Some(Status::unavailable(reason)),
+            );
+        }
+        let lease = crate::lease::new_lease();
+        let snapshot = {
+            let mut entries = self.write();
+            match entries.get_mut(&alias) {
+                Some(entry) => {
+                    let Some(link) = &entry.link else {
+                        return Err(RegistryError::AlreadyRegistered(alias.to_string()));
+                    };
+                    if link.session.meet(session) {
+                        tracing::info!(%alias, "the node at the other end of the link restarted");
+                    }
+                    entry.spec.endpoint = spec.endpoint;
+                    entry.spec.labels = spec.labels;
+                    entry.lease = Some(lease.clone());
+                    None
+                }
+                None => {
+                    if entries.len() >= self.limits.max_containers {
+                        return Err(RegistryError::Full(entries.len()));
+                    }
+                    let session_state = Arc::new(LinkSession::default());
+                    session_state.meet(session);
+                    let mut registration = Registration::new(spec, Some(lease.clone()));
+                    registration.reservation = Some(Reservation {
+                        token: String::new(),
+                        holding: true,
+                        held: VecDeque::new(),
+                        info: None,
+                    });
+                    registration.link = Some(LinkEntry {
+                        session: session_state,
+                        down_since: Some(Instant::now()),
+                    });
+                    let snapshot = registration.snapshot();
+                    entries.insert(alias, registration);
+                    Some(snapshot)
+                }
+            }
+        };
+        if let Some(snapshot) = snapshot {
+            self.emit(EventKind::Registered, snapshot, "a node linked");
+        }
+        Ok(lease)
+    }
+
+    /// Turns what waited longer than `tolerance` for a link that is down into dead
+    /// letters: envelopes held for it, and, once the link has been down that long, those
+    /// its last stream took and the other end never acknowledged.
+    pub fn expire_link_holds(&self, tolerance: Duration) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut entries = self.write();
+            for (alias, entry) in entries.iter_mut() {
+                let (Some(link), Some(reservation)) = (&entry.link, &mut entry.reservation) else {
+                    continue;
+                };
+                while reservation
+                    .held
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) >= tolerance)
+                {
+                    if let Some((_, envelope)) = reservation.held.pop_front() {
+                        expired.push((alias.clone(), envelope));
+                    }
+                }
+                let down_too_long = link
+                    .down_since
+                    .is_some_and(|since| now.duration_since(since) >= tolerance);
+                if down_too_long && let Some(acks) = &entry.acks {
+                    expired.extend(acks.drain().into_iter().map(|e| (alias.clone(), e)));
+                }
+            }
+        }
+        for (alias, envelope) in expired {
+            self.stats.dead_letter(
+                &envelope,
+                format!("the node behind link {alias} was unreachable for more than {tolerance:?}"),
+            );
+        }
+    }
+
     /// Where the supervisor hears about attach and detach of the aliases it reserved.
     pub fn set_observer(&self, observer: mpsc::UnboundedSender<Observed>) {
         *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(observer);
@@ -1009,7 +1198,7 @@ impl Registry {
             token: token.to_owned(),
             holding: true,
             held: VecDeque::new(),
-            info,
+            info: Some(info),
         });
         entries.insert(alias, registration);
         Ok(())
@@ -1036,7 +1225,7 @@ impl Registry {
                     );
                 }
             }
-            reservation.info = info;
+            reservation.info = Some(info);
         }
     }
 

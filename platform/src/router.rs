@@ -141,7 +141,22 @@ impl Inbound {
         self.from.heard(count);
         self.from.grant(frame.credit);
         self.refresh_rules();
-        for envelope in frame.envelopes {
+        let mut routed_through = 0;
+        for mut envelope in frame.envelopes {
+            // (An ACK's sequence is what it acknowledges, not its own number.)
+            if let Some(link) = self.from.link()
+                && envelope.sequence != 0
+                && envelope.kind() != EnvelopeKind::Ack
+            {
+                // Numbered by the other end's log for this link: a redelivery after a
+                // broken stream may repeat what was routed already.
+                if !link.accept(envelope.sequence) {
+                    continue;
+                }
+                routed_through = envelope.sequence;
+                envelope.sequence = 0;
+                envelope.redelivered = false;
+            }
             let mut blocked = self.route(envelope);
             loop {
                 while let Some(waiting) = blocked {
@@ -153,17 +168,30 @@ impl Inbound {
                 }
             }
         }
+        if routed_through != 0 {
+            self.acknowledge_link(routed_through);
+        }
         self.stats.add_frame(count);
+    }
+
+    /// Tells the node at the other end of a link that everything up to `sequence` is
+    /// routed. On the control lane, so it overtakes data; if that lane is full, the ACK
+    /// of the next frame covers this one too.
+    fn acknowledge_link(&self, sequence: u64) {
+        let ack = Envelope {
+            kind: EnvelopeKind::Ack as i32,
+            sequence,
+            ..Default::default()
+        };
+        let _ = self.from.control().try_send(ack);
     }
 
     fn route(&mut self, mut envelope: Envelope) -> Option<Blocked> {
         // The stream's alias is the origin, whatever the envelope claims, unless it
-        // names a task container this stream's process hosts.
+        // names a task container this stream's process hosts, or an alias that lives
+        // behind this link to another node.
         if envelope.origin != self.from.alias().as_str()
-            && (envelope.origin.is_empty()
-                || !self
-                    .registry
-                    .is_hosted_by(&envelope.origin, self.from.alias()))
+            && (envelope.origin.is_empty() || !self.vouches_for(&envelope.origin))
         {
             envelope.origin.clear();
             envelope.origin.push_str(self.from.alias().as_str());
@@ -180,6 +208,10 @@ impl Inbound {
                 self.route_answer(envelope, kind)
             }
             EnvelopeKind::Heartbeat => self.answer_heartbeat(envelope),
+            EnvelopeKind::Ack if envelope.sequence != 0 && self.from.link().is_some() => {
+                self.from.acks().ack_through(envelope.sequence);
+                None
+            }
             EnvelopeKind::Ack => {
                 self.from.acks().ack(envelope.correlation_id);
                 None
@@ -197,6 +229,32 @@ impl Inbound {
                 self.refuse(&envelope, ErrorCode::InvalidArgument, message)
             }
         }
+    }
+
+    /// Whether this stream may send on behalf of `origin`: a task its process hosts, or,
+    /// for a link, any alias that does not belong to something else here (one behind
+    /// the link may not be announced yet).
+    fn vouches_for(&self, origin: &str) -> bool {
+        if self.from.link().is_none() {
+            return self.registry.is_hosted_by(origin, self.from.alias());
+        }
+        match self.registry.registered_owner(origin) {
+            Some(owner) => &owner == self.from.alias(),
+            None => {
+                // Behind a child's link, and not announced yet (announcements lag
+                // behind data): learn it now, so that its answers find their way back.
+                if self.registry.parent() != Some(self.from.alias()) {
+                    self.registry.learn_route(origin, self.from.alias());
+                }
+                true
+            }
+        }
+    }
+
+    /// Whether `receiver` is the link this envelope came in on: sending it back would
+    /// loop (the other end routed it here because it does not know the alias).
+    fn is_way_back(&self, receiver: &Arc<Attachment>) -> bool {
+        self.from.link().is_some() && Arc::ptr_eq(receiver, &self.from)
     }
 
     fn refresh_rules(&mut self) {
@@ -365,14 +423,22 @@ impl Inbound {
     }
 
     fn route_send(&mut self, envelope: Envelope, fallback: Fallback) -> Option<Blocked> {
-        match self.resolve(&envelope.destination) {
+        match self.resolve_onward(&envelope.destination) {
             Some(receiver) => self.offer(receiver, envelope, fallback),
             None => self.hold(envelope, fallback),
         }
     }
 
     fn route_request(&mut self, mut envelope: Envelope) -> Option<Blocked> {
-        let callee = self.resolve(&envelope.destination);
+        let callee = self.resolve_onward(&envelope.destination);
+        if self.from.link().is_some() {
+            // The caller's own node keeps its deadline and hears its answer; here it is
+            // only passed on.
+            return match callee {
+                Some(callee) => self.offer(callee, envelope, Fallback::Refuse),
+                None => self.hold(envelope, Fallback::Refuse),
+            };
+        }
         let callee_alias = match &callee {
             Some(callee) => callee.alias().clone(),
             // Perhaps a supervised container that is restarting (or a task in one): the
@@ -433,6 +499,9 @@ impl Inbound {
         let destination = envelope.destination.clone();
         match self.registry.hold(&destination, envelope) {
             Ok(()) => None,
+            Err((envelope, HoldRefused::Open(receiver))) if self.is_way_back(&receiver) => {
+                self.undeliverable(envelope, fallback, Undelivered::Unknown)
+            }
             Err((envelope, HoldRefused::Open(receiver))) => {
                 self.offer(receiver, envelope, fallback)
             }
@@ -497,11 +566,15 @@ impl Inbound {
 
     /// REPLY, ERROR and PROGRESS go back to the caller only while it waits for them.
     fn route_answer(&mut self, envelope: Envelope, kind: EnvelopeKind) -> Option<Blocked> {
-        let Some(caller) = self.resolve(&envelope.destination) else {
+        let Some(caller) = self.resolve_onward(&envelope.destination) else {
             tracing::debug!(to = %envelope.destination, "answer for a caller that is gone");
             self.stats.dead_letter(&envelope, "the caller is gone");
             return None;
         };
+        if caller.link().is_some() {
+            // The caller's own node checks that it waits for this answer.
+            return self.offer(caller, envelope, Fallback::DeadLetter);
+        }
         let callee = self.from.alias().as_str();
         let awaited = if kind == EnvelopeKind::Progress {
             let limits = self.limits();
@@ -517,6 +590,9 @@ impl Inbound {
                 .pending()
                 .complete(envelope.correlation_id, callee)
                 .is_some()
+                // A node further along refusing a SEND: nobody waits, but the sender
+                // hears why, as it would from its own node.
+                || (kind == EnvelopeKind::Error && self.from.link().is_some())
         };
         if !awaited {
             tracing::debug!(to = %envelope.destination, id = envelope.correlation_id, "late or unexpected answer");
@@ -544,6 +620,12 @@ impl Inbound {
             ..Default::default()
         };
         self.offer(self.from.clone(), answer, Fallback::DeadLetter)
+    }
+
+    /// [`Inbound::resolve`], except the link this envelope came in on.
+    fn resolve_onward(&mut self, alias: &str) -> Option<Arc<Attachment>> {
+        self.resolve(alias)
+            .filter(|receiver| !self.is_way_back(receiver))
     }
 
     fn resolve(&mut self, alias: &str) -> Option<Arc<Attachment>> {
@@ -814,7 +896,12 @@ impl Inbound {
     /// Answers `envelope`'s sender with an ERROR correlated to it.
     fn refuse(&mut self, envelope: &Envelope, code: ErrorCode, message: String) -> Option<Blocked> {
         tracing::debug!(from = %self.from.alias(), to = %envelope.destination, ?code, %message, "refused");
-        let error = node_error(envelope, self.from.alias(), code, message);
+        // Over a link, the sender is the origin behind it.
+        let sender = match self.from.link() {
+            Some(_) => Alias::parse(&envelope.origin).unwrap_or_else(|_| self.from.alias().clone()),
+            None => self.from.alias().clone(),
+        };
+        let error = node_error(envelope, &sender, code, message);
         self.offer(self.from.clone(), error, Fallback::DeadLetter)
     }
 }

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Pki, Registry,
     RegistryEvent, hosting,
-    probe::{endpoint_host, ping_endpoint},
+    link::{ChildNodes, NodeEndpoint, check_node_name, link_alias},
+    probe::{connect_endpoint, endpoint_host, ping_endpoint},
     push::PushTickets,
     routing::Routing,
     routing_api,
@@ -24,6 +25,9 @@ use crate::{
     supervision::{Failure, State, Supervision},
     supervision_wire as convert,
 };
+
+/// How long a call forwarded to another node may take (a Create waits for its start).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Log bytes sent first by `Logs` when the request does not say.
 const DEFAULT_LOG_TAIL: u64 = 64 << 10;
@@ -41,6 +45,8 @@ pub struct NodeIdentity {
     pub listen: SocketAddr,
     /// When it started.
     pub started: Instant,
+    /// Random for each start: what linked nodes compare to notice a restart.
+    pub session: String,
 }
 
 /// Serves `reef.v1.Supervisor`.
@@ -53,6 +59,7 @@ pub struct SupervisorService {
     routing: Arc<Routing>,
     push_tickets: Arc<PushTickets>,
     node: NodeIdentity,
+    children: Arc<ChildNodes>,
 }
 
 impl SupervisorService {
@@ -73,7 +80,31 @@ impl SupervisorService {
             routing,
             push_tickets: Arc::default(),
             node,
+            children: Arc::default(),
         }
+    }
+
+    /// Sends `request` for another node down the tree, towards that node.
+    async fn forward_create(
+        &self,
+        request: wire::CreateRequest,
+    ) -> Result<wire::CreateResponse, Status> {
+        let (child, hop) = self
+            .children
+            .next_hop(&self.registry, &request.node)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no node named {:?} is linked below node {:?}",
+                    request.node, self.node.name
+                ))
+            })?;
+        let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, FORWARD_TIMEOUT)
+            .await
+            .map_err(|status| Status::unavailable(format!("node {child}: {}", status.message())))?;
+        let answer = wire::supervisor_client::SupervisorClient::new(channel)
+            .create(request)
+            .await?;
+        Ok(answer.into_inner())
     }
 
     /// Refuses a caller that does not hold `alias`'s lease.
@@ -105,6 +136,9 @@ impl SupervisorService {
         &self,
         request: wire::CreateRequest,
     ) -> Result<wire::CreateResponse, Status> {
+        if !request.node.is_empty() && request.node != self.node.name {
+            return self.forward_create(request).await;
+        }
         let raw = request
             .definition
             .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
@@ -268,6 +302,62 @@ impl supervisor_server::Supervisor for SupervisorService {
             node: self.node.name.clone(),
             endpoint_cert_pem,
             endpoint_key_pem,
+        }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<wire::JoinRequest>,
+    ) -> Result<Response<wire::JoinResponse>, Status> {
+        let request = request.into_inner();
+        check_node_name(&request.node).map_err(Status::invalid_argument)?;
+        if request.node == self.node.name {
+            return Err(Status::invalid_argument(format!(
+                "node {:?} cannot join a node of the same name",
+                request.node
+            )));
+        }
+        if request.session.is_empty() || request.session.len() > 64 {
+            return Err(Status::invalid_argument(
+                "JoinRequest.session must be 1-64 characters, new for each start of the node",
+            ));
+        }
+        let endpoint = match request.endpoint.is_empty() {
+            true => None,
+            false => {
+                endpoint_host(&request.endpoint)?;
+                Some(request.endpoint.clone())
+            }
+        };
+        let alias = Alias::parse(&link_alias(&request.node))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spec = ContainerSpec {
+            alias: alias.clone(),
+            name: "node".to_owned(),
+            parent: None,
+            endpoint: endpoint.clone(),
+            pid: None,
+            labels: [("reef.node".to_owned(), request.node.clone())].into(),
+        };
+        let lease = self
+            .registry
+            .join_link(spec, &request.session)
+            .map_err(registry_status)?;
+        if let Some(endpoint) = endpoint {
+            self.children.record(
+                &request.node,
+                NodeEndpoint {
+                    endpoint,
+                    ca_pem: request.ca_pem,
+                },
+            );
+        }
+        tracing::info!(node = %request.node, "a child node joined");
+        Ok(Response::new(wire::JoinResponse {
+            alias: alias.to_string(),
+            lease,
+            node: self.node.name.clone(),
+            session: self.node.session.clone(),
         }))
     }
 
@@ -551,7 +641,7 @@ impl supervisor_server::Supervisor for SupervisorService {
             .collect::<Result<Vec<_>, _>>()?;
         let mut outcomes = self
             .registry
-            .host_tasks(&host, &request.lease, upsert, remove)
+            .host_tasks(&host, &request.lease, upsert, remove, request.replace)
             .map_err(registry_status)?
             .into_iter();
         let results = order

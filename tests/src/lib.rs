@@ -15,8 +15,10 @@ use std::{
 };
 
 mod etcd;
+mod netns;
 
 pub use etcd::LocalEtcd;
+pub use netns::NetLab;
 use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
 use reef_sdk::ConnectOptions;
 use tempfile::TempDir;
@@ -71,6 +73,7 @@ pub async fn create(
         .create(reef_proto::CreateRequest {
             definition: Some(definition),
             flags: 0,
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -157,6 +160,8 @@ pub struct TestNode {
     process: ChildGuard,
     extra: Vec<String>,
     data: TempDir,
+    /// The network namespace it runs in, if not the test's own.
+    netns: Option<String>,
 }
 
 impl Drop for TestNode {
@@ -242,10 +247,22 @@ impl TestNode {
 
     /// Starts a node with extra reefd flags.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_in(None, "127.0.0.1", extra)
+    }
+
+    /// Starts a node with extra reefd flags in network namespace `netns` (see
+    /// [`NetLab`]), listening on `ip` (a free port).
+    pub fn start_in(netns: Option<&str>, ip: &str, extra: &[&str]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (process, addr, health) =
-            spawn_reefd(data.path(), "127.0.0.1:0", "127.0.0.1:0", &extra);
+        let netns = netns.map(str::to_owned);
+        let (process, addr, health) = spawn_reefd(
+            netns.as_deref(),
+            data.path(),
+            &format!("{ip}:0"),
+            "127.0.0.1:0",
+            &extra,
+        );
         Self {
             addr,
             health,
@@ -253,6 +270,7 @@ impl TestNode {
             process,
             extra,
             data,
+            netns,
         }
     }
 
@@ -260,6 +278,7 @@ impl TestNode {
     /// or killed it.
     pub fn restart(&mut self) {
         let (process, _, _) = spawn_reefd(
+            self.netns.as_deref(),
             self.data.path(),
             &self.addr.to_string(),
             &self.health.to_string(),
@@ -349,12 +368,22 @@ pub async fn wait_for_container(
 }
 
 fn spawn_reefd(
+    netns: Option<&str>,
     data: &Path,
     listen: &str,
     health: &str,
     extra: &[String],
 ) -> (ChildGuard, SocketAddr, SocketAddr) {
-    let mut child = Command::new(binary("reefd"))
+    let mut command = match netns {
+        // `ip netns exec` execs reefd: the child's pid is reefd's.
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns]).arg(binary("reefd"));
+            command
+        }
+        None => Command::new(binary("reefd")),
+    };
+    let mut child = command
         .args(["--listen", listen, "--health-listen", health, "--data-dir"])
         .arg(data)
         .args(extra)

@@ -12,10 +12,10 @@ fn reef(node: &TestNode, args: &[&str]) -> Output {
     reef_at(&node.addr.to_string(), &node.ca, args)
 }
 
-/// Runs `reef --node ADDRESS --ca CA ARGS…`.
+/// Runs `reef --addr ADDRESS --ca CA ARGS…`.
 fn reef_at(address: &str, ca: &Path, args: &[&str]) -> Output {
     Command::new(binary("reef"))
-        .args(["--node", address, "--ca"])
+        .args(["--addr", address, "--ca"])
         .arg(ca)
         .args(args)
         .output()
@@ -299,7 +299,7 @@ async fn state_put_get_ls_watch_and_del_from_the_command_line() {
     // A watch from revision 1 replays history, then follows.
     let mut watch = ChildGuard(
         Command::new(binary("reef"))
-            .args(["--node", &node.addr.to_string(), "--ca"])
+            .args(["--addr", &node.addr.to_string(), "--ca"])
             .arg(&node.ca)
             .args(["state", "watch", "config", "--from", "1"])
             .stdout(Stdio::piped())

@@ -153,6 +153,7 @@ async fn a_python_process_container_is_supervised_like_a_rust_one() {
         .create(reef_proto::CreateRequest {
             definition: Some(definition),
             flags: 0,
+            ..Default::default()
         })
         .await
         .expect("create the Python container")

@@ -400,6 +400,7 @@ async fn bad_definitions_get_clear_errors_and_change_nothing() {
                 .create(CreateRequest {
                     definition: Some(definition),
                     flags: 0,
+                    ..Default::default()
                 })
                 .await
                 .expect_err("refused")
@@ -448,6 +449,7 @@ async fn bad_definitions_get_clear_errors_and_change_nothing() {
         .create(CreateRequest {
             definition: Some(definition("p", "p/c", &["echo"])),
             flags: wire::CreateFlag::Force as i32,
+            ..Default::default()
         })
         .await
         .expect_err("a cycle");
@@ -476,6 +478,7 @@ async fn lifecycle_calls_are_idempotent_and_stopped_containers_refuse_messages()
         .create(CreateRequest {
             definition: Some(definition("echo", "", &["counter"])),
             flags: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -15,6 +15,7 @@ mod restart;
 mod routed;
 mod state;
 mod tasks;
+mod tree;
 
 use baseline::EchoServer;
 
@@ -77,6 +78,9 @@ pub struct Args {
     /// Only the state figures (reef's embedded store and etcd).
     #[arg(long)]
     state_only: bool,
+    /// Only the node tree figures (same node beside across nodes).
+    #[arg(long)]
+    tree_only: bool,
     /// Internal: be the process the s6 baseline supervises (answers its pid on ADDR).
     #[arg(long, hide = true)]
     serve_pid: Option<std::net::SocketAddr>,
@@ -135,6 +139,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.tasks_only {
         return measure_tasks(args).await;
+    }
+    let tree_sizes = tree::Sizes {
+        messages: args.messages / 4,
+        requests: args.requests / 4,
+        in_flight: args.in_flight,
+        latency_samples: args.latency_samples / 4,
+        runs: args.runs,
+    };
+    if args.tree_only {
+        return tree::run(&tree_sizes, payload).await;
     }
     if args.state_only {
         let node = node::BenchNode::start(&args.reefd_args)?;
@@ -224,6 +238,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     routed.stop().await;
     state::run(&node, state::Sizes::new(args.quick), args.runs).await?;
     drop(node);
+    tree::run(&tree_sizes, payload.clone()).await?;
     let node = node::BenchNode::start(&restart_node_args(args))?;
     restart::measure(&node, args.restarts).await?;
     drop(node);

@@ -62,6 +62,7 @@ pub async fn reef(node: &BenchNode, restarts: usize) -> anyhow::Result<Histogram
         .create(CreateRequest {
             definition: Some(definition),
             flags: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();

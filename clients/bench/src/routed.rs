@@ -47,6 +47,12 @@ pub struct Routed {
 impl Routed {
     /// Attaches a sink and an echo container, and a client, to `node`.
     pub async fn start(node: &BenchNode) -> anyhow::Result<Self> {
+        Self::start_across(node, node).await
+    }
+
+    /// Attaches the sink and echo containers to `node` and the client to `client_node`:
+    /// with two nodes of one tree, every envelope crosses the links between them.
+    pub async fn start_across(node: &BenchNode, client_node: &BenchNode) -> anyhow::Result<Self> {
         let options = |alias: &str| ContainerOptions::new(alias, node.options.clone());
         let containers = vec![
             tokio::spawn(reef_sdk::run(options(SINK), Sink::default())),
@@ -69,7 +75,18 @@ impl Routed {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let client = Client::connect(&node.options).await?;
+        let client = Client::connect(&client_node.options).await?;
+        // Across nodes, the containers are reachable once their node announced them.
+        while client
+            .request(ECHO, "", Duration::from_secs(1))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("bench containers are not reachable from the client's node");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(Self { client, containers })
     }
 

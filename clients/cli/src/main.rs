@@ -16,9 +16,9 @@ mod routing;
 #[derive(Debug, Parser)]
 #[command(name = "reef", version, about)]
 struct Cli {
-    /// The node's TLS gRPC address.
+    /// The TLS gRPC address of the node to talk to.
     #[arg(long, global = true, env = "REEF_NODE", default_value = reef_sdk::DEFAULT_NODE)]
-    node: String,
+    addr: String,
     /// The CA certificate that signed the node's certificate.
     #[arg(long, global = true, env = "REEF_CA", default_value = reef_sdk::DEFAULT_CA)]
     ca: std::path::PathBuf,
@@ -32,7 +32,7 @@ struct Cli {
 impl Cli {
     fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
-            node: self.node.clone(),
+            node: self.addr.clone(),
             ca: self.ca.clone(),
             insecure: self.insecure,
             ..ConnectOptions::default()

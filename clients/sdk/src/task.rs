@@ -781,6 +781,7 @@ async fn send_call(client: Option<Client>, call: Vec<Announcement>) {
         lease: client.lease().to_owned(),
         upsert,
         remove,
+        replace: false,
     };
     match client.supervisor().host(request).await {
         Ok(response) => {

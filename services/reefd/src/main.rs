@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use reef_platform::{
-    Limits, Node, NodeConfig, StateBackend,
+    JoinConfig, Limits, Node, NodeConfig, StateBackend,
     state::{EtcdConfig, EtcdTls},
     supervision::{Policy, Strategy},
 };
@@ -94,6 +94,21 @@ struct Args {
     /// Revisions of state history the embedded store keeps for watches that resume.
     #[arg(long, default_value_t = 100_000)]
     state_history: u64,
+    /// Link to this parent node (`host:port`): this node's containers become reachable
+    /// from the whole tree, and aliases it does not know are routed up.
+    #[arg(long, env = "REEF_JOIN")]
+    join: Option<String>,
+    /// The CA certificate (PEM) of the parent node, e.g. its `DATA/tls/ca.pem`.
+    #[arg(long, env = "REEF_JOIN_CA", requires = "join")]
+    join_ca: Option<PathBuf>,
+    /// The `host:port` other nodes reach this node at (default: --listen, unless it is
+    /// 0.0.0.0); the server certificate must cover the host (see --tls-name).
+    #[arg(long, env = "REEF_ADVERTISE")]
+    advertise: Option<String>,
+    /// How long envelopes for a node whose link is down are held before they become
+    /// dead letters, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    partition_tolerance_ms: u64,
 }
 
 /// `--strategy` values.
@@ -105,7 +120,7 @@ enum RootStrategy {
 }
 
 impl Args {
-    fn config(&self) -> NodeConfig {
+    fn config(&self) -> Result<NodeConfig, String> {
         let mut config = NodeConfig::new(self.listen, &self.data_dir);
         config.name = self.name.clone();
         config.health_listen = (!self.no_health).then_some(self.health_listen);
@@ -145,7 +160,29 @@ impl Args {
                 history: self.state_history,
             },
         };
-        config
+        config.advertise = self.advertise.clone();
+        config.partition_tolerance = Duration::from_millis(self.partition_tolerance_ms.max(1));
+        if let Some(parent) = &self.join {
+            let parent_ca_pem = match (&self.join_ca, self.insecure) {
+                (Some(path), _) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("--join-ca {}: {e}", path.display()))?,
+                ),
+                (None, true) => None,
+                (None, false) => {
+                    return Err(
+                        "--join needs --join-ca (the parent's CA certificate), or --insecure"
+                            .to_owned(),
+                    );
+                }
+            };
+            config.join = Some(JoinConfig {
+                parent: parent.clone(),
+                parent_ca_pem,
+                insecure: self.insecure,
+            });
+        }
+        Ok(config)
     }
 }
 
@@ -162,7 +199,13 @@ fn main() -> ExitCode {
 
 async fn serve(args: Args) -> ExitCode {
     reef_platform::telemetry::init("info");
-    let config = args.config();
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("reefd: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let ca = config.ca_path();
     let node = match Node::bind(config).await {
         Ok(node) => node,

@@ -42,6 +42,10 @@ pub struct CreateArgs {
     /// Its mailbox's overflow policy: block, reject, drop_newest or drop_oldest.
     #[arg(long)]
     overflow: Option<String>,
+    /// The node to create it on (a node linked below the one the CLI talks to; default:
+    /// that node).
+    #[arg(long)]
+    node: Option<String>,
     /// The program and its arguments (after `--`), or a task's arguments.
     #[arg(last = true, required_unless_present = "task_host")]
     command: Vec<String>,
@@ -113,6 +117,7 @@ pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result
         .create(CreateRequest {
             definition: Some(definition),
             flags,
+            node: args.node.clone().unwrap_or_default(),
         })
         .await
         .map_err(Error::Rejected)?

@@ -18,8 +18,8 @@ pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
         .map_err(Error::Rejected)?
         .into_inner();
     println!(
-        "{:<28} {:<8} {:<8} {:>8} {:>8} {:>8} {:<9} ACTIVITY",
-        "ALIAS", "STATE", "KIND", "PID", "RESTARTS", "UPTIME", "ATTACHED"
+        "{:<28} {:<10} {:<8} {:<8} {:>8} {:>8} {:>8} {:<9} ACTIVITY",
+        "ALIAS", "NODE", "STATE", "KIND", "PID", "RESTARTS", "UPTIME", "ATTACHED"
     );
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -85,9 +85,15 @@ fn print_node(node: &ContainerNode, depth: usize, now_ms: u64) {
         0 => "-".to_owned(),
         ms => format!("{}s", now_ms.saturating_sub(ms) / 1000),
     };
+    // Containers of other nodes carry the name of the node they live on; "-" = here.
+    let node_name = container
+        .labels
+        .get("reef.node")
+        .map_or("-", String::as_str);
     println!(
-        "{:<28} {:<8} {:<8} {:>8} {:>8} {:>8} {:<9} {}",
+        "{:<28} {:<10} {:<8} {:<8} {:>8} {:>8} {:>8} {:<9} {}",
         alias,
+        node_name,
         state,
         kind,
         pid,

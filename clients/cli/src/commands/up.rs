@@ -105,6 +105,7 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
             .create(CreateRequest {
                 definition: Some(definition),
                 flags: 0,
+                ..Default::default()
             })
             .await
             .map_err(|status| {
@@ -233,7 +234,7 @@ fn print_summary(project: &Project, ready: &Ready, ca: &Path, containers: &[Stri
     let connect = if defaults {
         String::new()
     } else {
-        format!(" --node {} --ca {}", ready.grpc, ca.display())
+        format!(" --addr {} --ca {}", ready.grpc, ca.display())
     };
     println!("reef up: project {:?} is running", project.project.name);
     println!(

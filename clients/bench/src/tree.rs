@@ -1,0 +1,70 @@
+//! The node tree figures: a root node and two children (`reefd --join`), all reefd
+//! processes on loopback over TLS. The same routed measurements run twice in one run:
+//! client and containers on child `a` (same node), then the client on child `b` and the
+//! containers on `a`, so every envelope goes b → root → a and every answer back.
+
+use bytes::Bytes;
+
+use crate::{node::BenchNode, report, routed::Routed};
+
+/// Sizes of one run.
+pub struct Sizes {
+    pub messages: u64,
+    pub requests: u64,
+    pub in_flight: usize,
+    pub latency_samples: u64,
+    pub runs: usize,
+}
+
+pub async fn run(sizes: &Sizes, payload: Bytes) -> anyhow::Result<()> {
+    let root = BenchNode::start(&["--name".to_owned(), "root".to_owned()])?;
+    let child = |name: &str| {
+        BenchNode::start(&[
+            "--name".to_owned(),
+            name.to_owned(),
+            "--join".to_owned(),
+            root.options.node.clone(),
+            "--join-ca".to_owned(),
+            root.options.ca.display().to_string(),
+        ])
+    };
+    let a = child("a")?;
+    let b = child("b")?;
+    let mut figures = Vec::new();
+    for (shape, client_node) in [("same_node", &a), ("cross_node", &b)] {
+        let routed = Routed::start_across(&a, client_node).await?;
+        let sends =
+            report::median_of(sizes.runs, || routed.sends(sizes.messages, payload.clone())).await?;
+        report::rate(&format!("tree_{shape}_send_rate"), &sends, "msg/s");
+        let requests = report::median_of(sizes.runs, || {
+            routed.requests(sizes.requests, sizes.in_flight, payload.clone())
+        })
+        .await?;
+        report::rate(&format!("tree_{shape}_request_rate"), &requests, "req/s");
+        let latency = routed
+            .request_latency(sizes.latency_samples, payload.clone())
+            .await?;
+        report::latency(&format!("tree_{shape}_request"), &latency);
+        routed.stop().await;
+        figures.push((sends, requests, latency));
+    }
+    let [
+        (same_sends, same_requests, same_latency),
+        (cross_sends, cross_requests, cross_latency),
+    ] = <[_; 2]>::try_from(figures).map_err(|_| anyhow::anyhow!("two shapes were measured"))?;
+    report::ratio("tree_cross_vs_same_node_send", &cross_sends, &same_sends);
+    report::ratio(
+        "tree_cross_vs_same_node_request",
+        &cross_requests,
+        &same_requests,
+    );
+    for (quantile, name) in [(0.5, "p50"), (0.99, "p99")] {
+        report::metric(
+            &format!("tree_cross_vs_same_node_request_{name}"),
+            cross_latency.value_at_quantile(quantile) as f64
+                / same_latency.value_at_quantile(quantile).max(1) as f64,
+            "ratio",
+        );
+    }
+    Ok(())
+}

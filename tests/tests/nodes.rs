@@ -1,0 +1,273 @@
+//! Many nodes: a root and two children, each in a network namespace of its own, linked
+//! over TLS. Routing across the tree, `create --node`, `ps` across nodes, a partition
+//! that heals with nothing lost, one that outlasts the partition tolerance, and a child
+//! node killed and restarted.
+//!
+//! Needs root (network namespaces, iptables). Where that is not available the test says
+//! SKIPPED on stderr and returns; with `REEF_REQUIRE_NETNS` set (CI), it fails instead.
+
+use std::{process::Command, time::Duration};
+
+use reef_proto::{
+    ContainerDefinition, ContainerInfo, DeadLettersRequest, ListRequest,
+    supervisor_client::SupervisorClient,
+};
+use reef_sdk::Client;
+use reef_tests::{NetLab, STARTUP, TestNode, binary, create, demo_process, eventually};
+use tonic::transport::Channel;
+
+const REQUEST: Duration = Duration::from_secs(2);
+const TOLERANCE_MS: &str = "10000";
+
+fn lab(hosts: &[&str]) -> Option<NetLab> {
+    match NetLab::create(hosts) {
+        Ok(lab) => Some(lab),
+        Err(reason) if std::env::var_os("REEF_REQUIRE_NETNS").is_some() => {
+            panic!("REEF_REQUIRE_NETNS is set but network namespaces are not usable: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("SKIPPED: this test needs network namespaces and iptables (root): {reason}");
+            None
+        }
+    }
+}
+
+/// A node named `name` in the lab host of the same name, joined to `parent` if given.
+fn node(lab: &NetLab, name: &str, parent: Option<&TestNode>) -> TestNode {
+    let mut flags = vec![
+        "--name".to_owned(),
+        name.to_owned(),
+        "--heartbeat-interval-ms".to_owned(),
+        "200".to_owned(),
+        "--heartbeat-timeout-ms".to_owned(),
+        "1000".to_owned(),
+        "--partition-tolerance-ms".to_owned(),
+        TOLERANCE_MS.to_owned(),
+    ];
+    if let Some(parent) = parent {
+        flags.extend([
+            "--join".to_owned(),
+            parent.addr.to_string(),
+            "--join-ca".to_owned(),
+            parent.ca.display().to_string(),
+        ]);
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    TestNode::start_in(Some(&lab.ns(name)), &lab.ip(name).to_string(), &flags)
+}
+
+async fn listed(supervisor: &SupervisorClient<Channel>, alias: &str) -> Option<ContainerInfo> {
+    supervisor
+        .clone()
+        .list(ListRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .containers
+        .into_iter()
+        .find(|c| c.alias == alias)
+}
+
+/// Waits until `alias` is listed by `supervisor` and `check` holds for it.
+async fn wait_listed(
+    supervisor: &SupervisorClient<Channel>,
+    alias: &str,
+    what: &str,
+    check: impl Fn(&ContainerInfo) -> bool,
+) -> ContainerInfo {
+    eventually(&format!("{alias}: {what}"), STARTUP, || async {
+        listed(supervisor, alias).await.filter(|c| check(c))
+    })
+    .await
+}
+
+/// The count `counter-b` answers once it reaches `expected`, asked from `client`.
+async fn wait_count(client: &Client, expected: u64) {
+    let expected = expected.to_string();
+    let seen = eventually(
+        &format!("counter-b to count {expected}"),
+        STARTUP,
+        || async {
+            let answer = client.request("counter-b", "?", REQUEST).await.ok()?;
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            // Past the expected count means something arrived twice: stop and report.
+            (answer.parse::<u64>().ok()? >= expected.parse::<u64>().ok()?).then_some(answer)
+        },
+    )
+    .await;
+    assert_eq!(seen, expected, "nothing lost and nothing twice");
+}
+
+fn reef(node: &TestNode, args: &[&str]) -> String {
+    let output = Command::new(binary("reef"))
+        .args(["--addr", &node.addr.to_string(), "--ca"])
+        .arg(&node.ca)
+        .args(args)
+        .output()
+        .expect("reef runs");
+    assert!(
+        output.status.success(),
+        "reef {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_route_across_partitions_and_a_node_restart() {
+    let Some(lab) = lab(&["root", "a", "b"]) else {
+        return;
+    };
+    let root = node(&lab, "root", None);
+    let a = node(&lab, "a", Some(&root));
+    let mut b = node(&lab, "b", Some(&root));
+    let on_root = root.supervisor().await;
+    let on_a = a.supervisor().await;
+    wait_listed(&on_root, "nodes/a", "linked", |c| c.attached).await;
+    wait_listed(&on_root, "nodes/b", "linked", |c| c.attached).await;
+
+    // Created on a through root: the call goes down the tree.
+    let demo = binary("reef-demo").display().to_string();
+    let created = reef(
+        &root,
+        &["create", "--node", "a", "echo-a", "--", &demo, "echo"],
+    );
+    assert!(created.starts_with("created echo-a"), "{created}");
+    let definition = ContainerDefinition {
+        alias: "counter-b".to_owned(),
+        kind: demo_process(&["counter"]),
+        ..Default::default()
+    };
+    create(&mut b.supervisor().await, definition)
+        .await
+        .expect("counter-b on b");
+    let echo = wait_listed(&on_root, "echo-a", "announced by a", |c| c.attached).await;
+    assert_eq!(echo.labels.get("reef.node").map(String::as_str), Some("a"));
+    assert_eq!(echo.parent, "nodes/a");
+    wait_listed(&on_root, "counter-b", "announced by b", |c| c.attached).await;
+    let ps = reef(&root, &["ps"]);
+    let row = |alias: &str| {
+        ps.lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.first() == Some(&alias))
+            .unwrap_or_else(|| panic!("reef ps on root lists {alias}:\n{ps}"))
+    };
+    assert_eq!(row("echo-a")[1], "a", "{ps}");
+    assert_eq!(row("counter-b")[1], "b", "{ps}");
+    assert_eq!(row("nodes/a")[1], "a", "{ps}");
+
+    // b → root → a and back; a → root → b.
+    let client_b = Client::connect(&b.options()).await.expect("client on b");
+    let reply = client_b
+        .request("echo-a", "across the tree", REQUEST)
+        .await
+        .expect("echo-a answers a caller on b");
+    assert_eq!(&reply[..], b"across the tree");
+    let client_a = Client::connect(&a.options()).await.expect("client on a");
+    for i in 0..50 {
+        client_a.send("counter-b", format!("m{i}")).await.unwrap();
+    }
+    wait_count(&client_a, 50).await;
+    let unknown = client_a
+        .request("nobody", "?", REQUEST)
+        .await
+        .expect_err("nobody has that alias anywhere");
+    assert!(
+        unknown
+            .to_string()
+            .contains("no container is registered as \"nobody\""),
+        "{unknown}"
+    );
+    let counter_pid = listed(&b.supervisor().await, "counter-b")
+        .await
+        .unwrap()
+        .pid;
+
+    // A short partition between a and root: both ends notice (child and parent
+    // unresponsive), what a sends meanwhile waits, and arrives once after it heals.
+    lab.partition("a", "root");
+    for i in 0..20 {
+        client_a.send("counter-b", format!("p{i}")).await.unwrap();
+    }
+    wait_listed(&on_root, "nodes/a", "detached by root", |c| !c.attached).await;
+    wait_listed(&on_a, "nodes/parent", "detached by a", |c| !c.attached).await;
+    lab.heal("a");
+    wait_listed(&on_root, "nodes/a", "linked again", |c| c.attached).await;
+    wait_count(&client_a, 70).await;
+    let counter = listed(&b.supervisor().await, "counter-b").await.unwrap();
+    assert_eq!(counter.pid, counter_pid, "the partition restarted nothing");
+    let everywhere = on_root
+        .clone()
+        .list(ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let copies = everywhere
+        .containers
+        .iter()
+        .filter(|c| c.alias == "counter-b");
+    assert_eq!(copies.count(), 1);
+
+    // A partition longer than the tolerance: what waited for b becomes dead letters
+    // on root, with the reason; nothing of it arrives late.
+    lab.partition("b", "root");
+    wait_listed(&on_root, "nodes/b", "detached by root", |c| !c.attached).await;
+    for i in 0..5 {
+        client_a
+            .send("counter-b", format!("late{i}"))
+            .await
+            .unwrap();
+    }
+    let expired = eventually("5 dead letters for the partitioned b", STARTUP * 2, || {
+        let mut on_root = on_root.clone();
+        async move {
+            let letters = on_root
+                .dead_letters(DeadLettersRequest { limit: 0 })
+                .await
+                .ok()?
+                .into_inner()
+                .letters;
+            let expired: Vec<_> = letters
+                .into_iter()
+                .filter(|l| l.payload_preview.starts_with(b"late"))
+                .collect();
+            (expired.len() == 5).then_some(expired)
+        }
+    })
+    .await;
+    for letter in &expired {
+        assert!(
+            letter
+                .reason
+                .contains("the node behind link nodes/b was unreachable for more than 10s"),
+            "{}",
+            letter.reason
+        );
+    }
+    lab.heal("b");
+    wait_listed(&on_root, "nodes/b", "linked again", |c| c.attached).await;
+    wait_count(&client_a, 70).await;
+
+    // b dies; what is sent to it meanwhile waits on root for its next start, which
+    // adopts the counter process that kept running and tells root again.
+    b.process().0.kill().unwrap();
+    let _ = b.process().0.wait();
+    wait_listed(&on_root, "nodes/b", "lost", |c| !c.attached).await;
+    for i in 0..3 {
+        client_a.send("counter-b", format!("d{i}")).await.unwrap();
+    }
+    b.restart();
+    wait_listed(&on_root, "nodes/b", "back", |c| c.attached).await;
+    wait_count(&client_a, 73).await;
+    let reply = client_b_after_restart(&b).await;
+    assert_eq!(&reply[..], b"again");
+}
+
+/// A new client on the restarted b reaches echo-a on a.
+async fn client_b_after_restart(b: &TestNode) -> bytes::Bytes {
+    let client = Client::connect(&b.options()).await.expect("client on b");
+    eventually("echo-a from the restarted b", STARTUP, || async {
+        client.request("echo-a", "again", REQUEST).await.ok()
+    })
+    .await
+}
