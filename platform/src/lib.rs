@@ -56,7 +56,10 @@ pub use self::{
     limits::Limits,
     node::{Node, NodeConfig, NodeError, StateBackend},
     pending::{Pending, PendingError, PendingRequests},
-    pki::{CertifiedKey, Pki, PkiError},
+    pki::{
+        CertifiedKey, Pki, PkiError, container_identity, init_cluster_ca, issue_node_ca,
+        node_identity,
+    },
     registry::{
         ContainerSnapshot, ContainerSpec, DetachCause, EventKind, HostedTask, Phase, Registry,
         RegistryError, RegistryEvent, TaskSnapshot,

@@ -15,7 +15,7 @@ use reef_proto::{
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{
     Status,
-    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
 
@@ -147,6 +147,9 @@ pub enum NodeError {
     /// The state store could not be opened.
     #[error("state store: {0}")]
     State(#[from] StateError),
+    /// The node's name cannot be used.
+    #[error("--name: {0}")]
+    Name(String),
 }
 
 /// A node whose ports are bound; [`Node::run`] serves them.
@@ -197,7 +200,12 @@ impl Node {
             names.push(ip.to_string());
         }
         names.extend(config.tls_names.iter().cloned());
-        let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"), &names)?);
+        crate::link::check_node_name(&config.name).map_err(NodeError::Name)?;
+        let pki = Arc::new(Pki::load_or_create(
+            &config.data_dir.join("tls"),
+            &config.name,
+            &names,
+        )?);
         let stats = Arc::new(NodeStats::default());
         let registry = Registry::new(config.limits.clone(), stats.clone());
         if config.join.is_some() {
@@ -295,6 +303,7 @@ impl Node {
                 listen,
                 started: Instant::now(),
                 session: self.session.clone(),
+                insecure: self.config.insecure,
             },
         ))
         .max_decoding_message_size(1 << 20);
@@ -347,7 +356,11 @@ impl Node {
             let certified = self.pki.server();
             server = server.tls_config(
                 ServerTlsConfig::new()
-                    .identity(Identity::from_pem(&certified.cert_pem, &certified.key_pem)),
+                    .identity(Identity::from_pem(&certified.cert_pem, &certified.key_pem))
+                    // Nodes joining present their certificate (checked by `Join`);
+                    // containers and clients need none.
+                    .client_ca_root(Certificate::from_pem(self.pki.ca_pem()))
+                    .client_auth_optional(true),
             )?;
         }
         let router = server
@@ -370,6 +383,7 @@ impl Node {
                     .clone()
                     .or_else(|| (!listen.ip().is_unspecified()).then(|| listen.to_string())),
                 ca_pem: self.pki.ca_pem().to_owned(),
+                identity: self.pki.server().clone(),
                 registry: self.registry.clone(),
                 stats: self.stats.clone(),
                 routing: self.routing.clone(),

@@ -3,6 +3,14 @@
 //! On first start a node creates a CA and a server certificate under `DATA/tls/` and
 //! reuses them afterwards. It signs a certificate for every container endpoint that
 //! registers, so the whole node speaks TLS with one trust root: `DATA/tls/ca.pem`.
+//!
+//! Nodes of one tree share a cluster CA instead (`reef ca init`): `reef ca issue` gives
+//! each node an intermediate CA of its own (`DATA/tls/issuer.pem`, `issuer-key.pem`)
+//! and the cluster's root as `DATA/tls/ca.pem`. The node then signs with its
+//! intermediate and presents the chain, so every node and container of the cluster
+//! trusts every other through the one root. A node's certificate names it in a URI SAN,
+//! `reef://node/NAME`, and a container endpoint's names its alias,
+//! `reef://container/ALIAS`: that is what linked nodes check.
 
 use std::{
     fs, io,
@@ -11,7 +19,7 @@ use std::{
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, date_time_ymd,
+    KeyUsagePurpose, SanType, date_time_ymd,
 };
 
 /// Failure to create, read or use the node's certificates.
@@ -28,6 +36,19 @@ pub enum PkiError {
     /// A stored key or certificate is unreadable, or a name cannot go in a certificate.
     #[error("certificate error: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// The TLS directory holds part of a cluster identity only.
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+/// The identity a node's certificate carries.
+pub fn node_identity(name: &str) -> String {
+    format!("reef://node/{name}")
+}
+
+/// The identity a container endpoint's certificate carries.
+pub fn container_identity(alias: &str) -> String {
+    format!("reef://container/{alias}")
 }
 
 /// A certificate and its private key, both PEM.
@@ -41,8 +62,13 @@ pub struct CertifiedKey {
 
 /// The CA of a node plus the node's own server certificate.
 pub struct Pki {
+    /// The trust root: the node's own CA, or the cluster's.
     ca_pem: String,
-    ca_key: KeyPair,
+    /// What signs: the node's own CA, or its intermediate under the cluster's.
+    issuer: Issuer<'static, KeyPair>,
+    /// The intermediate's certificate, appended to every certificate issued (empty for
+    /// a node's own CA).
+    chain_pem: String,
     server: CertifiedKey,
 }
 
@@ -57,34 +83,69 @@ const CA_KEY_FILE: &str = "ca-key.pem";
 const SERVER_FILE: &str = "node.pem";
 const SERVER_KEY_FILE: &str = "node-key.pem";
 const SERVER_NAMES_FILE: &str = "node.names";
+const ISSUER_FILE: &str = "issuer.pem";
+const ISSUER_KEY_FILE: &str = "issuer-key.pem";
 
 impl Pki {
-    /// Loads the CA and server certificate from `dir`, creating what is missing. The
-    /// server certificate is re-issued when `server_names` differ from the stored ones.
-    pub fn load_or_create(dir: &Path, server_names: &[String]) -> Result<Self, PkiError> {
+    /// Loads the CA and the server certificate of node `node` from `dir`, creating what
+    /// is missing. The server certificate is re-issued when `server_names` (or the
+    /// issuer) differ from the stored ones.
+    pub fn load_or_create(
+        dir: &Path,
+        node: &str,
+        server_names: &[String],
+    ) -> Result<Self, PkiError> {
         fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
-        let (ca_pem, ca_key) = match (
-            read_optional(&dir.join(CA_FILE))?,
-            read_optional(&dir.join(CA_KEY_FILE))?,
-        ) {
-            (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key)?),
-            _ => {
-                let key = KeyPair::generate()?;
-                let cert = ca_params().self_signed(&key)?.pem();
-                write_private(&dir.join(CA_KEY_FILE), &key.serialize_pem())?;
-                write_public(&dir.join(CA_FILE), &cert)?;
-                (cert, key)
+        let stored_ca = read_optional(&dir.join(CA_FILE))?;
+        let intermediate = (
+            read_optional(&dir.join(ISSUER_FILE))?,
+            read_optional(&dir.join(ISSUER_KEY_FILE))?,
+        );
+        let (ca_pem, issuer, chain_pem) = match (stored_ca, intermediate) {
+            (Some(ca_pem), (Some(issuer_pem), Some(key))) => {
+                let issuer = Issuer::from_ca_cert_pem(&issuer_pem, KeyPair::from_pem(&key)?)?;
+                (ca_pem, issuer, issuer_pem)
+            }
+            (None, (Some(_), _)) | (_, (Some(_), None)) | (_, (None, Some(_))) => {
+                return Err(PkiError::Incomplete(format!(
+                    "{} holds part of a cluster identity: it needs ca.pem, issuer.pem and issuer-key.pem (reef ca issue)",
+                    dir.display()
+                )));
+            }
+            (stored, (None, None)) => {
+                let (ca_pem, key) = match (stored, read_optional(&dir.join(CA_KEY_FILE))?) {
+                    (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key)?),
+                    _ => {
+                        let key = KeyPair::generate()?;
+                        let cert = ca_params("reef local CA", None).self_signed(&key)?.pem();
+                        write_private(&dir.join(CA_KEY_FILE), &key.serialize_pem())?;
+                        write_public(&dir.join(CA_FILE), &cert)?;
+                        (cert, key)
+                    }
+                };
+                (
+                    ca_pem,
+                    Issuer::new(ca_params("reef local CA", None), key),
+                    String::new(),
+                )
             }
         };
         let mut pki = Self {
             ca_pem,
-            ca_key,
+            issuer,
+            chain_pem,
             server: CertifiedKey {
                 cert_pem: String::new(),
                 key_pem: String::new(),
             },
         };
-        let names = server_names.join("\n");
+        // The issuer is part of what the stored certificate must match.
+        let names = format!(
+            "{}\n{}\n{}",
+            node_identity(node),
+            server_names.join("\n"),
+            pki.chain_pem
+        );
         let stored = (
             read_optional(&dir.join(SERVER_FILE))?,
             read_optional(&dir.join(SERVER_KEY_FILE))?,
@@ -95,7 +156,7 @@ impl Pki {
                 CertifiedKey { cert_pem, key_pem }
             }
             _ => {
-                let issued = pki.issue("reef node", server_names)?;
+                let issued = pki.issue("reef node", server_names, &node_identity(node))?;
                 write_private(&dir.join(SERVER_KEY_FILE), &issued.key_pem)?;
                 write_public(&dir.join(SERVER_FILE), &issued.cert_pem)?;
                 write_public(&dir.join(SERVER_NAMES_FILE), &names)?;
@@ -115,10 +176,19 @@ impl Pki {
         &self.server
     }
 
-    /// Issues a server/client certificate for `names` (DNS names or IP addresses),
-    /// with `common_name` as its subject.
-    pub fn issue(&self, common_name: &str, names: &[String]) -> Result<CertifiedKey, PkiError> {
+    /// Issues a server/client certificate for `names` (DNS names or IP addresses) and
+    /// `identity` (a URI SAN, see [`node_identity`]), with `common_name` as its subject.
+    /// The PEM holds the chain up to (not including) the trust root.
+    pub fn issue(
+        &self,
+        common_name: &str,
+        names: &[String],
+        identity: &str,
+    ) -> Result<CertifiedKey, PkiError> {
         let mut params = CertificateParams::new(names.to_vec())?;
+        params
+            .subject_alt_names
+            .push(SanType::URI(identity.try_into()?));
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -131,27 +201,91 @@ impl Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let key = KeyPair::generate()?;
-        let issuer = Issuer::new(ca_params(), &self.ca_key);
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertifiedKey {
-            cert_pem: cert.pem(),
+            cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
             key_pem: key.serialize_pem(),
         })
     }
 }
 
-/// The CA's parameters. They are rebuilt, not parsed, when the CA is loaded: an issuer
-/// needs only its distinguished name and key usages, and both are fixed here.
-fn ca_params() -> CertificateParams {
+/// Creates a cluster CA in `dir` (`ca.pem`, `ca-key.pem`); refuses to replace one.
+pub fn init_cluster_ca(dir: &Path) -> Result<(), PkiError> {
+    fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+    let cert_path = dir.join(CA_FILE);
+    if cert_path.exists() {
+        return Err(PkiError::Incomplete(format!(
+            "{} exists: this directory has a CA already",
+            cert_path.display()
+        )));
+    }
+    let key = KeyPair::generate()?;
+    let cert = ca_params("reef cluster CA", None).self_signed(&key)?.pem();
+    write_private(&dir.join(CA_KEY_FILE), &key.serialize_pem())?;
+    write_public(&cert_path, &cert)
+}
+
+/// Gives node `node` an intermediate CA under the cluster CA in `ca_dir`, written to
+/// `tls_dir` (the node's `DATA/tls`) with the cluster's root as its `ca.pem`. Run again,
+/// it replaces the intermediate: the node issues new certificates on its next start.
+pub fn issue_node_ca(ca_dir: &Path, node: &str, tls_dir: &Path) -> Result<(), PkiError> {
+    let root_pem = read_optional(&ca_dir.join(CA_FILE))?;
+    let root_key = read_optional(&ca_dir.join(CA_KEY_FILE))?;
+    let (Some(root_pem), Some(root_key)) = (root_pem, root_key) else {
+        return Err(PkiError::Incomplete(format!(
+            "{} has no cluster CA (ca.pem and ca-key.pem): run reef ca init first",
+            ca_dir.display()
+        )));
+    };
+    let root = Issuer::from_ca_cert_pem(&root_pem, KeyPair::from_pem(&root_key)?)?;
+    let key = KeyPair::generate()?;
+    let common_name = format!("reef node CA {node}");
+    let mut params = ca_params(&common_name, Some(0));
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &root)?.pem();
+    fs::create_dir_all(tls_dir).map_err(|source| io_error(tls_dir, source))?;
+    write_private(&tls_dir.join(ISSUER_KEY_FILE), &key.serialize_pem())?;
+    write_public(&tls_dir.join(ISSUER_FILE), &cert)?;
+    write_public(&tls_dir.join(CA_FILE), &root_pem)?;
+    // A node's own CA key would be unused and misleading next to a cluster identity.
+    match fs::remove_file(tls_dir.join(CA_KEY_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(tls_dir, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `der` (a certificate) names `identity` in a URI SAN.
+pub fn certificate_names(der: &[u8], identity: &str) -> bool {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
+    let Ok(Some(names)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .any(|name| matches!(name, GeneralName::URI(uri) if *uri == identity))
+}
+
+/// A CA's parameters; `path_len` limits the CAs below it (`None`: unlimited). A node's
+/// own CA is rebuilt from these, not parsed, when loaded: an issuer needs only its
+/// distinguished name and key usages, and both are fixed here.
+fn ca_params(common_name: &str, path_len: Option<u8>) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(DnType::CommonName, "reef local CA");
+        .push(DnType::CommonName, common_name);
     params
         .distinguished_name
         .push(DnType::OrganizationName, "reef");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(depth) => BasicConstraints::Constrained(depth),
+        None => BasicConstraints::Unconstrained,
+    });
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -203,12 +337,43 @@ mod tests {
     fn creates_once_then_reuses() {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let first = Pki::load_or_create(dir.path(), &names).unwrap();
-        let again = Pki::load_or_create(dir.path(), &names).unwrap();
+        let first = Pki::load_or_create(dir.path(), "n", &names).unwrap();
+        let again = Pki::load_or_create(dir.path(), "n", &names).unwrap();
         assert_eq!(first.ca_pem(), again.ca_pem());
         assert_eq!(first.server().cert_pem, again.server().cert_pem);
-        let renamed = Pki::load_or_create(dir.path(), &["localhost".to_string()]).unwrap();
+        let renamed = Pki::load_or_create(dir.path(), "n", &["localhost".to_string()]).unwrap();
         assert_eq!(first.ca_pem(), renamed.ca_pem());
         assert_ne!(first.server().cert_pem, renamed.server().cert_pem);
+    }
+
+    #[test]
+    fn a_cluster_ca_issues_node_intermediates_that_name_their_node() {
+        let cluster = tempfile::tempdir().unwrap();
+        let node = tempfile::tempdir().unwrap();
+        init_cluster_ca(cluster.path()).unwrap();
+        assert!(init_cluster_ca(cluster.path()).is_err(), "never replaced");
+        issue_node_ca(cluster.path(), "edge", node.path()).unwrap();
+        let pki = Pki::load_or_create(node.path(), "edge", &["localhost".to_string()]).unwrap();
+        let root = fs::read_to_string(cluster.path().join(CA_FILE)).unwrap();
+        assert_eq!(pki.ca_pem(), root);
+        // Leaf, then the node's intermediate.
+        let chain: Vec<_> = rustls_pemfile_certs(&pki.server().cert_pem);
+        assert_eq!(chain.len(), 2);
+        assert!(certificate_names(&chain[0], &node_identity("edge")));
+        assert!(!certificate_names(&chain[0], &node_identity("other")));
+        let endpoint = pki
+            .issue("c", &["127.0.0.1".to_string()], &container_identity("c"))
+            .unwrap();
+        assert!(certificate_names(
+            &rustls_pemfile_certs(&endpoint.cert_pem)[0],
+            &container_identity("c")
+        ));
+    }
+
+    /// The DER certificates of a PEM bundle.
+    fn rustls_pemfile_certs(pem: &str) -> Vec<Vec<u8>> {
+        x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .map(|p| p.unwrap().contents)
+            .collect()
     }
 }

@@ -28,7 +28,7 @@ pub(crate) fn pki_status(error: PkiError) -> Status {
         PkiError::Certificate(_) => Status::invalid_argument(format!(
             "cannot issue a certificate for the endpoint: {error}"
         )),
-        PkiError::Io { .. } => {
+        PkiError::Io { .. } | PkiError::Incomplete(_) => {
             tracing::error!(%error, "certificate storage failed");
             Status::internal("the node could not access its certificate store")
         }

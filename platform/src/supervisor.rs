@@ -17,6 +17,7 @@ use crate::{
     Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Pki, Registry,
     RegistryEvent, hosting,
     link::{ChildNodes, NodeEndpoint, check_node_name, link_alias},
+    pki::certificate_names,
     probe::{connect_endpoint, endpoint_host, ping_endpoint},
     push::PushTickets,
     routing::Routing,
@@ -47,6 +48,8 @@ pub struct NodeIdentity {
     pub started: Instant,
     /// Random for each start: what linked nodes compare to notice a restart.
     pub session: String,
+    /// Serving plaintext: no certificates to check.
+    pub insecure: bool,
 }
 
 /// Serves `reef.v1.Supervisor`.
@@ -279,7 +282,11 @@ impl supervisor_server::Supervisor for SupervisorService {
                 let host = endpoint_host(endpoint)?;
                 Some(
                     self.pki
-                        .issue(spec.alias.as_str(), &[host])
+                        .issue(
+                            spec.alias.as_str(),
+                            &[host],
+                            &crate::pki::container_identity(spec.alias.as_str()),
+                        )
                         .map_err(pki_status)?,
                 )
             }
@@ -309,8 +316,19 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::JoinRequest>,
     ) -> Result<Response<wire::JoinResponse>, Status> {
+        let peer = request.peer_certs();
         let request = request.into_inner();
         check_node_name(&request.node).map_err(Status::invalid_argument)?;
+        // Only a node holding a certificate for its name may link under it (the TLS
+        // handshake already checked that the cluster's CA signed it).
+        let identity = crate::pki::node_identity(&request.node);
+        let leaf = peer.as_ref().and_then(|chain| chain.first());
+        if !self.node.insecure && !leaf.is_some_and(|leaf| certificate_names(leaf, &identity)) {
+            return Err(Status::permission_denied(format!(
+                "joining as node {:?} needs a client certificate naming {identity} from this cluster's CA (reef ca issue)",
+                request.node
+            )));
+        }
         if request.node == self.node.name {
             return Err(Status::invalid_argument(format!(
                 "node {:?} cannot join a node of the same name",

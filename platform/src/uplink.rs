@@ -25,12 +25,12 @@ use tokio_stream::StreamExt as _;
 use tonic::{
     Request,
     metadata::MetadataValue,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 use crate::{
-    Alias, ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry, keeper,
-    link::PARENT_LINK, probe::endpoint_host, routing::Routing,
+    Alias, CertifiedKey, ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats,
+    Registry, keeper, link::PARENT_LINK, probe::endpoint_host, routing::Routing,
 };
 
 /// First pause before dialling the parent again; doubled up to [`MAX_BACKOFF`].
@@ -61,6 +61,8 @@ pub(crate) struct Uplink {
     /// Where this node serves, for calls the parent forwards.
     pub endpoint: Option<String>,
     pub ca_pem: String,
+    /// This node's certificate, presented to the parent.
+    pub identity: CertifiedKey,
     pub registry: Arc<Registry>,
     pub stats: Arc<NodeStats>,
     pub routing: Arc<Routing>,
@@ -199,6 +201,10 @@ impl Uplink {
                 .tls_config(
                     ClientTlsConfig::new()
                         .ca_certificate(Certificate::from_pem(ca))
+                        .identity(Identity::from_pem(
+                            &self.identity.cert_pem,
+                            &self.identity.key_pem,
+                        ))
                         .domain_name(host),
                 )
                 .map_err(|e| format!("TLS for the parent: {e}"))?;

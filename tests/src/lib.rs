@@ -253,7 +253,19 @@ impl TestNode {
     /// Starts a node with extra reefd flags in network namespace `netns` (see
     /// [`NetLab`]), listening on `ip` (a free port).
     pub fn start_in(netns: Option<&str>, ip: &str, extra: &[&str]) -> Self {
+        Self::start_prepared(netns, ip, extra, |_| {})
+    }
+
+    /// [`TestNode::start_in`], after `prepare` put what it needs in the data dir (a
+    /// cluster identity, say).
+    pub fn start_prepared(
+        netns: Option<&str>,
+        ip: &str,
+        extra: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
+        prepare(data.path());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let netns = netns.map(str::to_owned);
         let (process, addr, health) = spawn_reefd(

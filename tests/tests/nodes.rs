@@ -6,7 +6,7 @@
 //! Needs root (network namespaces, iptables). Where that is not available the test says
 //! SKIPPED on stderr and returns; with `REEF_REQUIRE_NETNS` set (CI), it fails instead.
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use reef_proto::{
     ContainerDefinition, ContainerInfo, DeadLettersRequest, ListRequest,
@@ -32,8 +32,9 @@ fn lab(hosts: &[&str]) -> Option<NetLab> {
     }
 }
 
-/// A node named `name` in the lab host of the same name, joined to `parent` if given.
-fn node(lab: &NetLab, name: &str, parent: Option<&TestNode>) -> TestNode {
+/// A node named `name` in the lab host of the same name, with an identity from the
+/// cluster CA in `cluster`, joined to `parent` if given.
+fn node(lab: &NetLab, cluster: &Path, name: &str, parent: Option<&TestNode>) -> TestNode {
     let mut flags = vec![
         "--name".to_owned(),
         name.to_owned(),
@@ -53,7 +54,26 @@ fn node(lab: &NetLab, name: &str, parent: Option<&TestNode>) -> TestNode {
         ]);
     }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    TestNode::start_in(Some(&lab.ns(name)), &lab.ip(name).to_string(), &flags)
+    let ip = lab.ip(name).to_string();
+    TestNode::start_prepared(Some(&lab.ns(name)), &ip, &flags, |data| {
+        run_reef(&["ca", "issue", name, "--ca-dir"], cluster, data);
+    })
+}
+
+/// `reef ca … DIR --data-dir DATA`.
+fn run_reef(args: &[&str], dir: &Path, data: &Path) {
+    let output = Command::new(binary("reef"))
+        .args(args)
+        .arg(dir)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("reef runs");
+    assert!(
+        output.status.success(),
+        "reef {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 async fn listed(supervisor: &SupervisorClient<Channel>, alias: &str) -> Option<ContainerInfo> {
@@ -118,9 +138,16 @@ async fn three_nodes_route_across_partitions_and_a_node_restart() {
     let Some(lab) = lab(&["root", "a", "b"]) else {
         return;
     };
-    let root = node(&lab, "root", None);
-    let a = node(&lab, "a", Some(&root));
-    let mut b = node(&lab, "b", Some(&root));
+    let cluster = tempfile::tempdir().unwrap();
+    let init = Command::new(binary("reef"))
+        .args(["ca", "init"])
+        .arg(cluster.path())
+        .output()
+        .expect("reef runs");
+    assert!(init.status.success(), "{init:?}");
+    let root = node(&lab, cluster.path(), "root", None);
+    let a = node(&lab, cluster.path(), "a", Some(&root));
+    let mut b = node(&lab, cluster.path(), "b", Some(&root));
     let on_root = root.supervisor().await;
     let on_a = a.supervisor().await;
     wait_listed(&on_root, "nodes/a", "linked", |c| c.attached).await;
@@ -270,4 +297,73 @@ async fn client_b_after_restart(b: &TestNode) -> bytes::Bytes {
         client.request("echo-a", "again", REQUEST).await.ok()
     })
     .await
+}
+
+/// Joining a parent takes a certificate from the cluster's CA that names the node:
+/// none, one for another node, or one from a CA the cluster does not know is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_prove_their_name_with_a_certificate_from_the_cluster_ca() {
+    let cluster = tempfile::tempdir().unwrap();
+    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    let root = TestNode::start_prepared(None, "127.0.0.1", &["--name", "root"], |data| {
+        reef_platform::issue_node_ca(cluster.path(), "root", &data.join("tls")).unwrap();
+    });
+    let identity = |name: &str, cluster_ca: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        if cluster_ca {
+            reef_platform::issue_node_ca(cluster.path(), name, dir.path()).unwrap();
+        }
+        let pki =
+            reef_platform::Pki::load_or_create(dir.path(), name, &["localhost".into()]).unwrap();
+        pki.server().clone()
+    };
+    let root_ca = std::fs::read_to_string(&root.ca).unwrap();
+    let join = async |certificate: Option<&reef_platform::CertifiedKey>, node: &str| {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&root_ca))
+            .domain_name("localhost");
+        if let Some(certificate) = certificate {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                &certificate.cert_pem,
+                &certificate.key_pem,
+            ));
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", root.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        SupervisorClient::new(channel)
+            .join(reef_proto::JoinRequest {
+                node: node.to_owned(),
+                session: "s1".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let a = identity("a", true);
+    let joined = join(Some(&a), "a").await.expect("a joins as a");
+    assert_eq!(joined.alias, "nodes/a");
+    assert_eq!(joined.node, "root");
+
+    let impersonation = join(Some(&a), "b").await.expect_err("a cannot join as b");
+    assert_eq!(impersonation.code(), tonic::Code::PermissionDenied);
+    assert!(
+        impersonation.message().contains("reef://node/b"),
+        "{}",
+        impersonation.message()
+    );
+    let anonymous = join(None, "a").await.expect_err("no certificate, no link");
+    assert_eq!(anonymous.code(), tonic::Code::PermissionDenied);
+    let stranger = identity("a", false);
+    let foreign = join(Some(&stranger), "a").await;
+    assert!(
+        foreign.is_err(),
+        "a certificate from another CA is refused in the handshake"
+    );
+    let listed = listed(&root.supervisor().await, "nodes/b").await;
+    assert!(listed.is_none(), "no link was made for b");
 }

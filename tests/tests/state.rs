@@ -589,8 +589,12 @@ async fn the_etcd_backend_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_etcd_backend_speaks_mutual_tls_to_a_list_of_endpoints() {
     let certs = tempfile::tempdir().unwrap();
-    reef_platform::Pki::load_or_create(certs.path(), &["127.0.0.1".into(), "localhost".into()])
-        .expect("certificates");
+    reef_platform::Pki::load_or_create(
+        certs.path(),
+        "etcd",
+        &["127.0.0.1".into(), "localhost".into()],
+    )
+    .expect("certificates");
     let etcd = LocalEtcd::start_tls(certs.path()).unwrap_or_else(|why| panic!("{why}"));
     let file = |name: &str| certs.path().join(name).display().to_string();
     let (ca, cert, key) = (file("ca.pem"), file("node.pem"), file("node-key.pem"));

@@ -140,6 +140,7 @@ impl Baseline {
         let data = tempfile::tempdir()?;
         let pki = reef_platform::Pki::load_or_create(
             data.path(),
+            "baseline",
             &["127.0.0.1".to_owned(), "localhost".to_owned()],
         )?;
         let identity = Identity::from_pem(&pki.server().cert_pem, &pki.server().key_pem);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use reef_sdk::ConnectOptions;
 
+mod ca;
 mod lifecycle;
 mod logs;
 mod messaging;
@@ -60,12 +61,16 @@ pub enum Command {
     /// Synchronised state: get, put, del, ls, watch.
     #[command(subcommand)]
     State(state::StateCommand),
+    /// A cluster CA for a tree of nodes: init, issue (files only; no node is called).
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 /// Runs `command` against the node described by `options`.
 pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up::run(args, options.insecure).await,
+        Command::Ca(command) => ca::run(command),
         Command::Ps => ps::run(options).await,
         Command::Create(args) => lifecycle::create(*args, options).await,
         Command::Destroy(args) => lifecycle::destroy(args, options).await,
