@@ -82,12 +82,12 @@ async fn expire(
         }
         let request = Envelope {
             id,
-            destination: pending.callee.to_string(),
+            destination: pending.addressee.to_string(),
             ..Default::default()
         };
         let message = format!(
             "no reply from {:?} before the deadline",
-            pending.callee.as_str()
+            pending.addressee.as_str()
         );
         let error = node_error(
             &request,

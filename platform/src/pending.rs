@@ -12,8 +12,11 @@ use crate::Alias;
 pub struct Pending {
     /// When the caller gets DEADLINE_EXCEEDED.
     pub deadline: Instant,
-    /// Who must answer; a reply from anyone else is not accepted.
+    /// Who must answer; a reply from anyone else is not accepted. The host of a task,
+    /// or the link to another node, rather than the addressee.
     pub callee: Alias,
+    /// The alias the request was sent to.
+    pub addressee: Alias,
     /// Who asked: the stream's container, or a task it hosts.
     pub origin: Alias,
     /// Whether the callee hears CANCEL when the deadline passes (not when the caller
@@ -175,6 +178,7 @@ mod tests {
         Pending {
             deadline: at,
             callee: Alias::parse(callee).unwrap(),
+            addressee: Alias::parse(callee).unwrap(),
             origin: Alias::parse("caller").unwrap(),
             cancel_on_expiry: true,
         }

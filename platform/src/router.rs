@@ -216,6 +216,14 @@ impl Inbound {
                 self.from.acks().ack(envelope.correlation_id);
                 None
             }
+            EnvelopeKind::Cancel if self.from.link().is_some() => {
+                // From a caller on another node, whose node kept the request: on to the
+                // callee (or the next link towards it).
+                match self.resolve_onward(&envelope.destination) {
+                    Some(callee) => self.offer(callee, envelope, Fallback::DeadLetter),
+                    None => None,
+                }
+            }
             EnvelopeKind::Cancel => {
                 // Not under the pending lock: `cancel` takes the registry's.
                 let pending = self.from.pending().forget(envelope.correlation_id);
@@ -464,9 +472,12 @@ impl Inbound {
             .headers
             .get(reef_proto::ATTEMPTS_LEFT_HEADER)
             .is_some_and(|left| left != "0");
+        let addressee =
+            Alias::parse(&envelope.destination).unwrap_or_else(|_| callee_alias.clone());
         let pending = Pending {
             deadline: Instant::now() + budget,
             callee: callee_alias,
+            addressee,
             origin,
             cancel_on_expiry: !retried,
         };
@@ -917,7 +928,7 @@ pub(crate) fn cancel(registry: &Registry, id: u64, pending: &Pending) {
         kind: EnvelopeKind::Cancel as i32,
         correlation_id: id,
         origin: pending.origin.to_string(),
-        destination: pending.callee.to_string(),
+        destination: pending.addressee.to_string(),
         ..Default::default()
     };
     let _ = callee.data().try_send(cancel);

@@ -210,6 +210,25 @@ async fn three_nodes_route_across_partitions_and_a_node_restart() {
         .unwrap()
         .pid;
 
+    // A deadline across nodes: the caller's node answers DEADLINE_EXCEEDED naming the
+    // addressee, and the handler on the other node hears the CANCEL.
+    let (events, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(reef_sdk::run(
+        reef_sdk::ContainerOptions::new("patient-a", a.options()),
+        Patient { events },
+    ));
+    wait_listed(&on_root, "patient-a", "announced by a", |c| c.attached).await;
+    let late = client_b
+        .request("patient-a", "?", Duration::from_millis(300))
+        .await
+        .expect_err("patient-a never answers in time");
+    assert_eq!(late.code(), tonic::Code::DeadlineExceeded, "{late}");
+    assert!(late.to_string().contains("\"patient-a\""), "{late}");
+    for expected in ["started", "cancelled"] {
+        let event = tokio::time::timeout(STARTUP, heard.recv()).await.unwrap();
+        assert_eq!(event, Some(expected));
+    }
+
     // A short partition between a and root: both ends notice (child and parent
     // unresponsive), what a sends meanwhile waits, and arrives once after it heals.
     lab.partition("a", "root");
@@ -288,6 +307,27 @@ async fn three_nodes_route_across_partitions_and_a_node_restart() {
     wait_count(&client_a, 73).await;
     let reply = client_b_after_restart(&b).await;
     assert_eq!(&reply[..], b"again");
+}
+
+/// Reports when a request starts and when its caller gives up; never answers first.
+struct Patient {
+    events: tokio::sync::mpsc::UnboundedSender<&'static str>,
+}
+
+impl reef_sdk::Handler for Patient {
+    async fn on_request(
+        &mut self,
+        _: &reef_sdk::Context,
+        request: reef_sdk::Message,
+    ) -> Result<bytes::Bytes, reef_sdk::HandlerError> {
+        let _ = self.events.send("started");
+        request.cancellation.cancelled().await;
+        let _ = self.events.send("cancelled");
+        Err(reef_sdk::HandlerError::new(
+            "Cancelled",
+            "the caller gave up",
+        ))
+    }
 }
 
 /// A new client on the restarted b reaches echo-a on a.
