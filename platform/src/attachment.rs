@@ -13,7 +13,7 @@ use std::{
 
 use reef_proto::{Credit, Envelope, Frame, FrameBatcher, Mailbox};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, wrappers::WatchStream};
 use tonic::Status;
 
 use crate::{
@@ -35,6 +35,10 @@ pub struct Attachment {
     acks: Arc<AckLog>,
     /// For a link to another node (see `link`): every envelope goes through `acks`.
     link: Option<Arc<LinkSession>>,
+    /// For a link: the highest sequence from the other end that is routed, sent back by
+    /// the outbound stream as soon as it can. Coalesced, never dropped, never waited
+    /// for: an ACK that waited behind data could wait for itself.
+    routed_through: watch::Sender<u64>,
     /// The data lane's queue, for shedding its oldest envelopes.
     mailbox: Mailbox,
     /// Envelopes the mailbox takes from senders. The data lane is larger by `slack`,
@@ -68,6 +72,10 @@ impl Attachment {
         registry: Weak<Registry>,
     ) -> (Arc<Self>, Outbound) {
         let credit = credit.map(Credit::new);
+        let routed_through = watch::Sender::new(0);
+        let acknowledgements = link
+            .is_some()
+            .then(|| WatchStream::from_changes(routed_through.subscribe()));
         let (control, control_rx) = mpsc::channel(64);
         // Room for a full log of redeliveries on top of the mailbox, so that a restart
         // never has to drop what it delivers again.
@@ -84,6 +92,7 @@ impl Attachment {
             credit,
             acks,
             link,
+            routed_through,
             mailbox: frames.mailbox(),
             mailbox_capacity: limits.mailbox_capacity,
             slack: limits.unacked_capacity,
@@ -99,6 +108,7 @@ impl Attachment {
         });
         let outbound = Outbound {
             frames,
+            acknowledgements,
             close: close_rx,
             finished: false,
             attachment: attachment.clone(),
@@ -167,6 +177,11 @@ impl Attachment {
             .await
             .map(drop)
             .map_err(|_| reef_proto::QueueClosed)
+    }
+
+    /// For a link: tells the other end that everything up to `sequence` is routed.
+    pub(crate) fn acknowledge_through(&self, sequence: u64) {
+        self.routed_through.send_replace(sequence);
     }
 
     /// For a link to another node, what the link remembers across streams.
@@ -265,6 +280,8 @@ impl Attachment {
 /// letters.
 pub struct Outbound {
     frames: FrameBatcher,
+    /// For a link: cumulative ACKs to send, ahead of everything else.
+    acknowledgements: Option<WatchStream<u64>>,
     close: oneshot::Receiver<Option<Status>>,
     finished: bool,
     attachment: Arc<Attachment>,
@@ -283,6 +300,19 @@ impl Stream for Outbound {
         if let Poll::Ready(closed) = Pin::new(&mut this.close).poll(cx) {
             this.finished = true;
             return Poll::Ready(closed.ok().flatten().map(Err));
+        }
+        if let Some(acknowledgements) = &mut this.acknowledgements
+            && let Poll::Ready(Some(sequence)) = Pin::new(acknowledgements).poll_next(cx)
+        {
+            let ack = Envelope {
+                kind: reef_proto::EnvelopeKind::Ack as i32,
+                sequence,
+                ..Default::default()
+            };
+            return Poll::Ready(Some(Ok(Frame {
+                envelopes: vec![ack],
+                ..Default::default()
+            })));
         }
         match Pin::new(&mut this.frames).poll_next(cx) {
             Poll::Ready(Some(frame)) => {

@@ -169,21 +169,10 @@ impl Inbound {
             }
         }
         if routed_through != 0 {
-            self.acknowledge_link(routed_through);
+            // Tells the other end that everything up to here is routed.
+            self.from.acknowledge_through(routed_through);
         }
         self.stats.add_frame(count);
-    }
-
-    /// Tells the node at the other end of a link that everything up to `sequence` is
-    /// routed. On the control lane, so it overtakes data; if that lane is full, the ACK
-    /// of the next frame covers this one too.
-    fn acknowledge_link(&self, sequence: u64) {
-        let ack = Envelope {
-            kind: EnvelopeKind::Ack as i32,
-            sequence,
-            ..Default::default()
-        };
-        let _ = self.from.control().try_send(ack);
     }
 
     fn route(&mut self, mut envelope: Envelope) -> Option<Blocked> {
@@ -630,6 +619,14 @@ impl Inbound {
             destination: envelope.origin,
             ..Default::default()
         };
+        if self.from.link().is_some() {
+            // Keepalive between nodes, not a barrier: on the control lane, so that it
+            // never waits behind data the other end has not acknowledged yet (which
+            // could be waiting for this very answer). A full lane means the other end
+            // is not reading; its silence detection deals with that.
+            let _ = self.from.control().try_send(answer);
+            return None;
+        }
         self.offer(self.from.clone(), answer, Fallback::DeadLetter)
     }
 

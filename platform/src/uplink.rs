@@ -36,8 +36,9 @@ use crate::{
 /// First pause before dialling the parent again; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// How long dialling the parent may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long dialling the parent may take. Short: during a partition the SYNs are lost,
+/// and a fresh dial after it heals beats waiting out the kernel's SYN backoff.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Registry changes that arrive this close together are announced once.
 const ANNOUNCE_COALESCE: Duration = Duration::from_millis(20);
 
@@ -117,7 +118,16 @@ impl Uplink {
                 ca_pem: self.ca_pem.clone(),
             })
             .await
-            .map_err(|status| format!("the parent refused to link: {}", status.message()))?
+            .map_err(|status| match status.code() {
+                tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
+                    format!("the parent refused to link: {}", status.message())
+                }
+                // A handshake the parent rejected shows up as a transport error.
+                _ => format!(
+                    "no link with the parent: {} (a node joins with a certificate from the cluster CA: reef ca issue)",
+                    error_chain(&status)
+                ),
+            })?
             .into_inner();
         let local_lease = self
             .registry
@@ -212,8 +222,20 @@ impl Uplink {
         endpoint
             .connect()
             .await
-            .map_err(|e| format!("cannot reach the parent at {parent}: {e}"))
+            .map_err(|e| format!("cannot reach the parent at {parent}: {}", error_chain(&e)))
     }
+}
+
+/// An error and its causes, "a: b: c" (tonic's own display stops at the first).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn metadata_value(text: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, String> {

@@ -407,3 +407,58 @@ async fn nodes_prove_their_name_with_a_certificate_from_the_cluster_ca() {
     let listed = listed(&root.supervisor().await, "nodes/b").await;
     assert!(listed.is_none(), "no link was made for b");
 }
+
+/// A tree on loopback (no namespaces needed): a burst across two links, with small
+/// mailboxes so that backpressure reaches back from the receiver through both links to
+/// the sender. Every message arrives once and nothing becomes a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_two_links_arrives_whole() {
+    let cluster = tempfile::tempdir().unwrap();
+    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    let start = |name: &str, parent: Option<&TestNode>| {
+        let mut flags = vec![
+            "--name".to_owned(),
+            name.to_owned(),
+            "--mailbox-capacity".to_owned(),
+            "256".to_owned(),
+        ];
+        if let Some(parent) = parent {
+            flags.extend([
+                "--join".to_owned(),
+                parent.addr.to_string(),
+                "--join-ca".to_owned(),
+                parent.ca.display().to_string(),
+            ]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
+            reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+        })
+    };
+    let root = start("root", None);
+    let a = start("a", Some(&root));
+    let b = start("b", Some(&root));
+    let definition = ContainerDefinition {
+        alias: "counter-b".to_owned(),
+        kind: demo_process(&["counter"]),
+        ..Default::default()
+    };
+    create(&mut b.supervisor().await, definition)
+        .await
+        .expect("counter-b on b");
+    let on_root = root.supervisor().await;
+    wait_listed(&on_root, "counter-b", "announced by b", |c| c.attached).await;
+    let client = Client::connect(&a.options()).await.expect("client on a");
+    const BURST: u64 = 100_000;
+    for i in 0..BURST {
+        client.send("counter-b", format!("{i}")).await.unwrap();
+    }
+    wait_count(&client, BURST).await;
+    let letters = on_root
+        .clone()
+        .dead_letters(DeadLettersRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(letters.total, 0, "{:?}", letters.letters);
+}

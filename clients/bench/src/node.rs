@@ -39,7 +39,16 @@ impl BenchNode {
 
     /// Starts `reefd` from next to this executable.
     pub fn start(extra_args: &[String]) -> anyhow::Result<Self> {
+        Self::start_prepared(extra_args, |_| Ok(()))
+    }
+
+    /// [`BenchNode::start`], after `prepare` put what it needs in the data dir.
+    pub fn start_prepared(
+        extra_args: &[String],
+        prepare: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
+        prepare(data.path())?;
         let reefd = std::env::current_exe()?
             .parent()
             .map(|dir| dir.join("reefd"))

@@ -16,17 +16,48 @@ pub struct Sizes {
     pub runs: usize,
 }
 
+/// What `node` could not deliver, and why (the newest few), for a figure that came out
+/// short.
+async fn dead_letters(node: &BenchNode) -> anyhow::Result<String> {
+    let mut supervisor =
+        reef_proto::supervisor_client::SupervisorClient::new(node.options.connect().await?);
+    let letters = supervisor
+        .dead_letters(reef_proto::DeadLettersRequest { limit: 5 })
+        .await?
+        .into_inner();
+    let reasons: Vec<_> = letters
+        .letters
+        .iter()
+        .map(|l| format!("{:?} → {}: {}", l.kind, l.destination, l.reason))
+        .collect();
+    Ok(format!("{} in all; {}", letters.total, reasons.join("; ")))
+}
+
 pub async fn run(sizes: &Sizes, payload: Bytes) -> anyhow::Result<()> {
-    let root = BenchNode::start(&["--name".to_owned(), "root".to_owned()])?;
+    let cluster = tempfile::tempdir()?;
+    reef_platform::init_cluster_ca(cluster.path())?;
+    let node = |name: &str, extra: &[String]| {
+        let mut args = vec!["--name".to_owned(), name.to_owned()];
+        args.extend_from_slice(extra);
+        BenchNode::start_prepared(&args, |data| {
+            Ok(reef_platform::issue_node_ca(
+                cluster.path(),
+                name,
+                &data.join("tls"),
+            )?)
+        })
+    };
+    let root = node("root", &[])?;
     let child = |name: &str| {
-        BenchNode::start(&[
-            "--name".to_owned(),
-            name.to_owned(),
-            "--join".to_owned(),
-            root.options.node.clone(),
-            "--join-ca".to_owned(),
-            root.options.ca.display().to_string(),
-        ])
+        node(
+            name,
+            &[
+                "--join".to_owned(),
+                root.options.node.clone(),
+                "--join-ca".to_owned(),
+                root.options.ca.display().to_string(),
+            ],
+        )
     };
     let a = child("a")?;
     let b = child("b")?;
@@ -34,7 +65,13 @@ pub async fn run(sizes: &Sizes, payload: Bytes) -> anyhow::Result<()> {
     for (shape, client_node) in [("same_node", &a), ("cross_node", &b)] {
         let routed = Routed::start_across(&a, client_node).await?;
         let sends =
-            report::median_of(sizes.runs, || routed.sends(sizes.messages, payload.clone())).await?;
+            report::median_of(sizes.runs, || routed.sends(sizes.messages, payload.clone())).await;
+        if sends.is_err() {
+            for (name, node) in [("root", &root), ("a", &a), ("b", &b)] {
+                eprintln!("# dead letters on {name}: {}", dead_letters(node).await?);
+            }
+        }
+        let sends = sends?;
         report::rate(&format!("tree_{shape}_send_rate"), &sends, "msg/s");
         let requests = report::median_of(sizes.runs, || {
             routed.requests(sizes.requests, sizes.in_flight, payload.clone())
