@@ -11,8 +11,6 @@ use reef_sdk::{Client, ContainerOptions, Context, Handler, HandlerError, Message
 
 use crate::{MEASUREMENT_TIMEOUT, node::BenchNode, report};
 
-const SINK: &str = "bench-sink";
-const ECHO: &str = "bench-echo";
 
 /// Counts messages; a request returns the count since the last request.
 #[derive(Default)]
@@ -41,22 +39,30 @@ impl Handler for Echo {
 /// The containers and the client of the routed figures.
 pub struct Routed {
     client: Client,
+    sink: String,
+    echo: String,
     containers: Vec<tokio::task::JoinHandle<Result<(), reef_sdk::Error>>>,
 }
 
 impl Routed {
     /// Attaches a sink and an echo container, and a client, to `node`.
     pub async fn start(node: &BenchNode) -> anyhow::Result<Self> {
-        Self::start_across(node, node).await
+        Self::start_across(node, node, "bench").await
     }
 
     /// Attaches the sink and echo containers to `node` and the client to `client_node`:
     /// with two nodes of one tree, every envelope crosses the links between them.
-    pub async fn start_across(node: &BenchNode, client_node: &BenchNode) -> anyhow::Result<Self> {
+    /// The containers are `PREFIX-sink` and `PREFIX-echo`.
+    pub async fn start_across(
+        node: &BenchNode,
+        client_node: &BenchNode,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
+        let (sink, echo) = (format!("{prefix}-sink"), format!("{prefix}-echo"));
         let options = |alias: &str| ContainerOptions::new(alias, node.options.clone());
         let containers = vec![
-            tokio::spawn(reef_sdk::run(options(SINK), Sink::default())),
-            tokio::spawn(reef_sdk::run(options(ECHO), Echo)),
+            tokio::spawn(reef_sdk::run(options(&sink), Sink::default())),
+            tokio::spawn(reef_sdk::run(options(&echo), Echo)),
         ];
         let mut supervisor = SupervisorClient::new(node.options.connect().await?);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -66,8 +72,8 @@ impl Routed {
                 .await?
                 .into_inner()
                 .containers;
-            let attached = |alias| listed.iter().any(|c| c.alias == alias && c.attached);
-            if attached(SINK) && attached(ECHO) {
+            let attached = |alias: &str| listed.iter().any(|c| c.alias == alias && c.attached);
+            if attached(&sink) && attached(&echo) {
                 break;
             }
             if Instant::now() > deadline {
@@ -78,7 +84,7 @@ impl Routed {
         let client = Client::connect(&client_node.options).await?;
         // Across nodes, the containers are reachable once their node announced them.
         while client
-            .request(ECHO, "", Duration::from_secs(1))
+            .request(&echo, "", Duration::from_secs(1))
             .await
             .is_err()
         {
@@ -87,7 +93,12 @@ impl Routed {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Self { client, containers })
+        Ok(Self {
+            client,
+            sink,
+            echo,
+            containers,
+        })
     }
 
     /// The node's counters.
@@ -103,12 +114,12 @@ impl Routed {
     /// Sends per second, client → node → sink. The clock stops when a request queued
     /// behind the last send is answered, so every send has been handled.
     pub async fn sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
-        self.client.request(SINK, "", MEASUREMENT_TIMEOUT).await?;
+        self.client.request(&self.sink, "", MEASUREMENT_TIMEOUT).await?;
         let started = Instant::now();
         for _ in 0..messages {
-            self.client.send(SINK, payload.clone()).await?;
+            self.client.send(&self.sink, payload.clone()).await?;
         }
-        let counted = self.client.request(SINK, "", MEASUREMENT_TIMEOUT).await?;
+        let counted = self.client.request(&self.sink, "", MEASUREMENT_TIMEOUT).await?;
         let elapsed = started.elapsed();
         let counted: u64 = std::str::from_utf8(&counted)?.parse()?;
         if counted != messages {
@@ -121,12 +132,12 @@ impl Routed {
     /// sink's SDK acknowledges it after the handler, and the sender waits when the
     /// sink's log of unacknowledged sends is full.
     pub async fn acked_sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
-        self.client.request(SINK, "", MEASUREMENT_TIMEOUT).await?;
+        self.client.request(&self.sink, "", MEASUREMENT_TIMEOUT).await?;
         let started = Instant::now();
         for _ in 0..messages {
-            self.client.send_acked(SINK, payload.clone()).await?;
+            self.client.send_acked(&self.sink, payload.clone()).await?;
         }
-        let counted = self.client.request(SINK, "", MEASUREMENT_TIMEOUT).await?;
+        let counted = self.client.request(&self.sink, "", MEASUREMENT_TIMEOUT).await?;
         let elapsed = started.elapsed();
         let counted: u64 = std::str::from_utf8(&counted)?.parse()?;
         if counted != messages {
@@ -138,7 +149,7 @@ impl Routed {
     /// Sends per second on a direct push stream client → sink, bypassing the node; the
     /// closing request travels the same stream, behind the sends.
     pub async fn direct_sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
-        let push = self.client.push(SINK).await?;
+        let push = self.client.push(&self.sink).await?;
         push.request("", MEASUREMENT_TIMEOUT).await?;
         let started = Instant::now();
         for _ in 0..messages {
@@ -166,10 +177,11 @@ impl Routed {
             .map(|_| {
                 let client = self.client.clone();
                 let payload = payload.clone();
+                let echo = self.echo.clone();
                 tokio::spawn(async move {
                     for _ in 0..per_task {
                         client
-                            .request(ECHO, payload.clone(), MEASUREMENT_TIMEOUT)
+                            .request(&echo, payload.clone(), MEASUREMENT_TIMEOUT)
                             .await?;
                     }
                     anyhow::Ok(())
@@ -190,14 +202,14 @@ impl Routed {
     ) -> anyhow::Result<Histogram<u64>> {
         for _ in 0..samples.min(1000) {
             self.client
-                .request(ECHO, payload.clone(), MEASUREMENT_TIMEOUT)
+                .request(&self.echo, payload.clone(), MEASUREMENT_TIMEOUT)
                 .await?;
         }
         let mut histogram = report::histogram();
         for _ in 0..samples {
             let started = Instant::now();
             self.client
-                .request(ECHO, payload.clone(), MEASUREMENT_TIMEOUT)
+                .request(&self.echo, payload.clone(), MEASUREMENT_TIMEOUT)
                 .await?;
             histogram.record(started.elapsed().as_micros() as u64)?;
         }

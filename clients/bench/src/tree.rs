@@ -1,7 +1,9 @@
 //! The node tree figures: a root node and two children (`reefd --join`), all reefd
-//! processes on loopback over TLS. The same routed measurements run twice in one run:
-//! client and containers on child `a` (same node), then the client on child `b` and the
-//! containers on `a`, so every envelope goes b → root → a and every answer back.
+//! processes on loopback over TLS, with identities from one cluster CA. The same routed
+//! measurements run three times in one run: client and containers on child `a` (same
+//! node); the client on `a` and the containers on `root` (one link, PEERS.md's two-node
+//! definition); the client on `b` and the containers on `a`, so every envelope goes
+//! b → root → a (two links).
 
 use bytes::Bytes;
 
@@ -61,9 +63,15 @@ pub async fn run(sizes: &Sizes, payload: Bytes) -> anyhow::Result<()> {
     };
     let a = child("a")?;
     let b = child("b")?;
-    let mut figures = Vec::new();
-    for (shape, client_node) in [("same_node", &a), ("cross_node", &b)] {
-        let routed = Routed::start_across(&a, client_node).await?;
+    // (shape, node of the sink and echo containers, node of the client)
+    let shapes = [
+        ("same_node", &a, &a),
+        ("one_link", &root, &a),
+        ("two_links", &a, &b),
+    ];
+    let mut same_node = None;
+    for (shape, containers, client_node) in shapes {
+        let routed = Routed::start_across(containers, client_node, shape).await?;
         let sends =
             report::median_of(sizes.runs, || routed.sends(sizes.messages, payload.clone())).await;
         if sends.is_err() {
@@ -83,25 +91,30 @@ pub async fn run(sizes: &Sizes, payload: Bytes) -> anyhow::Result<()> {
             .await?;
         report::latency(&format!("tree_{shape}_request"), &latency);
         routed.stop().await;
-        figures.push((sends, requests, latency));
-    }
-    let [
-        (same_sends, same_requests, same_latency),
-        (cross_sends, cross_requests, cross_latency),
-    ] = <[_; 2]>::try_from(figures).map_err(|_| anyhow::anyhow!("two shapes were measured"))?;
-    report::ratio("tree_cross_vs_same_node_send", &cross_sends, &same_sends);
-    report::ratio(
-        "tree_cross_vs_same_node_request",
-        &cross_requests,
-        &same_requests,
-    );
-    for (quantile, name) in [(0.5, "p50"), (0.99, "p99")] {
-        report::metric(
-            &format!("tree_cross_vs_same_node_request_{name}"),
-            cross_latency.value_at_quantile(quantile) as f64
-                / same_latency.value_at_quantile(quantile).max(1) as f64,
-            "ratio",
-        );
+        // Every shape beside the same-node one, measured in this run.
+        match &same_node {
+            None => same_node = Some((sends, requests, latency)),
+            Some((same_sends, same_requests, same_latency)) => {
+                report::ratio(
+                    &format!("tree_{shape}_vs_same_node_send"),
+                    &sends,
+                    same_sends,
+                );
+                report::ratio(
+                    &format!("tree_{shape}_vs_same_node_request"),
+                    &requests,
+                    same_requests,
+                );
+                for (quantile, name) in [(0.5, "p50"), (0.99, "p99")] {
+                    report::metric(
+                        &format!("tree_{shape}_vs_same_node_request_{name}"),
+                        latency.value_at_quantile(quantile) as f64
+                            / same_latency.value_at_quantile(quantile).max(1) as f64,
+                        "ratio",
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
