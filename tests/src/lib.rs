@@ -299,6 +299,16 @@ impl TestNode {
         self.process = process;
     }
 
+    /// The reefd flags that make a node join this one as its child.
+    pub fn join_flags(&self) -> Vec<String> {
+        vec![
+            "--join".to_owned(),
+            self.addr.to_string(),
+            "--join-ca".to_owned(),
+            self.ca.display().to_string(),
+        ]
+    }
+
     /// The node's data directory.
     pub fn data_dir(&self) -> &Path {
         self.data.path()

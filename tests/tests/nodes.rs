@@ -45,14 +45,7 @@ fn node(lab: &NetLab, cluster: &Path, name: &str, parent: Option<&TestNode>) -> 
         "--partition-tolerance-ms".to_owned(),
         TOLERANCE_MS.to_owned(),
     ];
-    if let Some(parent) = parent {
-        flags.extend([
-            "--join".to_owned(),
-            parent.addr.to_string(),
-            "--join-ca".to_owned(),
-            parent.ca.display().to_string(),
-        ]);
-    }
+    flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let ip = lab.ip(name).to_string();
     TestNode::start_prepared(Some(&lab.ns(name)), &ip, &flags, |data| {
@@ -408,11 +401,12 @@ async fn nodes_prove_their_name_with_a_certificate_from_the_cluster_ca() {
     assert!(listed.is_none(), "no link was made for b");
 }
 
-/// A tree on loopback (no namespaces needed): a burst across two links, with small
+/// A chain root ← a ← b on loopback (no namespaces needed). `create --node b` sent to
+/// root goes down two levels; a burst from root to b crosses both links, with small
 /// mailboxes so that backpressure reaches back from the receiver through both links to
 /// the sender. Every message arrives once and nothing becomes a dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_across_two_links_arrives_whole() {
+async fn a_grandchild_is_created_and_reached_through_two_links() {
     let cluster = tempfile::tempdir().unwrap();
     reef_platform::init_cluster_ca(cluster.path()).unwrap();
     let start = |name: &str, parent: Option<&TestNode>| {
@@ -422,14 +416,7 @@ async fn a_burst_across_two_links_arrives_whole() {
             "--mailbox-capacity".to_owned(),
             "256".to_owned(),
         ];
-        if let Some(parent) = parent {
-            flags.extend([
-                "--join".to_owned(),
-                parent.addr.to_string(),
-                "--join-ca".to_owned(),
-                parent.ca.display().to_string(),
-            ]);
-        }
+        flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
             reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
@@ -437,18 +424,53 @@ async fn a_burst_across_two_links_arrives_whole() {
     };
     let root = start("root", None);
     let a = start("a", Some(&root));
-    let b = start("b", Some(&root));
+    let b = start("b", Some(&a));
+    let on_root = root.supervisor().await;
+    // b's link is announced to root by a, as one of a's containers.
+    let b_link = wait_listed(&on_root, "nodes/b", "announced by a", |c| c.attached).await;
+    assert_eq!(b_link.parent, "nodes/a");
     let definition = ContainerDefinition {
         alias: "counter-b".to_owned(),
         kind: demo_process(&["counter"]),
         ..Default::default()
     };
-    create(&mut b.supervisor().await, definition)
+    let created = on_root
+        .clone()
+        .create(reef_proto::CreateRequest {
+            definition: Some(definition),
+            node: "b".to_owned(),
+            ..Default::default()
+        })
         .await
-        .expect("counter-b on b");
-    let on_root = root.supervisor().await;
-    wait_listed(&on_root, "counter-b", "announced by b", |c| c.attached).await;
-    let client = Client::connect(&a.options()).await.expect("client on a");
+        .expect("root forwards the create through a to b")
+        .into_inner();
+    assert!(created.created);
+    assert!(
+        listed(&b.supervisor().await, "counter-b").await.is_some(),
+        "counter-b lives on b"
+    );
+    let nowhere = on_root
+        .clone()
+        .create(reef_proto::CreateRequest {
+            definition: Some(ContainerDefinition {
+                alias: "x".to_owned(),
+                kind: demo_process(&["counter"]),
+                ..Default::default()
+            }),
+            node: "nowhere".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no such node");
+    assert_eq!(nowhere.code(), tonic::Code::NotFound, "{nowhere:?}");
+    let counter = wait_listed(&on_root, "counter-b", "announced", |c| c.attached).await;
+    assert_eq!(
+        counter.labels.get("reef.node").map(String::as_str),
+        Some("b")
+    );
+    let client = Client::connect(&root.options())
+        .await
+        .expect("client on root");
     const BURST: u64 = 100_000;
     for i in 0..BURST {
         client.send("counter-b", format!("{i}")).await.unwrap();

@@ -11,7 +11,6 @@ use reef_sdk::{Client, ContainerOptions, Context, Handler, HandlerError, Message
 
 use crate::{MEASUREMENT_TIMEOUT, node::BenchNode, report};
 
-
 /// Counts messages; a request returns the count since the last request.
 #[derive(Default)]
 struct Sink {
@@ -114,12 +113,17 @@ impl Routed {
     /// Sends per second, client → node → sink. The clock stops when a request queued
     /// behind the last send is answered, so every send has been handled.
     pub async fn sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
-        self.client.request(&self.sink, "", MEASUREMENT_TIMEOUT).await?;
+        self.client
+            .request(&self.sink, "", MEASUREMENT_TIMEOUT)
+            .await?;
         let started = Instant::now();
         for _ in 0..messages {
             self.client.send(&self.sink, payload.clone()).await?;
         }
-        let counted = self.client.request(&self.sink, "", MEASUREMENT_TIMEOUT).await?;
+        let counted = self
+            .client
+            .request(&self.sink, "", MEASUREMENT_TIMEOUT)
+            .await?;
         let elapsed = started.elapsed();
         let counted: u64 = std::str::from_utf8(&counted)?.parse()?;
         if counted != messages {
@@ -132,12 +136,17 @@ impl Routed {
     /// sink's SDK acknowledges it after the handler, and the sender waits when the
     /// sink's log of unacknowledged sends is full.
     pub async fn acked_sends(&self, messages: u64, payload: Bytes) -> anyhow::Result<f64> {
-        self.client.request(&self.sink, "", MEASUREMENT_TIMEOUT).await?;
+        self.client
+            .request(&self.sink, "", MEASUREMENT_TIMEOUT)
+            .await?;
         let started = Instant::now();
         for _ in 0..messages {
             self.client.send_acked(&self.sink, payload.clone()).await?;
         }
-        let counted = self.client.request(&self.sink, "", MEASUREMENT_TIMEOUT).await?;
+        let counted = self
+            .client
+            .request(&self.sink, "", MEASUREMENT_TIMEOUT)
+            .await?;
         let elapsed = started.elapsed();
         let counted: u64 = std::str::from_utf8(&counted)?.parse()?;
         if counted != messages {
