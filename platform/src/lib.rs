@@ -45,6 +45,7 @@ pub mod supervision;
 mod supervision_wire;
 mod supervisor;
 pub mod telemetry;
+pub mod tls;
 mod uplink;
 
 pub use self::{

@@ -15,19 +15,33 @@ use reef_proto::{
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{
     Status,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Server, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
 
 use crate::{
-    ChannelService, Limits, NodeIdentity, NodeStats, Pki, PkiError, Registry, SupervisorService,
+    ChannelService, Limits, NodeIdentity, NodeStats, PkiError, Registry, SupervisorService,
     routing::Routing,
     state::{
         Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateService,
     },
     supervision::{Environment, Policy, Supervision, SupervisionConfig},
+    tls::{self, NodeTls},
     uplink::{self, JoinConfig, Uplink},
 };
+
+/// Picks up a new identity written by `reef ca issue` while the node runs.
+async fn watch_identity(tls: Arc<NodeTls>) {
+    let mut tick = tokio::time::interval(tls::ROTATION_CHECK);
+    loop {
+        tick.tick().await;
+        match tls.reload_if_changed() {
+            Ok(true) => tracing::info!("new TLS identity in force (reef ca issue)"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "the new TLS identity cannot be used yet"),
+        }
+    }
+}
 
 /// Checks links to other nodes for envelopes that waited out the partition tolerance.
 async fn expire_link_holds(registry: Arc<Registry>, tolerance: Duration) {
@@ -157,7 +171,7 @@ pub struct Node {
     config: NodeConfig,
     listener: TcpListener,
     health_listener: Option<TcpListener>,
-    pki: Arc<Pki>,
+    tls: Arc<NodeTls>,
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
     supervision: Supervision,
@@ -201,11 +215,7 @@ impl Node {
         }
         names.extend(config.tls_names.iter().cloned());
         crate::link::check_node_name(&config.name).map_err(NodeError::Name)?;
-        let pki = Arc::new(Pki::load_or_create(
-            &config.data_dir.join("tls"),
-            &config.name,
-            &names,
-        )?);
+        let tls = NodeTls::load(&config.data_dir.join("tls"), &config.name, &names)?;
         let stats = Arc::new(NodeStats::default());
         let registry = Registry::new(config.limits.clone(), stats.clone());
         if config.join.is_some() {
@@ -231,7 +241,7 @@ impl Node {
                     ca: ca_path,
                     insecure: config.insecure,
                 },
-                ca_pem: pki.ca_pem().to_owned(),
+                ca_pem: tls.pki().ca_pem().to_owned(),
                 root_policy: config.root_policy.clone(),
                 attach_timeout: config.limits.attach_timeout,
             },
@@ -249,7 +259,7 @@ impl Node {
             config,
             listener,
             health_listener,
-            pki,
+            tls,
             registry,
             stats,
             supervision,
@@ -295,7 +305,7 @@ impl Node {
         let supervisor = SupervisorServer::new(SupervisorService::new(
             self.registry.clone(),
             self.stats.clone(),
-            self.pki.clone(),
+            self.tls.clone(),
             self.supervision.clone(),
             self.routing.clone(),
             NodeIdentity {
@@ -352,17 +362,6 @@ impl Node {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(1024));
-        if !self.config.insecure {
-            let certified = self.pki.server();
-            server = server.tls_config(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(&certified.cert_pem, &certified.key_pem))
-                    // Nodes joining present their certificate (checked by `Join`);
-                    // containers and clients need none.
-                    .client_ca_root(Certificate::from_pem(self.pki.ca_pem()))
-                    .client_auth_optional(true),
-            )?;
-        }
         let router = server
             .add_service(health_service.clone())
             .add_service(reflection().build_v1()?)
@@ -382,8 +381,7 @@ impl Node {
                     .advertise
                     .clone()
                     .or_else(|| (!listen.ip().is_unspecified()).then(|| listen.to_string())),
-                ca_pem: self.pki.ca_pem().to_owned(),
-                identity: self.pki.server().clone(),
+                tls: self.tls.clone(),
                 registry: self.registry.clone(),
                 stats: self.stats.clone(),
                 routing: self.routing.clone(),
@@ -393,10 +391,18 @@ impl Node {
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let mut main = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-            until_stopped(stopped.clone()),
-        ));
+        let mut main = match self.config.insecure {
+            true => tokio::spawn(router.serve_with_incoming_shutdown(
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                until_stopped(stopped.clone()),
+            )),
+            // TLS terminated here, with certificates that may change while serving.
+            false => tokio::spawn(router.serve_with_incoming_shutdown(
+                tls::incoming(self.listener, self.tls.acceptor()?),
+                until_stopped(stopped.clone()),
+            )),
+        };
+        let rotation = tokio::spawn(watch_identity(self.tls.clone()));
         let health_task = self.health_listener.map(|listener| {
             tokio::spawn(
                 Server::builder()
@@ -438,6 +444,7 @@ impl Node {
         .await;
         sweeper.abort();
         reaper.abort();
+        rotation.abort();
         if drained.is_err() {
             tracing::warn!(timeout = ?self.config.drain_timeout, "drain timed out; closing remaining connections");
             main.abort();

@@ -14,8 +14,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Pki, Registry,
-    RegistryEvent, hosting,
+    Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Registry, RegistryEvent,
+    hosting,
     link::{ChildNodes, NodeEndpoint, check_node_name, link_alias},
     pki::certificate_names,
     probe::{connect_endpoint, endpoint_host, ping_endpoint},
@@ -25,6 +25,7 @@ use crate::{
     status::{pki_status, registry_status, supervision_status},
     supervision::{Failure, State, Supervision},
     supervision_wire as convert,
+    tls::NodeTls,
 };
 
 /// How long a call forwarded to another node may take (a Create waits for its start).
@@ -57,7 +58,7 @@ pub struct NodeIdentity {
 pub struct SupervisorService {
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
-    pki: Arc<Pki>,
+    tls: Arc<NodeTls>,
     supervision: Supervision,
     routing: Arc<Routing>,
     push_tickets: Arc<PushTickets>,
@@ -70,7 +71,7 @@ impl SupervisorService {
     pub fn new(
         registry: Arc<Registry>,
         stats: Arc<NodeStats>,
-        pki: Arc<Pki>,
+        tls: Arc<NodeTls>,
         supervision: Supervision,
         routing: Arc<Routing>,
         node: NodeIdentity,
@@ -78,7 +79,7 @@ impl SupervisorService {
         Self {
             registry,
             stats,
-            pki,
+            tls,
             supervision,
             routing,
             push_tickets: Arc::default(),
@@ -163,7 +164,7 @@ impl SupervisorService {
     ) -> Result<wire::CreateResponse, Status> {
         if let Some(task) = convert::task_definition(&raw)? {
             let (container, created) =
-                hosting::start_task(&self.registry, self.pki.ca_pem(), task).await?;
+                hosting::start_task(&self.registry, self.tls.pki().ca_pem(), task).await?;
             return Ok(wire::CreateResponse {
                 container: Some(container_info(container)),
                 created,
@@ -189,7 +190,7 @@ impl SupervisorService {
         let alias = parse_alias(&request.alias)?;
         let mode = convert::stop_mode(request.flags)?;
         if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
-            hosting::stop_task(&self.registry, self.pki.ca_pem(), &alias, &task.host).await?;
+            hosting::stop_task(&self.registry, self.tls.pki().ca_pem(), &alias, &task.host).await?;
             self.routing.forget_member(&alias);
             return Ok(wire::DestroyResponse {
                 destroyed: vec![alias.to_string()],
@@ -281,7 +282,8 @@ impl supervisor_server::Supervisor for SupervisorService {
             Some(endpoint) => {
                 let host = endpoint_host(endpoint)?;
                 Some(
-                    self.pki
+                    self.tls
+                        .pki()
                         .issue(
                             spec.alias.as_str(),
                             &[host],
@@ -492,7 +494,8 @@ impl supervisor_server::Supervisor for SupervisorService {
             Status::failed_precondition(format!("{alias:?} registered no endpoint to ping"))
         })?;
         let started = Instant::now();
-        let answer = ping_endpoint(&endpoint, self.pki.ca_pem(), Duration::from_secs(5)).await?;
+        let answer =
+            ping_endpoint(&endpoint, self.tls.pki().ca_pem(), Duration::from_secs(5)).await?;
         Ok(Response::new(wire::PingContainerResponse {
             alias: answer.alias,
             round_trip_us: started.elapsed().as_micros() as u64,

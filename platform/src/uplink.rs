@@ -29,8 +29,8 @@ use tonic::{
 };
 
 use crate::{
-    Alias, CertifiedKey, ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats,
-    Registry, keeper, link::PARENT_LINK, probe::endpoint_host, routing::Routing,
+    Alias, ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry, keeper,
+    link::PARENT_LINK, probe::endpoint_host, routing::Routing, tls::NodeTls,
 };
 
 /// First pause before dialling the parent again; doubled up to [`MAX_BACKOFF`].
@@ -61,9 +61,9 @@ pub(crate) struct Uplink {
     pub session: String,
     /// Where this node serves, for calls the parent forwards.
     pub endpoint: Option<String>,
-    pub ca_pem: String,
-    /// This node's certificate, presented to the parent.
-    pub identity: CertifiedKey,
+    /// This node's certificates: its CA is sent to the parent, its own certificate
+    /// presented (the one in force at each dial).
+    pub tls: Arc<NodeTls>,
     pub registry: Arc<Registry>,
     pub stats: Arc<NodeStats>,
     pub routing: Arc<Routing>,
@@ -115,7 +115,7 @@ impl Uplink {
                 node: self.node.clone(),
                 session: self.session.clone(),
                 endpoint: self.endpoint.clone().unwrap_or_default(),
-                ca_pem: self.ca_pem.clone(),
+                ca_pem: self.tls.pki().ca_pem().to_owned(),
             })
             .await
             .map_err(|status| match status.code() {
@@ -205,16 +205,15 @@ impl Uplink {
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(8 << 20));
         if !self.join.insecure {
+            let pki = self.tls.pki();
+            let identity = pki.server();
             let ca = self.join.parent_ca_pem.as_deref().unwrap_or_default();
             let host = endpoint_host(parent).map_err(|status| status.message().to_owned())?;
             endpoint = endpoint
                 .tls_config(
                     ClientTlsConfig::new()
                         .ca_certificate(Certificate::from_pem(ca))
-                        .identity(Identity::from_pem(
-                            &self.identity.cert_pem,
-                            &self.identity.key_pem,
-                        ))
+                        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
                         .domain_name(host),
                 )
                 .map_err(|e| format!("TLS for the parent: {e}"))?;

@@ -484,3 +484,68 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         .into_inner();
     assert_eq!(letters.total, 0, "{:?}", letters.letters);
 }
+
+/// The certificate a fresh TLS connection to `node` is served (the leaf, DER).
+async fn served_certificate(node: &TestNode) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for root in CertificateDer::pem_file_iter(&node.ca).unwrap() {
+        roots.add(root.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// `reef ca issue` run again for a running node: the node takes up its new identity
+/// without a restart (new handshakes get a certificate from the new intermediate), and
+/// a node joining afterwards links to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_up_a_reissued_identity_without_a_restart() {
+    let cluster = tempfile::tempdir().unwrap();
+    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    let issue = |name: &str, data: &Path| {
+        reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+    };
+    let mut root = TestNode::start_prepared(None, "127.0.0.1", &["--name", "root"], |data| {
+        issue("root", data)
+    });
+    let before = served_certificate(&root).await;
+    issue("root", root.data_dir());
+    let after = eventually(
+        "a certificate from the new intermediate",
+        STARTUP,
+        || async {
+            let served = served_certificate(&root).await;
+            (served != before).then_some(served)
+        },
+    )
+    .await;
+    let stored = std::fs::read_to_string(root.data_dir().join("tls/node.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject as _;
+    let stored = rustls::pki_types::CertificateDer::pem_slice_iter(stored.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, stored.to_vec(), "the node serves what it stored");
+    assert!(
+        root.process().0.try_wait().unwrap().is_none(),
+        "the same reefd process"
+    );
+    let mut flags = vec!["--name".to_owned(), "a".to_owned()];
+    flags.extend(root.join_flags());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _a = TestNode::start_prepared(None, "127.0.0.1", &flags, |data| issue("a", data));
+    wait_listed(&root.supervisor().await, "nodes/a", "linked", |c| {
+        c.attached
+    })
+    .await;
+}

@@ -1,0 +1,193 @@
+//! The node's TLS server side, with certificates that can be replaced while it runs.
+//!
+//! tonic's own TLS fixes the certificate at start. Here the node accepts TLS itself
+//! (tokio-rustls) with a certificate resolver that reads the current one, and passes
+//! the streams to tonic, which still sees the peer's certificates (`Join` checks them).
+//! When `reef ca issue` writes a new intermediate into `DATA/tls`, the node notices
+//! (every [`ROTATION_CHECK`]), loads it, issues itself a new server certificate, and
+//! every later handshake, container certificate and dial to a parent uses it; streams
+//! already open keep the old one until they reconnect.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    crypto::ring::{default_provider, sign::any_supported_type},
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+
+use crate::{Pki, PkiError};
+
+/// How often the TLS directory is checked for a new identity.
+pub const ROTATION_CHECK: Duration = Duration::from_secs(2);
+/// How long a client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshaken connections waiting for the gRPC server to take them.
+const ACCEPTED_BACKLOG: usize = 256;
+
+/// The node's certificates, replaceable while it runs.
+pub struct NodeTls {
+    dir: PathBuf,
+    node: String,
+    names: Vec<String>,
+    current: RwLock<Current>,
+    /// When `issuer.pem` last changed, as last seen.
+    issuer_changed: Mutex<Option<SystemTime>>,
+}
+
+struct Current {
+    pki: Arc<Pki>,
+    served: Arc<sign::CertifiedKey>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeTls {
+    /// Loads (or creates) the certificates of node `node` in `dir`; see [`Pki`].
+    pub fn load(dir: &Path, node: &str, names: &[String]) -> Result<Arc<Self>, PkiError> {
+        let issuer_changed = modified(&dir.join("issuer.pem"));
+        let pki = Pki::load_or_create(dir, node, names)?;
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            node: node.to_owned(),
+            names: names.to_vec(),
+            current: RwLock::new(Current::new(pki)?),
+            issuer_changed: Mutex::new(issuer_changed),
+        }))
+    }
+
+    /// The certificates in force.
+    pub fn pki(&self) -> Arc<Pki> {
+        self.read().pki.clone()
+    }
+
+    /// Loads the identity again if `issuer.pem` changed since it was last loaded.
+    /// Returns whether it did.
+    pub fn reload_if_changed(&self) -> Result<bool, PkiError> {
+        let now = modified(&self.dir.join("issuer.pem"));
+        let mut seen = self
+            .issuer_changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if now == *seen {
+            return Ok(false);
+        }
+        let pki = Pki::load_or_create(&self.dir, &self.node, &self.names)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Current::new(pki)?;
+        *seen = now;
+        Ok(true)
+    }
+
+    /// A TLS acceptor serving the certificate in force at each handshake. Clients may
+    /// present a certificate from the node's trust root (nodes joining do); they need not.
+    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, PkiError> {
+        let mut roots = RootCertStore::empty();
+        for root in CertificateDer::pem_slice_iter(self.pki().ca_pem().as_bytes()) {
+            roots.add(root.map_err(invalid)?).map_err(invalid)?;
+        }
+        let provider = Arc::new(default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(invalid)?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(invalid)?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Current {
+    fn new(pki: Pki) -> Result<Self, PkiError> {
+        let server = pki.server();
+        let chain = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).map_err(invalid)?;
+        let key = any_supported_type(&key).map_err(invalid)?;
+        Ok(Self {
+            pki: Arc::new(pki),
+            served: Arc::new(sign::CertifiedKey::new(chain, key)),
+        })
+    }
+}
+
+/// Serves the certificate in force.
+#[derive(Debug)]
+struct Resolver(Arc<NodeTls>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<sign::CertifiedKey>> {
+        Some(self.0.read().served.clone())
+    }
+}
+
+/// Accepts TCP connections on `listener` and hands their TLS streams, once handshaken,
+/// to the gRPC server. Handshakes run side by side, each bounded in time, so a slow
+/// client holds up nobody else.
+pub fn incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
+    let (accepted, stream) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                tcp = listener.accept() => tcp,
+                _ = accepted.closed() => return,
+            };
+            let tcp = match tcp {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // Small writes must not wait for Nagle and the peer's delayed ACK.
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => drop(accepted.send(Ok(tls)).await),
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(stream)
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn invalid(error: impl std::fmt::Display) -> PkiError {
+    PkiError::Incomplete(format!("TLS setup: {error}"))
+}
