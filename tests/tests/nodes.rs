@@ -49,17 +49,23 @@ fn node(lab: &NetLab, cluster: &Path, name: &str, parent: Option<&TestNode>) -> 
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let ip = lab.ip(name).to_string();
     TestNode::start_prepared(Some(&lab.ns(name)), &ip, &flags, |data| {
-        run_reef(&["ca", "issue", name, "--ca-dir"], cluster, data);
+        let (cluster, data) = (cluster.as_os_str(), data.as_os_str());
+        run_reef(&[
+            "ca".as_ref(),
+            "issue".as_ref(),
+            name.as_ref(),
+            "--ca-dir".as_ref(),
+            cluster,
+            "--data-dir".as_ref(),
+            data,
+        ]);
     })
 }
 
-/// `reef ca … DIR --data-dir DATA`.
-fn run_reef(args: &[&str], dir: &Path, data: &Path) {
+/// Runs `reef ARGS…`, which must succeed, and returns what it printed.
+fn run_reef(args: &[&std::ffi::OsStr]) -> String {
     let output = Command::new(binary("reef"))
         .args(args)
-        .arg(dir)
-        .arg("--data-dir")
-        .arg(data)
         .output()
         .expect("reef runs");
     assert!(
@@ -67,6 +73,7 @@ fn run_reef(args: &[&str], dir: &Path, data: &Path) {
         "reef {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 async fn listed(supervisor: &SupervisorClient<Channel>, alias: &str) -> Option<ContainerInfo> {
@@ -111,19 +118,17 @@ async fn wait_count(client: &Client, expected: u64) {
     assert_eq!(seen, expected, "nothing lost and nothing twice");
 }
 
+/// `reef --addr NODE --ca CA ARGS…`, which must succeed.
 fn reef(node: &TestNode, args: &[&str]) -> String {
-    let output = Command::new(binary("reef"))
-        .args(["--addr", &node.addr.to_string(), "--ca"])
-        .arg(&node.ca)
-        .args(args)
-        .output()
-        .expect("reef runs");
-    assert!(
-        output.status.success(),
-        "reef {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let addr = node.addr.to_string();
+    let mut all = vec![
+        "--addr".as_ref(),
+        addr.as_ref(),
+        "--ca".as_ref(),
+        node.ca.as_os_str(),
+    ];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    run_reef(&all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,12 +137,7 @@ async fn three_nodes_route_across_partitions_and_a_node_restart() {
         return;
     };
     let cluster = tempfile::tempdir().unwrap();
-    let init = Command::new(binary("reef"))
-        .args(["ca", "init"])
-        .arg(cluster.path())
-        .output()
-        .expect("reef runs");
-    assert!(init.status.success(), "{init:?}");
+    run_reef(&["ca".as_ref(), "init".as_ref(), cluster.path().as_os_str()]);
     let root = node(&lab, cluster.path(), "root", None);
     let a = node(&lab, cluster.path(), "a", Some(&root));
     let mut b = node(&lab, cluster.path(), "b", Some(&root));
