@@ -95,13 +95,10 @@ impl ChildNodes {
         if let Some(endpoint) = joined.get(name) {
             return Some((name.to_owned(), endpoint.clone()));
         }
-        let owner = registry.owner(&link_alias(name))?;
+        // Announced by a child: hosted by that child's link.
+        let owner = registry.registered_owner(&link_alias(name))?;
         let child = owner.as_str().strip_prefix(LINK_PREFIX)?;
-        let endpoint = joined.get(child)?;
-        registry
-            .get(&link_alias(name))
-            .is_some()
-            .then(|| (child.to_owned(), endpoint.clone()))
+        Some((child.to_owned(), joined.get(child)?.clone()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEndpoint>> {

@@ -299,10 +299,10 @@ fn owner_in(
             Some(task) => Some(task.host.clone()),
             None => Some(entry.spec.alias.clone()),
         },
-        None => match parent {
-            Some(parent) if Alias::parse(alias).is_ok() => Some(parent.clone()),
-            _ => Alias::parse(alias).ok(),
-        },
+        None => {
+            let alias = Alias::parse(alias).ok()?;
+            Some(parent.cloned().unwrap_or(alias))
+        }
     }
 }
 
