@@ -54,3 +54,9 @@ pub const PUSH_TICKET_METADATA: &str = "reef-push-ticket";
 /// the stream; further grants travel in `Frame.credit`. Without it the node sends
 /// without limit (HTTP/2 flow control and the mailbox bound the stream).
 pub const CREDIT_METADATA: &str = "reef-credit";
+/// Metadata a node sets on a call it forwards to another node: the caller it acts for
+/// (`client:ops`), whose rights the receiving node's policies check. Believed only from
+/// a caller whose certificate names a node of the cluster.
+pub const ON_BEHALF_OF_METADATA: &str = "reef-on-behalf-of";
+/// Metadata on a PERMISSION_DENIED status: the name of the policy that denied.
+pub const POLICY_METADATA: &str = "reef-policy";

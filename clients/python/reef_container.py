@@ -55,6 +55,14 @@ class _Endpoint(container_pb2_grpc.ContainerServicer):
         )
 
 
+def _read_optional(path):
+    """The bytes of the file at `path`, or None when no path is given."""
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class Container:
     """One attached alias. `handler(payload: bytes, origin: str) -> bytes` answers requests."""
 
@@ -65,9 +73,17 @@ class Container:
         token = os.environ.get("REEF_TOKEN", "") if token is None else token
         with open(ca_path, "rb") as f:
             self.ca = f.read()
+        # ... and the certificate naming its alias, which it presents to the node, in
+        # REEF_CERT and REEF_KEY.
+        cert, key = _read_optional(os.environ.get("REEF_CERT")), _read_optional(os.environ.get("REEF_KEY"))
         self.alias, self.name, self.handler = alias, name, handler
         self.requests_handled = 0
-        self.channel = grpc.secure_channel(node, grpc.ssl_channel_credentials(root_certificates=self.ca))
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca,
+            private_key=key if cert and key else None,
+            certificate_chain=cert if cert and key else None,
+        )
+        self.channel = grpc.secure_channel(node, credentials)
         self.supervisor = supervisor_pb2_grpc.SupervisorStub(self.channel)
         # From the clock: a restarted process must not reuse the ids of its past life.
         self._ids = itertools.count(time.time_ns())

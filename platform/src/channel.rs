@@ -6,7 +6,10 @@ use reef_proto::{ALIAS_METADATA, CREDIT_METADATA, Frame, LEASE_METADATA, channel
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    DetachCause, Inbound, NodeStats, Outbound, Registry, keeper, routing::Routing,
+    DetachCause, Inbound, NodeStats, Outbound, Registry,
+    access::{self, Access},
+    keeper,
+    routing::Routing,
     status::registry_status,
 };
 
@@ -16,16 +19,23 @@ pub struct ChannelService {
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
     routing: Arc<Routing>,
+    access: Arc<Access>,
 }
 
 impl ChannelService {
     /// A channel service routing through `registry` by the groups and rules of
-    /// `routing`.
-    pub fn new(registry: Arc<Registry>, stats: Arc<NodeStats>, routing: Arc<Routing>) -> Self {
+    /// `routing`, sends checked against `access`.
+    pub fn new(
+        registry: Arc<Registry>,
+        stats: Arc<NodeStats>,
+        routing: Arc<Routing>,
+        access: Arc<Access>,
+    ) -> Self {
         Self {
             registry,
             stats,
             routing,
+            access,
         }
     }
 }
@@ -52,6 +62,8 @@ impl channel_server::Channel for ChannelService {
         request: Request<Streaming<Frame>>,
     ) -> Result<Response<Outbound>, Status> {
         let alias = metadata(&request, ALIAS_METADATA)?;
+        let caller = access::caller(&request);
+        access::check_claim(&caller, alias)?;
         let lease = metadata(&request, LEASE_METADATA)?;
         let credit = match request.metadata().get(CREDIT_METADATA) {
             None => None,
@@ -76,6 +88,8 @@ impl channel_server::Channel for ChannelService {
             self.registry.clone(),
             self.stats.clone(),
             self.routing.clone(),
+            self.access.clone(),
+            &caller,
             attachment.clone(),
         );
         tokio::spawn(keeper::keep(

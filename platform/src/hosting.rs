@@ -112,7 +112,7 @@ async fn host_client(
             "{host} registered no endpoint, so it cannot host tasks"
         ))
     })?;
-    let channel = connect_endpoint(&endpoint, ca_pem, HOST_CALL_TIMEOUT).await?;
+    let channel = connect_endpoint(&endpoint, ca_pem, None, HOST_CALL_TIMEOUT).await?;
     Ok(ContainerClient::new(channel))
 }
 

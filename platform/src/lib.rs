@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 mod acks;
 mod alias;
 mod attachment;
@@ -58,8 +59,8 @@ pub use self::{
     node::{Node, NodeConfig, NodeError, StateBackend},
     pending::{Pending, PendingError, PendingRequests},
     pki::{
-        CertifiedKey, Pki, PkiError, container_identity, init_cluster_ca, issue_node_ca,
-        node_identity,
+        CertifiedKey, Pki, PkiError, admin_identity, certificate_identity, client_identity,
+        container_identity, init_cluster_ca, issue_client, issue_node_ca, node_identity,
     },
     registry::{
         ContainerSnapshot, ContainerSpec, DetachCause, EventKind, HostedTask, Phase, Registry,

@@ -21,17 +21,19 @@ use tonic_health::ServingStatus;
 
 use crate::{
     ChannelService, Limits, NodeIdentity, NodeStats, PkiError, Registry, SupervisorService,
+    access::{Access, PolicyError},
     routing::Routing,
     state::{
         Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateService,
     },
     supervision::{Environment, Policy, Supervision, SupervisionConfig},
-    tls::{self, NodeTls},
+    tls::{self, ContainerCredentials, NodeTls},
     uplink::{self, JoinConfig, Uplink},
 };
 
-/// Picks up a new identity written by `reef ca issue` while the node runs.
-async fn watch_identity(tls: Arc<NodeTls>) {
+/// Picks up a new identity written by `reef ca issue`, and a changed policy file, while
+/// the node runs.
+async fn watch_files(tls: Arc<NodeTls>, access: Arc<Access>) {
     let mut tick = tokio::time::interval(tls::ROTATION_CHECK);
     loop {
         tick.tick().await;
@@ -39,6 +41,13 @@ async fn watch_identity(tls: Arc<NodeTls>) {
             Ok(true) => tracing::info!("new TLS identity in force (reef ca issue)"),
             Ok(false) => {}
             Err(error) => tracing::warn!(%error, "the new TLS identity cannot be used yet"),
+        }
+        match access.reload_if_changed() {
+            Ok(true) => tracing::info!("new policies in force"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "the policies in force stay: the file changed but cannot be used")
+            }
         }
     }
 }
@@ -88,6 +97,8 @@ pub struct NodeConfig {
     /// How long envelopes wait for a link to another node that is down before they
     /// become dead letters.
     pub partition_tolerance: Duration,
+    /// The policy file (`None`: every caller may do everything but impersonate).
+    pub policy: Option<PathBuf>,
 }
 
 /// The store behind `reef.v1.State`.
@@ -126,6 +137,7 @@ impl NodeConfig {
             join: None,
             advertise: None,
             partition_tolerance: Duration::from_secs(30),
+            policy: None,
         }
     }
 
@@ -164,6 +176,9 @@ pub enum NodeError {
     /// The node's name cannot be used.
     #[error("--name: {0}")]
     Name(String),
+    /// The policy file cannot be used.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 /// A node whose ports are bound; [`Node::run`] serves them.
@@ -177,6 +192,7 @@ pub struct Node {
     supervision: Supervision,
     routing: Arc<Routing>,
     state: Arc<dyn Backend>,
+    access: Arc<Access>,
     /// Random for each start (see `JoinRequest.session`).
     session: String,
 }
@@ -215,6 +231,17 @@ impl Node {
         }
         names.extend(config.tls_names.iter().cloned());
         crate::link::check_node_name(&config.name).map_err(NodeError::Name)?;
+        let access = match &config.policy {
+            None => Access::open(),
+            // Policies name callers by their certificates: plaintext has none.
+            Some(file) if config.insecure => {
+                return Err(NodeError::Policy(PolicyError {
+                    path: file.display().to_string(),
+                    reason: "policies need TLS client certificates to name callers; they cannot be used with --insecure".to_owned(),
+                }));
+            }
+            Some(file) => Access::from_file(file)?,
+        };
         let tls = NodeTls::load(&config.data_dir.join("tls"), &config.name, &names)?;
         let stats = Arc::new(NodeStats::default());
         let registry = Registry::new(config.limits.clone(), stats.clone());
@@ -242,6 +269,12 @@ impl Node {
                     insecure: config.insecure,
                 },
                 ca_pem: tls.pki().ca_pem().to_owned(),
+                credentials: (!config.insecure).then(|| {
+                    ContainerCredentials::new(
+                        tls.clone(),
+                        config.data_dir.join("tls").join("containers"),
+                    )
+                }),
                 root_policy: config.root_policy.clone(),
                 attach_timeout: config.limits.attach_timeout,
             },
@@ -265,6 +298,7 @@ impl Node {
             supervision,
             routing: Routing::new(),
             state,
+            access,
             session: crate::lease::new_lease(),
         })
     }
@@ -315,12 +349,14 @@ impl Node {
                 session: self.session.clone(),
                 insecure: self.config.insecure,
             },
+            self.access.clone(),
         ))
         .max_decoding_message_size(1 << 20);
         let channel = ChannelServer::new(ChannelService::new(
             self.registry.clone(),
             self.stats.clone(),
             self.routing.clone(),
+            self.access.clone(),
         ))
         .max_decoding_message_size(limits.max_frame_bytes)
         .max_encoding_message_size(limits.max_frame_bytes);
@@ -330,11 +366,15 @@ impl Node {
         ));
         let owners = Owners::new(self.registry.clone(), self.state.clone());
         let sweeper = tokio::spawn(owners.clone().run());
-        let state = StateServer::new(StateService::new(self.state.clone(), owners))
-            // A transaction's limit (1.25 MiB of keys and values) plus framing.
-            .max_decoding_message_size(2 << 20)
-            // A List page's limit (4 MiB of keys and values) plus framing.
-            .max_encoding_message_size(6 << 20);
+        let state = StateServer::new(StateService::new(
+            self.state.clone(),
+            owners,
+            self.access.clone(),
+        ))
+        // A transaction's limit (1.25 MiB of keys and values) plus framing.
+        .max_decoding_message_size(2 << 20)
+        // A List page's limit (4 MiB of keys and values) plus framing.
+        .max_encoding_message_size(6 << 20);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(reef_proto::FILE_DESCRIPTOR_SET)
@@ -385,6 +425,7 @@ impl Node {
                 registry: self.registry.clone(),
                 stats: self.stats.clone(),
                 routing: self.routing.clone(),
+                access: self.access.clone(),
             };
             tokio::spawn(uplink.run(stopped.clone()));
         }
@@ -402,7 +443,7 @@ impl Node {
                 until_stopped(stopped.clone()),
             )),
         };
-        let rotation = tokio::spawn(watch_identity(self.tls.clone()));
+        let rotation = tokio::spawn(watch_files(self.tls.clone(), self.access.clone()));
         let health_task = self.health_listener.map(|listener| {
             tokio::spawn(
                 Server::builder()

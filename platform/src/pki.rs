@@ -51,6 +51,17 @@ pub fn container_identity(alias: &str) -> String {
     format!("reef://container/{alias}")
 }
 
+/// The identity of an administrator: allowed everything, whatever the policies say.
+/// A node issues `DATA/tls/admin.pem` under it for the CLI on its own machine.
+pub fn admin_identity(name: &str) -> String {
+    format!("reef://admin/{name}")
+}
+
+/// The identity of a client that policies name as `client:NAME`.
+pub fn client_identity(name: &str) -> String {
+    format!("reef://client/{name}")
+}
+
 /// A certificate and its private key, both PEM.
 #[derive(Debug, Clone)]
 pub struct CertifiedKey {
@@ -58,6 +69,15 @@ pub struct CertifiedKey {
     pub cert_pem: String,
     /// The private key, PEM (PKCS#8).
     pub key_pem: String,
+}
+
+impl CertifiedKey {
+    /// Writes the certificate to `cert` and the key to `key`, the key readable by its
+    /// owner only.
+    pub fn write(&self, cert: &Path, key: &Path) -> Result<(), PkiError> {
+        write_private(key, &self.key_pem)?;
+        write_public(cert, &self.cert_pem)
+    }
 }
 
 /// The CA of a node plus the node's own server certificate.
@@ -80,9 +100,6 @@ impl std::fmt::Debug for Pki {
 
 const CA_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
-const SERVER_FILE: &str = "node.pem";
-const SERVER_KEY_FILE: &str = "node-key.pem";
-const SERVER_NAMES_FILE: &str = "node.names";
 const ISSUER_FILE: &str = "issuer.pem";
 const ISSUER_KEY_FILE: &str = "issuer-key.pem";
 
@@ -139,31 +156,39 @@ impl Pki {
                 key_pem: String::new(),
             },
         };
-        // The issuer is part of what the stored certificate must match.
-        let names = format!(
-            "{}\n{}\n{}",
-            node_identity(node),
-            server_names.join("\n"),
-            pki.chain_pem
-        );
-        let stored = (
-            read_optional(&dir.join(SERVER_FILE))?,
-            read_optional(&dir.join(SERVER_KEY_FILE))?,
-            read_optional(&dir.join(SERVER_NAMES_FILE))?,
-        );
-        pki.server = match stored {
-            (Some(cert_pem), Some(key_pem), Some(stored_names)) if stored_names == names => {
-                CertifiedKey { cert_pem, key_pem }
-            }
-            _ => {
-                let issued = pki.issue("reef node", server_names, &node_identity(node))?;
-                write_private(&dir.join(SERVER_KEY_FILE), &issued.key_pem)?;
-                write_public(&dir.join(SERVER_FILE), &issued.cert_pem)?;
-                write_public(&dir.join(SERVER_NAMES_FILE), &names)?;
-                issued
-            }
-        };
+        pki.server = pki.stored_or_issued(dir, "node", server_names, &node_identity(node))?;
+        // What the CLI on this machine presents: `reef` finds it next to ca.pem.
+        pki.stored_or_issued(dir, "admin", &[], &admin_identity(node))?;
         Ok(pki)
+    }
+
+    /// The certificate `DIR/STEM.pem` (key `STEM-key.pem`) for `identity` and `names`:
+    /// the stored one while it was issued for them by the current issuer, else a new one.
+    fn stored_or_issued(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[String],
+        identity: &str,
+    ) -> Result<CertifiedKey, PkiError> {
+        let [cert_file, key_file, names_file] =
+            [".pem", "-key.pem", ".names"].map(|suffix| dir.join(format!("{stem}{suffix}")));
+        // The issuer is part of what the stored certificate must match.
+        let expected = format!("{identity}\n{}\n{}", names.join("\n"), self.chain_pem);
+        let stored = (
+            read_optional(&cert_file)?,
+            read_optional(&key_file)?,
+            read_optional(&names_file)?,
+        );
+        if let (Some(cert_pem), Some(key_pem), Some(stored_names)) = stored
+            && stored_names == expected
+        {
+            return Ok(CertifiedKey { cert_pem, key_pem });
+        }
+        let issued = self.issue(&format!("reef {stem}"), names, identity)?;
+        issued.write(&cert_file, &key_file)?;
+        write_public(&names_file, &expected)?;
+        Ok(issued)
     }
 
     /// The CA certificate, PEM: what clients of this node trust.
@@ -252,6 +277,46 @@ pub fn issue_node_ca(ca_dir: &Path, node: &str, tls_dir: &Path) -> Result<(), Pk
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(tls_dir, e)),
         _ => Ok(()),
     }
+}
+
+/// Issues a client certificate for `identity` from the CA in `ca_dir` (a cluster CA, or
+/// a standalone node's `DATA/tls`).
+pub fn issue_client(ca_dir: &Path, identity: &str) -> Result<CertifiedKey, PkiError> {
+    let (Some(ca_pem), Some(ca_key)) = (
+        read_optional(&ca_dir.join(CA_FILE))?,
+        read_optional(&ca_dir.join(CA_KEY_FILE))?,
+    ) else {
+        return Err(PkiError::Incomplete(format!(
+            "{} holds no CA key (ca.pem and ca-key.pem): give the cluster CA's directory, or a standalone node's DATA/tls",
+            ca_dir.display()
+        )));
+    };
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?)?;
+    let pki = Pki {
+        ca_pem,
+        issuer,
+        chain_pem: String::new(),
+        server: CertifiedKey {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        },
+    };
+    pki.issue("reef client", &[], identity)
+}
+
+/// The reef identity (`reef://…` URI SAN) that certificate `der` names, if any.
+pub fn certificate_identity(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let names = cert.subject_alternative_name().ok()??;
+    names
+        .value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("reef://") => Some((*uri).to_owned()),
+            _ => None,
+        })
 }
 
 /// Whether `der` (a certificate) names `identity` in a URI SAN.

@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use reef_proto::{self as wire, container_client::ContainerClient};
+
+use crate::CertifiedKey;
 use tonic::{
     Status,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 /// The host part of `host:port` (brackets around IPv6 removed).
@@ -19,19 +21,23 @@ pub(crate) fn endpoint_host(endpoint: &str) -> Result<String, Status> {
     Ok(host.to_owned())
 }
 
-/// A TLS channel to a container's `endpoint`, trusting `ca_pem`; calls time out after
-/// `timeout`.
+/// A TLS channel to a container's (or node's) `endpoint`, trusting `ca_pem` and
+/// presenting `identity` if given; calls time out after `timeout`.
 pub(crate) async fn connect_endpoint(
     endpoint: &str,
     ca_pem: &str,
+    identity: Option<CertifiedKey>,
     timeout: Duration,
 ) -> Result<Channel, Status> {
     let unreachable = |e: &dyn std::fmt::Display| {
         Status::unavailable(format!("container endpoint {endpoint} is unreachable: {e}"))
     };
-    let tls = ClientTlsConfig::new()
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(endpoint_host(endpoint)?);
+    if let Some(identity) = identity {
+        tls = tls.identity(Identity::from_pem(identity.cert_pem, identity.key_pem));
+    }
     Endpoint::from_shared(format!("https://{endpoint}"))
         .map_err(|e| unreachable(&e))?
         .tls_config(tls)
@@ -50,7 +56,7 @@ pub(crate) async fn ping_endpoint(
     ca_pem: &str,
     timeout: Duration,
 ) -> Result<wire::PingResponse, Status> {
-    let channel = connect_endpoint(endpoint, ca_pem, timeout).await?;
+    let channel = connect_endpoint(endpoint, ca_pem, None, timeout).await?;
     let answer = ContainerClient::new(channel)
         .ping(wire::PingRequest { nonce: 1 })
         .await?;

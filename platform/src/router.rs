@@ -23,6 +23,7 @@ use reef_proto::{Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame};
 
 use crate::{
     Alias, Attachment, Limits, NodeStats, Pending, PendingError, Registry,
+    access::{Access, Action, Policies, Principal},
     acks::NotQueued,
     registry::HoldRefused,
     routing::{
@@ -46,11 +47,28 @@ pub struct Inbound {
     /// The rules in force and their version, re-read only when the version moves.
     rules: Arc<RuleSet>,
     rules_version: u64,
+    /// The access policies in force (`None`: open) and their version, likewise.
+    access: Arc<Access>,
+    policies: Option<Arc<Policies>>,
+    policies_version: u64,
+    /// Who the stream's sends are checked as.
+    sender: Sender,
+    /// `container:ORIGIN`, rebuilt per envelope without allocating.
+    origin_principal: String,
     /// Copies (broadcasts, taps) that found a full mailbox: waited for before the next
     /// envelope, like the envelope itself, so that order per receiver holds.
     blocked: Vec<Blocked>,
     /// State of the RANDOM strategy's generator (xorshift).
     random: u64,
+}
+
+/// Who an attach stream's sends are checked as: the certificate that opened the stream
+/// when it names a person (a client's sends are its own, an admin's are not checked),
+/// else the container the envelope comes from.
+enum Sender {
+    Unchecked,
+    Client(String),
+    Origin,
 }
 
 /// An envelope waiting for room: in a full mailbox, a full acknowledgement log, or the
@@ -113,8 +131,17 @@ impl Inbound {
         registry: Arc<Registry>,
         stats: Arc<NodeStats>,
         routing: Arc<Routing>,
+        access: Arc<Access>,
+        caller: &Principal,
         from: Arc<Attachment>,
     ) -> Self {
+        let sender = match caller {
+            Principal::Admin(_) => Sender::Unchecked,
+            // Checked at the node where they entered the tree, which knew the sender.
+            _ if from.link().is_some() => Sender::Unchecked,
+            Principal::Client(_) => Sender::Client(caller.to_string()),
+            _ => Sender::Origin,
+        };
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -126,6 +153,11 @@ impl Inbound {
             rules: routing.rules(),
             rules_version: routing.rules_version(),
             routing,
+            policies: access.policies(),
+            policies_version: access.version(),
+            access,
+            sender,
+            origin_principal: String::new(),
             blocked: Vec::new(),
             random: seed | 1,
         }
@@ -260,6 +292,11 @@ impl Inbound {
             self.rules = self.routing.rules();
             self.rules_version = version;
         }
+        let version = self.access.version();
+        if version != self.policies_version {
+            self.policies = self.access.policies();
+            self.policies_version = version;
+        }
     }
 
     /// SEND and REQUEST: input rules, group resolution, then [`Inbound::deliver`].
@@ -284,6 +321,9 @@ impl Inbound {
                 return None;
             }
         }
+        if self.policies.is_some() && !self.may_send(&envelope) {
+            return None;
+        }
         match kind {
             EnvelopeKind::Request => self.route_request(envelope),
             _ => self.route_send(envelope, Fallback::Refuse),
@@ -307,6 +347,32 @@ impl Inbound {
                 self.blocked.extend(refusal);
             }
         }
+        false
+    }
+
+    /// Whether the policies let the sender send to the envelope's destination; a
+    /// refusal is a dead letter and PERMISSION_DENIED to the sender, naming the policy.
+    /// The node where an envelope enters the tree checks it; nodes it passes do not.
+    fn may_send(&mut self, envelope: &Envelope) -> bool {
+        let Some(policies) = &self.policies else {
+            return true;
+        };
+        let who = match &self.sender {
+            Sender::Unchecked => return true,
+            Sender::Client(who) => who,
+            Sender::Origin => {
+                self.origin_principal.clear();
+                self.origin_principal.push_str("container:");
+                self.origin_principal.push_str(&envelope.origin);
+                &self.origin_principal
+            }
+        };
+        let Err(denial) = policies.decide_for(who, Action::Send, &envelope.destination, &[]) else {
+            return true;
+        };
+        self.stats.dead_letter(envelope, denial.message.clone());
+        let refusal = self.refuse(envelope, ErrorCode::PermissionDenied, denial.message);
+        self.blocked.extend(refusal);
         false
     }
 

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     Alias, ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Registry, RegistryEvent,
+    access::{self, Access, Action, Principal},
     hosting,
     link::{ChildNodes, NodeEndpoint, check_node_name, link_alias},
     pki::certificate_names,
@@ -64,10 +65,12 @@ pub struct SupervisorService {
     push_tickets: Arc<PushTickets>,
     node: NodeIdentity,
     children: Arc<ChildNodes>,
+    access: Arc<Access>,
 }
 
 impl SupervisorService {
-    /// A supervisor over `registry`, issuing endpoint certificates from `pki`.
+    /// A supervisor over `registry`, issuing endpoint certificates from `tls`, its
+    /// callers checked against `access`.
     pub fn new(
         registry: Arc<Registry>,
         stats: Arc<NodeStats>,
@@ -75,6 +78,7 @@ impl SupervisorService {
         supervision: Supervision,
         routing: Arc<Routing>,
         node: NodeIdentity,
+        access: Arc<Access>,
     ) -> Self {
         Self {
             registry,
@@ -85,12 +89,16 @@ impl SupervisorService {
             push_tickets: Arc::default(),
             node,
             children: Arc::default(),
+            access,
         }
     }
 
-    /// Sends `request` for another node down the tree, towards that node.
+    /// Sends `request` for another node down the tree, towards that node, presenting
+    /// this node's certificate and saying whom it acts for: the node that creates checks
+    /// its own policies for `caller`.
     async fn forward_create(
         &self,
+        caller: &Principal,
         request: wire::CreateRequest,
     ) -> Result<wire::CreateResponse, Status> {
         let (child, hop) = self
@@ -102,9 +110,16 @@ impl SupervisorService {
                     request.node, self.node.name
                 ))
             })?;
-        let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, FORWARD_TIMEOUT)
+        let identity = Some(self.tls.pki().server().clone());
+        let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, identity, FORWARD_TIMEOUT)
             .await
             .map_err(|status| Status::unavailable(format!("node {child}: {}", status.message())))?;
+        let mut request = Request::new(request);
+        let acting_for = tonic::metadata::MetadataValue::try_from(caller.to_string())
+            .map_err(|_| Status::invalid_argument(format!("{caller} cannot go in metadata")))?;
+        request
+            .metadata_mut()
+            .insert(reef_proto::ON_BEHALF_OF_METADATA, acting_for);
         let answer = wire::supervisor_client::SupervisorClient::new(channel)
             .create(request)
             .await?;
@@ -138,14 +153,18 @@ impl SupervisorService {
 
     async fn create_one(
         &self,
+        caller: &Principal,
         request: wire::CreateRequest,
     ) -> Result<wire::CreateResponse, Status> {
         if !request.node.is_empty() && request.node != self.node.name {
-            return self.forward_create(request).await;
+            return self.forward_create(caller, request).await;
         }
         let raw = request
             .definition
             .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
+        let parent = (!raw.parent.is_empty()).then_some(raw.parent.as_str());
+        self.access
+            .check_subtree(&self.registry, caller, Action::Create, &raw.alias, parent)?;
         let groups = raw.groups.clone();
         let alias = raw.alias.clone();
         let policy = raw.overflow;
@@ -185,9 +204,11 @@ impl SupervisorService {
 
     async fn destroy_one(
         &self,
+        caller: &Principal,
         request: wire::DestroyRequest,
     ) -> Result<wire::DestroyResponse, Status> {
         let alias = parse_alias(&request.alias)?;
+        self.check_subtree(caller, Action::Destroy, &alias)?;
         let mode = convert::stop_mode(request.flags)?;
         if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
             hosting::stop_task(&self.registry, self.tls.pki().ca_pem(), &alias, &task.host).await?;
@@ -220,8 +241,31 @@ impl SupervisorService {
         }
     }
 
-    async fn start_one(&self, request: wire::StartRequest) -> Result<wire::StartResponse, Status> {
+    /// Checks `caller` doing `action` to `alias` and the subtree under it.
+    fn check_subtree(
+        &self,
+        caller: &Principal,
+        action: Action,
+        alias: &Alias,
+    ) -> Result<(), Status> {
+        self.access
+            .check_subtree(&self.registry, caller, action, alias.as_str(), None)
+    }
+
+    /// Checks `caller` changing routing (`what`: `group:NAME`, `rule:ID`, `firewall`, an
+    /// alias's overflow policy).
+    fn check_configure<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        self.access
+            .check(&access::caller(request), Action::Configure, what, &[])
+    }
+
+    async fn start_one(
+        &self,
+        caller: &Principal,
+        request: wire::StartRequest,
+    ) -> Result<wire::StartResponse, Status> {
         let alias = parse_alias(&request.alias)?;
+        self.check_subtree(caller, Action::Start, &alias)?;
         self.refuse_task(&alias, "started")?;
         let container = self
             .supervision
@@ -233,8 +277,13 @@ impl SupervisorService {
         })
     }
 
-    async fn stop_one(&self, request: wire::StopRequest) -> Result<wire::StopResponse, Status> {
+    async fn stop_one(
+        &self,
+        caller: &Principal,
+        request: wire::StopRequest,
+    ) -> Result<wire::StopResponse, Status> {
         let alias = parse_alias(&request.alias)?;
+        self.check_subtree(caller, Action::Stop, &alias)?;
         self.refuse_task(&alias, "stopped")?;
         let mode = convert::stop_mode(request.flags)?;
         let container = self
@@ -275,9 +324,27 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::RegisterRequest>,
     ) -> Result<Response<wire::RegisterResponse>, Status> {
+        let caller = access::caller(&request);
         let request = request.into_inner();
         let token = (!request.token.is_empty()).then(|| request.token.clone());
         let spec = container_spec(request)?;
+        access::check_claim(&caller, spec.alias.as_str())?;
+        // A supervised container's alias is claimed with its token (checked by the
+        // registry); any other registration creates a container.
+        if self
+            .registry
+            .get(spec.alias.as_str())
+            .is_none_or(|existing| existing.supervised.is_none())
+        {
+            let parent = spec.parent.as_ref().map(|p| p.as_str());
+            self.access.check_subtree(
+                &self.registry,
+                &caller,
+                Action::Create,
+                spec.alias.as_str(),
+                parent,
+            )?;
+        }
         let certified = match &spec.endpoint {
             Some(endpoint) => {
                 let host = endpoint_host(endpoint)?;
@@ -385,6 +452,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DeregisterRequest>,
     ) -> Result<Response<wire::DeregisterResponse>, Status> {
+        access::check_claim(&access::caller(&request), &request.get_ref().alias)?;
         let request = request.into_inner();
         self.registry
             .deregister(&request.alias, &request.lease)
@@ -506,7 +574,8 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::CreateRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
-        self.create_one(request.into_inner())
+        let caller = access::caller(&request);
+        self.create_one(&caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -515,7 +584,8 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DestroyRequest>,
     ) -> Result<Response<wire::DestroyResponse>, Status> {
-        self.destroy_one(request.into_inner())
+        let caller = access::caller(&request);
+        self.destroy_one(&caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -524,7 +594,8 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::StartRequest>,
     ) -> Result<Response<wire::StartResponse>, Status> {
-        self.start_one(request.into_inner())
+        let caller = access::caller(&request);
+        self.start_one(&caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -533,14 +604,19 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::StopRequest>,
     ) -> Result<Response<wire::StopResponse>, Status> {
-        self.stop_one(request.into_inner()).await.map(Response::new)
+        let caller = access::caller(&request);
+        self.stop_one(&caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn restart(
         &self,
         request: Request<wire::RestartRequest>,
     ) -> Result<Response<wire::RestartResponse>, Status> {
+        let caller = access::caller(&request);
         let alias = parse_alias(&request.into_inner().alias)?;
+        self.check_subtree(&caller, Action::Restart, &alias)?;
         self.refuse_task(&alias, "restarted")?;
         let container = self
             .supervision
@@ -572,6 +648,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::BatchRequest>,
     ) -> Result<Response<wire::BatchResponse>, Status> {
         use wire::batch_operation::Operation;
+        let caller = access::caller(&request);
         let request = request.into_inner();
         let mut results = Vec::with_capacity(request.operations.len());
         let mut aborted = false;
@@ -587,18 +664,20 @@ impl supervisor_server::Supervisor for SupervisorService {
                         .as_ref()
                         .map(|d| d.alias.clone())
                         .unwrap_or_default();
-                    (alias, self.create_one(create).await.map(drop))
+                    (alias, self.create_one(&caller, create).await.map(drop))
                 }
                 Some(Operation::Destroy(destroy)) => (
                     destroy.alias.clone(),
-                    self.destroy_one(destroy).await.map(drop),
+                    self.destroy_one(&caller, destroy).await.map(drop),
                 ),
-                Some(Operation::Start(start)) => {
-                    (start.alias.clone(), self.start_one(start).await.map(drop))
-                }
-                Some(Operation::Stop(stop)) => {
-                    (stop.alias.clone(), self.stop_one(stop).await.map(drop))
-                }
+                Some(Operation::Start(start)) => (
+                    start.alias.clone(),
+                    self.start_one(&caller, start).await.map(drop),
+                ),
+                Some(Operation::Stop(stop)) => (
+                    stop.alias.clone(),
+                    self.stop_one(&caller, stop).await.map(drop),
+                ),
                 None => (
                     String::new(),
                     Err(Status::invalid_argument("empty batch operation")),
@@ -640,6 +719,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::HostRequest>,
     ) -> Result<Response<wire::HostResponse>, Status> {
+        access::check_claim(&access::caller(&request), &request.get_ref().alias)?;
         let request = request.into_inner();
         let host = parse_alias(&request.alias)?;
         // Each upsert's alias, and why it was refused before reaching the registry.
@@ -687,6 +767,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::ConfigureGroupRequest>,
     ) -> Result<Response<wire::ConfigureGroupResponse>, Status> {
+        self.check_configure(&request, &format!("group:{}", request.get_ref().name))?;
         routing_api::configure_group(&self.routing, &self.registry, request.into_inner())
             .map(Response::new)
     }
@@ -695,6 +776,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::JoinGroupRequest>,
     ) -> Result<Response<wire::JoinGroupResponse>, Status> {
+        self.check_configure(&request, &format!("group:{}", request.get_ref().group))?;
         routing_api::join_group(&self.routing, &self.registry, request.into_inner())
             .map(Response::new)
     }
@@ -703,6 +785,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::LeaveGroupRequest>,
     ) -> Result<Response<wire::LeaveGroupResponse>, Status> {
+        self.check_configure(&request, &format!("group:{}", request.get_ref().group))?;
         routing_api::leave_group(&self.routing, &self.registry, request.into_inner())
             .map(Response::new)
     }
@@ -721,6 +804,12 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::PutRuleRequest>,
     ) -> Result<Response<wire::PutRuleResponse>, Status> {
+        let id = request
+            .get_ref()
+            .rule
+            .as_ref()
+            .map_or("", |rule| rule.id.as_str());
+        self.check_configure(&request, &format!("rule:{id}"))?;
         routing_api::put_rule(&self.routing, request.into_inner()).map(Response::new)
     }
 
@@ -728,6 +817,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DeleteRuleRequest>,
     ) -> Result<Response<wire::DeleteRuleResponse>, Status> {
+        self.check_configure(&request, &format!("rule:{}", request.get_ref().id))?;
         routing_api::delete_rule(&self.routing, request.into_inner()).map(Response::new)
     }
 
@@ -742,6 +832,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::SetFirewallRequest>,
     ) -> Result<Response<wire::SetFirewallResponse>, Status> {
+        self.check_configure(&request, "firewall")?;
         self.routing.set_firewall(request.into_inner().enabled);
         Ok(Response::new(wire::SetFirewallResponse {}))
     }
@@ -761,6 +852,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::SetOverflowRequest>,
     ) -> Result<Response<wire::SetOverflowResponse>, Status> {
+        self.check_configure(&request, &request.get_ref().alias)?;
         routing_api::set_overflow(&self.routing, request.into_inner()).map(Response::new)
     }
 
@@ -772,6 +864,13 @@ impl supervisor_server::Supervisor for SupervisorService {
         self.authenticate(&request.alias, &request.lease)?;
         let origin = parse_alias(&request.alias)?;
         let peer = parse_alias(&request.peer)?;
+        // A push is a send that bypasses the router: the same policies hold.
+        self.access.check(
+            &Principal::Container(origin.to_string()),
+            Action::Send,
+            peer.as_str(),
+            &[],
+        )?;
         let container = self
             .registry
             .get(peer.as_str())

@@ -135,6 +135,41 @@ impl Current {
     }
 }
 
+/// Certificates for the containers the node spawns: each process finds its own in
+/// `REEF_CERT` / `REEF_KEY`, naming its alias (`reef://container/ALIAS`), and presents it
+/// when it calls the node. A new one is issued at every start.
+#[derive(Debug, Clone)]
+pub struct ContainerCredentials {
+    tls: Arc<NodeTls>,
+    dir: PathBuf,
+}
+
+impl ContainerCredentials {
+    /// Credentials issued by `tls`'s identity in force, written under `dir`.
+    pub fn new(tls: Arc<NodeTls>, dir: PathBuf) -> Self {
+        Self { tls, dir }
+    }
+
+    /// Issues container `alias` a certificate and writes it with its key (readable by
+    /// the node's user only). Returns the two paths.
+    pub fn issue(&self, alias: &str) -> Result<(PathBuf, PathBuf), PkiError> {
+        let certified = self
+            .tls
+            .pki()
+            .issue(alias, &[], &crate::container_identity(alias))?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        // '~' is not an alias character: nested aliases stay one flat file each.
+        let stem = alias.replace('/', "~");
+        let cert = self.dir.join(format!("{stem}.pem"));
+        let key = self.dir.join(format!("{stem}-key.pem"));
+        certified.write(&cert, &key)?;
+        Ok((cert, key))
+    }
+}
+
 /// Serves the certificate in force.
 #[derive(Debug)]
 struct Resolver(Arc<NodeTls>);

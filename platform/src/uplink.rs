@@ -29,8 +29,13 @@ use tonic::{
 };
 
 use crate::{
-    Alias, ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry, keeper,
-    link::PARENT_LINK, probe::endpoint_host, routing::Routing, tls::NodeTls,
+    Alias, ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry,
+    access::{Access, Principal},
+    keeper,
+    link::PARENT_LINK,
+    probe::endpoint_host,
+    routing::Routing,
+    tls::NodeTls,
 };
 
 /// First pause before dialling the parent again; doubled up to [`MAX_BACKOFF`].
@@ -67,6 +72,7 @@ pub(crate) struct Uplink {
     pub registry: Arc<Registry>,
     pub stats: Arc<NodeStats>,
     pub routing: Arc<Routing>,
+    pub access: Arc<Access>,
 }
 
 /// The registration that stands for the parent, made before the first dial so that
@@ -170,6 +176,8 @@ impl Uplink {
                 self.registry.clone(),
                 self.stats.clone(),
                 self.routing.clone(),
+                self.access.clone(),
+                &Principal::Node(joined.node.clone()),
                 attachment.clone(),
             );
             let mut closed = attachment.subscribe_closed();

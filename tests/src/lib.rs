@@ -314,11 +314,22 @@ impl TestNode {
         self.data.path()
     }
 
-    /// Options that reach this node over TLS.
+    /// Options that reach this node over TLS as its administrator (the certificate
+    /// the node keeps beside its CA, as the CLI finds it).
     pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            identity: ConnectOptions::admin_beside(&self.ca),
+            ..self.options_as(None)
+        }
+    }
+
+    /// Options that reach this node over TLS presenting `identity` (certificate and key
+    /// files), or no certificate at all.
+    pub fn options_as(&self, identity: Option<(PathBuf, PathBuf)>) -> ConnectOptions {
         ConnectOptions {
             node: self.addr.to_string(),
             ca: self.ca.clone(),
+            identity,
             ..ConnectOptions::default()
         }
     }
@@ -465,8 +476,16 @@ pub struct RawAttach {
 impl RawAttach {
     /// Registers `alias` on `node` and attaches by hand.
     pub async fn open(node: &TestNode, alias: &str) -> Self {
-        let channel = node.options().connect().await.expect("connect");
-        let lease = SupervisorClient::new(channel.clone())
+        Self::open_as(node, alias, node.options()).await
+    }
+
+    /// Registers `alias` on `node` as its administrator, and attaches by hand with
+    /// `attach` (another certificate, or none: a container that proves its alias with
+    /// the lease alone).
+    pub async fn open_as(node: &TestNode, alias: &str, attach: ConnectOptions) -> Self {
+        let admin = node.options().connect().await.expect("connect");
+        let channel = attach.connect().await.expect("connect");
+        let lease = SupervisorClient::new(admin)
             .register(reef_proto::RegisterRequest {
                 alias: alias.to_owned(),
                 name: "raw".to_owned(),

@@ -62,14 +62,15 @@ const WATCHERS: usize = 100;
 /// A store under test.
 #[derive(Clone)]
 enum Store {
-    Reef(wire::state_client::StateClient<Channel>, ConnectOptions),
+    // (Boxed: the options are large beside the etcd variant.)
+    Reef(wire::state_client::StateClient<Channel>, Box<ConnectOptions>),
     Etcd(Channel, String),
 }
 
 impl Store {
     async fn connect_reef(options: &ConnectOptions) -> anyhow::Result<Self> {
         let client = StateClient::connect(options).await?.raw();
-        Ok(Store::Reef(client, options.clone()))
+        Ok(Store::Reef(client, Box::new(options.clone())))
     }
 
     async fn connect_etcd(endpoint: &str) -> anyhow::Result<Self> {

@@ -25,16 +25,45 @@ struct Cli {
     /// Speak plaintext gRPC (only to a node started with --insecure).
     #[arg(long, global = true, env = "REEF_INSECURE")]
     insecure: bool,
+    /// The client certificate to present (PEM): who the node's policies see. By
+    /// default the node's admin certificate beside --ca (admin.pem), if it is there.
+    // (Ids apart from the flags: `key` is also an argument of `reef state`.)
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        env = "REEF_CERT",
+        requires = "client_key"
+    )]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        env = "REEF_KEY",
+        requires = "client_cert"
+    )]
+    key: Option<std::path::PathBuf>,
+    /// Present no client certificate (call as anonymous).
+    #[arg(long, global = true, conflicts_with = "client_cert")]
+    anonymous: bool,
     #[command(subcommand)]
     command: commands::Command,
 }
 
 impl Cli {
     fn connect_options(&self) -> ConnectOptions {
+        let identity = match (&self.cert, &self.key) {
+            _ if self.anonymous => None,
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => ConnectOptions::admin_beside(&self.ca),
+        };
         ConnectOptions {
             node: self.addr.clone(),
             ca: self.ca.clone(),
             insecure: self.insecure,
+            identity,
             ..ConnectOptions::default()
         }
     }

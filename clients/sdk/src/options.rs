@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::Error;
 
@@ -20,6 +20,10 @@ pub struct ConnectOptions {
     pub ca: PathBuf,
     /// Speak plaintext gRPC (only to a node started with `--insecure`).
     pub insecure: bool,
+    /// The client certificate and key (PEM files) to present: who the node's policies
+    /// see calling. A container the node spawned finds its own in `REEF_CERT` and
+    /// `REEF_KEY`; without one the caller is anonymous.
+    pub identity: Option<(PathBuf, PathBuf)>,
     /// How long to wait for the TCP and TLS handshake.
     pub connect_timeout: Duration,
 }
@@ -30,13 +34,15 @@ impl Default for ConnectOptions {
             node: DEFAULT_NODE.to_owned(),
             ca: PathBuf::from(DEFAULT_CA),
             insecure: false,
+            identity: None,
             connect_timeout: Duration::from_secs(5),
         }
     }
 }
 
 impl ConnectOptions {
-    /// Options from `REEF_NODE`, `REEF_CA` and `REEF_INSECURE`, defaults otherwise.
+    /// Options from `REEF_NODE`, `REEF_CA`, `REEF_INSECURE`, `REEF_CERT` and `REEF_KEY`,
+    /// defaults otherwise.
     pub fn from_env() -> Self {
         let mut options = Self::default();
         if let Ok(node) = std::env::var("REEF_NODE") {
@@ -46,7 +52,22 @@ impl ConnectOptions {
             options.ca = ca.into();
         }
         options.insecure = std::env::var("REEF_INSECURE").is_ok_and(|v| v == "1" || v == "true");
+        if let (Some(cert), Some(key)) = (
+            std::env::var_os("REEF_CERT").filter(|v| !v.is_empty()),
+            std::env::var_os("REEF_KEY").filter(|v| !v.is_empty()),
+        ) {
+            options.identity = Some((cert.into(), key.into()));
+        }
         options
+    }
+
+    /// The administrator's certificate that a node keeps beside its CA certificate
+    /// (`DATA/tls/admin.pem`, `admin-key.pem`), if both files are there: what the CLI
+    /// presents on the node's own machine unless told otherwise.
+    pub fn admin_beside(ca: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
+        let dir = ca.parent()?;
+        let (cert, key) = (dir.join("admin.pem"), dir.join("admin-key.pem"));
+        (cert.is_file() && key.is_file()).then_some((cert, key))
     }
 
     /// The node's URI with the scheme the options imply.
@@ -82,7 +103,18 @@ impl ConnectOptions {
                     self.ca.display()
                 ))
             })?;
-            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some((cert, key)) = &self.identity {
+                let read = |path: &PathBuf| {
+                    std::fs::read_to_string(path).map_err(|e| {
+                        Error::Config(format!(
+                            "cannot read the client certificate or key {}: {e}",
+                            path.display()
+                        ))
+                    })
+                };
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?;

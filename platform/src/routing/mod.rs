@@ -20,6 +20,7 @@ pub use self::groups::{Group, Strategy};
 pub use self::rules::TAP_HEADER;
 pub(crate) use self::{
     groups::Availability,
+    pattern::Pattern,
     rules::{Refusal, RuleSet, Stage},
 };
 

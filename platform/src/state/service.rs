@@ -7,6 +7,8 @@ use reef_proto::{self as wire, state_server::State};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
+use crate::access::{self, Access, Action};
+
 use super::{
     Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Owners, Revision,
     StateError, Txn, TxnOutcome,
@@ -22,6 +24,7 @@ pub const CURRENT_REVISION_METADATA: &str = "reef-current-revision";
 pub struct StateService {
     backend: Arc<dyn Backend>,
     owners: Owners,
+    access: Arc<Access>,
 }
 
 impl std::fmt::Debug for StateService {
@@ -31,9 +34,25 @@ impl std::fmt::Debug for StateService {
 }
 
 impl StateService {
-    /// Serves `backend`; bound keys must name a container that `owners` knows.
-    pub fn new(backend: Arc<dyn Backend>, owners: Owners) -> Self {
-        Self { backend, owners }
+    /// Serves `backend`; bound keys must name a container that `owners` knows; callers
+    /// read and write the namespaces `access` lets them.
+    pub fn new(backend: Arc<dyn Backend>, owners: Owners, access: Arc<Access>) -> Self {
+        Self {
+            backend,
+            owners,
+            access,
+        }
+    }
+
+    /// Checks the caller of `request` doing `action` in `namespace`.
+    fn check<T>(
+        &self,
+        request: &Request<T>,
+        action: Action,
+        namespace: &str,
+    ) -> Result<(), Status> {
+        self.access
+            .check(&access::caller(request), action, namespace, &[])
     }
 
     async fn write(&self, txn: Txn) -> Result<TxnOutcome, Status> {
@@ -143,6 +162,7 @@ impl State for StateService {
         &self,
         request: Request<wire::GetRequest>,
     ) -> Result<Response<wire::GetResponse>, Status> {
+        self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
         super::validate_key(&request.key).map_err(status)?;
@@ -161,6 +181,7 @@ impl State for StateService {
         &self,
         request: Request<wire::PutRequest>,
     ) -> Result<Response<wire::PutResponse>, Status> {
+        self.check(&request, Action::Write, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let mut txn = Txn::new(
             namespace(&request.namespace)?,
@@ -196,6 +217,7 @@ impl State for StateService {
         &self,
         request: Request<wire::DeleteRequest>,
     ) -> Result<Response<wire::DeleteResponse>, Status> {
+        self.check(&request, Action::Write, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
         let expected = match request.expected_revision {
@@ -236,6 +258,7 @@ impl State for StateService {
         &self,
         request: Request<wire::ListKeysRequest>,
     ) -> Result<Response<wire::ListKeysResponse>, Status> {
+        self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
         super::validate_prefix(&request.prefix).map_err(status)?;
@@ -276,6 +299,11 @@ impl State for StateService {
         &self,
         request: Request<wire::TxnRequest>,
     ) -> Result<Response<wire::TxnResponse>, Status> {
+        self.check(&request, Action::Write, &request.get_ref().namespace)?;
+        if !request.get_ref().compares.is_empty() {
+            // A failed compare answers with the current values.
+            self.check(&request, Action::Read, &request.get_ref().namespace)?;
+        }
         let request = request.into_inner();
         let mut txn = Txn::new(namespace(&request.namespace)?, Vec::new());
         for compare in request.compares {
@@ -325,6 +353,7 @@ impl State for StateService {
         &self,
         request: Request<wire::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
         super::validate_prefix(&request.prefix).map_err(status)?;
@@ -354,6 +383,8 @@ impl State for StateService {
         &self,
         request: Request<wire::CompactRequest>,
     ) -> Result<Response<wire::CompactResponse>, Status> {
+        // Compaction drops history in every namespace.
+        self.check(&request, Action::Write, "(all namespaces)")?;
         let target = revision(request.into_inner().revision, "revision")?;
         let first = self.backend.compact(target).await.map_err(status)?;
         Ok(Response::new(wire::CompactResponse {

@@ -1209,11 +1209,23 @@ impl Actor {
         entry.generation += 1;
         let generation = entry.generation;
         let parent = entry.definition.parent.as_ref().map(|p| p.as_str());
+        let credentials = match &self.config.credentials {
+            None => None,
+            Some(credentials) => match credentials.issue(alias.as_str()) {
+                Ok(paths) => Some(paths),
+                Err(error) => {
+                    let reason = format!("cannot issue the container's certificate: {error}");
+                    self.start_failed(alias, reason);
+                    return;
+                }
+            },
+        };
         let spawned = process::spawn(
             spec,
             alias.as_str(),
             parent,
             &entry.token,
+            credentials.as_ref(),
             &self.config.environment,
             &log,
         );

@@ -83,6 +83,8 @@ pub struct SupervisionConfig {
     pub environment: Environment,
     /// The node's CA, to ping container endpoints.
     pub ca_pem: String,
+    /// Certificates for the processes it spawns (`None`: a plaintext node).
+    pub credentials: Option<crate::tls::ContainerCredentials>,
     /// Strategy and intensity for the node's own children.
     pub root_policy: Policy,
     /// How long a process may stay detached before it counts as unresponsive.

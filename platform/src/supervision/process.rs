@@ -163,6 +163,7 @@ pub fn spawn(
     alias: &str,
     parent: Option<&str>,
     token: &str,
+    credentials: Option<&(PathBuf, PathBuf)>,
     environment: &Environment,
     log: &Path,
 ) -> Result<Spawned, SpawnError> {
@@ -201,6 +202,9 @@ pub fn spawn(
         // Its own group: a signal to the node's terminal does not reach it, and
         // stopping it reaches everything it started.
         .process_group(0);
+    if let Some((cert, key)) = credentials {
+        command.env("REEF_CERT", cert).env("REEF_KEY", key);
+    }
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
     }

@@ -109,6 +109,11 @@ struct Args {
     /// dead letters, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     partition_tolerance_ms: u64,
+    /// A policy file (TOML, `[[policy]]` rules): who may send to whom, manage which
+    /// subtree, read or write which state namespace. Read again when it changes. Without
+    /// one, every caller may do everything but impersonate a container.
+    #[arg(long, env = "REEF_POLICY")]
+    policy: Option<PathBuf>,
 }
 
 /// `--strategy` values.
@@ -161,6 +166,7 @@ impl Args {
             },
         };
         config.advertise = self.advertise.clone();
+        config.policy = self.policy.clone();
         config.partition_tolerance = Duration::from_millis(self.partition_tolerance_ms.max(1));
         if let Some(parent) = &self.join {
             let parent_ca_pem = match (&self.join_ca, self.insecure) {

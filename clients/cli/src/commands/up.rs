@@ -78,6 +78,7 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
     let ca = std::path::absolute(&ready.ca).unwrap_or_else(|_| ready.ca.clone());
     let options = ConnectOptions {
         node: ready.grpc.clone(),
+        identity: ConnectOptions::admin_beside(&ca),
         ca: ca.clone(),
         insecure,
         ..ConnectOptions::default()
