@@ -14,9 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod delay;
 mod etcd;
 mod netns;
 
+pub use delay::DelayProxy;
 pub use etcd::LocalEtcd;
 pub use netns::NetLab;
 use reef_proto::{ListRequest, supervisor_client::SupervisorClient};

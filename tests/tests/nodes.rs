@@ -13,7 +13,7 @@ use reef_proto::{
     supervisor_client::SupervisorClient,
 };
 use reef_sdk::Client;
-use reef_tests::{NetLab, STARTUP, TestNode, binary, create, demo_process, eventually};
+use reef_tests::{DelayProxy, NetLab, STARTUP, TestNode, binary, create, demo_process, eventually};
 use tonic::transport::Channel;
 
 const REQUEST: Duration = Duration::from_secs(2);
@@ -409,6 +409,13 @@ async fn nodes_prove_their_name_with_a_certificate_from_the_cluster_ca() {
 async fn a_grandchild_is_created_and_reached_through_two_links() {
     let cluster = tempfile::tempdir().unwrap();
     reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    // b decides who may create there, also for calls forwarded through root and a.
+    let policy = cluster.path().join("b-policy.toml");
+    std::fs::write(
+        &policy,
+        "[[policy]]\nname = \"ops-on-b\"\nwho = [\"client:ops\"]\nmay = [\"create\"]\non = [\"ops-*\"]\n",
+    )
+    .unwrap();
     let start = |name: &str, parent: Option<&TestNode>| {
         let mut flags = vec![
             "--name".to_owned(),
@@ -416,6 +423,9 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
             "--mailbox-capacity".to_owned(),
             "256".to_owned(),
         ];
+        if name == "b" {
+            flags.extend(["--policy".to_owned(), policy.display().to_string()]);
+        }
         flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
@@ -463,6 +473,39 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         .await
         .expect_err("no such node");
     assert_eq!(nowhere.code(), tonic::Code::NotFound, "{nowhere:?}");
+    // A client of the cluster, calling root: b checks its own policy for the client,
+    // whom root and a say they act for.
+    let ops = reef_platform::issue_client(cluster.path(), &reef_platform::client_identity("ops"))
+        .unwrap();
+    let (cert, key) = (
+        cluster.path().join("ops.pem"),
+        cluster.path().join("ops-key.pem"),
+    );
+    ops.write(&cert, &key).unwrap();
+    let mut as_ops =
+        SupervisorClient::new(root.options_as(Some((cert, key))).connect().await.unwrap());
+    let create_on_b = |alias: &str| reef_proto::CreateRequest {
+        definition: Some(ContainerDefinition {
+            alias: alias.to_owned(),
+            kind: demo_process(&["counter"]),
+            ..Default::default()
+        }),
+        node: "b".to_owned(),
+        ..Default::default()
+    };
+    as_ops
+        .create(create_on_b("ops-1"))
+        .await
+        .expect("b's policy lets client:ops create ops-*");
+    let denied = as_ops
+        .create(create_on_b("other"))
+        .await
+        .expect_err("denied on b");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("client:ops create \"other\""),
+        "{denied:?}"
+    );
     let counter = wait_listed(&on_root, "counter-b", "announced", |c| c.attached).await;
     assert_eq!(
         counter.labels.get("reef.node").map(String::as_str),
@@ -483,6 +526,65 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         .unwrap()
         .into_inner();
     assert_eq!(letters.total, 0, "{:?}", letters.letters);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_delays_answers_but_loses_nothing() {
+    // Each way, between edge and root (a TCP proxy: this kernel has no netem).
+    const DELAY: Duration = Duration::from_millis(50);
+    let cluster = tempfile::tempdir().unwrap();
+    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    let start = |name: &str, extra: &[&str]| {
+        let mut flags = vec!["--name", name];
+        flags.extend_from_slice(extra);
+        TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
+            reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+        })
+    };
+    let root = start("root", &[]);
+    let proxy = DelayProxy::start(root.addr, DELAY).await;
+    let (via_proxy, root_ca) = (proxy.addr.to_string(), root.ca.display().to_string());
+    let edge = start("edge", &["--join", &via_proxy, "--join-ca", &root_ca]);
+    let _echo = edge.spawn_demo("echo-edge", &["echo"]).await;
+    let _counter = edge.spawn_demo("counter-b", &["counter"]).await;
+    let on_root = root.supervisor().await;
+    for alias in ["echo-edge", "counter-b"] {
+        wait_listed(&on_root, alias, "announced by edge", |c| c.attached).await;
+    }
+
+    let client = Client::connect(&root.options()).await.unwrap();
+    let started = std::time::Instant::now();
+    let reply = client.request("echo-edge", "slow", REQUEST).await.unwrap();
+    assert_eq!(&reply[..], b"slow");
+    let round_trip = started.elapsed();
+    assert!(
+        round_trip >= 2 * DELAY,
+        "answered in {round_trip:?}, under the link's delay"
+    );
+    // A deadline shorter than the round trip is kept by root, the caller's node.
+    let late = client
+        .request("echo-edge", "late", DELAY)
+        .await
+        .expect_err("the answer cannot come back in time");
+    assert_eq!(late.code(), reef_sdk::Code::DeadlineExceeded, "{late:?}");
+    // Sends pipeline over the slow link: all arrive, once each.
+    for i in 0..2_000 {
+        client.send("counter-b", format!("{i}")).await.unwrap();
+    }
+    wait_count(&client, 2_000).await;
+    let link = listed(&on_root, "nodes/edge").await.expect("edge's link");
+    assert!(
+        link.attached,
+        "the delay stays within the keepalive tolerance"
+    );
+    let letters = on_root
+        .clone()
+        .dead_letters(DeadLettersRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    // The one late request's answer arrives after root gave up on it.
+    assert!(letters.total <= 1, "{:?}", letters.letters);
 }
 
 /// The certificate a fresh TLS connection to `node` is served (the leaf, DER).

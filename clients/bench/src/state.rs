@@ -63,7 +63,10 @@ const WATCHERS: usize = 100;
 #[derive(Clone)]
 enum Store {
     // (Boxed: the options are large beside the etcd variant.)
-    Reef(wire::state_client::StateClient<Channel>, Box<ConnectOptions>),
+    Reef(
+        wire::state_client::StateClient<Channel>,
+        Box<ConnectOptions>,
+    ),
     Etcd(Channel, String),
 }
 

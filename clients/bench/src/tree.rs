@@ -3,11 +3,68 @@
 //! measurements run three times in one run: client and containers on child `a` (same
 //! node); the client on `a` and the containers on `root` (one link, PEERS.md's two-node
 //! definition); the client on `b` and the containers on `a`, so every envelope goes
-//! b → root → a (two links).
+//! b → root → a (two links). A fourth node, with a policy file of ten rules whose last
+//! lets everyone do everything, measures what checking every send costs (same node).
 
 use bytes::Bytes;
 
 use crate::{node::BenchNode, report, routed::Routed};
+
+/// Nine rules that never match the bench's senders (`container:…`), then one that lets
+/// everyone do everything: each send walks all ten.
+const BENCH_POLICY: &str = r#"
+[[policy]]
+name = "team-0"
+who = ["client:team-0"]
+may = ["send"]
+on = ["svc-0/*"]
+[[policy]]
+name = "team-1"
+who = ["client:team-1"]
+may = ["send"]
+on = ["svc-1/*"]
+[[policy]]
+name = "team-2"
+who = ["client:team-2"]
+may = ["send"]
+on = ["svc-2/*"]
+[[policy]]
+name = "team-3"
+who = ["client:team-3"]
+may = ["send"]
+on = ["svc-3/*"]
+[[policy]]
+name = "team-4"
+who = ["client:team-4"]
+may = ["send"]
+on = ["svc-4/*"]
+[[policy]]
+name = "workers-0"
+who = ["container:worker-0*"]
+may = ["send"]
+on = ["db-0"]
+[[policy]]
+name = "workers-1"
+who = ["container:worker-1*"]
+may = ["send"]
+on = ["db-1"]
+[[policy]]
+name = "workers-2"
+who = ["container:worker-2*"]
+may = ["send"]
+on = ["db-2"]
+[[policy]]
+name = "no-secrets"
+effect = "deny"
+who = ["*"]
+may = ["read", "write"]
+on = ["secrets"]
+[[policy]]
+name = "everyone"
+who = ["*"]
+may = ["*"]
+on = ["*"]
+"#;
 
 /// Sizes of one run.
 pub struct Sizes {
@@ -63,11 +120,18 @@ pub async fn run(sizes: &Sizes, payload: Bytes) -> anyhow::Result<()> {
     };
     let a = child("a")?;
     let b = child("b")?;
+    let policy = cluster.path().join("policy.toml");
+    std::fs::write(&policy, BENCH_POLICY)?;
+    let policed = node(
+        "policed",
+        &["--policy".to_owned(), policy.display().to_string()],
+    )?;
     // (shape, node of the sink and echo containers, node of the client)
     let shapes = [
         ("same_node", &a, &a),
         ("one_link", &root, &a),
         ("two_links", &a, &b),
+        ("same_node_policed", &policed, &policed),
     ];
     let mut same_node = None;
     for (shape, containers, client_node) in shapes {
