@@ -381,6 +381,18 @@ impl TestNode {
     }
 }
 
+/// Every dead letter `supervisor`'s node keeps, and the total.
+pub async fn dead_letters(
+    supervisor: &SupervisorClient<Channel>,
+) -> reef_proto::DeadLettersResponse {
+    supervisor
+        .clone()
+        .dead_letters(reef_proto::DeadLettersRequest { limit: 0 })
+        .await
+        .expect("DeadLetters")
+        .into_inner()
+}
+
 /// Polls `List` until container `alias` is listed and `check` holds for it; `what`
 /// names the wait in the timeout message.
 pub async fn wait_for_container(

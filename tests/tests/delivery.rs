@@ -7,7 +7,7 @@
 use std::{path::Path, time::Duration};
 
 use nix::sys::signal::Signal;
-use reef_proto::{self as wire, DeadLettersRequest, supervisor_client::SupervisorClient};
+use reef_proto::{self as wire, supervisor_client::SupervisorClient};
 use reef_sdk::Client;
 use reef_tests::{
     STARTUP, TestNode, create, demo_process, eventually, signal_pid, wait_for_container,
@@ -108,11 +108,7 @@ async fn acknowledged_messages_survive_five_sigkills_exactly_once_in_order() {
     let out_of_order = payloads.iter().enumerate().find(|(i, n)| *i as u64 != **n);
     assert_eq!(out_of_order, None, "every message once, in the order sent");
     assert_eq!(client.undelivered(), 0, "the node refused none");
-    let letters = supervisor
-        .dead_letters(DeadLettersRequest { limit: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let letters = reef_tests::dead_letters(&supervisor).await;
     assert!(
         letters
             .letters

@@ -13,8 +13,8 @@ use std::{
 };
 
 use reef_proto::{
-    self as wire, ConfigureGroupRequest, DeadLettersRequest, GroupStrategy, JoinGroupRequest,
-    LeaveGroupRequest, ListRulesRequest, PutRuleRequest, RuleAction, SetFirewallRequest,
+    self as wire, ConfigureGroupRequest, GroupStrategy, JoinGroupRequest, LeaveGroupRequest,
+    ListRulesRequest, PutRuleRequest, RuleAction, SetFirewallRequest,
     supervisor_client::SupervisorClient,
 };
 use reef_sdk::{
@@ -269,11 +269,7 @@ async fn rules_reject_drop_redirect_and_tap_and_the_firewall_denies_the_rest() {
             break;
         }
     }
-    let letters = supervisor
-        .dead_letters(DeadLettersRequest { limit: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let letters = reef_tests::dead_letters(&supervisor).await;
     let dropped = letters
         .letters
         .iter()
@@ -630,12 +626,7 @@ async fn a_full_mailbox_blocks_rejects_or_drops_by_its_overflow_policy() {
         };
         assert_eq!(got, expected, "{alias}");
         let refused = client.undelivered() - refused_before;
-        let letters = supervisor
-            .dead_letters(DeadLettersRequest { limit: 0 })
-            .await
-            .unwrap()
-            .into_inner()
-            .letters;
+        let letters = reef_tests::dead_letters(&supervisor).await.letters;
         let dropped = letters
             .iter()
             .filter(|l| l.destination == alias && l.reason.contains("overflow policy"))
@@ -750,12 +741,7 @@ async fn the_hold_of_a_restarting_container_follows_its_overflow_policy() {
     }
     client.flush(ANSWER).await.unwrap();
     assert_eq!(client.undelivered(), 0, "drop_oldest tells no sender");
-    let letters = supervisor
-        .dead_letters(DeadLettersRequest { limit: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .letters;
+    let letters = reef_tests::dead_letters(&supervisor).await.letters;
     let dropped: Vec<_> = letters
         .iter()
         .filter(|l| l.reason.contains("drop_oldest"))

@@ -519,12 +519,7 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         client.send("counter-b", format!("{i}")).await.unwrap();
     }
     wait_count(&client, BURST).await;
-    let letters = on_root
-        .clone()
-        .dead_letters(DeadLettersRequest { limit: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let letters = reef_tests::dead_letters(&on_root).await;
     assert_eq!(letters.total, 0, "{:?}", letters.letters);
 }
 
@@ -577,12 +572,7 @@ async fn a_slow_link_delays_answers_but_loses_nothing() {
         link.attached,
         "the delay stays within the keepalive tolerance"
     );
-    let letters = on_root
-        .clone()
-        .dead_letters(DeadLettersRequest { limit: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let letters = reef_tests::dead_letters(&on_root).await;
     // The one late request's answer arrives after root gave up on it.
     assert!(letters.total <= 1, "{:?}", letters.letters);
 }

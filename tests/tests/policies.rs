@@ -252,13 +252,7 @@ async fn policies_decide_who_sends_manages_and_touches_state() {
     let answer = other.next(WAIT).await;
     assert_eq!(answer.error.unwrap().code(), ErrorCode::PermissionDenied);
     // Every refused send is a dead letter too.
-    let letters = node
-        .supervisor()
-        .await
-        .dead_letters(reef_proto::DeadLettersRequest { limit: 10 })
-        .await
-        .unwrap()
-        .into_inner();
+    let letters = reef_tests::dead_letters(&node.supervisor().await).await;
     assert!(
         letters
             .letters
@@ -321,6 +315,25 @@ fn request(id: u64, destination: &str) -> Envelope {
     }
 }
 
+/// Opens an attach stream as `alias` with `lease` over `channel`.
+async fn attach(
+    channel: &tonic::transport::Channel,
+    alias: &str,
+    lease: &str,
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(tokio_stream::empty::<reef_proto::Frame>());
+    request
+        .metadata_mut()
+        .insert(ALIAS_METADATA, alias.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert(LEASE_METADATA, lease.parse().unwrap());
+    ChannelClient::new(channel.clone())
+        .attach(request)
+        .await
+        .map(drop)
+}
+
 #[tokio::test]
 async fn a_certificate_binds_its_holder_to_its_alias() {
     let node = TestNode::start();
@@ -371,29 +384,13 @@ async fn a_certificate_binds_its_holder_to_its_alias() {
         .await
         .unwrap_err();
     impersonation(status);
-    let mut attach = tonic::Request::new(tokio_stream::empty::<reef_proto::Frame>());
-    attach
-        .metadata_mut()
-        .insert(ALIAS_METADATA, "victim".parse().unwrap());
-    attach
-        .metadata_mut()
-        .insert(LEASE_METADATA, "guess".parse().unwrap());
-    let status = ChannelClient::new(mallory.clone())
-        .attach(attach)
-        .await
-        .map(drop)
-        .unwrap_err();
+    let status = attach(&mallory, "victim", "guess").await.unwrap_err();
     impersonation(status);
 
     // Its own alias it may use (the lease still decides).
-    let mut attach = tonic::Request::new(tokio_stream::empty::<reef_proto::Frame>());
-    attach
-        .metadata_mut()
-        .insert(ALIAS_METADATA, "mallory".parse().unwrap());
-    attach
-        .metadata_mut()
-        .insert(LEASE_METADATA, registered.lease.parse().unwrap());
-    ChannelClient::new(mallory).attach(attach).await.unwrap();
+    attach(&mallory, "mallory", &registered.lease)
+        .await
+        .unwrap();
 
     // A certificate from another CA fails the handshake.
     let foreign = tempfile::tempdir().unwrap();

@@ -12,59 +12,16 @@ use crate::{node::BenchNode, report, routed::Routed};
 
 /// Nine rules that never match the bench's senders (`container:…`), then one that lets
 /// everyone do everything: each send walks all ten.
-const BENCH_POLICY: &str = r#"
-[[policy]]
-name = "team-0"
-who = ["client:team-0"]
-may = ["send"]
-on = ["svc-0/*"]
-[[policy]]
-name = "team-1"
-who = ["client:team-1"]
-may = ["send"]
-on = ["svc-1/*"]
-[[policy]]
-name = "team-2"
-who = ["client:team-2"]
-may = ["send"]
-on = ["svc-2/*"]
-[[policy]]
-name = "team-3"
-who = ["client:team-3"]
-may = ["send"]
-on = ["svc-3/*"]
-[[policy]]
-name = "team-4"
-who = ["client:team-4"]
-may = ["send"]
-on = ["svc-4/*"]
-[[policy]]
-name = "workers-0"
-who = ["container:worker-0*"]
-may = ["send"]
-on = ["db-0"]
-[[policy]]
-name = "workers-1"
-who = ["container:worker-1*"]
-may = ["send"]
-on = ["db-1"]
-[[policy]]
-name = "workers-2"
-who = ["container:worker-2*"]
-may = ["send"]
-on = ["db-2"]
-[[policy]]
-name = "no-secrets"
-effect = "deny"
-who = ["*"]
-may = ["read", "write"]
-on = ["secrets"]
-[[policy]]
-name = "everyone"
-who = ["*"]
-may = ["*"]
-on = ["*"]
-"#;
+fn bench_policy() -> String {
+    let mut text = String::new();
+    for i in 0..9 {
+        text.push_str(&format!(
+            "[[policy]]\nname = \"team-{i}\"\nwho = [\"client:team-{i}\", \"container:worker-{i}*\"]\nmay = [\"send\", \"manage\"]\non = [\"svc-{i}/*\"]\n"
+        ));
+    }
+    text.push_str("[[policy]]\nname = \"everyone\"\nwho = [\"*\"]\nmay = [\"*\"]\non = [\"*\"]\n");
+    text
+}
 
 /// Sizes of one run.
 pub struct Sizes {
@@ -121,7 +78,7 @@ pub async fn run(sizes: &Sizes, payload: Bytes) -> anyhow::Result<()> {
     let a = child("a")?;
     let b = child("b")?;
     let policy = cluster.path().join("policy.toml");
-    std::fs::write(&policy, BENCH_POLICY)?;
+    std::fs::write(&policy, bench_policy())?;
     let policed = node(
         "policed",
         &["--policy".to_owned(), policy.display().to_string()],
