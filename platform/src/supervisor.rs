@@ -163,8 +163,7 @@ impl SupervisorService {
             .definition
             .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
         let parent = (!raw.parent.is_empty()).then_some(raw.parent.as_str());
-        self.access
-            .check_subtree(&self.registry, caller, Action::Create, &raw.alias, parent)?;
+        self.check_subtree(caller, Action::Create, &raw.alias, parent)?;
         let groups = raw.groups.clone();
         let alias = raw.alias.clone();
         let policy = raw.overflow;
@@ -208,7 +207,7 @@ impl SupervisorService {
         request: wire::DestroyRequest,
     ) -> Result<wire::DestroyResponse, Status> {
         let alias = parse_alias(&request.alias)?;
-        self.check_subtree(caller, Action::Destroy, &alias)?;
+        self.check_subtree(caller, Action::Destroy, alias.as_str(), None)?;
         let mode = convert::stop_mode(request.flags)?;
         if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
             hosting::stop_task(&self.registry, self.tls.pki().ca_pem(), &alias, &task.host).await?;
@@ -241,15 +240,17 @@ impl SupervisorService {
         }
     }
 
-    /// Checks `caller` doing `action` to `alias` and the subtree under it.
+    /// Checks `caller` doing `action` to `alias`, which rules on its supervision
+    /// ancestors cover too (from `parent` on, for one not registered yet).
     fn check_subtree(
         &self,
         caller: &Principal,
         action: Action,
-        alias: &Alias,
+        alias: &str,
+        parent: Option<&str>,
     ) -> Result<(), Status> {
         self.access
-            .check_subtree(&self.registry, caller, action, alias.as_str(), None)
+            .check_subtree(&self.registry, caller, action, alias, parent)
     }
 
     /// Checks `caller` changing routing (`what`: `group:NAME`, `rule:ID`, `firewall`, an
@@ -265,7 +266,7 @@ impl SupervisorService {
         request: wire::StartRequest,
     ) -> Result<wire::StartResponse, Status> {
         let alias = parse_alias(&request.alias)?;
-        self.check_subtree(caller, Action::Start, &alias)?;
+        self.check_subtree(caller, Action::Start, alias.as_str(), None)?;
         self.refuse_task(&alias, "started")?;
         let container = self
             .supervision
@@ -283,7 +284,7 @@ impl SupervisorService {
         request: wire::StopRequest,
     ) -> Result<wire::StopResponse, Status> {
         let alias = parse_alias(&request.alias)?;
-        self.check_subtree(caller, Action::Stop, &alias)?;
+        self.check_subtree(caller, Action::Stop, alias.as_str(), None)?;
         self.refuse_task(&alias, "stopped")?;
         let mode = convert::stop_mode(request.flags)?;
         let container = self
@@ -337,13 +338,7 @@ impl supervisor_server::Supervisor for SupervisorService {
             .is_none_or(|existing| existing.supervised.is_none())
         {
             let parent = spec.parent.as_ref().map(|p| p.as_str());
-            self.access.check_subtree(
-                &self.registry,
-                &caller,
-                Action::Create,
-                spec.alias.as_str(),
-                parent,
-            )?;
+            self.check_subtree(&caller, Action::Create, spec.alias.as_str(), parent)?;
         }
         let certified = match &spec.endpoint {
             Some(endpoint) => {
@@ -616,7 +611,7 @@ impl supervisor_server::Supervisor for SupervisorService {
     ) -> Result<Response<wire::RestartResponse>, Status> {
         let caller = access::caller(&request);
         let alias = parse_alias(&request.into_inner().alias)?;
-        self.check_subtree(&caller, Action::Restart, &alias)?;
+        self.check_subtree(&caller, Action::Restart, alias.as_str(), None)?;
         self.refuse_task(&alias, "restarted")?;
         let container = self
             .supervision
