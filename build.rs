@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "reef/v1/supervisor.proto",
     "reef/v1/container.proto",
     "reef/v1/state.proto",
+    "reef/v1/files.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

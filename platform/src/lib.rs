@@ -24,6 +24,7 @@ mod alias;
 mod attachment;
 mod channel;
 mod dead_letters;
+mod files;
 mod hosting;
 mod keeper;
 mod lease;
@@ -55,6 +56,7 @@ pub use self::{
     attachment::{Attachment, Outbound},
     channel::ChannelService,
     dead_letters::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetters},
+    files::{FILE_CHUNK, FilesBackend, FilesService},
     limits::Limits,
     node::{Node, NodeConfig, NodeError, StateBackend},
     pending::{Pending, PendingError, PendingRequests},

@@ -10,7 +10,8 @@ use std::{
 };
 
 use reef_proto::{
-    channel_server::ChannelServer, state_server::StateServer, supervisor_server::SupervisorServer,
+    channel_server::ChannelServer, files_server::FilesServer, state_server::StateServer,
+    supervisor_server::SupervisorServer,
 };
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{
@@ -20,7 +21,8 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
-    ChannelService, Limits, NodeIdentity, NodeStats, PkiError, Registry, SupervisorService,
+    ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
+    PkiError, Registry, SupervisorService,
     access::{Access, PolicyError},
     routing::Routing,
     state::{
@@ -99,6 +101,10 @@ pub struct NodeConfig {
     pub partition_tolerance: Duration,
     /// The policy file (`None`: every caller may do everything but impersonate).
     pub policy: Option<PathBuf>,
+    /// Where `reef.v1.Files` keeps files (`None`: `DATA/files`).
+    pub files: Option<FilesBackend>,
+    /// The largest file `reef.v1.Files` accepts, in bytes.
+    pub files_max_bytes: u64,
 }
 
 /// The store behind `reef.v1.State`.
@@ -138,6 +144,8 @@ impl NodeConfig {
             advertise: None,
             partition_tolerance: Duration::from_secs(30),
             policy: None,
+            files: None,
+            files_max_bytes: 1 << 30,
         }
     }
 
@@ -176,6 +184,9 @@ pub enum NodeError {
     /// The node's name cannot be used.
     #[error("--name: {0}")]
     Name(String),
+    /// The file store cannot be opened.
+    #[error("file store: {0}")]
+    Files(std::io::Error),
     /// The policy file cannot be used.
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -193,6 +204,7 @@ pub struct Node {
     routing: Arc<Routing>,
     state: Arc<dyn Backend>,
     access: Arc<Access>,
+    files: FilesService,
     /// Random for each start (see `JoinRequest.session`).
     session: String,
 }
@@ -288,6 +300,15 @@ impl Node {
             })?),
             StateBackend::Etcd(etcd) => Arc::new(Etcd::connect(etcd.clone())?),
         };
+        let files = FilesService::open(
+            &config
+                .files
+                .clone()
+                .unwrap_or_else(|| FilesBackend::Dir(config.data_dir.join("files"))),
+            config.files_max_bytes,
+            access.clone(),
+        )
+        .map_err(NodeError::Files)?;
         Ok(Self {
             config,
             listener,
@@ -299,6 +320,7 @@ impl Node {
             routing: Routing::new(),
             state,
             access,
+            files,
             session: crate::lease::new_lease(),
         })
     }
@@ -375,6 +397,10 @@ impl Node {
         .max_decoding_message_size(2 << 20)
         // A List page's limit (4 MiB of keys and values) plus framing.
         .max_encoding_message_size(6 << 20);
+        let files = FilesServer::new(self.files.clone())
+            // A chunk plus framing each way.
+            .max_decoding_message_size(2 * FILE_CHUNK)
+            .max_encoding_message_size(2 * FILE_CHUNK);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(reef_proto::FILE_DESCRIPTOR_SET)
@@ -386,6 +412,7 @@ impl Node {
             .await;
         health.set_serving::<ChannelServer<ChannelService>>().await;
         health.set_serving::<StateServer<StateService>>().await;
+        health.set_serving::<FilesServer<FilesService>>().await;
 
         let mut server = Server::builder()
             // Only applies to listeners tonic binds itself: ours get TCP_NODELAY through
@@ -408,7 +435,8 @@ impl Node {
             .add_service(reflection().build_v1alpha()?)
             .add_service(supervisor)
             .add_service(channel)
-            .add_service(state);
+            .add_service(state)
+            .add_service(files);
 
         let (stop, stopped) = watch::channel(false);
         if let Some(join) = self.config.join.clone() {

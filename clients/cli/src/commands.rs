@@ -6,6 +6,7 @@ use clap::Subcommand;
 use reef_sdk::ConnectOptions;
 
 mod ca;
+mod files;
 mod lifecycle;
 mod logs;
 mod messaging;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Synchronised state: get, put, del, ls, watch.
     #[command(subcommand)]
     State(state::StateCommand),
+    /// The node's file store: ls, stat, get, put, rm, cp, mv.
+    #[command(subcommand)]
+    Files(files::FilesCommand),
     /// A cluster CA for a tree of nodes: init, issue (files only; no node is called).
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -88,5 +92,6 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
         Command::Overflow(args) => messaging::overflow(args, options).await,
         Command::Deadletters(args) => messaging::dead_letters(args, options).await,
         Command::State(command) => state::run(command, options).await,
+        Command::Files(command) => files::run(command, options).await,
     }
 }

@@ -1,0 +1,491 @@
+//! `reef.v1.Files`: the node's file store over Apache OpenDAL (a local directory by
+//! default, or memory). Paths are checked here, once, so nothing reaches OpenDAL that
+//! could leave the store's root; OpenDAL errors become gRPC codes in [`status`].
+
+use std::{path::PathBuf, pin::Pin, sync::Arc, time::UNIX_EPOCH};
+
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use opendal::{ErrorKind, Metadata, Operator, services};
+use reef_proto::{self as wire, files_server, write_file_request::Part};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::access::{self, Access, Action};
+
+/// The largest chunk a read streams (and a write should send).
+pub const FILE_CHUNK: usize = 256 << 10;
+/// Longest path accepted, in bytes.
+const MAX_PATH: usize = 1024;
+/// Most entries one List page holds.
+const MAX_PAGE: usize = 1000;
+/// Most entries a List looks through to build a page (they are sorted first).
+const MAX_LISTED: usize = 100_000;
+
+/// Where the node keeps its files.
+#[derive(Debug, Clone)]
+pub enum FilesBackend {
+    /// A local directory (created if missing). Writes go to a sibling directory first
+    /// (`DIR.partial`) and are renamed into place when complete.
+    Dir(PathBuf),
+    /// Memory: gone when the node stops.
+    Memory,
+}
+
+/// Serves `reef.v1.Files`.
+#[derive(Debug, Clone)]
+pub struct FilesService {
+    store: Operator,
+    max_bytes: u64,
+    access: Arc<Access>,
+}
+
+impl FilesService {
+    /// Opens `backend`; a written file may hold at most `max_bytes`.
+    pub fn open(
+        backend: &FilesBackend,
+        max_bytes: u64,
+        access: Arc<Access>,
+    ) -> Result<Self, std::io::Error> {
+        let store = match backend {
+            FilesBackend::Dir(root) => {
+                let partial = PathBuf::from(format!("{}.partial", root.display()));
+                std::fs::create_dir_all(root)?;
+                std::fs::create_dir_all(&partial)?;
+                let root = std::path::absolute(root)?;
+                let partial = std::path::absolute(partial)?;
+                Operator::new(
+                    services::Fs::default()
+                        .root(&root.to_string_lossy())
+                        .atomic_write_dir(&partial.to_string_lossy()),
+                )
+            }
+            FilesBackend::Memory => Operator::new(services::Memory::default()),
+        }
+        .map_err(std::io::Error::other)?;
+        Ok(Self {
+            store,
+            max_bytes,
+            access,
+        })
+    }
+
+    fn check<T>(&self, request: &Request<T>, action: Action, path: &str) -> Result<(), Status> {
+        self.access.check(
+            &access::caller(request),
+            action,
+            &format!("files:{path}"),
+            &[],
+        )
+    }
+
+    async fn info(&self, path: &str) -> Result<wire::FileInfo, Status> {
+        let metadata = self.store.stat(path).await.map_err(|e| status(e, path))?;
+        Ok(file_info(path, &metadata))
+    }
+
+    /// Copies `from` to `to` by streaming, for stores that cannot copy natively.
+    async fn stream_copy(&self, from: &str, to: &str) -> Result<(), Status> {
+        let mut chunks = self
+            .store
+            .reader_with(from)
+            .chunk(FILE_CHUNK)
+            .await
+            .map_err(|e| status(e, from))?
+            .into_bytes_stream(..)
+            .await
+            .map_err(|e| status(e, from))?;
+        let mut writer = self.store.writer(to).await.map_err(|e| status(e, to))?;
+        let copied = async {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| Status::internal(format!("reading {from}: {e}")))?;
+                writer.write(chunk).await.map_err(|e| status(e, to))?;
+            }
+            writer.close().await.map_err(|e| status(e, to))
+        }
+        .await;
+        if copied.is_err() {
+            let _ = writer.abort().await;
+        }
+        copied.map(drop)
+    }
+}
+
+/// A file's path inside the store: leading '/' dropped, no way out of the root.
+fn file_path(raw: &str) -> Result<String, Status> {
+    let path = confined(raw)?;
+    if path.is_empty() || path.ends_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "{raw:?} names a directory, not a file"
+        )));
+    }
+    Ok(path)
+}
+
+/// A directory's path inside the store, with its trailing '/' ("/" for the root).
+fn dir_path(raw: &str) -> Result<String, Status> {
+    let path = confined(raw)?;
+    Ok(match path.is_empty() {
+        true => "/".to_owned(),
+        false if path.ends_with('/') => path,
+        false => format!("{path}/"),
+    })
+}
+
+/// Checks a path against the rules in `files.proto` and drops its leading '/'.
+fn confined(raw: &str) -> Result<String, Status> {
+    let invalid =
+        |reason: &str| Status::invalid_argument(format!("invalid path {raw:?}: {reason}"));
+    if raw.len() > MAX_PATH {
+        return Err(invalid("longer than 1024 bytes"));
+    }
+    if raw.contains(['\0', '\\']) {
+        return Err(invalid("NUL and backslash are not allowed"));
+    }
+    let path = raw.trim_start_matches('/');
+    let body = path.strip_suffix('/').unwrap_or(path);
+    if !body.is_empty() {
+        for segment in body.split('/') {
+            match segment {
+                "" => return Err(invalid("it has an empty segment ('//')")),
+                "." | ".." => return Err(invalid("'.' and '..' segments are not allowed")),
+                _ => {}
+            }
+        }
+    }
+    Ok(path.to_owned())
+}
+
+fn file_info(path: &str, metadata: &Metadata) -> wire::FileInfo {
+    let modified = metadata
+        .last_modified()
+        .map(std::time::SystemTime::from)
+        .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |since| since.as_millis() as u64);
+    wire::FileInfo {
+        path: path.to_owned(),
+        dir: metadata.is_dir(),
+        size: if metadata.is_dir() {
+            0
+        } else {
+            metadata.content_length()
+        },
+        modified_unix_ms: modified,
+    }
+}
+
+/// The one mapping of store errors to gRPC statuses.
+fn status(error: opendal::Error, path: &str) -> Status {
+    match error.kind() {
+        ErrorKind::NotFound => Status::not_found(format!("no file or directory at {path:?}")),
+        ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
+            Status::already_exists(format!("{path:?} exists"))
+        }
+        ErrorKind::IsADirectory => Status::failed_precondition(format!("{path:?} is a directory")),
+        ErrorKind::NotADirectory => {
+            Status::failed_precondition(format!("{path:?} is not a directory"))
+        }
+        ErrorKind::IsSameFile => Status::invalid_argument(format!("{path:?}: the same file")),
+        ErrorKind::Unsupported => {
+            Status::unimplemented(format!("the store cannot do that for {path:?}: {error}"))
+        }
+        ErrorKind::PermissionDenied => {
+            Status::permission_denied(format!("the store refused access to {path:?}"))
+        }
+        ErrorKind::RangeNotSatisfied => Status::out_of_range(format!("{path:?}: {error}")),
+        _ => {
+            tracing::warn!(%error, path, "file store failed");
+            Status::internal(format!("the file store failed on {path:?}"))
+        }
+    }
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<wire::FileChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl files_server::Files for FilesService {
+    type ReadStream = ReadStream;
+
+    async fn read(
+        &self,
+        request: Request<wire::ReadFileRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
+        let path = file_path(&request.get_ref().path)?;
+        self.check(&request, Action::Read, &path)?;
+        let request = request.into_inner();
+        let metadata = self.store.stat(&path).await.map_err(|e| status(e, &path))?;
+        if metadata.is_dir() {
+            return Err(Status::failed_precondition(format!(
+                "{path:?} is a directory"
+            )));
+        }
+        let size = metadata.content_length();
+        let start = request.offset.min(size);
+        let end = match request.length {
+            0 => size,
+            length => start.saturating_add(length).min(size),
+        };
+        let chunks = self
+            .store
+            .reader_with(&path)
+            .chunk(FILE_CHUNK)
+            .await
+            .map_err(|e| status(e, &path))?
+            .into_bytes_stream(start..end)
+            .await
+            .map_err(|e| status(e, &path))?;
+        let failed = path.clone();
+        let chunks = chunks
+            .map_err(move |e| Status::internal(format!("reading {failed:?} failed: {e}")))
+            // Never more than a chunk per message, whatever the store hands over.
+            .map_ok(|bytes| {
+                let pieces: Vec<_> = (0..bytes.len())
+                    .step_by(FILE_CHUNK)
+                    .map(|at| {
+                        Ok(wire::FileChunk {
+                            data: bytes.slice(at..(at + FILE_CHUNK).min(bytes.len())),
+                        })
+                    })
+                    .collect();
+                futures_util::stream::iter(pieces)
+            })
+            .try_flatten();
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<wire::WriteFileRequest>>,
+    ) -> Result<Response<wire::FileInfo>, Status> {
+        let caller = access::caller(&request);
+        let mut parts = request.into_inner();
+        let start = match parts.message().await? {
+            Some(wire::WriteFileRequest {
+                part: Some(Part::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a write must be `start`, naming the file",
+                ));
+            }
+        };
+        let path = file_path(&start.path)?;
+        self.access
+            .check(&caller, Action::Write, &format!("files:{path}"), &[])?;
+        let capability = self.store.info().capability();
+        if start.if_absent
+            && !capability.write_with_if_not_exists
+            && self
+                .store
+                .exists(&path)
+                .await
+                .map_err(|e| status(e, &path))?
+        {
+            return Err(Status::already_exists(format!("{path:?} exists")));
+        }
+        let mut writer = self
+            .store
+            .writer_with(&path)
+            .if_not_exists(start.if_absent && capability.write_with_if_not_exists)
+            .await
+            .map_err(|e| status(e, &path))?;
+        let mut written = 0u64;
+        let outcome = async {
+            while let Some(part) = parts.message().await? {
+                let Some(Part::Data(data)) = part.part else {
+                    return Err(Status::invalid_argument(
+                        "after `start`, a write carries only `data`",
+                    ));
+                };
+                written += data.len() as u64;
+                if written > self.max_bytes {
+                    return Err(Status::resource_exhausted(format!(
+                        "{path:?} would be larger than this node's limit of {} bytes (--files-max-bytes)",
+                        self.max_bytes
+                    )));
+                }
+                writer.write(data).await.map_err(|e| status(e, &path))?;
+            }
+            writer.close().await.map_err(|e| status(e, &path))
+        }
+        .await;
+        if let Err(refused) = outcome {
+            // Nothing of a refused or broken write is kept.
+            let _ = writer.abort().await;
+            return Err(refused);
+        }
+        Ok(Response::new(self.info(&path).await?))
+    }
+
+    async fn stat(
+        &self,
+        request: Request<wire::StatFileRequest>,
+    ) -> Result<Response<wire::FileInfo>, Status> {
+        let path = confined(&request.get_ref().path)?;
+        self.check(&request, Action::Read, &path)?;
+        let path = match path.is_empty() {
+            true => "/".to_owned(),
+            false => path,
+        };
+        match self.info(&path).await {
+            // A directory is found under its name with or without the '/'.
+            Err(missing) if missing.code() == tonic::Code::NotFound && !path.ends_with('/') => {
+                self.info(&format!("{path}/")).await.map_err(|_| missing)
+            }
+            found => found,
+        }
+        .map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        request: Request<wire::ListFilesRequest>,
+    ) -> Result<Response<wire::ListFilesResponse>, Status> {
+        let dir = dir_path(&request.get_ref().path)?;
+        self.check(&request, Action::Read, &dir)?;
+        let request = request.into_inner();
+        let limit = match request.limit as usize {
+            0 => MAX_PAGE,
+            limit => limit.min(MAX_PAGE),
+        };
+        let mut lister = self
+            .store
+            .lister_with(&dir)
+            .recursive(request.recursive)
+            .await
+            .map_err(|e| status(e, &dir))?;
+        // Paths as this service names them: without a leading '/'.
+        let own = dir.trim_start_matches('/');
+        let mut paths = Vec::new();
+        while let Some(entry) = lister.next().await {
+            let entry = entry.map_err(|e| status(e, &dir))?;
+            let path = entry.path().trim_start_matches('/');
+            // The directory itself is listed too.
+            if path == own {
+                continue;
+            }
+            paths.push(path.to_owned());
+            if paths.len() > MAX_LISTED {
+                return Err(Status::resource_exhausted(format!(
+                    "more than {MAX_LISTED} entries under {dir:?}: list a narrower directory"
+                )));
+            }
+        }
+        paths.sort();
+        let after = request.page_token;
+        let mut page: Vec<_> = paths
+            .into_iter()
+            .filter(|path| after.is_empty() || *path > after)
+            .take(limit + 1)
+            .collect();
+        let next_page_token = match page.len() > limit {
+            true => {
+                page.truncate(limit);
+                page.last().cloned().unwrap_or_default()
+            }
+            false => String::new(),
+        };
+        let mut entries = Vec::with_capacity(page.len());
+        for path in page {
+            entries.push(self.info(&path).await?);
+        }
+        Ok(Response::new(wire::ListFilesResponse {
+            entries,
+            next_page_token,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<wire::DeleteFileRequest>,
+    ) -> Result<Response<wire::DeleteFileResponse>, Status> {
+        let path = confined(&request.get_ref().path)?;
+        self.check(&request, Action::Write, &path)?;
+        if path.is_empty() {
+            return Err(Status::invalid_argument(
+                "the store's root cannot be deleted",
+            ));
+        }
+        let recursive = request.get_ref().recursive;
+        let dir = dir_path(&path)?;
+        let is_dir = path.ends_with('/') || self.store.exists(&dir).await.unwrap_or(false);
+        match (is_dir, recursive) {
+            (true, false) => Err(Status::failed_precondition(format!(
+                "{dir:?} is a directory: delete it with recursive"
+            ))),
+            (true, true) => self
+                .store
+                .delete_with(&dir)
+                .recursive(true)
+                .await
+                .map_err(|e| status(e, &dir)),
+            (false, _) => self.store.delete(&path).await.map_err(|e| status(e, &path)),
+        }?;
+        Ok(Response::new(wire::DeleteFileResponse {}))
+    }
+
+    async fn copy(
+        &self,
+        request: Request<wire::CopyFileRequest>,
+    ) -> Result<Response<wire::FileInfo>, Status> {
+        let from = file_path(&request.get_ref().from)?;
+        let to = file_path(&request.get_ref().to)?;
+        self.check(&request, Action::Read, &from)?;
+        self.check(&request, Action::Write, &to)?;
+        match self.store.info().capability().copy {
+            true => self
+                .store
+                .copy(&from, &to)
+                .await
+                .map(drop)
+                .map_err(|e| status(e, &from))?,
+            false => self.stream_copy(&from, &to).await?,
+        }
+        Ok(Response::new(self.info(&to).await?))
+    }
+
+    async fn rename(
+        &self,
+        request: Request<wire::RenameFileRequest>,
+    ) -> Result<Response<wire::FileInfo>, Status> {
+        let from = file_path(&request.get_ref().from)?;
+        let to = file_path(&request.get_ref().to)?;
+        self.check(&request, Action::Write, &from)?;
+        self.check(&request, Action::Write, &to)?;
+        match self.store.info().capability().rename {
+            true => self
+                .store
+                .rename(&from, &to)
+                .await
+                .map_err(|e| status(e, &from))?,
+            false => {
+                self.stream_copy(&from, &to).await?;
+                self.store
+                    .delete(&from)
+                    .await
+                    .map_err(|e| status(e, &from))?;
+            }
+        }
+        Ok(Response::new(self.info(&to).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_root() {
+        assert_eq!(file_path("/a/b.txt").unwrap(), "a/b.txt");
+        assert_eq!(dir_path("").unwrap(), "/");
+        assert_eq!(dir_path("/docs").unwrap(), "docs/");
+        for bad in ["../etc/passwd", "a/../../b", "a//b", "./a", "a\\b", "a\0b"] {
+            assert_eq!(
+                file_path(bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+        assert!(file_path("dir/").is_err(), "a directory is not a file");
+        assert!(confined(&"a".repeat(MAX_PATH + 1)).is_err());
+    }
+}
