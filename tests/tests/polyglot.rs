@@ -212,6 +212,7 @@ fn grpcurl_lists_and_calls_the_node_through_reflection() {
         "reef.v1.Supervisor",
         "reef.v1.Channel",
         "reef.v1.State",
+        "reef.v1.Files",
         "grpc.health.v1.Health",
     ] {
         assert!(
@@ -288,5 +289,58 @@ for response in state.Watch(pb.WatchKeysRequest(namespace="py", start_revision=1
             "event 2 KIND_DELETE leader ",
             "event 3 KIND_PUT from-rust hello",
         ]
+    );
+}
+
+/// Files from Python's generated stubs: a chunked upload, a download, a page of the
+/// listing, and a path that tries to leave the store.
+#[test]
+fn python_uses_files_through_generated_stubs() {
+    let node = TestNode::start();
+    let stubs = tempfile::tempdir().unwrap();
+    generate_python_stubs(stubs.path());
+    let script = r#"
+import hashlib, os, sys, grpc
+from reef.v1 import files_pb2 as pb, files_pb2_grpc
+channel = grpc.secure_channel(sys.argv[1], grpc.ssl_channel_credentials(open(sys.argv[2], "rb").read()))
+files = files_pb2_grpc.FilesStub(channel)
+body = os.urandom(1_000_000)
+def upload(path):
+    yield pb.WriteFileRequest(start=pb.WriteFileStart(path=path))
+    for at in range(0, len(body), 256 * 1024):
+        yield pb.WriteFileRequest(data=body[at:at + 256 * 1024])
+written = files.Write(upload("py/data.bin"))
+print("written", written.path, written.size)
+back = b"".join(chunk.data for chunk in files.Read(pb.ReadFileRequest(path="py/data.bin")))
+print("same", hashlib.sha256(back).digest() == hashlib.sha256(body).digest())
+listed = files.List(pb.ListFilesRequest(path="py"))
+print("listed", [entry.path for entry in listed.entries])
+try:
+    files.Stat(pb.StatFileRequest(path="py/../../secret"))
+    print("escape not refused")
+except grpc.RpcError as error:
+    print("escape", error.code().name)
+"#;
+    let out = Command::new(venv_bin("python"))
+        .args(["-c", script, &node.addr.to_string()])
+        .arg(&node.ca)
+        .env("PYTHONPATH", stubs.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        [
+            "written py/data.bin 1000000",
+            "same True",
+            "listed ['py/data.bin']",
+            "escape INVALID_ARGUMENT",
+        ],
+        "{printed}"
     );
 }
