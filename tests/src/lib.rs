@@ -311,6 +311,12 @@ impl TestNode {
         ]
     }
 
+    /// Runs `reef --addr NODE --ca CA ARGS…` (as the node's admin, whose certificate
+    /// the CLI finds beside the CA, unless ARGS say otherwise).
+    pub fn reef(&self, args: &[&str]) -> std::process::Output {
+        reef_at(&self.addr.to_string(), &self.ca, args)
+    }
+
     /// The node's data directory.
     pub fn data_dir(&self) -> &Path {
         self.data.path()
@@ -447,6 +453,16 @@ fn spawn_reefd(
             .unwrap_or_else(|| panic!("ready line {ready:?} lacks {key}"))
     };
     (process, parse("grpc"), parse("health"))
+}
+
+/// Runs `reef --addr ADDRESS --ca CA ARGS…`.
+pub fn reef_at(address: &str, ca: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary("reef"))
+        .args(["--addr", address, "--ca"])
+        .arg(ca)
+        .args(args)
+        .output()
+        .expect("reef runs")
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout`.

@@ -2,25 +2,13 @@
 
 use std::{
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use reef_tests::{ChildGuard, STARTUP, TestNode, binary, stdout_lines, unused_port, wait_for_line};
-
-fn reef(node: &TestNode, args: &[&str]) -> Output {
-    reef_at(&node.addr.to_string(), &node.ca, args)
-}
-
-/// Runs `reef --addr ADDRESS --ca CA ARGS…`.
-fn reef_at(address: &str, ca: &Path, args: &[&str]) -> Output {
-    Command::new(binary("reef"))
-        .args(["--addr", address, "--ca"])
-        .arg(ca)
-        .args(args)
-        .output()
-        .expect("reef runs")
-}
+use reef_tests::{
+    ChildGuard, STARTUP, TestNode, binary, reef_at, stdout_lines, unused_port, wait_for_line,
+};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -32,30 +20,30 @@ async fn request_send_ping_and_ps_against_a_running_node() {
     let _echo = node.spawn_demo("echo", &["echo"]).await;
     let _counter = node.spawn_demo("counter", &["counter"]).await;
 
-    let out = reef(&node, &["request", "echo", "hello"]);
+    let out = node.reef(&["request", "echo", "hello"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello\n");
 
-    let out = reef(&node, &["send", "counter", "hi"]);
+    let out = node.reef(&["send", "counter", "hi"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = reef(&node, &["request", "counter", "count", "--timeout", "2s"]);
+    let out = node.reef(&["request", "counter", "count", "--timeout", "2s"]);
     assert_eq!(text(&out.stdout), "1\n");
 
-    let out = reef(&node, &["ping"]);
+    let out = node.reef(&["ping"]);
     assert!(out.status.success());
     assert!(
         text(&out.stdout).contains("SERVING"),
         "{}",
         text(&out.stdout)
     );
-    let out = reef(&node, &["ping", "echo"]);
+    let out = node.reef(&["ping", "echo"]);
     assert!(
         text(&out.stdout).starts_with("echo answered in"),
         "{}",
         text(&out.stdout)
     );
 
-    let out = reef(&node, &["ps"]);
+    let out = node.reef(&["ps"]);
     let listing = text(&out.stdout);
     assert!(
         listing.contains("echo") && listing.contains("counter") && listing.contains(" yes"),
@@ -68,36 +56,33 @@ async fn create_ps_logs_restart_stop_start_and_destroy_a_supervised_container() 
     let node = TestNode::start();
     let demo = reef_tests::binary("reef-demo");
     let demo = demo.to_str().unwrap();
-    let out = reef(
-        &node,
-        &[
-            "create",
-            "echo",
-            "--restart",
-            "transient",
-            "--solver",
-            "app=log,restart",
-            "--env",
-            "REEF_LOG=info",
-            "--",
-            demo,
-            "echo",
-        ],
-    );
+    let out = node.reef(&[
+        "create",
+        "echo",
+        "--restart",
+        "transient",
+        "--solver",
+        "app=log,restart",
+        "--env",
+        "REEF_LOG=info",
+        "--",
+        demo,
+        "echo",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with("created echo (pid "),
         "{}",
         text(&out.stdout)
     );
-    let again = reef(&node, &["create", "echo", "--", demo, "echo"]);
+    let again = node.reef(&["create", "echo", "--", demo, "echo"]);
     assert!(
         text(&again.stdout).starts_with("exists echo"),
         "{}",
         text(&again.stdout)
     );
 
-    let listing = text(&reef(&node, &["ps"]).stdout);
+    let listing = text(&node.reef(&["ps"]).stdout);
     let row = listing
         .lines()
         .find(|l| l.starts_with("echo "))
@@ -108,7 +93,7 @@ async fn create_ps_logs_restart_stop_start_and_destroy_a_supervised_container() 
         "{listing}"
     );
 
-    let logs = text(&reef(&node, &["logs", "echo"]).stdout);
+    let logs = text(&node.reef(&["logs", "echo"]).stdout);
     assert!(logs.contains("container started"), "{logs}");
 
     for (command, expected) in [
@@ -116,7 +101,7 @@ async fn create_ps_logs_restart_stop_start_and_destroy_a_supervised_container() 
         ("stop", "stopped echo"),
         ("start", "started echo"),
     ] {
-        let out = reef(&node, &[command, "echo"]);
+        let out = node.reef(&[command, "echo"]);
         assert!(out.status.success(), "{command}: {}", text(&out.stderr));
         assert!(
             text(&out.stdout).starts_with(expected),
@@ -124,16 +109,16 @@ async fn create_ps_logs_restart_stop_start_and_destroy_a_supervised_container() 
             text(&out.stdout)
         );
     }
-    let out = reef(&node, &["destroy", "echo", "--flags", "gently"]);
+    let out = node.reef(&["destroy", "echo", "--flags", "gently"]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("gently"),
         "{}",
         text(&out.stderr)
     );
-    let out = reef(&node, &["destroy", "echo", "--flags", "FORCE_HARD"]);
+    let out = node.reef(&["destroy", "echo", "--flags", "FORCE_HARD"]);
     assert_eq!(text(&out.stdout), "destroyed echo\n");
-    let out = reef(&node, &["logs", "echo"]);
+    let out = node.reef(&["logs", "echo"]);
     assert!(
         text(&out.stderr).contains("no supervised container"),
         "{}",
@@ -145,23 +130,17 @@ async fn create_ps_logs_restart_stop_start_and_destroy_a_supervised_container() 
 async fn create_ps_and_destroy_a_task_container_in_a_host() {
     let node = TestNode::start();
     let demo = reef_tests::binary("reef-demo");
-    let out = reef(
-        &node,
-        &[
-            "create",
-            "pool",
-            "--",
-            demo.to_str().unwrap(),
-            "pool",
-            "--tasks",
-            "1",
-        ],
-    );
+    let out = node.reef(&[
+        "create",
+        "pool",
+        "--",
+        demo.to_str().unwrap(),
+        "pool",
+        "--tasks",
+        "1",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = reef(
-        &node,
-        &["create", "extra", "--task-host", "pool", "--name", "worker"],
-    );
+    let out = node.reef(&["create", "extra", "--task-host", "pool", "--name", "worker"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with("created extra"),
@@ -169,7 +148,7 @@ async fn create_ps_and_destroy_a_task_container_in_a_host() {
         text(&out.stdout)
     );
 
-    let listing = text(&reef(&node, &["ps"]).stdout);
+    let listing = text(&node.reef(&["ps"]).stdout);
     let row = |alias: &str| {
         listing
             .lines()
@@ -184,24 +163,24 @@ async fn create_ps_and_destroy_a_task_container_in_a_host() {
             "{listing}"
         );
     }
-    let out = reef(&node, &["request", "extra", "count"]);
+    let out = node.reef(&["request", "extra", "count"]);
     assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
 
-    let out = reef(&node, &["create", "t2", "--task-host", "pool"]);
+    let out = node.reef(&["create", "t2", "--task-host", "pool"]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("--name"),
         "{}",
         text(&out.stderr)
     );
-    let out = reef(&node, &["destroy", "extra"]);
+    let out = node.reef(&["destroy", "extra"]);
     assert_eq!(
         text(&out.stdout),
         "destroyed extra\n",
         "{}",
         text(&out.stderr)
     );
-    let out = reef(&node, &["request", "extra", "count"]);
+    let out = node.reef(&["request", "extra", "count"]);
     assert!(!out.status.success());
 }
 
@@ -210,7 +189,7 @@ async fn groups_rules_firewall_and_dead_letters_from_the_command_line() {
     let node = TestNode::start();
     let _echo = node.spawn_demo("echo", &["echo"]).await;
     let ok = |args: &[&str]| {
-        let out = reef(&node, args);
+        let out = node.reef(args);
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         text(&out.stdout)
     };
@@ -237,7 +216,7 @@ async fn groups_rules_firewall_and_dead_letters_from_the_command_line() {
     ]);
     let rules = ok(&["rule", "list"]);
     assert!(rules.starts_with("firewall off\nquiet"), "{rules}");
-    let out = reef(&node, &["send", "echo", "x"]);
+    let out = node.reef(&["send", "echo", "x"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("quiet"), "{}", text(&out.stderr));
     assert!(ok(&["rule", "list"]).contains("hits 1"));
@@ -249,7 +228,7 @@ async fn groups_rules_firewall_and_dead_letters_from_the_command_line() {
 
     ok(&["rule", "delete", "quiet"]);
     ok(&["firewall", "on"]);
-    let out = reef(&node, &["request", "echo", "hi"]);
+    let out = node.reef(&["request", "echo", "hi"]);
     assert!(
         text(&out.stderr).contains("firewall"),
         "{}",
@@ -266,7 +245,7 @@ async fn groups_rules_firewall_and_dead_letters_from_the_command_line() {
     ]);
     assert_eq!(ok(&["request", "echo", "hi"]), "hi\n");
 
-    let out = reef(&node, &["rule", "add", "bad", "--action", "teleport"]);
+    let out = node.reef(&["rule", "add", "bad", "--action", "teleport"]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("teleport"),
@@ -279,7 +258,7 @@ async fn groups_rules_firewall_and_dead_letters_from_the_command_line() {
 async fn state_put_get_ls_watch_and_del_from_the_command_line() {
     let node = TestNode::start();
     let stdout = |args: &[&str]| {
-        let out = reef(&node, args);
+        let out = node.reef(args);
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         text(&out.stdout)
     };
@@ -311,10 +290,7 @@ async fn state_put_get_ls_watch_and_del_from_the_command_line() {
     wait_for_line(&lines, "1 put mode=fast", STARTUP);
     wait_for_line(&lines, "2 put level=3", STARTUP);
 
-    let stale = reef(
-        &node,
-        &["state", "put", "config", "mode", "slow", "--expect", "2"],
-    );
+    let stale = node.reef(&["state", "put", "config", "mode", "slow", "--expect", "2"]);
     assert!(!stale.status.success());
     assert!(text(&stale.stderr).contains("is at revision 1, not the expected 2"));
     assert_eq!(
@@ -327,7 +303,7 @@ async fn state_put_get_ls_watch_and_del_from_the_command_line() {
         "deleted 1 (revision 4)\n"
     );
     wait_for_line(&lines, "4 del mode", STARTUP);
-    let missing = reef(&node, &["state", "get", "config", "mode"]);
+    let missing = node.reef(&["state", "get", "config", "mode"]);
     assert!(!missing.status.success());
     assert!(text(&missing.stderr).contains("does not exist"));
     for (args, mention) in [
@@ -341,7 +317,7 @@ async fn state_put_get_ls_watch_and_del_from_the_command_line() {
             "ahead of the store",
         ),
     ] {
-        let out = reef(&node, args);
+        let out = node.reef(args);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(
             text(&out.stderr).contains(mention),
@@ -361,7 +337,7 @@ async fn failures_are_one_line_errors_with_a_nonzero_exit() {
         (&["request", "echo", "x", "--timeout", "2h"], "unit"),
     ];
     for (args, mention) in cases {
-        let out = reef(&node, args);
+        let out = node.reef(args);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(mention), "{args:?}: {stderr}");

@@ -11,15 +11,6 @@ use reef_tests::{TestNode, binary};
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Status, transport::Channel};
 
-fn reef(node: &TestNode, args: &[&str]) -> Output {
-    Command::new(binary("reef"))
-        .args(["--addr", &node.addr.to_string(), "--ca"])
-        .arg(&node.ca)
-        .args(args)
-        .output()
-        .expect("reef runs")
-}
-
 fn succeeded(output: Output) -> String {
     assert!(
         output.status.success(),
@@ -93,16 +84,10 @@ async fn a_directory_store_streams_pages_and_confines_paths() {
     let original: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let upload = local.path().join("big.bin");
     std::fs::write(&upload, &original).unwrap();
-    succeeded(reef(
-        &node,
-        &["files", "put", upload.to_str().unwrap(), "docs/big.bin"],
-    ));
+    succeeded(node.reef(&["files", "put", upload.to_str().unwrap(), "docs/big.bin"]));
     assert_eq!(std::fs::read(root.join("docs/big.bin")).unwrap(), original);
     let download = local.path().join("got.bin");
-    succeeded(reef(
-        &node,
-        &["files", "get", "docs/big.bin", download.to_str().unwrap()],
-    ));
+    succeeded(node.reef(&["files", "get", "docs/big.bin", download.to_str().unwrap()]));
     assert_eq!(std::fs::read(&download).unwrap(), original);
     let mut files = files(&node).await;
     assert_eq!(
@@ -120,11 +105,8 @@ async fn a_directory_store_streams_pages_and_confines_paths() {
     assert!(info.modified_unix_ms > 0);
 
     // Copy, move, list in pages, delete.
-    succeeded(reef(
-        &node,
-        &["files", "cp", "docs/big.bin", "docs/copy.bin"],
-    ));
-    succeeded(reef(&node, &["files", "mv", "docs/copy.bin", "moved.bin"]));
+    succeeded(node.reef(&["files", "cp", "docs/big.bin", "docs/copy.bin"]));
+    succeeded(node.reef(&["files", "mv", "docs/copy.bin", "moved.bin"]));
     for name in ["c", "a", "b"] {
         write(
             &mut files,
@@ -158,14 +140,14 @@ async fn a_directory_store_streams_pages_and_confines_paths() {
         listed,
         ["docs/a.txt", "docs/b.txt", "docs/big.bin", "docs/c.txt"]
     );
-    let everything = succeeded(reef(&node, &["files", "ls", "-r"]));
+    let everything = succeeded(node.reef(&["files", "ls", "-r"]));
     assert!(
         everything.contains("moved.bin") && everything.contains("docs/c.txt"),
         "{everything}"
     );
-    let refused = reef(&node, &["files", "rm", "docs"]);
+    let refused = node.reef(&["files", "rm", "docs"]);
     assert!(!refused.status.success());
-    succeeded(reef(&node, &["files", "rm", "-r", "docs"]));
+    succeeded(node.reef(&["files", "rm", "-r", "docs"]));
     assert_eq!(stat_code(&mut files, "docs/a.txt").await, Code::NotFound);
     assert!(!root.join("docs").exists());
 
@@ -244,11 +226,11 @@ async fn a_memory_store_copies_and_moves_without_native_support() {
         .map(|chunk| Some(Part::Data(chunk.to_vec().into())))
         .collect();
     write(&mut files, "a/one.bin", parts).await.unwrap();
-    succeeded(reef(&node, &["files", "cp", "a/one.bin", "a/two.bin"]));
-    succeeded(reef(&node, &["files", "mv", "a/two.bin", "b/three.bin"]));
+    succeeded(node.reef(&["files", "cp", "a/one.bin", "a/two.bin"]));
+    succeeded(node.reef(&["files", "mv", "a/two.bin", "b/three.bin"]));
     assert_eq!(read(&mut files, "b/three.bin", 0, 0).await, body);
     assert_eq!(stat_code(&mut files, "a/two.bin").await, Code::NotFound);
-    let listed = succeeded(reef(&node, &["files", "ls", "-r"]));
+    let listed = succeeded(node.reef(&["files", "ls", "-r"]));
     assert!(
         listed.contains("a/one.bin") && listed.contains("b/three.bin"),
         "{listed}"

@@ -51,22 +51,11 @@ may = ["send"]
 on = ["echo"]
 "#;
 
-/// `reef --addr NODE --ca CA ARGS…` (the CLI presents the node's admin certificate
-/// beside the CA unless ARGS say otherwise).
-fn reef(node: &TestNode, args: &[&str]) -> Output {
-    Command::new(binary("reef"))
-        .args(["--addr", &node.addr.to_string(), "--ca"])
-        .arg(&node.ca)
-        .args(args)
-        .output()
-        .expect("reef runs")
-}
-
 /// `reef` as the holder of `cert`.
 fn reef_as(node: &TestNode, cert: &Identity, args: &[&str]) -> Output {
     let mut all = vec!["--cert", cert.cert_str(), "--key", cert.key_str()];
     all.extend_from_slice(args);
-    reef(node, &all)
+    node.reef(&all)
 }
 
 fn succeeded(output: &Output) -> String {
@@ -141,7 +130,7 @@ fn create(node: &TestNode, alias: &str, extra: &[&str], program: &[&str]) -> Out
     args.extend_from_slice(extra);
     let program = demo(program);
     args.extend(program.iter().map(String::as_str));
-    reef(node, &args)
+    node.reef(&args)
 }
 
 #[tokio::test]
@@ -156,7 +145,7 @@ async fn policies_decide_who_sends_manages_and_touches_state() {
     // The admin certificate the node keeps beside its CA is above the policies.
     succeeded(&create(&node, "echo", &[], &["echo"]));
     succeeded(&create(&node, "workers", &[], &["echo"]));
-    succeeded(&reef(&node, &["state", "put", "secrets", "k", "s3cret"]));
+    succeeded(&node.reef(&["state", "put", "secrets", "k", "s3cret"]));
 
     // Managing: ops may manage the subtree under workers, and nothing else.
     succeeded(&reef_as(
@@ -198,7 +187,7 @@ async fn policies_decide_who_sends_manages_and_touches_state() {
     );
     assert!(refused.contains("client:eve may not read"), "{refused}");
     denied_by(
-        &reef(&node, &["--anonymous", "state", "get", "config", "mode"]),
+        &node.reef(&["--anonymous", "state", "get", "config", "mode"]),
         "default",
     );
     // For programs, the policy is in the status's metadata too.
