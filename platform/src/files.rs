@@ -70,12 +70,8 @@ impl FilesService {
     }
 
     fn check<T>(&self, request: &Request<T>, action: Action, path: &str) -> Result<(), Status> {
-        self.access.check(
-            &access::caller(request),
-            action,
-            &format!("files:{path}"),
-            &[],
-        )
+        self.access
+            .check_caller(request, action, &format!("files:{path}"))
     }
 
     async fn info(&self, path: &str) -> Result<wire::FileInfo, Status> {

@@ -256,8 +256,7 @@ impl SupervisorService {
     /// Checks `caller` changing routing (`what`: `group:NAME`, `rule:ID`, `firewall`, an
     /// alias's overflow policy).
     fn check_configure<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
-        self.access
-            .check(&access::caller(request), Action::Configure, what, &[])
+        self.access.check_caller(request, Action::Configure, what)
     }
 
     async fn start_one(

@@ -104,6 +104,22 @@ impl Access {
         }
     }
 
+    /// [`Access::check`] for the caller of `request`, whose certificate is read only
+    /// when policies are in force (state and file calls are frequent).
+    pub fn check_caller<T>(
+        &self,
+        request: &Request<T>,
+        action: Action,
+        target: &str,
+    ) -> Result<(), Status> {
+        match self.policies() {
+            None => Ok(()),
+            Some(policies) => policies
+                .decide(&caller(request), action, target, &[])
+                .map_err(denied),
+        }
+    }
+
     /// [`Access::check`] for an action on container `alias`, whose rules may name any
     /// of its supervision ancestors (`parent`'s chain, when it is not registered yet).
     pub fn check_subtree(

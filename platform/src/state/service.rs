@@ -7,7 +7,7 @@ use reef_proto::{self as wire, state_server::State};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use crate::access::{self, Access, Action};
+use crate::access::{Access, Action};
 
 use super::{
     Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Owners, Revision,
@@ -51,8 +51,7 @@ impl StateService {
         action: Action,
         namespace: &str,
     ) -> Result<(), Status> {
-        self.access
-            .check(&access::caller(request), action, namespace, &[])
+        self.access.check_caller(request, action, namespace)
     }
 
     async fn write(&self, txn: Txn) -> Result<TxnOutcome, Status> {
