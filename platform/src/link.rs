@@ -101,6 +101,14 @@ impl ChildNodes {
         Some((child.to_owned(), joined.get(child)?.clone()))
     }
 
+    /// The child node below which container `alias` lives (announced by that child),
+    /// if it lives below this node.
+    pub(crate) fn below(&self, registry: &Registry, alias: &str) -> Option<(String, NodeEndpoint)> {
+        let owner = registry.registered_owner(alias)?;
+        let child = owner.as_str().strip_prefix(LINK_PREFIX)?;
+        Some((child.to_owned(), self.lock().get(child)?.clone()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEndpoint>> {
         self.joined.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use reef_proto::{self as wire, ContainerEventKind, LifecyclePhase, supervisor_server};
+use reef_proto::{
+    self as wire, ContainerEventKind, LifecyclePhase, supervisor_client::SupervisorClient,
+    supervisor_server,
+};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -93,9 +96,32 @@ impl SupervisorService {
         }
     }
 
-    /// Sends `request` for another node down the tree, towards that node, presenting
-    /// this node's certificate and saying whom it acts for: the node that creates checks
-    /// its own policies for `caller`.
+    /// A client for child node `child` at `hop`, presenting this node's certificate.
+    async fn child_node(
+        &self,
+        child: &str,
+        hop: &NodeEndpoint,
+    ) -> Result<SupervisorClient<tonic::transport::Channel>, Status> {
+        let identity = Some(self.tls.pki().server().clone());
+        let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, identity, FORWARD_TIMEOUT)
+            .await
+            .map_err(|status| Status::unavailable(format!("node {child}: {}", status.message())))?;
+        Ok(SupervisorClient::new(channel))
+    }
+
+    /// A client for the child node below which container `alias` lives, if it lives
+    /// below this node: lifecycle calls and logs for it go there, hop by hop.
+    async fn node_below(
+        &self,
+        alias: &str,
+    ) -> Result<Option<SupervisorClient<tonic::transport::Channel>>, Status> {
+        match self.children.below(&self.registry, alias) {
+            None => Ok(None),
+            Some((child, hop)) => self.child_node(&child, &hop).await.map(Some),
+        }
+    }
+
+    /// Sends `request` for another node down the tree, towards that node.
     async fn forward_create(
         &self,
         caller: &Principal,
@@ -110,20 +136,11 @@ impl SupervisorService {
                     request.node, self.node.name
                 ))
             })?;
-        let identity = Some(self.tls.pki().server().clone());
-        let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, identity, FORWARD_TIMEOUT)
-            .await
-            .map_err(|status| Status::unavailable(format!("node {child}: {}", status.message())))?;
-        let mut request = Request::new(request);
-        let acting_for = tonic::metadata::MetadataValue::try_from(caller.to_string())
-            .map_err(|_| Status::invalid_argument(format!("{caller} cannot go in metadata")))?;
-        request
-            .metadata_mut()
-            .insert(reef_proto::ON_BEHALF_OF_METADATA, acting_for);
-        let answer = wire::supervisor_client::SupervisorClient::new(channel)
-            .create(request)
-            .await?;
-        Ok(answer.into_inner())
+        let mut node = self.child_node(&child, &hop).await?;
+        Ok(node
+            .create(on_behalf_of(caller, request)?)
+            .await?
+            .into_inner())
     }
 
     /// Refuses a caller that does not hold `alias`'s lease.
@@ -207,6 +224,12 @@ impl SupervisorService {
         request: wire::DestroyRequest,
     ) -> Result<wire::DestroyResponse, Status> {
         let alias = parse_alias(&request.alias)?;
+        if let Some(mut node) = self.node_below(alias.as_str()).await? {
+            return Ok(node
+                .destroy(on_behalf_of(caller, request)?)
+                .await?
+                .into_inner());
+        }
         self.check_subtree(caller, Action::Destroy, alias.as_str(), None)?;
         let mode = convert::stop_mode(request.flags)?;
         if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
@@ -265,6 +288,12 @@ impl SupervisorService {
         request: wire::StartRequest,
     ) -> Result<wire::StartResponse, Status> {
         let alias = parse_alias(&request.alias)?;
+        if let Some(mut node) = self.node_below(alias.as_str()).await? {
+            return Ok(node
+                .start(on_behalf_of(caller, request)?)
+                .await?
+                .into_inner());
+        }
         self.check_subtree(caller, Action::Start, alias.as_str(), None)?;
         self.refuse_task(&alias, "started")?;
         let container = self
@@ -283,6 +312,12 @@ impl SupervisorService {
         request: wire::StopRequest,
     ) -> Result<wire::StopResponse, Status> {
         let alias = parse_alias(&request.alias)?;
+        if let Some(mut node) = self.node_below(alias.as_str()).await? {
+            return Ok(node
+                .stop(on_behalf_of(caller, request)?)
+                .await?
+                .into_inner());
+        }
         self.check_subtree(caller, Action::Stop, alias.as_str(), None)?;
         self.refuse_task(&alias, "stopped")?;
         let mode = convert::stop_mode(request.flags)?;
@@ -308,6 +343,18 @@ fn batch_result(alias: String, outcome: Result<(), Status>) -> wire::BatchResult
         code,
         message,
     }
+}
+
+/// `message` as a call a node forwards on behalf of `caller`, whose rights the node that
+/// acts checks (see `reef_proto::ON_BEHALF_OF_METADATA`).
+fn on_behalf_of<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
+    let acting_for = tonic::metadata::MetadataValue::try_from(caller.to_string())
+        .map_err(|_| Status::invalid_argument(format!("{caller} cannot go in metadata")))?;
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(reef_proto::ON_BEHALF_OF_METADATA, acting_for);
+    Ok(request)
 }
 
 fn parse_alias(raw: &str) -> Result<Alias, Status> {
@@ -609,7 +656,11 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::RestartRequest>,
     ) -> Result<Response<wire::RestartResponse>, Status> {
         let caller = access::caller(&request);
-        let alias = parse_alias(&request.into_inner().alias)?;
+        let request = request.into_inner();
+        let alias = parse_alias(&request.alias)?;
+        if let Some(mut node) = self.node_below(alias.as_str()).await? {
+            return node.restart(on_behalf_of(&caller, request)?).await;
+        }
         self.check_subtree(&caller, Action::Restart, alias.as_str(), None)?;
         self.refuse_task(&alias, "restarted")?;
         let container = self
@@ -913,6 +964,10 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::LogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         let request = request.into_inner();
+        if let Some(mut node) = self.node_below(&request.alias).await? {
+            let chunks = node.logs(request).await?.into_inner();
+            return Ok(Response::new(Box::pin(chunks)));
+        }
         let path = self.supervision.log_path(&request.alias).ok_or_else(|| {
             Status::not_found(format!(
                 "no supervised container is called {:?}",

@@ -506,6 +506,56 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         denied.message().contains("client:ops create \"other\""),
         "{denied:?}"
     );
+    // Lifecycle calls and logs for a container below go down to its node, hop by hop,
+    // and that node's policy decides (ops may only create there).
+    wait_listed(&on_root, "ops-1", "announced", |c| c.attached).await;
+    let denied = as_ops
+        .stop(reef_proto::StopRequest {
+            alias: "ops-1".into(),
+            flags: 0,
+        })
+        .await
+        .expect_err("b's policy does not let ops stop");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let mut as_admin = on_root.clone();
+    as_admin
+        .stop(reef_proto::StopRequest {
+            alias: "ops-1".into(),
+            flags: 0,
+        })
+        .await
+        .expect("root's admin stops ops-1 on b");
+    let on_b = b.supervisor().await;
+    let state = |c: &ContainerInfo| c.supervised.as_ref().map(|s| s.state);
+    let stopped = listed(&on_b, "ops-1").await.expect("ops-1 on b");
+    assert_eq!(
+        state(&stopped),
+        Some(reef_proto::ContainerState::Stopped as i32)
+    );
+    as_admin
+        .start(reef_proto::StartRequest {
+            alias: "ops-1".into(),
+        })
+        .await
+        .expect("started again through two links");
+    as_admin
+        .logs(reef_proto::LogsRequest {
+            alias: "ops-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("b serves ops-1's log to root");
+    as_admin
+        .destroy(reef_proto::DestroyRequest {
+            alias: "ops-1".into(),
+            flags: 0,
+        })
+        .await
+        .expect("destroyed on b");
+    assert!(
+        listed(&on_b, "ops-1").await.is_none(),
+        "ops-1 is gone from b"
+    );
     let counter = wait_listed(&on_root, "counter-b", "announced", |c| c.attached).await;
     assert_eq!(
         counter.labels.get("reef.node").map(String::as_str),
