@@ -1,0 +1,174 @@
+//! HTTP listeners: each request that matches a route becomes a REQUEST to its container
+//! (headers `http.method`, `http.path`, `http.query`, `http.param.NAME`,
+//! `http.header.NAME`; the body is the payload), and the reply is the response body.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, to_bytes},
+    extract::{ConnectInfo, Request, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use reef_sdk::{Client, Code, Error, RequestOptions};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::{
+    config::{HttpListener, IpNet},
+    routes::{Pattern, Route, RouteTable},
+};
+
+/// Request headers copied into the envelope, at most.
+const MAX_FORWARDED_HEADERS: usize = 64;
+
+/// One listener's routes and limits, shared by its requests.
+struct Listener {
+    client: Client,
+    routes: RouteTable,
+    timeout: Duration,
+    max_body_bytes: usize,
+    in_flight: Semaphore,
+    block: Vec<IpNet>,
+}
+
+/// Binds `config`'s address and serves it until the process ends. Returns the bound
+/// address once it listens.
+pub async fn serve(
+    config: HttpListener,
+    client: Client,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let routes = config
+        .routes
+        .into_iter()
+        .map(|route| {
+            Ok(Route {
+                method: route.method.to_ascii_uppercase(),
+                pattern: Pattern::parse(&route.path).map_err(anyhow::Error::msg)?,
+                to: route.to,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let listener = Arc::new(Listener {
+        client,
+        routes: RouteTable::new(routes),
+        timeout: Duration::from_millis(config.timeout_ms),
+        max_body_bytes: config.max_body_bytes,
+        in_flight: Semaphore::new(config.max_in_flight),
+        block: config.block,
+    });
+    let socket = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = socket.local_addr()?;
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state(listener)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move {
+        if let Err(error) = axum::serve(socket, app).await {
+            tracing::error!(%error, "HTTP listener failed");
+        }
+    });
+    Ok((addr, server))
+}
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text.into(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(listener): State<Arc<Listener>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    if listener.block.iter().any(|net| net.contains(peer.ip())) {
+        return plain(StatusCode::FORBIDDEN, "your address is blocked\n");
+    }
+    let Ok(_permit) = listener.in_flight.try_acquire() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; try again\n",
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let Some((route, params)) = listener.routes.find(parts.method.as_str(), &path) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("no route for {} {path}\n", parts.method),
+        );
+    };
+    let body = match to_bytes(body, listener.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is larger than {} bytes\n",
+                    listener.max_body_bytes
+                ),
+            );
+        }
+    };
+    let mut headers = BTreeMap::new();
+    headers.insert("http.method".to_owned(), parts.method.to_string());
+    headers.insert("http.path".to_owned(), path.clone());
+    if let Some(query) = parts.uri.query() {
+        headers.insert("http.query".to_owned(), query.to_owned());
+    }
+    for (name, value) in params {
+        headers.insert(format!("http.param.{name}"), value);
+    }
+    for (name, value) in parts.headers.iter().take(MAX_FORWARDED_HEADERS) {
+        if let Ok(value) = value.to_str() {
+            headers.insert(format!("http.header.{name}"), value.to_owned());
+        }
+    }
+    let options = RequestOptions {
+        headers,
+        ..RequestOptions::new(listener.timeout)
+    };
+    match listener
+        .client
+        .request_with(&route.to, body, &options)
+        .await
+    {
+        Ok(reply) => Response::new(Body::from(reply)),
+        Err(error) => failure(&route.to, error),
+    }
+}
+
+/// A failed request as an HTTP status: the node's own refusals (no such container,
+/// nothing answering) are the gateway's problem (5xx); a container's errors keep their
+/// meaning.
+fn failure(to: &str, error: Error) -> Response {
+    let (code, from_node, message) = match &error {
+        Error::Remote {
+            code,
+            kind,
+            message,
+        } => (*code, kind.is_empty(), message.clone()),
+        other => (other.code(), true, other.to_string()),
+    };
+    let status = match (code, from_node) {
+        (Code::DeadlineExceeded, _) => StatusCode::GATEWAY_TIMEOUT,
+        (Code::NotFound | Code::Unavailable, true) => StatusCode::BAD_GATEWAY,
+        (Code::InvalidArgument | Code::OutOfRange, _) => StatusCode::BAD_REQUEST,
+        (Code::NotFound, false) => StatusCode::NOT_FOUND,
+        (Code::PermissionDenied, _) => StatusCode::FORBIDDEN,
+        (Code::Unauthenticated, _) => StatusCode::UNAUTHORIZED,
+        (Code::AlreadyExists | Code::Aborted, _) => StatusCode::CONFLICT,
+        (Code::FailedPrecondition, _) => StatusCode::PRECONDITION_FAILED,
+        (Code::ResourceExhausted, _) => StatusCode::TOO_MANY_REQUESTS,
+        (Code::Unimplemented, _) => StatusCode::NOT_IMPLEMENTED,
+        (Code::Unavailable, false) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::debug!(%to, ?code, %message, "request failed");
+    plain(status, format!("{to}: {message}\n"))
+}
