@@ -9,6 +9,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 
 mod baseline;
+mod gateway;
 mod node;
 mod report;
 mod restart;
@@ -81,6 +82,9 @@ pub struct Args {
     /// Only the node tree figures (same node beside across nodes).
     #[arg(long)]
     tree_only: bool,
+    /// Only the HTTP gateway figures (beside a plain axum handler).
+    #[arg(long)]
+    gateway_only: bool,
     /// Internal: be the process the s6 baseline supervises (answers its pid on ADDR).
     #[arg(long, hide = true)]
     serve_pid: Option<std::net::SocketAddr>,
@@ -149,6 +153,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     };
     if args.tree_only {
         return tree::run(&tree_sizes, payload).await;
+    }
+    let gateway_sizes = gateway::Sizes {
+        requests: args.requests,
+        in_flight: args.in_flight,
+        latency_samples: args.latency_samples,
+        runs: args.runs,
+    };
+    if args.gateway_only {
+        let node = node::BenchNode::start(&args.reefd_args)?;
+        return gateway::run(&node, &gateway_sizes, payload).await;
     }
     if args.state_only {
         let node = node::BenchNode::start(&args.reefd_args)?;
@@ -236,6 +250,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     routed.stop().await;
+    gateway::run(&node, &gateway_sizes, payload.clone()).await?;
     state::run(&node, state::Sizes::new(args.quick), args.runs).await?;
     drop(node);
     tree::run(&tree_sizes, payload.clone()).await?;

@@ -100,6 +100,11 @@ impl Routed {
         })
     }
 
+    /// The echo container's alias.
+    pub fn echo(&self) -> &str {
+        &self.echo
+    }
+
     /// The node's counters.
     async fn node_info(&self) -> anyhow::Result<reef_proto::NodeInfo> {
         let info = self
