@@ -15,6 +15,9 @@ struct Inspect;
 impl Handler for Inspect {
     async fn on_request(&mut self, _: &Context, request: Message) -> Result<Bytes, HandlerError> {
         let header = |key: &str| request.headers.get(key).cloned().unwrap_or_default();
+        // The response's status and headers.
+        request.set_reply_header("http.status", "201");
+        request.set_reply_header("http.header.x-reef-alias", "inspect");
         Ok(format!(
             "{} {} id={} q={} agent={} body={}",
             header("http.method"),
@@ -122,10 +125,10 @@ to = "echo"
         .body("b")
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    assert_eq!(seen.status(), 201);
+    assert_eq!(seen.headers()["x-reef-alias"], "inspect");
+    let seen = seen.text().await.unwrap();
     assert_eq!(seen, "PUT /things/42 id=42 q=full=1 agent=reef-test body=b");
 
     let status = |response: reqwest::Response| response.status().as_u16();

@@ -57,6 +57,15 @@ pub(crate) struct EndpointCertificate {
     pub key_pem: String,
 }
 
+/// A request's answer with its headers ([`Client::call`]).
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// The reply's payload.
+    pub payload: Bytes,
+    /// What the callee set with [`Message::set_reply_header`].
+    pub headers: BTreeMap<String, String>,
+}
+
 /// A handle to an attached alias: send messages and make requests through the node.
 ///
 /// Cheap to clone; the attach stream closes when the last clone is dropped or on
@@ -334,6 +343,19 @@ impl Client {
         payload: impl Into<Bytes>,
         options: &RequestOptions,
     ) -> Result<Bytes, Error> {
+        self.call(to, payload, options)
+            .await
+            .map(|reply| reply.payload)
+    }
+
+    /// [`Client::request_with`], answered with the reply's headers too (those the
+    /// callee set with [`Message::set_reply_header`]).
+    pub async fn call(
+        &self,
+        to: &str,
+        payload: impl Into<Bytes>,
+        options: &RequestOptions,
+    ) -> Result<Reply, Error> {
         let mut envelope = self.envelope(EnvelopeKind::Request, to, payload.into())?;
         envelope.headers.clone_from(&options.headers);
         let mut attempt = 0;
@@ -352,7 +374,12 @@ impl Client {
                 false => std::mem::take(&mut envelope),
             };
             match self.await_answer(attempt_envelope, timeout, true).await {
-                Ok(answer) => return Ok(answer.payload),
+                Ok(answer) => {
+                    return Ok(Reply {
+                        payload: answer.payload,
+                        headers: answer.headers,
+                    });
+                }
                 Err(error) if attempt < options.retries && retryable(&error) => {
                     attempt += 1;
                     tracing::debug!(%to, attempt, %error, "retrying the request");

@@ -49,6 +49,20 @@ pub struct Message {
     /// Acknowledged mode: the message is delivered again because a previous process or
     /// stream of this container did not acknowledge it (it may have handled it).
     pub redelivered: bool,
+    /// For requests: headers for the reply, shared with the dispatcher that sends it.
+    reply_headers: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+}
+
+impl Message {
+    /// For requests: sets a header on the reply (the caller sees it with
+    /// [`Client::call`]; `reef-gateway` takes `http.status` and `http.header.NAME` as the
+    /// HTTP response's status and headers).
+    pub fn set_reply_header(&self, key: impl Into<String>, value: impl Into<String>) {
+        self.reply_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.into(), value.into());
+    }
 }
 
 impl From<Envelope> for Message {
@@ -64,6 +78,7 @@ impl From<Envelope> for Message {
             content_type: envelope.content_type,
             headers: envelope.headers,
             cancellation: Cancellation::default(),
+            reply_headers: Arc::default(),
         }
     }
 }
@@ -458,6 +473,7 @@ pub(crate) async fn handle<H: Handler>(
             let deadline = request
                 .deadline
                 .map(|left| tokio::time::Instant::now() + left);
+            let reply_headers = request.reply_headers.clone();
             let outcome = with_deadline(deadline, handler.on_request(ctx, request)).await;
             unanswered.disarm();
             let answer = match outcome {
@@ -466,6 +482,9 @@ pub(crate) async fn handle<H: Handler>(
                     correlation_id: id,
                     destination: origin.clone(),
                     payload,
+                    headers: std::mem::take(
+                        &mut *reply_headers.lock().unwrap_or_else(|e| e.into_inner()),
+                    ),
                     ..Default::default()
                 },
                 Err(error) => {

@@ -63,7 +63,7 @@ pub mod state;
 mod task;
 
 pub use self::{
-    client::{Client, Registration},
+    client::{Client, Registration, Reply},
     container::{
         Command, ContainerOptions, Context, DEFAULT_PARENT_TIMEOUT, Handler, Message, run,
     },

@@ -1,16 +1,18 @@
 //! HTTP listeners: each request that matches a route becomes a REQUEST to its container
 //! (headers `http.method`, `http.path`, `http.query`, `http.param.NAME`,
-//! `http.header.NAME`; the body is the payload), and the reply is the response body.
+//! `http.header.NAME`; the body is the payload), and the reply is the response: its
+//! payload the body, its headers `http.status` and `http.header.NAME` (set with
+//! `Message::set_reply_header`) the status and headers.
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, to_bytes},
     extract::{ConnectInfo, Request, State},
-    http::{StatusCode, header},
+    http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use reef_sdk::{Client, Code, Error, RequestOptions};
+use reef_sdk::{Client, Code, Error, Reply, RequestOptions};
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
@@ -133,14 +135,46 @@ async fn handle(
         headers,
         ..RequestOptions::new(listener.timeout)
     };
-    match listener
-        .client
-        .request_with(&route.to, body, &options)
-        .await
-    {
-        Ok(reply) => Response::new(Body::from(reply)),
+    match listener.client.call(&route.to, body, &options).await {
+        Ok(reply) => response(&route.to, reply),
         Err(error) => failure(&route.to, error),
     }
+}
+
+/// A reply as the HTTP response: `http.status` (default 200) and `http.header.NAME`
+/// headers from the reply's headers. A status that is not one is the container's
+/// mistake, answered with 502; headers that are not valid HTTP are left out.
+fn response(to: &str, reply: Reply) -> Response {
+    let status = match reply.headers.get("http.status") {
+        None => StatusCode::OK,
+        Some(code) => match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(status) => status,
+            None => {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{to} answered with an invalid http.status {code:?}\n"),
+                );
+            }
+        },
+    };
+    let mut response = Response::new(Body::from(reply.payload));
+    *response.status_mut() = status;
+    for (key, value) in &reply.headers {
+        let Some(name) = key.strip_prefix("http.header.") else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
 }
 
 /// A failed request as an HTTP status: the node's own refusals (no such container,
