@@ -8,6 +8,7 @@ use std::{
 
 use reef_sdk::{Bytes, ContainerOptions, Context, Handler, HandlerError, Message};
 use reef_tests::{ChildGuard, RawAttach, STARTUP, TestNode, binary, stdout_lines, wait_for_line};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Answers with what the gateway told it about the HTTP request.
 struct Inspect;
@@ -153,6 +154,20 @@ to = "echo"
         .await
         .unwrap();
     assert_eq!(status(large), 413);
+    // A client that sends half its body and stalls gets 408 after the timeout, not a
+    // hung request.
+    let mut slow = tokio::net::TcpStream::connect(open.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    slow.write_all(b"POST /echo/ada HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhalf")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(STARTUP, slow.read_to_string(&mut answer))
+        .await
+        .expect("the gateway answers a stalled body")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     // A blocked client address.
     let refused = http.get(format!("{blocked}/echo")).send().await.unwrap();
     assert_eq!(status(refused), 403);

@@ -3,7 +3,7 @@
 //! ```toml
 //! [[http]]
 //! listen = "0.0.0.0:8080"
-//! timeout_ms = 5000            # no reply in time: 504
+//! timeout_ms = 5000            # no reply in time: 504; a body slower than this: 408
 //! max_body_bytes = 1048576     # larger: 413
 //! max_in_flight = 1024         # more requests at once: 503
 //! block = ["10.0.0.0/8"]       # client addresses refused with 403

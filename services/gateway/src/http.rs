@@ -105,9 +105,18 @@ async fn handle(
             format!("no route for {} {path}\n", parts.method),
         );
     };
-    let body = match to_bytes(body, listener.max_body_bytes).await {
-        Ok(body) => body,
+    // A slow client holds a permit: its body gets the route's timeout to arrive.
+    let body = match tokio::time::timeout(listener.timeout, to_bytes(body, listener.max_body_bytes))
+        .await
+    {
         Err(_) => {
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time\n",
+            );
+        }
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
