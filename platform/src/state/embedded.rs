@@ -157,6 +157,8 @@ impl Embedded {
                     replay(&write, &batch)?;
                     revision = batch.revision;
                 }
+                // The history kept is the same after a crash as without one.
+                trim_history(&write, revision, config.history.max(1))?;
                 write
                     .open_table(META)
                     .map_err(internal)?
@@ -636,7 +638,7 @@ impl Shared {
             for request in group.by_ref() {
                 applied.push(writer.apply(&write, request, &mut revision, &mut batches)?);
             }
-            writer.trim_history(&write, revision)?;
+            trim_history(&write, revision, writer.history)?;
             write
                 .open_table(META)
                 .map_err(internal)?
@@ -742,22 +744,26 @@ impl Writer {
             },
         })
     }
+}
 
-    /// Keeps the events table to about `history` revisions, trimming in steps of an
-    /// eighth so that a busy store does not delete one row per commit. (A trim that a
-    /// crash loses before the next checkpoint is simply made again.)
-    fn trim_history(&self, write: &WriteTransaction, revision: Revision) -> Result<(), StateError> {
-        let mut meta = write.open_table(META).map_err(internal)?;
-        let compacted = read_meta(&meta, "compacted")?;
-        if revision.saturating_sub(compacted) <= self.history + self.history / 8 {
-            return Ok(());
-        }
-        let upto = revision - self.history;
-        let mut events = write.open_table(EVENTS).map_err(internal)?;
-        events.retain_in(..=upto, |_, _| false).map_err(internal)?;
-        meta.insert("compacted", upto).map_err(internal)?;
-        Ok(())
+/// Keeps the events table to about `history` revisions, trimming in steps of an eighth
+/// so that a busy store does not delete one row per commit. (A trim that a crash loses
+/// before the next checkpoint is made again when the log is replayed.)
+fn trim_history(
+    write: &WriteTransaction,
+    revision: Revision,
+    history: u64,
+) -> Result<(), StateError> {
+    let mut meta = write.open_table(META).map_err(internal)?;
+    let compacted = read_meta(&meta, "compacted")?;
+    if revision.saturating_sub(compacted) <= history + history / 8 {
+        return Ok(());
     }
+    let upto = revision - history;
+    let mut events = write.open_table(EVENTS).map_err(internal)?;
+    events.retain_in(..=upto, |_, _| false).map_err(internal)?;
+    meta.insert("compacted", upto).map_err(internal)?;
+    Ok(())
 }
 
 /// Applies a logged batch again (after a crash), exactly as it was first applied.
