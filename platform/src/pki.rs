@@ -210,28 +210,40 @@ impl Pki {
         names: &[String],
         identity: &str,
     ) -> Result<CertifiedKey, PkiError> {
-        let mut params = CertificateParams::new(names.to_vec())?;
-        params
-            .subject_alt_names
-            .push(SanType::URI(identity.try_into()?));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.not_before = date_time_ymd(2025, 1, 1);
-        params.not_after = date_time_ymd(2125, 1, 1);
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(CertifiedKey {
-            cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
-            key_pem: key.serialize_pem(),
-        })
+        issue_leaf(&self.issuer, &self.chain_pem, common_name, names, identity)
     }
+}
+
+/// A leaf certificate signed by `issuer`, with `chain_pem` (the issuer's own chain, if
+/// any) appended; see [`Pki::issue`].
+fn issue_leaf(
+    issuer: &Issuer<'static, KeyPair>,
+    chain_pem: &str,
+    common_name: &str,
+    names: &[String],
+    identity: &str,
+) -> Result<CertifiedKey, PkiError> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params
+        .subject_alt_names
+        .push(SanType::URI(identity.try_into()?));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.not_before = date_time_ymd(2025, 1, 1);
+    params.not_after = date_time_ymd(2125, 1, 1);
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok(CertifiedKey {
+        cert_pem: format!("{}{}", cert.pem(), chain_pem),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Creates a cluster CA in `dir` (`ca.pem`, `ca-key.pem`); refuses to replace one.
@@ -292,16 +304,7 @@ pub fn issue_client(ca_dir: &Path, identity: &str) -> Result<CertifiedKey, PkiEr
         )));
     };
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?)?;
-    let pki = Pki {
-        ca_pem,
-        issuer,
-        chain_pem: String::new(),
-        server: CertifiedKey {
-            cert_pem: String::new(),
-            key_pem: String::new(),
-        },
-    };
-    pki.issue("reef client", &[], identity)
+    issue_leaf(&issuer, "", "reef client", &[], identity)
 }
 
 /// The reef identity (`reef://…` URI SAN) that certificate `der` names, if any.

@@ -22,28 +22,25 @@ pub enum Principal {
 impl Principal {
     /// The principal a certificate's reef identity (URI SAN) names.
     pub fn from_identity(identity: Option<&str>) -> Self {
-        let Some((kind, name)) = identity
+        identity
             .and_then(|uri| uri.strip_prefix("reef://"))
             .and_then(|rest| rest.split_once('/'))
-        else {
-            return Self::Anonymous;
-        };
-        let name = name.to_owned();
-        match kind {
-            "admin" => Self::Admin(name),
-            "client" => Self::Client(name),
-            "container" => Self::Container(name),
-            "node" => Self::Node(name),
-            _ => Self::Anonymous,
-        }
+            .and_then(|(kind, name)| Self::of_kind(kind, name))
+            .unwrap_or(Self::Anonymous)
     }
 
     /// Parses the `kind:name` form (what a node forwarding a call says it acts for).
     pub fn parse(text: &str) -> Option<Self> {
-        if text == "anonymous" {
-            return Some(Self::Anonymous);
+        match text {
+            "anonymous" => Some(Self::Anonymous),
+            _ => text
+                .split_once(':')
+                .and_then(|(kind, name)| Self::of_kind(kind, name)),
         }
-        let (kind, name) = text.split_once(':')?;
+    }
+
+    /// The principal of `kind` named `name`, in either form.
+    fn of_kind(kind: &str, name: &str) -> Option<Self> {
         if name.is_empty() {
             return None;
         }
