@@ -2,7 +2,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex, OnceLock, RwLock},
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -319,7 +322,7 @@ fn snapshot_in(entries: &HashMap<Alias, Registration>, entry: &Registration) -> 
 }
 
 /// Removes `alias` and the tasks it hosts; returns what was removed, the alias first.
-/// Removes `alias` and its tasks. What it had not acknowledged is a dead letter.
+/// What it had not acknowledged is a dead letter.
 fn remove_with_tasks(
     entries: &mut HashMap<Alias, Registration>,
     alias: &Alias,
@@ -349,6 +352,10 @@ pub struct Registry {
     stats: Arc<NodeStats>,
     /// On a child node: the link to its parent, where unknown aliases go.
     parent: OnceLock<Alias>,
+    /// Counts registrations and removals: a route cached before the count changed may
+    /// be wrong although its stream is open (a host's task stopped; an alias that went
+    /// to the parent registered here).
+    route_changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -367,6 +374,7 @@ impl Registry {
             limits,
             stats,
             parent: OnceLock::new(),
+            route_changes: AtomicU64::new(0),
         })
     }
 
@@ -1030,7 +1038,16 @@ impl Registry {
         }
     }
 
+    /// How many times an alias was registered or removed: routes cached under another
+    /// count may be stale.
+    pub fn route_changes(&self) -> u64 {
+        self.route_changes.load(Ordering::Acquire)
+    }
+
     fn emit(&self, kind: EventKind, container: ContainerSnapshot, reason: &str) {
+        if matches!(kind, EventKind::Registered | EventKind::Deregistered) {
+            self.route_changes.fetch_add(1, Ordering::Release);
+        }
         // No subscriber is not an error: events are only for watchers.
         let _ = self.events.send(RegistryEvent {
             kind,

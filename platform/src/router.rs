@@ -43,6 +43,8 @@ pub struct Inbound {
     /// Destination mailboxes this stream used recently: the registry's lock is taken
     /// only on a miss or after the cached attachment closed.
     routes: HashMap<String, Arc<Attachment>>,
+    /// The registry's route changes when `routes` was last valid.
+    routes_version: u64,
     routing: Arc<Routing>,
     /// The rules in force and their version, re-read only when the version moves.
     rules: Arc<RuleSet>,
@@ -142,6 +144,7 @@ impl Inbound {
             Principal::Client(_) => Sender::Client(caller.to_string()),
             _ => Sender::Origin,
         };
+        let routes_version = registry.route_changes();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -150,6 +153,7 @@ impl Inbound {
             stats,
             from,
             routes: HashMap::new(),
+            routes_version,
             rules: routing.rules(),
             rules_version: routing.rules_version(),
             routing,
@@ -703,6 +707,11 @@ impl Inbound {
     }
 
     fn resolve(&mut self, alias: &str) -> Option<Arc<Attachment>> {
+        let version = self.registry.route_changes();
+        if version != self.routes_version {
+            self.routes.clear();
+            self.routes_version = version;
+        }
         if let Some(cached) = self.routes.get(alias) {
             if !cached.is_closed() {
                 return Some(cached.clone());

@@ -10,16 +10,18 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
 mod delay;
 mod etcd;
+mod gateway;
 mod netns;
 
 pub use delay::DelayProxy;
 pub use etcd::LocalEtcd;
+pub use gateway::{Gateway, start_gateway, start_gateway_in};
 pub use netns::NetLab;
 use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
 use reef_sdk::ConnectOptions;
@@ -596,4 +598,22 @@ impl RawAttach {
         .await
         .expect("the node ends the stream within the timeout")
     }
+}
+
+/// A TLS connector that trusts the CA certificates in the PEM file `ca`.
+pub fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for root in CertificateDer::pem_file_iter(ca).expect("the CA file reads") {
+        roots
+            .add(root.expect("a CA certificate"))
+            .expect("a usable CA");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }

@@ -393,7 +393,7 @@ fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
         .skip(1)
         .map(|rest| rest.split(')').next().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(pids.len(), 3, "{containers}");
+    assert_eq!(pids.len(), 5, "{containers}");
     let ca = cwd.path().join(".reef/tls/ca.pem");
 
     let out = reef_at(&address, &ca, &["request", "echo", "hello"]);
@@ -405,6 +405,11 @@ fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
         "{}",
         text(&out.stdout)
     );
+
+    // The chat demo: the gateway serves the chat container's page.
+    let page = eventually_http_get("127.0.0.1:7480", "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>reef chat</title>"), "{page}");
 
     let status = up
         .terminate(Duration::from_secs(20))
@@ -439,4 +444,30 @@ fn reef_up_rejects_a_bad_project_file_naming_the_field() {
         stderr.contains("container #1") && stderr.contains("alias"),
         "{stderr}"
     );
+}
+
+/// `GET path` from `addr` (HTTP/1.1, connection: close): the whole response. The
+/// gateway binds its listeners just after it attaches, which is when `reef up` counts
+/// it created: connection refusals are retried for a while.
+fn eventually_http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let deadline = std::time::Instant::now() + STARTUP;
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(mut stream) => {
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut response = String::new();
+                stream.read_to_string(&mut response).unwrap();
+                return response;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("nothing listens on {addr}: {error}"),
+        }
+    }
 }

@@ -629,18 +629,8 @@ async fn a_slow_link_delays_answers_but_loses_nothing() {
 
 /// The certificate a fresh TLS connection to `node` is served (the leaf, DER).
 async fn served_certificate(node: &TestNode) -> Vec<u8> {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
-    let mut roots = rustls::RootCertStore::empty();
-    for root in CertificateDer::pem_file_iter(&node.ca).unwrap() {
-        roots.add(root.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    use rustls::pki_types::ServerName;
+    let connector = reef_tests::tls_connector(&node.ca);
     let tcp = tokio::net::TcpStream::connect(node.addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.expect("handshake");

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Streaming, metadata::MetadataValue, transport::Channel};
 
 use crate::{
-    ConnectOptions, Error, Message, RequestOptions,
+    ConnectOptions, Error, Message, RequestOptions, SendOptions,
     container::Delivery,
     request::{Admission, ServedRequests, propagate_deadline},
 };
@@ -307,6 +307,21 @@ impl Client {
     pub async fn send_acked(&self, to: &str, payload: impl Into<Bytes>) -> Result<(), Error> {
         let mut envelope = self.envelope(EnvelopeKind::Send, to, payload.into())?;
         envelope.acknowledged = true;
+        self.enqueue(envelope).await
+    }
+
+    /// Sends `payload` to `to` with headers, a content type, and optionally in
+    /// acknowledged mode (see [`SendOptions`]).
+    pub async fn send_with(
+        &self,
+        to: &str,
+        payload: impl Into<Bytes>,
+        options: &SendOptions,
+    ) -> Result<(), Error> {
+        let mut envelope = self.envelope(EnvelopeKind::Send, to, payload.into())?;
+        envelope.headers.clone_from(&options.headers);
+        envelope.content_type.clone_from(&options.content_type);
+        envelope.acknowledged = options.acknowledged;
         self.enqueue(envelope).await
     }
 

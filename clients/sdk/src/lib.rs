@@ -70,7 +70,7 @@ pub use self::{
     error::{Error, HandlerError},
     options::{ConnectOptions, DEFAULT_CA, DEFAULT_NODE},
     push::Push,
-    request::{Cancellation, RequestOptions},
+    request::{Cancellation, RequestOptions, SendOptions},
     task::{Restart, TASK_INTENSITY_ERROR, TaskOptions, Tasks},
 };
 pub use bytes::Bytes;

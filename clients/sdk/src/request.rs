@@ -70,6 +70,38 @@ impl RequestOptions {
     }
 }
 
+/// How [`crate::Client::send_with`] sends a message.
+///
+/// ```
+/// use reef_sdk::SendOptions;
+///
+/// let options = SendOptions::default().header("room", "lobby").acknowledged();
+/// assert!(options.acknowledged);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// Envelope headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The payload's MIME type ([`crate::Message::content_type`]).
+    pub content_type: String,
+    /// Acknowledged mode, as [`crate::Client::send_acked`].
+    pub acknowledged: bool,
+}
+
+impl SendOptions {
+    /// Adds an envelope header.
+    pub fn header(mut self, key: &str, value: &str) -> Self {
+        self.headers.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Sends in acknowledged mode.
+    pub fn acknowledged(mut self) -> Self {
+        self.acknowledged = true;
+        self
+    }
+}
+
 /// Whether the caller of a request still waits for it. A handler polls
 /// [`Cancellation::is_cancelled`] or awaits [`Cancellation::cancelled`] (e.g. in a
 /// `select!` beside its work) and stops early: its answer would be dropped anyway.

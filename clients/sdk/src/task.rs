@@ -236,6 +236,13 @@ impl Tasks {
         self.remove_and_wait(alias).await
     }
 
+    /// A client that sends as task `alias`, which runs here: what it sends carries the
+    /// task's alias as its origin, so replies and pushes come back to the task.
+    pub fn client(&self, alias: &str) -> Option<Client> {
+        let alias = self.table().get_key_value(alias)?.0.clone();
+        Some(self.host()?.for_task(alias))
+    }
+
     /// How many tasks run here.
     pub fn len(&self) -> usize {
         self.table().len()
@@ -408,9 +415,12 @@ fn not_found(alias: &str) -> Error {
     Error::Rejected(Status::not_found(format!("no task {alias} runs here")))
 }
 
-/// An ERROR for a request that cannot be handled; nothing for a send.
+/// An ERROR for a request or send that cannot be handled, as the node answers one it
+/// cannot deliver: the sender counts it ([`Client::undelivered`]) rather than the
+/// message vanishing.
 fn refusal(envelope: &Envelope, code: Code, message: &str) -> Option<Envelope> {
-    (envelope.kind() == EnvelopeKind::Request).then(|| {
+    let refusable = matches!(envelope.kind(), EnvelopeKind::Request | EnvelopeKind::Send);
+    refusable.then(|| {
         let mut error = error_envelope(envelope, code, "", message);
         error.origin = envelope.destination.clone();
         error

@@ -13,9 +13,13 @@
 //!   returns how many it recorded.
 //! - `replica`: keeps a `reef_sdk::state::Replica` of `--namespace`; a request returns
 //!   its view, `revision=R changes=N` and then `KEY=VALUE` lines in key order.
+//! - `chat`: the chat room behind `reef-gateway`: serves the chat page and broadcasts
+//!   what each WebSocket connection says to its room (see `chat.rs`).
 //!
 //! The node tells each process its alias and where the node is through `REEF_*`
 //! variables; see `reef_sdk::ContainerOptions::from_env`.
+
+mod chat;
 
 use std::{
     process::ExitCode,
@@ -82,6 +86,15 @@ enum Behaviour {
         /// The namespace it replicates.
         #[arg(long)]
         namespace: String,
+    },
+    /// The chat room behind reef-gateway: serves the page, broadcasts what is said.
+    Chat {
+        /// The gateway room it broadcasts to.
+        #[arg(long, default_value = "lobby")]
+        room: String,
+        /// Lines of history kept in the node's state.
+        #[arg(long, default_value_t = 50)]
+        keep: usize,
     },
 }
 
@@ -344,6 +357,10 @@ async fn main() -> ExitCode {
         },
         Behaviour::Replica { namespace } => match ReplicaView::start(&namespace).await {
             Ok(view) => reef_sdk::run(ContainerOptions::from_env("replica"), view).await,
+            Err(error) => Err(error),
+        },
+        Behaviour::Chat { room, keep } => match chat::Chat::start(room, keep.max(1)).await {
+            Ok(chat) => reef_sdk::run(ContainerOptions::from_env("chat"), chat).await,
             Err(error) => Err(error),
         },
     };

@@ -4,20 +4,25 @@
 //! payload the body, its headers `http.status` and `http.header.NAME` (set with
 //! `Message::set_reply_header`) the status and headers.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, to_bytes},
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, FromRequestParts, Request, State, ws::WebSocketUpgrade},
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
 use reef_sdk::{Client, Code, Error, Reply, RequestOptions};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
 
 use crate::{
-    config::{HttpListener, IpNet},
+    config::HttpListener,
+    connections::Hub,
+    listen::{Admission, Connection, listen},
     routes::{Pattern, Route, RouteTable},
+    ws::{self, Opening, WsRoute},
 };
 
 /// Request headers copied into the envelope, at most.
@@ -26,19 +31,21 @@ const MAX_FORWARDED_HEADERS: usize = 64;
 /// One listener's routes and limits, shared by its requests.
 struct Listener {
     client: Client,
+    hub: Arc<Hub>,
     routes: RouteTable,
+    websockets: Vec<Arc<WsRoute>>,
     timeout: Duration,
     max_body_bytes: usize,
     in_flight: Semaphore,
-    block: Vec<IpNet>,
+    origins: Vec<String>,
 }
 
-/// Binds `config`'s address and serves it until the process ends. Returns the bound
-/// address once it listens.
+/// Binds `config`'s address. Returns the bound address and the future that serves it.
 pub async fn serve(
     config: HttpListener,
     client: Client,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    hub: Arc<Hub>,
+) -> anyhow::Result<(SocketAddr, impl Future<Output = ()>)> {
     let routes = config
         .routes
         .into_iter()
@@ -50,28 +57,53 @@ pub async fn serve(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let websockets = config
+        .websockets
+        .into_iter()
+        .map(|route| WsRoute::new(route).map(Arc::new))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let timeout = Duration::from_millis(config.timeout_ms);
     let listener = Arc::new(Listener {
         client,
+        hub,
         routes: RouteTable::new(routes),
-        timeout: Duration::from_millis(config.timeout_ms),
+        websockets,
+        timeout,
         max_body_bytes: config.max_body_bytes,
         in_flight: Semaphore::new(config.max_in_flight),
+        origins: config.origins,
+    });
+    let app = axum::Router::new().fallback(handle).with_state(listener);
+    let admission = Admission {
         block: config.block,
+        max_connections: config.max_connections,
+        tls: config.tls,
+        alpn: vec![b"http/1.1".to_vec()],
+    };
+    listen(config.listen, admission, move |connection: Connection| {
+        serve_connection(connection, app.clone(), timeout)
+    })
+    .await
+}
+
+/// Serves HTTP/1.1 on one connection, upgrades (WebSocket) included. A client that
+/// does not send a request's headers within `timeout` is disconnected.
+async fn serve_connection(connection: Connection, app: axum::Router, timeout: Duration) {
+    let (peer, permit) = (connection.peer, connection.permit);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(permit.clone());
+        app.clone().oneshot(request.map(Body::new))
     });
-    let socket = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = socket.local_addr()?;
-    let app = axum::Router::new()
-        .fallback(handle)
-        .with_state(listener)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move {
-        if let Err(error) = axum::serve(socket, app).await {
-            tracing::error!(%error, "HTTP listener failed");
-        }
-    });
-    Ok((addr, server))
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(connection.io), service)
+        .with_upgrades()
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -88,8 +120,41 @@ async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    if listener.block.iter().any(|net| net.contains(peer.ip())) {
-        return plain(StatusCode::FORBIDDEN, "your address is blocked\n");
+    if let Some(origin) = request.headers().get(header::ORIGIN)
+        && !listener.origins.is_empty()
+        && !listener
+            .origins
+            .iter()
+            .any(|allowed| allowed.as_bytes() == origin.as_bytes())
+    {
+        return plain(StatusCode::FORBIDDEN, "this origin is not allowed\n");
+    }
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    if parts.headers.contains_key(header::UPGRADE) {
+        let found = listener
+            .websockets
+            .iter()
+            .find_map(|route| route.pattern.matches(&path).map(|params| (route, params)));
+        let Some((route, params)) = found else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!("no WebSocket route for {path}\n"),
+            );
+        };
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => {
+                let opening = Opening {
+                    path,
+                    params,
+                    headers: parts.headers,
+                    peer,
+                    permit: parts.extensions.remove(),
+                };
+                ws::accept(upgrade, listener.hub.clone(), route.clone(), opening)
+            }
+            Err(rejection) => rejection.into_response(),
+        };
     }
     let Ok(_permit) = listener.in_flight.try_acquire() else {
         return plain(
@@ -97,8 +162,6 @@ async fn handle(
             "too many requests in flight; try again\n",
         );
     };
-    let (parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
     let Some((route, params)) = listener.routes.find(parts.method.as_str(), &path) else {
         return plain(
             StatusCode::NOT_FOUND,

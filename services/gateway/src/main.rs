@@ -1,30 +1,72 @@
-//! `reef-gateway --config FILE`: hosts HTTP listeners whose routes turn requests into
-//! REQUEST envelopes for containers (see `config.rs` for the file). It reaches the node
-//! like any container (`REEF_NODE`, `REEF_CA`, `REEF_CERT`…), so a node can supervise
-//! it. Prints `gateway ready http=ADDR…` once every listener listens.
+//! `reef-gateway --config FILE` (or `--config-toml TEXT`): a container that hosts HTTP, WebSocket, TCP and UDP
+//! listeners and turns their traffic into envelopes for containers (see `config.rs` for
+//! the file). It runs like any container (`REEF_ALIAS`, default `gateway`; `REEF_NODE`,
+//! `REEF_CA`, `REEF_CERT`…), so a node can supervise it, and its connections and rooms
+//! are its task containers. Prints `gateway ready http=ADDR tcp=ADDR udp=ADDR…` once
+//! every listener listens.
 
 mod config;
+mod connections;
 mod http;
+mod listen;
 mod routes;
+mod tcp;
+mod udp;
+mod ws;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::Parser;
-use reef_sdk::{Client, ConnectOptions};
+use reef_sdk::{ContainerOptions, Context, Handler, HandlerError};
+use tokio::task::JoinHandle;
 
-/// Outside HTTP traffic as requests to reef containers.
+use crate::{config::Config, connections::Hub};
+
+/// Outside traffic as messages to reef containers.
 #[derive(Debug, Parser)]
 #[command(name = "reef-gateway", version, about)]
+#[group(id = "configuration", required = true, args = ["config", "config_toml"])]
 struct Args {
     /// The configuration file (TOML).
     #[arg(long, env = "REEF_GATEWAY_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// The configuration itself (TOML), for a project file to carry it.
+    #[arg(long, env = "REEF_GATEWAY_TOML", conflicts_with = "config")]
+    config_toml: Option<String>,
+}
+
+impl Args {
+    fn load(&self) -> anyhow::Result<Config> {
+        match (&self.config, &self.config_toml) {
+            (Some(path), _) => Config::load(path),
+            (None, Some(text)) => Config::parse(text, "REEF_GATEWAY_TOML", Path::new(".")),
+            (None, None) => anyhow::bail!("give --config FILE or --config-toml TEXT"),
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     reef_platform::telemetry::init("info");
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    // A bad file is reported before the node is contacted.
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("reef-gateway: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let gateway = Gateway {
+        config: Some(config),
+        servers: Vec::new(),
+    };
+    match reef_sdk::run(ContainerOptions::from_env("gateway"), gateway).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("reef-gateway: {error:#}");
@@ -33,33 +75,59 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let config = config::Config::load(&args.config)?;
-    if config.http.is_empty() {
-        anyhow::bail!("{}: no [[http]] listener", args.config.display());
-    }
-    let client = Client::connect(&ConnectOptions::from_env()).await?;
-    let mut ready = String::from("gateway ready");
-    let mut servers = Vec::new();
-    for listener in config.http {
-        let (addr, server) = http::serve(listener, client.clone()).await?;
-        ready.push_str(&format!(" http={addr}"));
-        servers.push(server);
-    }
-    println!("{ready}");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminated() => {}
-    }
-    Ok(())
+/// The gateway container: its listeners start once it is attached.
+struct Gateway {
+    config: Option<Config>,
+    servers: Vec<JoinHandle<()>>,
 }
 
-/// Resolves on SIGTERM (how a node stops the containers it supervises).
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut signal) => {
-            signal.recv().await;
+impl Gateway {
+    async fn start(&mut self, ctx: &Context, config: Config) -> anyhow::Result<String> {
+        let hub = Hub::new(ctx.tasks().clone(), ctx.alias(), config.max_rooms);
+        let client = ctx.client().clone();
+        let mut ready = String::from("gateway ready");
+        for listener in config.http {
+            let served = http::serve(listener, client.clone(), hub.clone()).await;
+            ready.push_str(&self.spawn("http", served)?);
         }
-        Err(_) => std::future::pending().await,
+        for listener in config.tcp {
+            let served = tcp::serve(listener, hub.clone()).await;
+            ready.push_str(&self.spawn("tcp", served)?);
+        }
+        for listener in config.udp {
+            let served = udp::serve(listener, client.clone()).await;
+            ready.push_str(&self.spawn("udp", served)?);
+        }
+        Ok(ready)
+    }
+
+    fn spawn(
+        &mut self,
+        kind: &str,
+        served: anyhow::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)>,
+    ) -> anyhow::Result<String> {
+        let (addr, serving) = served?;
+        self.servers.push(tokio::spawn(serving));
+        Ok(format!(" {kind}={addr}"))
+    }
+}
+
+impl Handler for Gateway {
+    async fn on_start(&mut self, ctx: &Context) -> Result<(), HandlerError> {
+        let Some(config) = self.config.take() else {
+            return Ok(());
+        };
+        let ready = self
+            .start(ctx, config)
+            .await
+            .map_err(|e| HandlerError::new("gateway.config", format!("{e:#}")))?;
+        println!("{ready}");
+        Ok(())
+    }
+
+    async fn on_stop(&mut self, _: &Context) {
+        for server in self.servers.drain(..) {
+            server.abort();
+        }
     }
 }

@@ -1,0 +1,91 @@
+//! The chat demo as people use it: two headless Chromium pages (driven by Playwright,
+//! `tests/browser/chat.mjs`) chat through a real reef-gateway and a supervised
+//! `reef-demo chat` container, and go on chatting while the test kills the container.
+//! `scripts/test` installs Chromium (Debian `chromium`) and `playwright-core` (npm).
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use reef_tests::{
+    ChildGuard, TestNode, binary, signal_pid, start_gateway, stdout_lines, wait_for_container,
+    wait_for_line, workspace_root,
+};
+
+/// How long a browser step may take (Chromium starts slowly on a busy machine).
+const BROWSER_STEP: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_through_a_restart_of_the_chat_container() {
+    let browser = workspace_root().join("tests/browser");
+    assert!(
+        browser.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed in {}: run scripts/test, which installs it",
+        browser.display()
+    );
+    let node = TestNode::start();
+    let demo = binary("reef-demo");
+    let created = node.reef(&["create", "chat", "--", &demo.display().to_string(), "chat"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let supervisor = node.supervisor().await;
+    let chat = wait_for_container(&supervisor, "chat", "attached", |c| c.attached).await;
+    let gateway = start_gateway(
+        &node,
+        r#"
+[[http]]
+listen = "127.0.0.1:0"
+
+[[http.route]]
+method = "GET"
+path = "/"
+to = "chat"
+
+[[http.websocket]]
+path = "/chat"
+to = "chat"
+join = ["lobby"]
+"#,
+    );
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let mut driver = Command::new("node")
+        .arg(browser.join("chat.mjs"))
+        .arg(format!("{}/", gateway.http[0]))
+        .arg(&screenshot)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs (Node.js is on the machine)");
+    let lines = stdout_lines(&mut driver);
+    let mut stdin = driver.stdin.take().unwrap();
+    let _driver = ChildGuard(driver);
+
+    let first = wait_for_line(&lines, "", BROWSER_STEP);
+    assert_eq!(
+        first, "exchanged",
+        "the first messages did not go both ways"
+    );
+    // Mid-chat: the chat container dies. The node restarts it; what the browsers say
+    // meanwhile waits for it.
+    signal_pid(chat.pid, nix::sys::signal::Signal::SIGKILL);
+    writeln!(stdin, "killed").unwrap();
+    let outcome = wait_for_line(&lines, "", BROWSER_STEP);
+    assert_eq!(
+        outcome, "carried-on",
+        "the chat did not carry on after the restart"
+    );
+    let restarted = wait_for_container(&supervisor, "chat", "restarted", |c| {
+        c.attached && c.supervised.as_ref().is_some_and(|s| s.restarts >= 1)
+    })
+    .await;
+    assert_ne!(restarted.pid, chat.pid);
+    let png = std::fs::read(&screenshot).expect("the screenshot was saved");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    drop(gateway);
+}
