@@ -159,6 +159,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         in_flight: args.in_flight,
         latency_samples: args.latency_samples,
         runs: args.runs,
+        ws_messages: args.messages / 4,
+        ws_connections: 16,
     };
     if args.gateway_only {
         let node = node::BenchNode::start(&args.reefd_args)?;

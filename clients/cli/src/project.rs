@@ -139,7 +139,7 @@ mod tests {
     fn the_demo_project_is_valid() {
         let demo = Project::load(None).unwrap();
         let aliases: Vec<_> = demo.containers.iter().map(|c| c.alias.as_str()).collect();
-        assert_eq!(aliases, ["echo", "counter", "ticker"]);
+        assert_eq!(aliases, ["echo", "counter", "ticker", "chat", "gateway"]);
     }
 
     #[test]
