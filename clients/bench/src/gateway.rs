@@ -48,7 +48,8 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts `reef-gateway` from next to this executable, routing `POST /echo` to
-    /// `echo` on `node`, and WebSockets on `/ws` to [`WS_ECHO`].
+    /// `echo` on `node`, and WebSockets on `/ws` (frames in acknowledged mode, the
+    /// default) and `/ws-unacked` to [`WS_ECHO`].
     fn start(node: &BenchNode, echo: &str) -> anyhow::Result<Self> {
         let config = tempfile::tempdir()?;
         let file = config.path().join("gateway.toml");
@@ -56,7 +57,8 @@ impl GatewayProcess {
             &file,
             format!(
                 "[[http]]\nlisten = \"127.0.0.1:0\"\n[[http.route]]\nmethod = \"POST\"\npath = \"/echo\"\nto = \"{echo}\"\n\
-                 [[http.websocket]]\npath = \"/ws\"\nto = \"{WS_ECHO}\"\n"
+                 [[http.websocket]]\npath = \"/ws\"\nto = \"{WS_ECHO}\"\n\
+                 [[http.websocket]]\npath = \"/ws-unacked\"\nto = \"{WS_ECHO}\"\nacknowledged = false\n"
             ),
         )?;
         let program = std::env::current_exe()?
@@ -322,6 +324,17 @@ pub async fn run(node: &BenchNode, sizes: &Sizes, payload: Bytes) -> anyhow::Res
     .await?;
     report::rate("ws_gateway_rate", &gateway_ws, "msg/s");
     report::ratio("ws_gateway_vs_plain_axum", &gateway_ws, &axum_ws);
+    let unacked = gateway.ws_url.replace("/ws", "/ws-unacked");
+    let gateway_unacked = report::median_of(sizes.runs, || {
+        ws_load(&unacked, connections, sizes.ws_messages, &text)
+    })
+    .await?;
+    report::rate("ws_gateway_unacked_rate", &gateway_unacked, "msg/s");
+    report::ratio(
+        "ws_gateway_unacked_vs_plain_axum",
+        &gateway_unacked,
+        &axum_ws,
+    );
     drop(gateway);
     ws_echo.abort();
     routed.stop().await;

@@ -90,6 +90,11 @@ impl Outbox {
 }
 
 impl Outlet {
+    /// What is queued already, without waiting.
+    pub fn try_next(&mut self) -> Option<Outgoing> {
+        self.queue.try_recv().ok()
+    }
+
     /// The next thing to write; `Close` when the connection fell too far behind.
     pub async fn next(&mut self) -> Option<Outgoing> {
         tokio::select! {

@@ -12,7 +12,7 @@ use reef_sdk::{Bytes, Client, RequestOptions};
 use tokio::{
     io::{
         AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite,
-        AsyncWriteExt as _, BufReader,
+        AsyncWriteExt as _, BufReader, BufWriter,
     },
     sync::mpsc,
     task::JoinHandle,
@@ -67,21 +67,32 @@ async fn serve_connection(connection: Connection, hub: Arc<Hub>, route: Arc<Rout
             return;
         }
     };
-    let (reader, mut writer) = tokio::io::split(connection.io);
+    let (reader, writer) = tokio::io::split(connection.io);
     let reading = read_requests(reader, client.clone(), route.clone(), peer, outbox);
     let writing = async {
+        // Frames queued together go out in one write.
+        let mut writer = BufWriter::new(writer);
         while let Some(outgoing) = outlet.next().await {
-            match outgoing {
-                Outgoing::Frame { payload, .. } => {
-                    if let Err(error) = write_frame(&mut writer, route.framing, &payload).await {
-                        tracing::debug!(%peer, %error, "writing to a TCP connection failed");
+            let mut next = Some(outgoing);
+            while let Some(item) = next.take() {
+                match item {
+                    Outgoing::Frame { payload, .. } => {
+                        if let Err(error) = write_frame(&mut writer, route.framing, &payload).await
+                        {
+                            tracing::debug!(%peer, %error, "writing to a TCP connection failed");
+                            return;
+                        }
+                    }
+                    Outgoing::Close(reason) => {
+                        tracing::debug!(%peer, %reason, "TCP connection closed");
+                        let _ = writer.shutdown().await;
                         return;
                     }
                 }
-                Outgoing::Close(reason) => {
-                    tracing::debug!(%peer, %reason, "TCP connection closed");
-                    break;
-                }
+                next = outlet.try_next();
+            }
+            if writer.flush().await.is_err() {
+                return;
             }
         }
         let _ = writer.shutdown().await;
@@ -228,7 +239,7 @@ async fn write_frame(
             writer.write_all(payload).await?;
         }
     }
-    writer.flush().await
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,12 +14,13 @@ use axum::{
     http::HeaderMap,
     response::Response,
 };
+use futures_util::SinkExt as _;
 use reef_sdk::{Bytes, Client, SendOptions};
 use tokio_tungstenite::tungstenite;
 
 use crate::{
     config::WebSocketRoute,
-    connections::{Hub, Outgoing, outbox},
+    connections::{Hub, Outgoing, Outlet, outbox},
     listen::Permit,
     routes::Pattern,
 };
@@ -128,27 +129,45 @@ async fn run(mut socket: WebSocket, hub: Arc<Hub>, route: Arc<WsRoute>, mut open
                     break;
                 }
             },
-            outgoing = outlet.next() => match outgoing {
-                Some(Outgoing::Frame { payload, text }) => {
-                    let frame = match text {
-                        true => Utf8Bytes::try_from(payload).map(Frame::Text),
-                        false => Ok(Frame::Binary(payload)),
-                    };
-                    let Ok(frame) = frame else { continue };
-                    if socket.send(frame).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Outgoing::Close(reason)) => {
-                    let _ = socket.send(close(close_code::NORMAL, &reason)).await;
+            outgoing = outlet.next() => {
+                if !write(&mut socket, outgoing, &mut outlet).await {
                     break;
                 }
-                None => break,
-            },
+            }
         }
     }
     events.closed().await;
     hub.close(&client).await;
+}
+
+/// Writes `first` and whatever else is queued already, then flushes once: under load,
+/// many frames go out in one write. False when the connection is to end.
+async fn write(socket: &mut WebSocket, first: Option<Outgoing>, outlet: &mut Outlet) -> bool {
+    let mut next = first;
+    loop {
+        match next {
+            Some(Outgoing::Frame { payload, text }) => {
+                let frame = match text {
+                    true => Utf8Bytes::try_from(payload).map(Frame::Text),
+                    false => Ok(Frame::Binary(payload)),
+                };
+                if let Ok(frame) = frame
+                    && socket.feed(frame).await.is_err()
+                {
+                    return false;
+                }
+            }
+            Some(Outgoing::Close(reason)) => {
+                let _ = socket.send(close(close_code::NORMAL, &reason)).await;
+                return false;
+            }
+            None => return false,
+        }
+        next = match outlet.try_next() {
+            Some(queued) => Some(queued),
+            None => return socket.flush().await.is_ok(),
+        };
+    }
 }
 
 fn close(code: u16, reason: &str) -> Frame {
