@@ -1,5 +1,5 @@
 //! `reef.v1.Files`: the node's file store over Apache OpenDAL (a local directory by
-//! default, or memory). Paths are checked here, once, so nothing reaches OpenDAL that
+//! default, memory, or an S3-compatible object store). Paths are checked here, once, so nothing reaches OpenDAL that
 //! could leave the store's root; OpenDAL errors become gRPC codes in [`status`].
 
 use std::{path::PathBuf, pin::Pin, sync::Arc, time::UNIX_EPOCH};
@@ -29,6 +29,57 @@ pub enum FilesBackend {
     Dir(PathBuf),
     /// Memory: gone when the node stops.
     Memory,
+    /// An S3-compatible object store. Credentials come from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); without
+    /// `AWS_ACCESS_KEY_ID`, requests go unsigned (a public bucket, a test server).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The prefix inside it that is the store's root (`/` for the whole bucket).
+        root: String,
+        /// The service's URL (default: AWS).
+        endpoint: Option<String>,
+        /// The signing region (default: detected).
+        region: Option<String>,
+    },
+}
+
+impl std::str::FromStr for FilesBackend {
+    type Err = String;
+
+    /// `memory`; `s3://BUCKET[/ROOT][?endpoint=URL&region=REGION]`; anything else is a
+    /// directory.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        if spec == "memory" {
+            return Ok(Self::Memory);
+        }
+        let Some(rest) = spec.strip_prefix("s3://") else {
+            return Ok(Self::Dir(spec.into()));
+        };
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, root) = location.split_once('/').unwrap_or((location, ""));
+        if bucket.is_empty() {
+            return Err(format!("{spec:?}: name a bucket, s3://BUCKET[/ROOT]"));
+        }
+        let (mut endpoint, mut region) = (None, None);
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some(("endpoint", url)) => endpoint = Some(url.to_owned()),
+                Some(("region", name)) => region = Some(name.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "{spec:?}: unknown setting {pair:?} (endpoint=URL, region=NAME)"
+                    ));
+                }
+            }
+        }
+        Ok(Self::S3 {
+            bucket: bucket.to_owned(),
+            root: format!("/{}", root.trim_matches('/')),
+            endpoint,
+            region,
+        })
+    }
 }
 
 /// Serves `reef.v1.Files`.
@@ -60,6 +111,33 @@ impl FilesService {
                 )
             }
             FilesBackend::Memory => Operator::new(services::Memory::default()),
+            FilesBackend::S3 {
+                bucket,
+                root,
+                endpoint,
+                region,
+            } => {
+                // OpenDAL's HTTP client (reqwest) takes the process's TLS provider:
+                // ring, as the rest of the node. Both are installed once per process.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                opendal_http_transport_reqwest::install_default();
+                // Credentials from the environment or none: never from a cloud
+                // metadata service this node may not be on.
+                let mut s3 = services::S3::default()
+                    .bucket(bucket)
+                    .root(root)
+                    .disable_ec2_metadata();
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                    s3 = s3.skip_signature();
+                }
+                if let Some(endpoint) = endpoint {
+                    s3 = s3.endpoint(endpoint);
+                }
+                if let Some(region) = region {
+                    s3 = s3.region(region);
+                }
+                Operator::new(s3)
+            }
         }
         .map_err(std::io::Error::other)?;
         Ok(Self {
@@ -468,6 +546,26 @@ impl files_server::Files for FilesService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backends_are_named_by_one_string() {
+        assert!(matches!("memory".parse(), Ok(FilesBackend::Memory)));
+        assert!(matches!("/srv/files".parse(), Ok(FilesBackend::Dir(_))));
+        let Ok(FilesBackend::S3 {
+            bucket,
+            root,
+            endpoint,
+            region,
+        }) = "s3://photos/node-1/?endpoint=http://127.0.0.1:9000&region=eu-west-1".parse()
+        else {
+            panic!("an s3 spec");
+        };
+        assert_eq!((bucket.as_str(), root.as_str()), ("photos", "/node-1"));
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(region.as_deref(), Some("eu-west-1"));
+        assert!("s3://".parse::<FilesBackend>().is_err());
+        assert!("s3://b?colour=blue".parse::<FilesBackend>().is_err());
+    }
 
     #[test]
     fn paths_stay_inside_the_root() {

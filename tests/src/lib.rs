@@ -18,6 +18,7 @@ mod delay;
 mod etcd;
 mod gateway;
 mod netns;
+mod s3;
 
 pub use delay::DelayProxy;
 pub use etcd::LocalEtcd;
@@ -25,6 +26,7 @@ pub use gateway::{Gateway, start_gateway, start_gateway_in};
 pub use netns::NetLab;
 use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
 use reef_sdk::ConnectOptions;
+pub use s3::LocalS3;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -163,6 +165,7 @@ pub struct TestNode {
     pub ca: PathBuf,
     process: ChildGuard,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     data: TempDir,
     /// The network namespace it runs in, if not the test's own.
     netns: Option<String>,
@@ -268,9 +271,28 @@ impl TestNode {
         extra: &[&str],
         prepare: impl FnOnce(&Path),
     ) -> Self {
+        Self::start_full(netns, ip, extra, &[], prepare)
+    }
+
+    /// Starts a node with extra reefd flags and environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full(None, "127.0.0.1", extra, env, |_| {})
+    }
+
+    fn start_full(
+        netns: Option<&str>,
+        ip: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         prepare(data.path());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
         let netns = netns.map(str::to_owned);
         let (process, addr, health) = spawn_reefd(
             netns.as_deref(),
@@ -278,6 +300,7 @@ impl TestNode {
             &format!("{ip}:0"),
             "127.0.0.1:0",
             &extra,
+            &env,
         );
         Self {
             addr,
@@ -285,6 +308,7 @@ impl TestNode {
             ca: data.path().join("tls/ca.pem"),
             process,
             extra,
+            env,
             data,
             netns,
         }
@@ -299,6 +323,7 @@ impl TestNode {
             &self.addr.to_string(),
             &self.health.to_string(),
             &self.extra,
+            &self.env,
         );
         self.process = process;
     }
@@ -428,6 +453,7 @@ fn spawn_reefd(
     listen: &str,
     health: &str,
     extra: &[String],
+    env: &[(String, String)],
 ) -> (ChildGuard, SocketAddr, SocketAddr) {
     let mut command = match netns {
         // `ip netns exec` execs reefd: the child's pid is reefd's.
@@ -442,6 +468,7 @@ fn spawn_reefd(
         .args(["--listen", listen, "--health-listen", health, "--data-dir"])
         .arg(data)
         .args(extra)
+        .envs(env.iter().map(|(key, value)| (key, value)))
         .env("REEF_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -616,4 +643,18 @@ pub fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A tool in the Python venv that `scripts/test` creates: `REEF_VENV`, else `.venv` in
+/// the workspace.
+pub fn venv_bin(tool: &str) -> PathBuf {
+    let venv =
+        std::env::var_os("REEF_VENV").map_or_else(|| workspace_root().join(".venv"), PathBuf::from);
+    let path = venv.join("bin").join(tool);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test, which creates the Python venv (grpcio, grpcurl, moto)",
+        path.display()
+    );
+    path
 }

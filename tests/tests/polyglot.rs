@@ -11,23 +11,11 @@ use std::{
 use reef_proto::PingContainerRequest;
 use reef_sdk::{Bytes, Client, ContainerOptions, Context, Handler, HandlerError, Message};
 use reef_tests::{
-    ChildGuard, STARTUP, TestNode, signal_pid, stdout_lines, wait_for_line, workspace_root,
+    ChildGuard, STARTUP, TestNode, signal_pid, stdout_lines, venv_bin, wait_for_line,
+    workspace_root,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The venv's bin directory: `REEF_VENV`, else `.venv` in the workspace.
-fn venv_bin(tool: &str) -> PathBuf {
-    let venv =
-        std::env::var_os("REEF_VENV").map_or_else(|| workspace_root().join(".venv"), PathBuf::from);
-    let path = venv.join("bin").join(tool);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test, which creates the Python venv with grpcio and grpcurl",
-        path.display()
-    );
-    path
-}
 
 /// Generates Python stubs from proto/ into `out`, as any user of the contract would.
 fn generate_python_stubs(out: &Path) {

@@ -114,7 +114,9 @@ struct Args {
     /// one, every caller may do everything but impersonate a container.
     #[arg(long, env = "REEF_POLICY")]
     policy: Option<PathBuf>,
-    /// Where reef.v1.Files keeps files: a directory, or `memory` (default DATA/files).
+    /// Where reef.v1.Files keeps files: a directory, `memory`, or an S3-compatible bucket,
+    /// `s3://BUCKET[/ROOT][?endpoint=URL&region=NAME]` (credentials from AWS_* variables)
+    /// (default DATA/files).
     #[arg(long, env = "REEF_FILES")]
     files: Option<String>,
     /// The largest file reef.v1.Files accepts, in bytes.
@@ -173,10 +175,7 @@ impl Args {
         };
         config.advertise = self.advertise.clone();
         config.policy = self.policy.clone();
-        config.files = self.files.as_deref().map(|spec| match spec {
-            "memory" => reef_platform::FilesBackend::Memory,
-            dir => reef_platform::FilesBackend::Dir(dir.into()),
-        });
+        config.files = self.files.as_deref().map(str::parse).transpose()?;
         config.files_max_bytes = self.files_max_bytes;
         config.partition_tolerance = Duration::from_millis(self.partition_tolerance_ms.max(1));
         if let Some(parent) = &self.join {
