@@ -433,6 +433,34 @@ to = "hall"
         .or_else(|| frames.windows(2).position(|w| w == [0x03, 0xea]));
     assert!(close.is_some(), "no 1002 close in {frames:?}");
 
+    // A client that does not read is closed once its queue (1024 frames) overflows,
+    // behind what the kernel buffers: 20 MB pushed at it cannot all be held.
+    let mut sluggard = websocket(&format!("{base}/chat/quiet"), origin)
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut sluggard).await, "welcome to quiet");
+    sluggard.send(Frame::text("who")).await.unwrap();
+    let sluggard_alias = next_text(&mut sluggard).await;
+    let frame = "z".repeat(1000);
+    for _ in 0..20_000 {
+        client.send(&sluggard_alias, frame.clone()).await.unwrap();
+    }
+    client.flush(Duration::from_secs(10)).await.unwrap();
+    let mut read = 0;
+    let ended = loop {
+        match tokio::time::timeout(STARTUP, sluggard.next()).await {
+            Ok(Some(Ok(Frame::Text(_)))) => read += 1,
+            Ok(Some(Ok(Frame::Close(close)))) => break format!("{close:?}"),
+            Ok(other) => break format!("{other:?}"),
+            Err(_) => panic!("the slow client was neither served nor closed after {read} frames"),
+        }
+    };
+    assert!(
+        read < 20_000,
+        "all {read} frames were kept for a client that did not read"
+    );
+    assert!(ended.contains("too slowly"), "{ended} after {read} frames");
+
     // Bob never noticed.
     bob.send(Frame::text("who")).await.unwrap();
     assert_eq!(next_text(&mut bob).await, bob_alias);
