@@ -424,6 +424,49 @@ fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
 }
 
 #[test]
+fn config_check_names_the_line_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let file = dir.path().join("project.toml");
+        std::fs::write(&file, text).unwrap();
+        Command::new(binary("reef"))
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let demo = Command::new(binary("reef"))
+        .args(["config", "check"])
+        .arg(reef_tests::workspace_root().join("examples/demo/reef.toml"))
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", text(&demo.stderr));
+    assert!(text(&demo.stdout).contains("ok: project \"demo\", 5 containers"));
+
+    let bad_alias = check(
+        "[project]\nname = 'x'\n\n[[container]]\nalias = 'a'\ncommand = ['x']\n\n\
+         [[container]]\nalias = 'has space'\ncommand = ['x']\n",
+    );
+    assert_eq!(bad_alias.status.code(), Some(1));
+    let stderr = text(&bad_alias.stderr);
+    assert!(
+        stderr.contains("project.toml:8: container #2") && stderr.contains("field `alias`"),
+        "{stderr}"
+    );
+    let unknown_field =
+        check("[project]\nname = 'x'\n[[container]]\nalias = 'a'\ncomand = ['x']\n");
+    let stderr = text(&unknown_field.stderr);
+    assert!(
+        stderr.contains("line 5") && stderr.contains("comand"),
+        "{stderr}"
+    );
+    let bad_rule =
+        check("[project]\nname = 'x'\n[[rule]]\nid = 'r'\naction = 'teleport'\ntarget = 'a'\n");
+    let stderr = text(&bad_rule.stderr);
+    assert!(stderr.contains("project.toml:3: rule #1"), "{stderr}");
+}
+
+#[test]
 fn reef_up_rejects_a_bad_project_file_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("bad.toml");

@@ -6,6 +6,7 @@ use clap::Subcommand;
 use reef_sdk::ConnectOptions;
 
 mod ca;
+mod config;
 mod files;
 mod lifecycle;
 mod logs;
@@ -68,6 +69,9 @@ pub enum Command {
     /// A cluster CA for a tree of nodes: init, issue (files only; no node is called).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Project files: check (no node is called).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Runs `command` against the node described by `options`.
@@ -75,6 +79,7 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
     match command {
         Command::Up(args) => up::run(args, options.insecure).await,
         Command::Ca(command) => ca::run(command),
+        Command::Config(command) => config::run(command),
         Command::Ps => ps::run(options).await,
         Command::Create(args) => lifecycle::create(*args, options).await,
         Command::Destroy(args) => lifecycle::destroy(args, options).await,

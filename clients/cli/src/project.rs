@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, collections::HashSet, path::Path};
 use anyhow::{Context as _, bail};
 use reef_platform::Alias;
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::{
     definition::PolicySpec,
@@ -20,15 +21,15 @@ pub const DEMO: &str = include_str!("../../../examples/demo/reef.toml");
 pub struct Project {
     /// Project-wide settings.
     pub project: ProjectInfo,
-    /// The containers to start, in order.
+    /// The containers to start, in order (with where each is in the file, for errors).
     #[serde(default, rename = "container")]
-    pub containers: Vec<ContainerDef>,
+    containers: Vec<Spanned<ContainerDef>>,
     /// Groups with their strategies, configured before any container starts.
     #[serde(default, rename = "group")]
-    pub groups: Vec<GroupSpec>,
+    groups: Vec<Spanned<GroupSpec>>,
     /// Router rules, in evaluation order, in force before any container starts.
     #[serde(default, rename = "rule")]
-    pub rules: Vec<RuleSpec>,
+    rules: Vec<Spanned<RuleSpec>>,
     /// Node-wide routing settings.
     #[serde(default)]
     pub routing: RoutingSettings,
@@ -89,13 +90,21 @@ impl Project {
         }
     }
 
-    /// Parses and validates project text; `origin` names it in errors.
+    /// Parses and validates project text; `origin` names it in errors, which give the
+    /// line and the field.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         let project: Project =
             toml::from_str(text).with_context(|| format!("invalid project file {origin}"))?;
+        let line = |span: std::ops::Range<usize>| text[..span.start].matches('\n').count() + 1;
         let mut seen = HashSet::new();
-        for (index, container) in project.containers.iter().enumerate() {
-            let at = format!("{origin}: container #{} ({:?})", index + 1, container.alias);
+        for (index, spanned) in project.containers.iter().enumerate() {
+            let container = spanned.get_ref();
+            let at = format!(
+                "{origin}:{}: container #{} ({:?})",
+                line(spanned.span()),
+                index + 1,
+                container.alias
+            );
             Alias::parse(&container.alias).with_context(|| format!("{at}: field `alias`"))?;
             if !seen.insert(container.alias.as_str()) {
                 bail!("{at}: field `alias`: the alias is used twice");
@@ -119,15 +128,33 @@ impl Project {
             }
         }
         for (index, group) in project.groups.iter().enumerate() {
-            group
-                .to_wire()
-                .with_context(|| format!("{origin}: group #{} ({:?})", index + 1, group.name))?;
+            group.get_ref().to_wire().with_context(|| {
+                let (at, name) = (line(group.span()), &group.get_ref().name);
+                format!("{origin}:{at}: group #{} ({name:?})", index + 1)
+            })?;
         }
         for (index, rule) in project.rules.iter().enumerate() {
-            rule.to_wire()
-                .with_context(|| format!("{origin}: rule #{} ({:?})", index + 1, rule.id))?;
+            rule.get_ref().to_wire().with_context(|| {
+                let (at, id) = (line(rule.span()), &rule.get_ref().id);
+                format!("{origin}:{at}: rule #{} ({id:?})", index + 1)
+            })?;
         }
         Ok(project)
+    }
+
+    /// The containers, in order.
+    pub fn containers(&self) -> impl Iterator<Item = &ContainerDef> {
+        self.containers.iter().map(Spanned::get_ref)
+    }
+
+    /// The groups, in order.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupSpec> {
+        self.groups.iter().map(Spanned::get_ref)
+    }
+
+    /// The rules, in evaluation order.
+    pub fn rules(&self) -> impl Iterator<Item = &RuleSpec> {
+        self.rules.iter().map(Spanned::get_ref)
     }
 }
 
@@ -138,7 +165,7 @@ mod tests {
     #[test]
     fn the_demo_project_is_valid() {
         let demo = Project::load(None).unwrap();
-        let aliases: Vec<_> = demo.containers.iter().map(|c| c.alias.as_str()).collect();
+        let aliases: Vec<_> = demo.containers().map(|c| c.alias.as_str()).collect();
         assert_eq!(aliases, ["echo", "counter", "ticker", "chat", "gateway"]);
     }
 
@@ -167,8 +194,8 @@ mod tests {
         "#;
         let project = Project::parse(text, "shop.toml").unwrap();
         assert!(project.routing.firewall);
-        assert_eq!(project.containers[0].groups, ["carts"]);
-        let rule = project.rules[0].to_wire().unwrap();
+        assert_eq!(project.containers().next().unwrap().groups, ["carts"]);
+        let rule = project.rules().next().unwrap().to_wire().unwrap();
         assert_eq!(rule.action, reef_proto::RuleAction::Copy as i32);
         assert_eq!(rule.r#match.unwrap().headers["tenant"], "a*");
         let bad = text.replace("\"copy\"", "\"teleport\"");

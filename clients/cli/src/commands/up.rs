@@ -90,7 +90,7 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
     let mut supervisor = SupervisorClient::new(options.connect().await?);
     configure_routing(&mut supervisor, &project).await?;
     let mut containers = Vec::new();
-    for def in &project.containers {
+    for def in project.containers() {
         let mut definition = process_definition(
             &def.alias,
             def.parent.as_deref(),
@@ -129,7 +129,7 @@ async fn configure_routing(
     supervisor: &mut SupervisorClient<tonic::transport::Channel>,
     project: &Project,
 ) -> anyhow::Result<()> {
-    for group in &project.groups {
+    for group in project.groups() {
         supervisor
             .configure_group(group.to_wire()?)
             .await
@@ -141,7 +141,7 @@ async fn configure_routing(
                 )
             })?;
     }
-    for rule in &project.rules {
+    for rule in project.rules() {
         supervisor
             .put_rule(PutRuleRequest {
                 rule: Some(rule.to_wire()?),
