@@ -443,6 +443,17 @@ fn config_check_names_the_line_and_the_field() {
     assert!(demo.status.success(), "{}", text(&demo.stderr));
     assert!(text(&demo.stdout).contains("ok: project \"demo\", 5 containers"));
 
+    // The example in the project file's documentation is a valid project.
+    let docs =
+        std::fs::read_to_string(reef_tests::workspace_root().join("docs/project-file.md")).unwrap();
+    let example = docs
+        .split("```toml\n")
+        .last()
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let documented = check(example);
+    assert!(documented.status.success(), "{}", text(&documented.stderr));
+
     let bad_alias = check(
         "[project]\nname = 'x'\n\n[[container]]\nalias = 'a'\ncommand = ['x']\n\n\
          [[container]]\nalias = 'has space'\ncommand = ['x']\n",
