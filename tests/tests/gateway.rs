@@ -503,13 +503,18 @@ listen = "127.0.0.1:0"
 to = "echo"
 block = ["127.0.0.0/8"]
 
+[[tcp]]
+listen = "127.0.0.1:0"
+to = "echo"
+idle_timeout_ms = 200
+
 [[udp]]
 listen = "127.0.0.1:0"
 to = "echo"
 "#;
     let gateway = start_gateway(&node, config);
-    let [lines_addr, length_addr, blocked_addr] = gateway.tcp[..] else {
-        panic!("three tcp listeners: {:?}", gateway.tcp)
+    let [lines_addr, length_addr, blocked_addr, idle_addr] = gateway.tcp[..] else {
+        panic!("four tcp listeners: {:?}", gateway.tcp)
     };
 
     // Lines: 50 pipelined requests, answered in order, each from the connection's address.
@@ -571,6 +576,16 @@ to = "echo"
         .await
         .expect("closed in time");
     assert!(read.is_err() || nothing.is_empty());
+
+    // A client that answers once and then says nothing is closed after the idle timeout.
+    let mut idle = tokio::net::TcpStream::connect(idle_addr).await.unwrap();
+    idle.write_all(b"still here\n").await.unwrap();
+    let mut answered = Vec::new();
+    tokio::time::timeout(STARTUP, idle.read_to_end(&mut answered))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    assert_eq!(answered, b"still here\n");
 
     // UDP: a datagram is a request, the reply a datagram back.
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

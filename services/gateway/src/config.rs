@@ -28,6 +28,7 @@
 //! listen = "0.0.0.0:7000"
 //! to = "lines"                 # each frame is a request to it; the reply goes back
 //! framing = "lines"            # or "length": a 4-byte big-endian length, then the frame
+//! idle_timeout_ms = 300000     # a connection that sends nothing this long is closed
 //!
 //! [[udp]]
 //! listen = "0.0.0.0:7001"
@@ -123,6 +124,9 @@ pub struct TcpListener {
     pub max_frame_bytes: usize,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     #[serde(default)]
@@ -165,6 +169,10 @@ pub struct Tls {
 
 fn default_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    300_000
 }
 
 fn default_max_body_bytes() -> usize {
@@ -241,9 +249,13 @@ impl Config {
         }
         for listener in &mut self.tcp {
             let at = listener.listen;
-            if listener.to.is_empty() || listener.max_frame_bytes == 0 || listener.timeout_ms == 0 {
+            if listener.to.is_empty()
+                || listener.max_frame_bytes == 0
+                || listener.timeout_ms == 0
+                || listener.idle_timeout_ms == 0
+            {
                 return Err(format!(
-                    "tcp listener {at}: `to`, max_frame_bytes and timeout_ms must be set"
+                    "tcp listener {at}: `to`, max_frame_bytes, timeout_ms and idle_timeout_ms must be set"
                 ));
             }
             check_connections(at, listener.max_connections)?;

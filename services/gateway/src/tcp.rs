@@ -2,9 +2,9 @@
 //! is an address (`GATEWAY/tcp/ID`, see `connections`); each frame is a REQUEST from it
 //! to the listener's container, with header `tcp.peer`, and a non-empty reply is
 //! written back as a frame, in the order of the requests. What a container sends to the
-//! connection's address is written too. A frame over the limit, a failed request or a
-//! reader too slow for its replies closes the connection: the byte stream has no
-//! channel for errors of its own.
+//! connection's address is written too. A frame over the limit, a failed request, a
+//! reader too slow for its replies or a client silent for the idle timeout closes the
+//! connection: the byte stream has no channel for errors of its own.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -32,6 +32,7 @@ struct Route {
     framing: Framing,
     max_frame_bytes: usize,
     timeout: Duration,
+    idle_timeout: Duration,
 }
 
 /// Binds `config`'s address. Returns the bound address and the future that serves it.
@@ -44,6 +45,7 @@ pub async fn serve(
         framing: config.framing,
         max_frame_bytes: config.max_frame_bytes,
         timeout: Duration::from_millis(config.timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
     });
     let admission = Admission {
         block: config.block,
@@ -120,11 +122,17 @@ async fn read_requests(
     let mut reader = BufReader::new(reader);
     let options = RequestOptions::new(route.timeout).header("tcp.peer", &peer.to_string());
     loop {
-        let frame = match read_frame(&mut reader, route.framing, route.max_frame_bytes).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(reason) => {
+        let next = read_frame(&mut reader, route.framing, route.max_frame_bytes);
+        let frame = match tokio::time::timeout(route.idle_timeout, next).await {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => break,
+            Ok(Err(reason)) => {
                 outbox.push(Outgoing::Close(reason));
+                break;
+            }
+            Err(_) => {
+                let idle = format!("nothing arrived for {:?}", route.idle_timeout);
+                outbox.push(Outgoing::Close(idle));
                 break;
             }
         };
