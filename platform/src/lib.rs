@@ -30,6 +30,7 @@ mod keeper;
 mod lease;
 mod limits;
 pub mod link;
+pub mod metrics;
 mod node;
 mod pending;
 mod pki;

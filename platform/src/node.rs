@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The plaintext health address, if any.
     pub health_listen: Option<SocketAddr>,
+    /// The plaintext Prometheus address (`GET /metrics`), if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where certificates and state live.
     pub data_dir: PathBuf,
     /// Serve plaintext gRPC instead of TLS. Only for explicit `--insecure`.
@@ -132,6 +134,7 @@ impl NodeConfig {
             name: "reef-node".to_owned(),
             listen,
             health_listen: None,
+            metrics_listen: None,
             data_dir: data_dir.into(),
             insecure: false,
             tls_names: Vec::new(),
@@ -197,6 +200,7 @@ pub struct Node {
     config: NodeConfig,
     listener: TcpListener,
     health_listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
     tls: Arc<NodeTls>,
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
@@ -229,6 +233,10 @@ impl Node {
     pub async fn bind(config: NodeConfig) -> Result<Self, NodeError> {
         let listener = bind(config.listen).await?;
         let health_listener = match config.health_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
@@ -313,6 +321,7 @@ impl Node {
             config,
             listener,
             health_listener,
+            metrics_listener,
             tls,
             registry,
             stats,
@@ -333,6 +342,13 @@ impl Node {
     /// The bound plaintext health address, if any.
     pub fn health_addr(&self) -> Option<SocketAddr> {
         self.health_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound Prometheus address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
     }
@@ -482,6 +498,19 @@ impl Node {
                     ),
             )
         });
+        let metrics_task = self.metrics_listener.map(|listener| {
+            let served = crate::metrics::serve(
+                listener,
+                self.registry.clone(),
+                self.stats.clone(),
+                until_stopped(stopped.clone()),
+            );
+            tokio::spawn(async move {
+                if let Err(error) = served.await {
+                    tracing::warn!(%error, "the metrics endpoint stopped");
+                }
+            })
+        });
         tracing::info!(%listen, tls = !self.config.insecure, "node serving");
 
         tokio::select! {
@@ -514,6 +543,9 @@ impl Node {
         sweeper.abort();
         reaper.abort();
         rotation.abort();
+        if let Some(metrics_task) = metrics_task {
+            metrics_task.abort();
+        }
         if drained.is_err() {
             tracing::warn!(timeout = ?self.config.drain_timeout, "drain timed out; closing remaining connections");
             main.abort();

@@ -161,6 +161,8 @@ pub struct TestNode {
     pub addr: SocketAddr,
     /// The plaintext health address.
     pub health: SocketAddr,
+    /// The Prometheus address, when started with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
     /// The CA clients trust.
     pub ca: PathBuf,
     process: ChildGuard,
@@ -294,7 +296,7 @@ impl TestNode {
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
         let netns = netns.map(str::to_owned);
-        let (process, addr, health) = spawn_reefd(
+        let (process, addr, health, metrics) = spawn_reefd(
             netns.as_deref(),
             data.path(),
             &format!("{ip}:0"),
@@ -305,6 +307,7 @@ impl TestNode {
         Self {
             addr,
             health,
+            metrics,
             ca: data.path().join("tls/ca.pem"),
             process,
             extra,
@@ -317,7 +320,7 @@ impl TestNode {
     /// Starts reefd again on the same addresses and data dir, after the test stopped
     /// or killed it.
     pub fn restart(&mut self) {
-        let (process, _, _) = spawn_reefd(
+        let (process, _, _, metrics) = spawn_reefd(
             self.netns.as_deref(),
             self.data.path(),
             &self.addr.to_string(),
@@ -326,6 +329,7 @@ impl TestNode {
             &self.env,
         );
         self.process = process;
+        self.metrics = metrics;
     }
 
     /// The reefd flags that make a node join this one as its child.
@@ -454,7 +458,7 @@ fn spawn_reefd(
     health: &str,
     extra: &[String],
     env: &[(String, String)],
-) -> (ChildGuard, SocketAddr, SocketAddr) {
+) -> (ChildGuard, SocketAddr, SocketAddr, Option<SocketAddr>) {
     let mut command = match netns {
         // `ip netns exec` execs reefd: the child's pid is reefd's.
         Some(netns) => {
@@ -481,7 +485,8 @@ fn spawn_reefd(
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("ready line {ready:?} lacks {key}"))
     };
-    (process, parse("grpc"), parse("health"))
+    let metrics = field(&ready, "metrics").and_then(|v| v.parse().ok());
+    (process, parse("grpc"), parse("health"), metrics)
 }
 
 /// Runs `reef --addr ADDRESS --ca CA ARGS…`.

@@ -23,6 +23,9 @@ struct Args {
     /// Do not open the plaintext health port.
     #[arg(long)]
     no_health: bool,
+    /// Plaintext address serving Prometheus metrics on `GET /metrics` (off by default).
+    #[arg(long, env = "REEF_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Where the node keeps its CA, certificates and state.
     #[arg(long, default_value = ".reef", env = "REEF_DATA_DIR")]
     data_dir: PathBuf,
@@ -137,6 +140,7 @@ impl Args {
         let mut config = NodeConfig::new(self.listen, &self.data_dir);
         config.name = self.name.clone();
         config.health_listen = (!self.no_health).then_some(self.health_listen);
+        config.metrics_listen = self.metrics_listen;
         config.insecure = self.insecure;
         config.tls_names = self.tls_names.clone();
         config.limits = Limits {
@@ -232,9 +236,11 @@ async fn serve(args: Args) -> ExitCode {
     };
     // One line on stdout, readable by people and by `reef up` / tests (key=value).
     println!(
-        "reefd ready grpc={} health={} tls={} ca={}",
+        "reefd ready grpc={} health={} metrics={} tls={} ca={}",
         node.local_addr(),
         node.health_addr()
+            .map_or("off".to_owned(), |a| a.to_string()),
+        node.metrics_addr()
             .map_or("off".to_owned(), |a| a.to_string()),
         if args.insecure { "off" } else { "on" },
         ca.display()
