@@ -123,10 +123,15 @@ impl Drop for ChildGuard {
 
 /// Reads `child`'s stdout on a thread and returns the lines as they come.
 pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("stdout was piped");
+    lines_of(child.stdout.take().expect("stdout was piped"))
+}
+
+/// Reads `output` (a child's stdout or stderr) on a thread and returns the lines as
+/// they come.
+pub fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 return;
             }

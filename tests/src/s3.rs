@@ -5,10 +5,9 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
-use crate::{ChildGuard, STARTUP, unused_port, venv_bin};
+use crate::{ChildGuard, STARTUP, lines_of, unused_port, venv_bin, wait_for_line};
 
 /// A running moto server, killed when dropped.
 pub struct LocalS3 {
@@ -19,29 +18,24 @@ pub struct LocalS3 {
 }
 
 impl LocalS3 {
-    /// Starts the server and waits until it answers.
+    /// Starts the server and waits until it listens.
     pub fn start() -> Self {
         let port = unused_port();
-        let process = Command::new(venv_bin("moto_server"))
+        let mut process = Command::new(venv_bin("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("moto_server starts");
-        let s3 = Self {
+        // Werkzeug says so on stderr once it listens (and logs each request there after).
+        let lines = lines_of(process.stderr.take().expect("stderr was piped"));
+        let process = ChildGuard(process);
+        wait_for_line(&lines, " * Running on", STARTUP);
+        Self {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
-            _process: ChildGuard(process),
-        };
-        let deadline = Instant::now() + STARTUP;
-        while s3.http("GET", "/").is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            _process: process,
         }
-        s3
     }
 
     /// Creates `bucket` (unsigned, as moto accepts).

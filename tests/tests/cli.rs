@@ -425,21 +425,20 @@ fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
 
 #[test]
 fn config_check_names_the_line_and_the_field() {
+    let config_check = |file: &Path| {
+        Command::new(binary("reef"))
+            .args(["config", "check"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
     let dir = tempfile::tempdir().unwrap();
     let check = |text: &str| {
         let file = dir.path().join("project.toml");
         std::fs::write(&file, text).unwrap();
-        Command::new(binary("reef"))
-            .args(["config", "check"])
-            .arg(&file)
-            .output()
-            .unwrap()
+        config_check(&file)
     };
-    let demo = Command::new(binary("reef"))
-        .args(["config", "check"])
-        .arg(reef_tests::workspace_root().join("examples/demo/reef.toml"))
-        .output()
-        .unwrap();
+    let demo = config_check(&reef_tests::workspace_root().join("examples/demo/reef.toml"));
     assert!(demo.status.success(), "{}", text(&demo.stderr));
     assert!(text(&demo.stdout).contains("ok: project \"demo\", 5 containers"));
 

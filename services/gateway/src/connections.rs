@@ -37,7 +37,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const OUTBOX_CAPACITY: usize = 1024;
 
 /// What is written to a connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Outgoing {
     /// A frame; `text` for WebSocket text frames.
     Frame { payload: Bytes, text: bool },
@@ -227,9 +227,11 @@ impl Hub {
             Some(members) => members.values().cloned().collect(),
             None => return 0,
         };
+        // The frame is made once (its text check walks the payload), then shared.
+        let frame = frame(message);
         members
             .iter()
-            .filter(|outbox| outbox.push(frame(message)))
+            .filter(|outbox| outbox.push(frame.clone()))
             .count()
     }
 
