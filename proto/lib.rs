@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod frames;
+pub mod trace;
 
 /// The generated code; its module path mirrors the protobuf package `reef.v1`.
 pub mod reef {

@@ -76,6 +76,9 @@ pub struct NodeConfig {
     pub health_listen: Option<SocketAddr>,
     /// The plaintext Prometheus address (`GET /metrics`), if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the node's containers export traces (the node's own export is set up by
+    /// [`crate::telemetry::init`]).
+    pub trace_export: crate::telemetry::Export,
     /// Where certificates and state live.
     pub data_dir: PathBuf,
     /// Serve plaintext gRPC instead of TLS. Only for explicit `--insecure`.
@@ -135,6 +138,7 @@ impl NodeConfig {
             listen,
             health_listen: None,
             metrics_listen: None,
+            trace_export: Default::default(),
             data_dir: data_dir.into(),
             insecure: false,
             tls_names: Vec::new(),
@@ -287,6 +291,7 @@ impl Node {
                     node: reachable.to_string(),
                     ca: ca_path,
                     insecure: config.insecure,
+                    trace_export: config.trace_export.clone(),
                 },
                 ca_pem: tls.pki().ca_pem().to_owned(),
                 credentials: (!config.insecure).then(|| {

@@ -19,7 +19,10 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use reef_proto::{Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame};
+use reef_proto::{
+    Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame,
+    trace::{self, TRACE_TARGET, TRACEPARENT_HEADER, continue_trace},
+};
 
 use crate::{
     Alias, Attachment, Limits, NodeStats, Pending, PendingError, Registry,
@@ -228,7 +231,10 @@ impl Inbound {
             return self.refuse_oversized(envelope, kind);
         }
         match kind {
-            EnvelopeKind::Send | EnvelopeKind::Request => self.route_message(envelope, kind),
+            EnvelopeKind::Send | EnvelopeKind::Request => {
+                let _hop = hop_span(&mut envelope, kind);
+                self.route_message(envelope, kind)
+            }
             EnvelopeKind::Reply | EnvelopeKind::Error | EnvelopeKind::Progress => {
                 self.route_answer(envelope, kind)
             }
@@ -992,6 +998,26 @@ impl Inbound {
 /// Tells the callee of request `id` that its caller gave up (deadline, CANCEL from the
 /// caller, or the caller detached). Best effort: behind the request on the callee's data
 /// lane, or nowhere if the callee is not attached.
+/// This node's span of a traced SEND or REQUEST (one that carries a `traceparent`),
+/// entered while it is routed: a child of the sender's span and the parent of the
+/// receiver's (or the next node's). `None` when the node does not export traces.
+fn hop_span(envelope: &mut Envelope, kind: EnvelopeKind) -> Option<tracing::span::EnteredSpan> {
+    if !trace::exporting() || !envelope.headers.contains_key(TRACEPARENT_HEADER) {
+        return None;
+    }
+    let span = tracing::trace_span!(
+        target: TRACE_TARGET,
+        "reef.route",
+        otel.name = format!("route {}", envelope.destination),
+        reef.kind = kind.as_str_name(),
+        reef.id = envelope.id,
+        reef.origin = %envelope.origin,
+        reef.destination = %envelope.destination,
+    );
+    continue_trace(&span, &mut envelope.headers);
+    Some(span.entered())
+}
+
 pub(crate) fn cancel(registry: &Registry, id: u64, pending: &Pending) {
     let Some(callee) = registry.lookup(pending.callee.as_str()) else {
         return;

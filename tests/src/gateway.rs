@@ -19,15 +19,17 @@ pub struct Gateway {
     _dir: tempfile::TempDir,
 }
 
-/// Starts reef-gateway with `config` (TOML, written beside whatever `prepare` puts in
-/// the directory) against `node`.
+/// Starts reef-gateway with `config` (TOML) against `node`.
 pub fn start_gateway(node: &TestNode, config: &str) -> Gateway {
-    start_gateway_in(node, config, |_| {})
+    start_gateway_in(node, config, &[], |_| {})
 }
 
+/// [`start_gateway`] with extra environment variables, its config written beside
+/// whatever `prepare` puts in the directory.
 pub fn start_gateway_in(
     node: &TestNode,
     config: &str,
+    env: &[(&str, &str)],
     prepare: impl FnOnce(&std::path::Path),
 ) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
@@ -40,6 +42,7 @@ pub fn start_gateway_in(
         .env("REEF_NODE", node.addr.to_string())
         .env("REEF_CA", &node.ca)
         .env("REEF_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .expect("reef-gateway starts");

@@ -18,12 +18,14 @@ mod delay;
 mod etcd;
 mod gateway;
 mod netns;
+mod otlp;
 mod s3;
 
 pub use delay::DelayProxy;
 pub use etcd::LocalEtcd;
 pub use gateway::{Gateway, start_gateway, start_gateway_in};
 pub use netns::NetLab;
+pub use otlp::{CollectedSpan, Collector};
 use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
 use reef_sdk::ConnectOptions;
 pub use s3::LocalS3;
@@ -284,6 +286,15 @@ impl TestNode {
     /// Starts a node with extra reefd flags and environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_full(None, "127.0.0.1", extra, env, |_| {})
+    }
+
+    /// [`TestNode::start_prepared`] on loopback, with environment variables too.
+    pub fn start_prepared_with_env(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
+        Self::start_full(None, "127.0.0.1", extra, env, prepare)
     }
 
     fn start_full(
@@ -667,4 +678,12 @@ pub fn venv_bin(tool: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// An HTTP client. reqwest is built without a crypto provider of its own: this installs
+/// rustls' ring provider first, which otherwise only some other TLS use in the process
+/// would have done.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

@@ -8,7 +8,7 @@ use reef_sdk::{
     Bytes, ContainerOptions, Context, Handler, HandlerError, Message, RequestOptions, SendOptions,
 };
 use reef_tests::{
-    RawAttach, STARTUP, TestNode, binary, eventually, start_gateway, start_gateway_in,
+    RawAttach, STARTUP, TestNode, binary, eventually, http_client, start_gateway, start_gateway_in,
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -84,7 +84,7 @@ to = "echo"
     );
     let gateway = start_gateway(&node, &config);
     let (open, blocked) = (&gateway.http[0], &gateway.http[1]);
-    let http = reqwest::Client::new();
+    let http = http_client();
 
     let reply = http
         .post(format!("{open}/echo/ada?x=1"))
@@ -628,7 +628,7 @@ path = "/chat/{room}"
 to = "hall"
 join = ["{room}"]
 "#;
-    let gateway = start_gateway_in(&node, config, |dir| {
+    let gateway = start_gateway_in(&node, config, &[], |dir| {
         for file in ["node.pem", "node-key.pem"] {
             std::fs::copy(tls_dir.join(file), dir.join(file)).unwrap();
         }

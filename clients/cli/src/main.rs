@@ -72,7 +72,19 @@ impl Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    reef_platform::telemetry::init("error");
+    use reef_platform::telemetry;
+    // With REEF_OTLP_ENDPOINT set, a request from the CLI starts a trace.
+    let _telemetry = match telemetry::init(
+        &telemetry::Service::container("reef-cli"),
+        "error",
+        &telemetry::Export::from_env(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("reef: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let options = cli.connect_options();
     match commands::run(cli.command, options).await {
         Ok(code) => code,

@@ -18,10 +18,13 @@ use reef_proto::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Streaming, metadata::MetadataValue, transport::Channel};
 
+use tracing::Instrument as _;
+
 use crate::{
     ConnectOptions, Error, Message, RequestOptions, SendOptions,
     container::Delivery,
     request::{Admission, ServedRequests, propagate_deadline},
+    trace,
 };
 
 /// Extra time the client waits beyond a request's deadline for the node's own
@@ -296,7 +299,7 @@ impl Client {
     /// if the node cannot deliver it, [`Client::undelivered`] counts it.
     pub async fn send(&self, to: &str, payload: impl Into<Bytes>) -> Result<(), Error> {
         let envelope = self.envelope(EnvelopeKind::Send, to, payload.into())?;
-        self.enqueue(envelope).await
+        self.enqueue_traced(envelope).await
     }
 
     /// Sends `payload` to `to` in acknowledged mode: the node keeps it until the
@@ -307,7 +310,7 @@ impl Client {
     pub async fn send_acked(&self, to: &str, payload: impl Into<Bytes>) -> Result<(), Error> {
         let mut envelope = self.envelope(EnvelopeKind::Send, to, payload.into())?;
         envelope.acknowledged = true;
-        self.enqueue(envelope).await
+        self.enqueue_traced(envelope).await
     }
 
     /// Sends `payload` to `to` with headers, a content type, and optionally in
@@ -322,7 +325,20 @@ impl Client {
         envelope.headers.clone_from(&options.headers);
         envelope.content_type.clone_from(&options.content_type);
         envelope.acknowledged = options.acknowledged;
-        self.enqueue(envelope).await
+        self.enqueue_traced(envelope).await
+    }
+
+    /// Queues a SEND inside its own span (see [`crate::trace`]).
+    async fn enqueue_traced(&self, mut envelope: Envelope) -> Result<(), Error> {
+        if !reef_proto::trace::exporting() {
+            return self.enqueue(envelope).await;
+        }
+        let span = trace::outgoing(&mut envelope);
+        let sent = self.enqueue(envelope).instrument(span.clone()).await;
+        if sent.is_err() {
+            trace::failed(&span);
+        }
+        sent
     }
 
     /// Tells the node that acknowledged-mode envelope `sequence` was handled.
@@ -373,6 +389,27 @@ impl Client {
     ) -> Result<Reply, Error> {
         let mut envelope = self.envelope(EnvelopeKind::Request, to, payload.into())?;
         envelope.headers.clone_from(&options.headers);
+        if !reef_proto::trace::exporting() {
+            return self.attempt_all(envelope, to, options).await;
+        }
+        let span = trace::outgoing(&mut envelope);
+        let reply = self
+            .attempt_all(envelope, to, options)
+            .instrument(span.clone())
+            .await;
+        if reply.is_err() {
+            trace::failed(&span);
+        }
+        reply
+    }
+
+    /// Sends the request, and again while it fails in a way `options` retries.
+    async fn attempt_all(
+        &self,
+        mut envelope: Envelope,
+        to: &str,
+        options: &RequestOptions,
+    ) -> Result<Reply, Error> {
         let mut attempt = 0;
         loop {
             let timeout = propagate_deadline(options.timeout);

@@ -17,12 +17,14 @@ use tonic::{
     Code,
     transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
+use tracing::Instrument as _;
 
 use crate::{
     Cancellation, Client, ConnectOptions, Error, HandlerError, Tasks,
     client::{EndpointCertificate, Registration, error_envelope},
     endpoint::{CommandCall, EndpointService},
     request::{ServedRequests, with_deadline},
+    trace,
 };
 
 /// A message or request as a handler sees it.
@@ -443,6 +445,25 @@ pub(crate) async fn handle<H: Handler>(
     envelope: Envelope,
     answers: Option<&mpsc::Sender<Envelope>>,
 ) {
+    if !reef_proto::trace::exporting() {
+        handle_in_span(handler, ctx, counters, envelope, answers).await;
+        return;
+    }
+    let span = trace::incoming(&envelope);
+    let handled = handle_in_span(handler, ctx, counters, envelope, answers);
+    if !handled.instrument(span.clone()).await {
+        trace::failed(&span);
+    }
+}
+
+/// [`handle`]; false when the handler failed the request.
+async fn handle_in_span<H: Handler>(
+    handler: &mut H,
+    ctx: &Context,
+    counters: &Counters,
+    envelope: Envelope,
+    answers: Option<&mpsc::Sender<Envelope>>,
+) -> bool {
     match envelope.kind() {
         EnvelopeKind::Send => {
             counters.messages.fetch_add(1, Relaxed);
@@ -451,6 +472,7 @@ pub(crate) async fn handle<H: Handler>(
             if sequence != 0 {
                 ctx.client.ack(sequence).await;
             }
+            true
         }
         EnvelopeKind::Request => {
             counters.requests.fetch_add(1, Relaxed);
@@ -462,7 +484,7 @@ pub(crate) async fn handle<H: Handler>(
             if request.cancellation.is_cancelled() {
                 // The caller gave up while this waited in the mailbox.
                 served.abandon(&origin, id);
-                return;
+                return true;
             }
             // Forgets the request if the handler panics, so that a retry runs it again.
             let unanswered = Unanswered {
@@ -476,6 +498,7 @@ pub(crate) async fn handle<H: Handler>(
             let reply_headers = request.reply_headers.clone();
             let outcome = with_deadline(deadline, handler.on_request(ctx, request)).await;
             unanswered.disarm();
+            let answered = outcome.is_ok();
             let answer = match outcome {
                 Ok(payload) => Envelope {
                     kind: EnvelopeKind::Reply as i32,
@@ -507,8 +530,9 @@ pub(crate) async fn handle<H: Handler>(
             if let Err(error) = sent {
                 tracing::warn!(%error, "could not send the answer");
             }
+            answered
         }
-        _ => {}
+        _ => true,
     }
 }
 

@@ -61,6 +61,7 @@ mod push;
 mod request;
 pub mod state;
 mod task;
+mod trace;
 
 pub use self::{
     client::{Client, Registration, Reply},

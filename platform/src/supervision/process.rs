@@ -146,6 +146,8 @@ pub struct Environment {
     pub ca: PathBuf,
     /// REEF_INSECURE.
     pub insecure: bool,
+    /// REEF_OTLP_ENDPOINT and REEF_OTLP_CA, when the node exports traces.
+    pub trace_export: crate::telemetry::Export,
 }
 
 /// A process the node spawned; `wait` reports its end and reaps it.
@@ -204,6 +206,12 @@ pub fn spawn(
         .process_group(0);
     if let Some((cert, key)) = credentials {
         command.env("REEF_CERT", cert).env("REEF_KEY", key);
+    }
+    if let Some(endpoint) = &environment.trace_export.endpoint {
+        command.env(crate::telemetry::OTLP_ENDPOINT_ENV, endpoint);
+    }
+    if let Some(ca) = &environment.trace_export.ca {
+        command.env(crate::telemetry::OTLP_CA_ENV, ca);
     }
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);

@@ -321,7 +321,15 @@ impl Handler for Ticker {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    reef_platform::telemetry::init("info");
+    use reef_platform::telemetry;
+    let service = telemetry::Service::container("reef-demo");
+    let _telemetry = match telemetry::init(&service, "info", &telemetry::Export::from_env()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("reef-demo: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match Args::parse().behaviour {
         Behaviour::Echo => reef_sdk::run(ContainerOptions::from_env("echo"), Echo).await,
         Behaviour::Counter => {

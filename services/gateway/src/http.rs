@@ -1,6 +1,7 @@
 //! HTTP listeners: each request that matches a route becomes a REQUEST to its container
 //! (headers `http.method`, `http.path`, `http.query`, `http.param.NAME`,
-//! `http.header.NAME`; the body is the payload), and the reply is the response: its
+//! `http.header.NAME`; the body is the payload; a W3C `traceparent` also goes on as
+//! itself, so the request's trace continues), and the reply is the response: its
 //! payload the body, its headers `http.status` and `http.header.NAME` (set with
 //! `Message::set_reply_header`) the status and headers.
 
@@ -200,6 +201,10 @@ async fn handle(
     }
     for (name, value) in parts.headers.iter().take(MAX_FORWARDED_HEADERS) {
         if let Ok(value) = value.to_str() {
+            // The caller's W3C trace context: the gateway's span continues its trace.
+            if matches!(name.as_str(), "traceparent" | "tracestate") {
+                headers.insert(name.as_str().to_owned(), value.to_owned());
+            }
             headers.insert(format!("http.header.{name}"), value.to_owned());
         }
     }

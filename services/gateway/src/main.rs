@@ -52,7 +52,15 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    reef_platform::telemetry::init("info");
+    use reef_platform::telemetry;
+    let service = telemetry::Service::container("gateway");
+    let _telemetry = match telemetry::init(&service, "info", &telemetry::Export::from_env()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("reef-gateway: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let args = Args::parse();
     // A bad file is reported before the node is contacted.
     let config = match args.load() {

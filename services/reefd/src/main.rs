@@ -8,6 +8,7 @@ use reef_platform::{
     JoinConfig, Limits, Node, NodeConfig, StateBackend,
     state::{EtcdConfig, EtcdTls},
     supervision::{Policy, Strategy},
+    telemetry,
 };
 
 /// The reef node daemon.
@@ -26,6 +27,13 @@ struct Args {
     /// Plaintext address serving Prometheus metrics on `GET /metrics` (off by default).
     #[arg(long, env = "REEF_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Export traces over OTLP/gRPC to this collector (`http://HOST:4317`, or `https://`
+    /// with --otlp-ca); the containers the node spawns export there too. Off by default.
+    #[arg(long, env = "REEF_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The CA certificate (PEM) of an `https://` OTLP collector.
+    #[arg(long, env = "REEF_OTLP_CA", requires = "otlp_endpoint")]
+    otlp_ca: Option<PathBuf>,
     /// Where the node keeps its CA, certificates and state.
     #[arg(long, default_value = ".reef", env = "REEF_DATA_DIR")]
     data_dir: PathBuf,
@@ -136,11 +144,23 @@ enum RootStrategy {
 }
 
 impl Args {
+    fn trace_export(&self) -> telemetry::Export {
+        telemetry::Export {
+            endpoint: self.otlp_endpoint.clone(),
+            // Absolute: the containers the node spawns run in other directories.
+            ca: self
+                .otlp_ca
+                .as_ref()
+                .map(|ca| std::path::absolute(ca).unwrap_or(ca.clone())),
+        }
+    }
+
     fn config(&self) -> Result<NodeConfig, String> {
         let mut config = NodeConfig::new(self.listen, &self.data_dir);
         config.name = self.name.clone();
         config.health_listen = (!self.no_health).then_some(self.health_listen);
         config.metrics_listen = self.metrics_listen;
+        config.trace_export = self.trace_export();
         config.insecure = self.insecure;
         config.tls_names = self.tls_names.clone();
         config.limits = Limits {
@@ -218,7 +238,17 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> ExitCode {
-    reef_platform::telemetry::init("info");
+    let service = telemetry::Service {
+        name: "reefd".to_owned(),
+        instance: args.name.clone(),
+    };
+    let _telemetry = match telemetry::init(&service, "info", &args.trace_export()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("reefd: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match args.config() {
         Ok(config) => config,
         Err(error) => {
