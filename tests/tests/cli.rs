@@ -365,16 +365,20 @@ fn a_node_that_is_not_running_is_named_in_a_one_line_error() {
 
 #[test]
 fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
-    let cwd = tempfile::tempdir().unwrap();
+    // From the repository's root, as README says, for the demo's Python container
+    // (`clients/python/run`, with the venv scripts/test made); data in a temp dir.
+    let data = tempfile::tempdir().unwrap();
     let child = Command::new(binary("reef"))
-        .current_dir(cwd.path())
+        .current_dir(reef_tests::workspace_root())
         .args([
             "up",
             "--listen",
             "127.0.0.1:0",
             "--health-listen",
             "127.0.0.1:0",
+            "--data-dir",
         ])
+        .arg(data.path())
         .env("REEF_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -393,8 +397,8 @@ fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
         .skip(1)
         .map(|rest| rest.split(')').next().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(pids.len(), 5, "{containers}");
-    let ca = cwd.path().join(".reef/tls/ca.pem");
+    assert_eq!(pids.len(), 6, "{containers}");
+    let ca = data.path().join("tls/ca.pem");
 
     let out = reef_at(&address, &ca, &["request", "echo", "hello"]);
     assert_eq!(text(&out.stdout), "hello\n", "{}", text(&out.stderr));
@@ -410,6 +414,24 @@ fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
     let page = eventually_http_get("127.0.0.1:7480", "/");
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("<title>reef chat</title>"), "{page}");
+
+    // The Python container answers, and is restarted when it crashes.
+    let out = reef_at(&address, &ca, &["request", "py-upper", "from rust"]);
+    assert_eq!(text(&out.stdout), "FROM RUST\n", "{}", text(&out.stderr));
+    let out = reef_at(&address, &ca, &["request", "py-upper", "crash"]);
+    assert!(!out.status.success());
+    let out = reef_at(
+        &address,
+        &ca,
+        &["request", "py-upper", "again", "--timeout", "20s"],
+    );
+    assert_eq!(text(&out.stdout), "AGAIN\n", "{}", text(&out.stderr));
+    let out = reef_at(&address, &ca, &["request", "py-upper", "count"]);
+    assert_eq!(
+        text(&out.stdout),
+        "2\n",
+        "counted in state across the restart"
+    );
 
     let status = up
         .terminate(Duration::from_secs(20))
@@ -440,7 +462,7 @@ fn config_check_names_the_line_and_the_field() {
     };
     let demo = config_check(&reef_tests::workspace_root().join("examples/demo/reef.toml"));
     assert!(demo.status.success(), "{}", text(&demo.stderr));
-    assert!(text(&demo.stdout).contains("ok: project \"demo\", 5 containers"));
+    assert!(text(&demo.stdout).contains("ok: project \"demo\", 6 containers"));
 
     // The example in the project file's documentation is a valid project.
     let docs =

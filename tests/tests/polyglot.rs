@@ -67,7 +67,7 @@ async fn a_python_container_and_rust_containers_answer_each_other() {
     generate_python_stubs(stubs.path());
     let python_path = python_path(stubs.path());
     let mut python = Command::new(venv_bin("python"))
-        .arg(workspace_root().join("clients/python/example_upper.py"))
+        .arg(workspace_root().join("clients/python/examples/upper.py"))
         .args(["--ask", "echo:from python"])
         .env("PYTHONPATH", python_path)
         .env("REEF_NODE", node.addr.to_string())
@@ -78,6 +78,7 @@ async fn a_python_container_and_rust_containers_answer_each_other() {
         .spawn()
         .unwrap();
     let lines = stdout_lines(&mut python);
+    let python_pid = python.id();
     let _python = ChildGuard(python);
     wait_for_line(&lines, "attached py-upper", STARTUP);
 
@@ -95,6 +96,17 @@ async fn a_python_container_and_rust_containers_answer_each_other() {
         .await
         .unwrap();
     assert_eq!(&reply[..], b"HELLO FROM RUST");
+
+    // reef_sdk's reply headers and sends, both ways of the Python handler API.
+    let reply = client
+        .call("py-upper", "headers", &reef_sdk::RequestOptions::new(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(&reply.payload[..], b"HEADERS");
+    assert_eq!(reply.headers["answered-by"], python_pid.to_string());
+    client.send("py-upper", "a note").await.unwrap();
+    let note = wait_for_line(&lines, "note from", WAIT);
+    assert_eq!(note, format!("note from {}: a note", client.alias()));
 
     // The Python container serves reef.v1.Container over TLS with the certificate the
     // node issued: the node can ping it there.
@@ -124,7 +136,7 @@ async fn a_python_process_container_is_supervised_like_a_rust_one() {
                 command: venv_bin("python").display().to_string(),
                 args: vec![
                     workspace_root()
-                        .join("clients/python/example_upper.py")
+                        .join("clients/python/examples/upper.py")
                         .display()
                         .to_string(),
                 ],

@@ -75,6 +75,10 @@ pub struct ContainerDef {
     /// Its mailbox's overflow policy: block, reject, drop_newest or drop_oldest.
     #[serde(default)]
     pub overflow: Option<String>,
+    /// `reef up` goes on without it, with a warning, when it cannot be started (a
+    /// program that needs what this machine may lack).
+    #[serde(default)]
+    pub optional: bool,
 }
 
 impl Project {

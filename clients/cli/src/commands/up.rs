@@ -108,11 +108,19 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
                 flags: 0,
                 ..Default::default()
             })
-            .await
-            .map_err(|status| {
-                anyhow::anyhow!("cannot create {:?}: {}", def.alias, status.message())
-            })?
-            .into_inner();
+            .await;
+        let created = match created {
+            Ok(created) => created.into_inner(),
+            Err(status) if def.optional => {
+                eprintln!(
+                    "reef up: optional container {:?} did not start, going on without it: {}",
+                    def.alias,
+                    status.message()
+                );
+                continue;
+            }
+            Err(status) => bail!("cannot create {:?}: {}", def.alias, status.message()),
+        };
         let pid = created.container.map_or(0, |c| c.pid);
         containers.push(format!("{} (pid {pid})", def.alias));
     }

@@ -1,17 +1,16 @@
-"""A minimal reef container in Python, using only stubs generated from proto/.
+"""A reef container in Python, on the stubs generated from proto/.
 
 It does what the Rust SDK does, in plain grpcio: register the alias (the node issues a
 TLS certificate for the container's endpoint), serve reef.v1.Container on that
 endpoint, open the Channel.Attach stream with the alias and lease as metadata, answer
-heartbeats, handle requests and make requests of its own.
-
-Generate the stubs first (scripts/test does it):
-    python -m grpc_tools.protoc -I proto --python_out=OUT --grpc_python_out=OUT proto/reef/v1/*.proto
+heartbeats, hand what arrives to the handlers and send what they send.
 """
 
 import itertools
 import os
 import queue
+import signal
+import socket
 import threading
 import time
 from concurrent import futures
@@ -27,7 +26,14 @@ from reef.v1 import (
     supervisor_pb2_grpc,
 )
 
+from .state import State
+
 Kind = envelope_pb2.EnvelopeKind
+
+# Envelopes queued for the node before `send` waits.
+OUTBOX_CAPACITY = 4096
+# Envelopes per frame on the attach stream.
+FRAME_ENVELOPES = 256
 
 
 class RemoteError(Exception):
@@ -37,6 +43,31 @@ class RemoteError(Exception):
         super().__init__(f"{envelope_pb2.ErrorCode.Name(error.code)}: {error.message}")
         self.code = error.code
         self.type = error.type
+
+
+class Message:
+    """A SEND or REQUEST as a handler sees it."""
+
+    def __init__(self, envelope):
+        self.origin = envelope.origin
+        self.payload = envelope.payload
+        self.content_type = envelope.content_type
+        self.headers = dict(envelope.headers)
+        self.id = envelope.id
+        # Acknowledged mode: the message's number in this container's sequence (the same
+        # on a redelivery), and whether it is one.
+        self.sequence = envelope.sequence
+        self.redelivered = envelope.redelivered
+        # Requests: the seconds the caller gives the answer, if it said.
+        self.deadline = envelope.deadline_ms / 1000 if envelope.deadline_ms else None
+
+
+class Reply:
+    """What a request handler may return instead of bytes, to set reply headers."""
+
+    def __init__(self, payload, headers=None):
+        self.payload = payload
+        self.headers = headers or {}
 
 
 class _Endpoint(container_pb2_grpc.ContainerServicer):
@@ -64,11 +95,28 @@ def _read_optional(path):
 
 
 class Container:
-    """One attached alias. `handler(payload: bytes, origin: str) -> bytes` answers requests."""
+    """One attached alias.
 
-    def __init__(self, node, ca_path, alias, name, handler=None, parent=None, token=None):
+    `on_request(message) -> bytes | Reply` answers requests (an exception becomes an
+    ERROR for the caller, with the exception's type and text); `on_message(message)`
+    takes sends. Handlers run on a pool of `workers` threads, so they may `request`
+    other containers themselves.
+    """
+
+    def __init__(
+        self,
+        node,
+        ca_path,
+        alias,
+        name,
+        on_request=None,
+        on_message=None,
+        parent=None,
+        token=None,
+        workers=8,
+    ):
         # A container the node started finds its parent and credential in REEF_PARENT
-        # and REEF_TOKEN.
+        # and REEF_TOKEN ...
         parent = os.environ.get("REEF_PARENT", "") if parent is None else parent
         token = os.environ.get("REEF_TOKEN", "") if token is None else token
         with open(ca_path, "rb") as f:
@@ -76,7 +124,8 @@ class Container:
         # ... and the certificate naming its alias, which it presents to the node, in
         # REEF_CERT and REEF_KEY.
         cert, key = _read_optional(os.environ.get("REEF_CERT")), _read_optional(os.environ.get("REEF_KEY"))
-        self.alias, self.name, self.handler = alias, name, handler
+        self.alias, self.name = alias, name
+        self.on_request, self.on_message = on_request, on_message
         self.requests_handled = 0
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.ca,
@@ -85,11 +134,13 @@ class Container:
         )
         self.channel = grpc.secure_channel(node, credentials)
         self.supervisor = supervisor_pb2_grpc.SupervisorStub(self.channel)
+        self.state = State(self.channel)
         # From the clock: a restarted process must not reuse the ids of its past life.
         self._ids = itertools.count(time.time_ns())
-        self._outbox = queue.Queue(maxsize=4096)
+        self._outbox = queue.Queue(maxsize=OUTBOX_CAPACITY)
         self._pending = {}
         self._lock = threading.Lock()
+        self._handlers = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reef-handler")
         self.closed = threading.Event()
 
         # Bind the endpoint first so its address can be registered, then serve TLS with
@@ -123,8 +174,6 @@ class Container:
     def _reserve_endpoint(self):
         # grpcio cannot start TLS before the certificate exists, and the certificate
         # needs the address: pick a free port, register it, then bind it.
-        import socket
-
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self._port = probe.getsockname()[1]
@@ -136,7 +185,7 @@ class Container:
             if envelope is None:
                 return
             batch = [envelope]
-            while len(batch) < 256:
+            while len(batch) < FRAME_ENVELOPES:
                 try:
                     more = self._outbox.get_nowait()
                 except queue.Empty:
@@ -171,28 +220,66 @@ class Container:
                 slot["envelope"] = envelope
                 slot["done"].set()
         elif envelope.kind == Kind.ENVELOPE_KIND_REQUEST:
-            self.requests_handled += 1
-            try:
-                payload = self.handler(envelope.payload, envelope.origin)
-                answer = envelope_pb2.Envelope(
-                    kind=Kind.ENVELOPE_KIND_REPLY,
-                    correlation_id=envelope.id,
-                    destination=envelope.origin,
-                    payload=payload,
-                )
-            except Exception as error:  # the caller gets the error, typed
-                answer = envelope_pb2.Envelope(
-                    kind=Kind.ENVELOPE_KIND_ERROR,
-                    correlation_id=envelope.id,
-                    destination=envelope.origin,
-                    error=envelope_pb2.Error(
-                        code=envelope_pb2.ErrorCode.ERROR_CODE_UNKNOWN, type=type(error).__name__, message=str(error)
-                    ),
-                )
-            self._outbox.put(answer)
+            self._handlers.submit(self._answer, envelope)
+        elif envelope.kind == Kind.ENVELOPE_KIND_SEND:
+            self._handlers.submit(self._take, envelope)
 
-    def request(self, destination, payload, timeout=5.0):
+    def _answer(self, envelope):
+        self.requests_handled += 1
+        try:
+            if self.on_request is None:
+                raise NotImplementedError(f"{self.alias} does not answer requests")
+            reply = self.on_request(Message(envelope))
+            if not isinstance(reply, Reply):
+                reply = Reply(reply)
+            answer = envelope_pb2.Envelope(
+                kind=Kind.ENVELOPE_KIND_REPLY,
+                correlation_id=envelope.id,
+                destination=envelope.origin,
+                payload=reply.payload,
+                headers=reply.headers,
+            )
+        except Exception as error:  # the caller gets the error, typed
+            answer = envelope_pb2.Envelope(
+                kind=Kind.ENVELOPE_KIND_ERROR,
+                correlation_id=envelope.id,
+                destination=envelope.origin,
+                error=envelope_pb2.Error(
+                    code=envelope_pb2.ErrorCode.ERROR_CODE_UNKNOWN, type=type(error).__name__, message=str(error)
+                ),
+            )
+        self._outbox.put(answer)
+
+    def _take(self, envelope):
+        if self.on_message is not None:
+            try:
+                self.on_message(Message(envelope))
+            except Exception as error:  # a send has nobody to tell: say it in the log
+                print(f"{self.alias}: on_message failed: {type(error).__name__}: {error}", flush=True)
+        if envelope.sequence:
+            # Acknowledged mode: handled, the node may forget it.
+            self._outbox.put(envelope_pb2.Envelope(kind=Kind.ENVELOPE_KIND_ACK, correlation_id=envelope.sequence))
+
+    def send(self, destination, payload, headers=None, acknowledged=False):
+        """Sends `payload` to `destination`, fire-and-forget (or, `acknowledged`, kept by
+        the node until the receiver handled it)."""
+        self._outbox.put(
+            envelope_pb2.Envelope(
+                kind=Kind.ENVELOPE_KIND_SEND,
+                id=next(self._ids),
+                destination=destination,
+                payload=payload,
+                headers=headers or {},
+                acknowledged=acknowledged,
+            )
+        )
+
+    def request(self, destination, payload, timeout=5.0, headers=None):
         """Sends a request and returns the reply's payload, or raises RemoteError."""
+        return self.call(destination, payload, timeout, headers).payload
+
+    def call(self, destination, payload, timeout=5.0, headers=None):
+        """`request`, answered with a Reply: the payload and the reply's headers."""
         request_id = next(self._ids)
         slot = {"done": threading.Event()}
         with self._lock:
@@ -203,7 +290,8 @@ class Container:
                 id=request_id,
                 destination=destination,
                 payload=payload,
-                deadline_ms=int(timeout * 1000),
+                headers=headers or {},
+                deadline_ms=max(1, int(timeout * 1000)),
             )
         )
         if not slot["done"].wait(timeout + 0.5):
@@ -215,7 +303,7 @@ class Container:
         envelope = slot["envelope"]
         if envelope.kind == Kind.ENVELOPE_KIND_ERROR:
             raise RemoteError(envelope.error)
-        return envelope.payload
+        return Reply(envelope.payload, dict(envelope.headers))
 
     def close(self):
         try:
@@ -223,5 +311,29 @@ class Container:
         except grpc.RpcError:
             pass
         self._outbox.put(None)
+        self._handlers.shutdown(wait=False, cancel_futures=True)
         self.server.stop(grace=1)
         self.channel.close()
+
+
+def run(name, on_request=None, on_message=None, on_start=None, alias=None):
+    """Runs a container until SIGTERM (or until the node ends its stream), then
+    deregisters. The node, CA and alias come from REEF_NODE, REEF_CA and REEF_ALIAS
+    (else `alias`, else `name`). `on_start(container)` runs once attached."""
+    container = Container(
+        node=os.environ.get("REEF_NODE", "127.0.0.1:7400"),
+        ca_path=os.environ.get("REEF_CA", ".reef/tls/ca.pem"),
+        alias=os.environ.get("REEF_ALIAS") or alias or name,
+        name=name,
+        on_request=on_request,
+        on_message=on_message,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if on_start is not None:
+        on_start(container)
+    while not stop.is_set() and not container.closed.is_set():
+        stop.wait(0.2)
+    container.close()
+    return container
