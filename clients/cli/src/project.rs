@@ -170,7 +170,10 @@ mod tests {
     fn the_demo_project_is_valid() {
         let demo = Project::load(None).unwrap();
         let aliases: Vec<_> = demo.containers().map(|c| c.alias.as_str()).collect();
-        assert_eq!(aliases, ["echo", "counter", "ticker", "chat", "gateway"]);
+        assert_eq!(
+            aliases,
+            ["echo", "counter", "ticker", "chat", "gateway", "py-upper"]
+        );
     }
 
     #[test]
