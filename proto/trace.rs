@@ -3,9 +3,9 @@
 //! Every hop (the sender's SDK, each node that routes the envelope, the receiver's SDK)
 //! opens a span under [`TRACE_TARGET`]; [`continue_trace`] makes it a child of the
 //! context the envelope carries (`traceparent`, `tracestate`) and writes the span's own
-//! context back, so the next hop's span is its child. The spans exist only where a
-//! process exports traces (`reef_platform::telemetry`): elsewhere they are disabled
-//! callsites and the headers pass through untouched.
+//! context back, so the next hop's span is its child. The spans are made only where a
+//! process exports traces ([`exporting`], set by `reef_platform::telemetry`): elsewhere
+//! the headers pass through untouched.
 
 use std::{
     collections::BTreeMap,

@@ -3,8 +3,7 @@
 //! Logs go to stderr, filtered by `REEF_LOG`. Traces are exported over OTLP/gRPC only
 //! when an endpoint is configured (`REEF_OTLP_ENDPOINT`, or `reefd --otlp-endpoint`):
 //! then the hop spans of [`reef_proto::trace`] and the INFO spans of the process go to
-//! the collector. Without an endpoint nothing is exported and the hop spans cost a
-//! disabled callsite.
+//! the collector. Without an endpoint nothing is exported and no hop span is made.
 
 use std::path::PathBuf;
 
