@@ -995,9 +995,6 @@ impl Inbound {
     }
 }
 
-/// Tells the callee of request `id` that its caller gave up (deadline, CANCEL from the
-/// caller, or the caller detached). Best effort: behind the request on the callee's data
-/// lane, or nowhere if the callee is not attached.
 /// This node's span of a traced SEND or REQUEST (one that carries a `traceparent`),
 /// entered while it is routed: a child of the sender's span and the parent of the
 /// receiver's (or the next node's). `None` when the node does not export traces.
@@ -1018,6 +1015,9 @@ fn hop_span(envelope: &mut Envelope, kind: EnvelopeKind) -> Option<tracing::span
     Some(span.entered())
 }
 
+/// Tells the callee of request `id` that its caller gave up (deadline, CANCEL from the
+/// caller, or the caller detached). Best effort: behind the request on the callee's data
+/// lane, or nowhere if the callee is not attached.
 pub(crate) fn cancel(registry: &Registry, id: u64, pending: &Pending) {
     let Some(callee) = registry.lookup(pending.callee.as_str()) else {
         return;

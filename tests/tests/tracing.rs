@@ -95,15 +95,21 @@ async fn handle_span(collector: &Collector, parent: &CollectedSpan) -> Collected
     span
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_is_one_trace_from_the_client_through_the_node_to_the_container() {
-    let collector = Collector::start().await;
+/// Node `solo`, exporting to `collector`, with an echo container it spawned (which
+/// exports to the node's collector too).
+async fn exporting_node_with_echo(collector: &Collector) -> TestNode {
     let node = TestNode::start_with_env(
         &["--name", "solo", "--otlp-endpoint", &collector.endpoint],
         &[QUICK_EXPORT],
     );
-    // Spawned by the node, echo exports to the node's collector too.
     create_echo(&node, &[]).await;
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_one_trace_from_the_client_through_the_node_to_the_container() {
+    let collector = Collector::start().await;
+    let node = exporting_node_with_echo(&collector).await;
 
     let output = traced_request(&node, &collector, "echo");
     assert!(output.status.success(), "{output:?}");
@@ -177,11 +183,7 @@ async fn a_node_that_does_not_export_passes_the_trace_context_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_request_s_trace_continues_through_the_gateway() {
     let collector = Collector::start().await;
-    let node = TestNode::start_with_env(
-        &["--name", "solo", "--otlp-endpoint", &collector.endpoint],
-        &[QUICK_EXPORT],
-    );
-    create_echo(&node, &[]).await;
+    let node = exporting_node_with_echo(&collector).await;
     let config =
         "[[http]]\nlisten = \"127.0.0.1:0\"\n[[http.route]]\npath = \"/echo\"\nto = \"echo\"\n";
     let gateway = start_gateway_in(
