@@ -23,19 +23,18 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ask", help="ALIAS:TEXT to request once after attaching")
     args = parser.parse_args()
-    holder = {}
 
-    def count_key():
-        return f"{holder['container'].alias}.answered"
+    def count_key(container):
+        return f"{container.alias}.answered"
 
-    def bump():
+    def bump(container):
         """Adds one to the count in state; retried when another writer got there first."""
-        state = holder["container"].state
+        state = container.state
         while True:
-            current = state.get(NAMESPACE, count_key())
+            current = state.get(NAMESPACE, count_key(container))
             value, revision = current if current else (b"0", 0)
             try:
-                state.put(NAMESPACE, count_key(), str(int(value) + 1).encode(), expected_revision=revision)
+                state.put(NAMESPACE, count_key(container), str(int(value) + 1).encode(), expected_revision=revision)
                 return
             except Conflict:
                 continue
@@ -45,16 +44,15 @@ def main():
             print("asked to crash: exiting with 3", flush=True)
             os._exit(3)
         if message.payload == b"count":
-            current = holder["container"].state.get(NAMESPACE, count_key())
+            current = message.container.state.get(NAMESPACE, count_key(message.container))
             return current[0] if current else b"0"
-        bump()
+        bump(message.container)
         return Reply(message.payload.upper(), {"answered-by": str(os.getpid())})
 
     def on_message(message):
         print(f"note from {message.origin}: {message.payload.decode(errors='replace')}", flush=True)
 
     def on_start(container):
-        holder["container"] = container
         print(f"attached {container.alias}", flush=True)
         if args.ask:
             target, _, text = args.ask.partition(":")

@@ -48,7 +48,10 @@ class RemoteError(Exception):
 class Message:
     """A SEND or REQUEST as a handler sees it."""
 
-    def __init__(self, envelope):
+    def __init__(self, envelope, container):
+        # The container it arrived at: what a handler sends, requests and reads state
+        # with (handlers can run before `run`'s on_start returns).
+        self.container = container
         self.origin = envelope.origin
         self.payload = envelope.payload
         self.content_type = envelope.content_type
@@ -229,7 +232,7 @@ class Container:
         try:
             if self.on_request is None:
                 raise NotImplementedError(f"{self.alias} does not answer requests")
-            reply = self.on_request(Message(envelope))
+            reply = self.on_request(Message(envelope, self))
             if not isinstance(reply, Reply):
                 reply = Reply(reply)
             answer = envelope_pb2.Envelope(
@@ -253,7 +256,7 @@ class Container:
     def _take(self, envelope):
         if self.on_message is not None:
             try:
-                self.on_message(Message(envelope))
+                self.on_message(Message(envelope, self))
             except Exception as error:  # a send has nobody to tell: say it in the log
                 print(f"{self.alias}: on_message failed: {type(error).__name__}: {error}", flush=True)
         if envelope.sequence:
