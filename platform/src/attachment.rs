@@ -17,7 +17,8 @@ use tokio_stream::{Stream, wrappers::WatchStream};
 use tonic::Status;
 
 use crate::{
-    AckLog, Alias, Limits, NodeStats, PendingRequests, Registry, acks::NotQueued, link::LinkSession,
+    AckLog, Alias, Histogram, Limits, NodeStats, PendingRequests, Registry, acks::NotQueued,
+    link::LinkSession,
 };
 
 /// Where the node queues envelopes for one attached container, what that container is
@@ -58,6 +59,8 @@ pub struct Attachment {
     last_heard_ms: AtomicU64,
     envelopes_in: AtomicU64,
     envelopes_out: AtomicU64,
+    /// How long the requests this stream answered took.
+    answered: Histogram,
 }
 
 impl Attachment {
@@ -105,6 +108,7 @@ impl Attachment {
             last_heard_ms: AtomicU64::new(0),
             envelopes_in: AtomicU64::new(0),
             envelopes_out: AtomicU64::new(0),
+            answered: Histogram::default(),
         });
         let outbound = Outbound {
             frames,
@@ -271,6 +275,12 @@ impl Attachment {
             self.envelopes_in.load(Relaxed),
             self.envelopes_out.load(Relaxed),
         )
+    }
+
+    /// The latency of the requests this stream answered (REPLY or ERROR), from the node
+    /// taking each request to the answer arriving; a task's answers count for its host.
+    pub fn answered(&self) -> &Histogram {
+        &self.answered
     }
 }
 

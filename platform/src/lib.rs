@@ -25,6 +25,7 @@ mod attachment;
 mod channel;
 mod dead_letters;
 mod files;
+pub mod histogram;
 mod hosting;
 mod keeper;
 mod lease;
@@ -58,6 +59,7 @@ pub use self::{
     channel::ChannelService,
     dead_letters::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetters},
     files::{FILE_CHUNK, FilesBackend, FilesService},
+    histogram::{Histogram, HistogramSnapshot},
     limits::Limits,
     node::{Node, NodeConfig, NodeError, StateBackend},
     pending::{Pending, PendingError, PendingRequests},

@@ -1,6 +1,7 @@
 //! The node's Prometheus endpoint (`reefd --metrics-listen ADDR`, plaintext HTTP,
-//! `GET /metrics`, text format 0.0.4): the counters the node keeps, and a series per
-//! container for what it sent and received, its queue and its restarts. Rendered from
+//! `GET /metrics`, text format 0.0.4): the counters the node keeps, request latency,
+//! state operations, and a series per container for what it sent and received, its
+//! queue, its restarts and the latency of the requests it answered. Rendered from
 //! the registry at each scrape; nothing is kept for it on the message path.
 
 use std::{fmt::Write as _, future::Future, sync::Arc};
@@ -8,7 +9,11 @@ use std::{fmt::Write as _, future::Future, sync::Arc};
 use axum::{http::header, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
 
-use crate::{ContainerSnapshot, NodeStats, Registry};
+use crate::{
+    ContainerSnapshot, HistogramSnapshot, NodeStats, Registry,
+    histogram::BOUNDS_US,
+    state::{Outcome, StateOp, StateOperations},
+};
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
 pub(crate) async fn serve(
@@ -73,12 +78,45 @@ pub fn render(registry: &Registry, stats: &NodeStats) -> String {
         stats.requests_expired(),
     );
 
+    let _ = write!(
+        out,
+        "# HELP reef_request_duration_seconds Requests of callers on this node, from the node taking each to its answer; outcome reply or error (expired requests are reef_requests_expired_total).\n\
+         # TYPE reef_request_duration_seconds histogram\n"
+    );
+    write_histogram(
+        &mut out,
+        "reef_request_duration_seconds",
+        r#"outcome="reply""#,
+        &stats.replied().snapshot(),
+    );
+    write_histogram(
+        &mut out,
+        "reef_request_duration_seconds",
+        r#"outcome="error""#,
+        &stats.refused().snapshot(),
+    );
+    write_state_operations(&mut out, stats.state());
+
     let containers = registry.list();
+    let _ = write!(
+        out,
+        "# HELP reef_container_request_duration_seconds Requests the container's current process answered, from the node taking each to its answer (a task's count for its host).\n\
+         # TYPE reef_container_request_duration_seconds histogram\n"
+    );
+    for container in containers.iter().filter(|c| c.task.is_none()) {
+        let labels = format!("alias=\"{}\"", label(container.spec.alias.as_str()));
+        write_histogram(
+            &mut out,
+            "reef_container_request_duration_seconds",
+            &labels,
+            &container.answered,
+        );
+    }
     for family in CONTAINER_FAMILIES {
         let (name, kind, help) = (family.name, family.kind, family.help);
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
         for container in &containers {
-            if let Some(value) = (family.value)(container, registry) {
+            if let Some(value) = (family.value)(container) {
                 let alias = label(container.spec.alias.as_str());
                 let _ = writeln!(out, "{name}{{alias=\"{alias}\"}} {value}");
             }
@@ -92,7 +130,7 @@ struct ContainerFamily {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    value: fn(&ContainerSnapshot, &Registry) -> Option<u64>,
+    value: fn(&ContainerSnapshot) -> Option<u64>,
 }
 
 const CONTAINER_FAMILIES: [ContainerFamily; 5] = [
@@ -100,44 +138,95 @@ const CONTAINER_FAMILIES: [ContainerFamily; 5] = [
         name: "reef_container_up",
         kind: "gauge",
         help: "1 while the container's attach stream is open.",
-        value: |container, _| Some(container.attached.into()),
+        value: |container| Some(container.attached.into()),
     },
     ContainerFamily {
         name: "reef_container_envelopes_in_total",
         kind: "counter",
         help: "Envelopes routed from the container.",
-        value: |container, _| Some(container.envelopes_in),
+        value: |container| Some(container.envelopes_in),
     },
     ContainerFamily {
         name: "reef_container_envelopes_out_total",
         kind: "counter",
         help: "Envelopes delivered to the container.",
-        value: |container, _| Some(container.envelopes_out),
+        value: |container| Some(container.envelopes_out),
     },
     ContainerFamily {
         name: "reef_container_queue_depth",
         kind: "gauge",
         help: "Envelopes queued for the container's stream, not yet written (tasks share their host's).",
-        value: |container, registry| match container.task {
-            Some(_) => None,
-            None => Some(
-                registry
-                    .lookup(container.spec.alias.as_str())
-                    .map_or(0, |stream| stream.queued() as u64),
-            ),
-        },
+        value: |container| container.task.is_none().then_some(container.queued),
     },
     ContainerFamily {
         name: "reef_container_restarts_total",
         kind: "counter",
         help: "Times the container was restarted: by the node, or by its host for a task.",
-        value: |container, _| match (&container.supervised, &container.task) {
+        value: |container| match (&container.supervised, &container.task) {
             (Some(supervised), _) => Some(supervised.restarts.into()),
             (None, Some(task)) => Some(task.restarts.into()),
             (None, None) => None,
         },
     },
 ];
+
+/// The calls of `reef.v1.State` by operation and outcome, their latency by operation,
+/// and the watches open now.
+fn write_state_operations(out: &mut String, operations: &StateOperations) {
+    let _ = write!(
+        out,
+        "# HELP reef_state_operations_total Calls of reef.v1.State by operation and outcome (ok, conflict, rejected, failed).\n\
+         # TYPE reef_state_operations_total counter\n"
+    );
+    for op in StateOp::ALL {
+        for outcome in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "reef_state_operations_total{{op=\"{}\",outcome=\"{}\"}} {}",
+                op.name(),
+                outcome.name(),
+                operations.calls(op, outcome)
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "# HELP reef_state_operation_duration_seconds How long calls of reef.v1.State took (a watch: until established).\n\
+         # TYPE reef_state_operation_duration_seconds histogram\n"
+    );
+    for op in StateOp::ALL {
+        let labels = format!("op=\"{}\"", op.name());
+        write_histogram(
+            out,
+            "reef_state_operation_duration_seconds",
+            &labels,
+            &operations.latency(op),
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP reef_state_watches_open Watch streams open now.\n\
+         # TYPE reef_state_watches_open gauge\n\
+         reef_state_watches_open {}\n",
+        operations.watches_open()
+    );
+}
+
+/// The series of one histogram (`labels` without braces): cumulative buckets in
+/// seconds, then the sum and the count.
+fn write_histogram(out: &mut String, name: &str, labels: &str, snapshot: &HistogramSnapshot) {
+    let mut cumulative = 0;
+    for (bucket, bound) in BOUNDS_US.iter().enumerate() {
+        cumulative += snapshot.counts.get(bucket).copied().unwrap_or(0);
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    let count = snapshot.count();
+    let sum = snapshot.sum_us as f64 / 1e6;
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+}
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(value: &str) -> String {

@@ -413,6 +413,7 @@ impl Node {
             self.state.clone(),
             owners,
             self.access.clone(),
+            self.stats.state().clone(),
         ))
         // A transaction's limit (1.25 MiB of keys and values) plus framing.
         .max_decoding_message_size(2 << 20)

@@ -10,6 +10,8 @@ use crate::Alias;
 /// One request in flight.
 #[derive(Debug, Clone)]
 pub struct Pending {
+    /// When the node took the request: an answer's latency is counted from here.
+    pub asked: Instant,
     /// When the caller gets DEADLINE_EXCEEDED.
     pub deadline: Instant,
     /// Who must answer; a reply from anyone else is not accepted. The host of a task,
@@ -176,6 +178,7 @@ mod tests {
 
     fn pending(at: Instant, callee: &str) -> Pending {
         Pending {
+            asked: at,
             deadline: at,
             callee: Alias::parse(callee).unwrap(),
             addressee: Alias::parse(callee).unwrap(),

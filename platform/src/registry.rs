@@ -14,8 +14,8 @@ use tokio::sync::{broadcast, mpsc, mpsc::error::TrySendError};
 use tonic::Status;
 
 use crate::{
-    AckLog, Alias, Attachment, InvalidAlias, Limits, NodeStats, Outbound, link::LinkSession,
-    supervision::SupervisedSnapshot,
+    AckLog, Alias, Attachment, HistogramSnapshot, InvalidAlias, Limits, NodeStats, Outbound,
+    link::LinkSession, supervision::SupervisedSnapshot,
 };
 
 /// What a container says about itself when it claims an alias.
@@ -48,6 +48,10 @@ pub struct ContainerSnapshot {
     pub envelopes_in: u64,
     /// Envelopes delivered to it.
     pub envelopes_out: u64,
+    /// Envelopes queued for its stream, not yet written (0 when not attached).
+    pub queued: u64,
+    /// The requests its stream answered and how long they took.
+    pub answered: HistogramSnapshot,
     /// What the supervisor knows, for containers the node runs.
     pub supervised: Option<SupervisedSnapshot>,
     /// For task containers: what their host reports.
@@ -260,16 +264,19 @@ fn ancestors_include(entries: &HashMap<Alias, Registration>, start: &Alias, alia
 
 impl Registration {
     fn snapshot(&self) -> ContainerSnapshot {
-        let (envelopes_in, envelopes_out) = self
-            .attachment
-            .as_ref()
-            .map_or((0, 0), |attachment| attachment.counters());
+        let attachment = self.attachment.as_ref();
+        let (envelopes_in, envelopes_out) =
+            attachment.map_or((0, 0), |attachment| attachment.counters());
         ContainerSnapshot {
             spec: self.spec.clone(),
             registered_at: self.registered_at,
             attached: self.attachment.is_some(),
             envelopes_in,
             envelopes_out,
+            queued: attachment.map_or(0, |attachment| attachment.queued() as u64),
+            answered: attachment.map_or_else(HistogramSnapshot::default, |attachment| {
+                attachment.answered().snapshot()
+            }),
             supervised: self.reservation.as_ref().and_then(|r| r.info.clone()),
             task: self.task.clone(),
         }

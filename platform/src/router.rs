@@ -539,8 +539,10 @@ impl Inbound {
             .is_some_and(|left| left != "0");
         let addressee =
             Alias::parse(&envelope.destination).unwrap_or_else(|_| callee_alias.clone());
+        let asked = Instant::now();
         let pending = Pending {
-            deadline: Instant::now() + budget,
+            asked,
+            deadline: asked + budget,
             callee: callee_alias,
             addressee,
             origin,
@@ -662,10 +664,13 @@ impl Inbound {
                 .pending()
                 .extend(envelope.correlation_id, callee, Instant::now() + budget)
         } else {
-            caller
-                .pending()
-                .complete(envelope.correlation_id, callee)
-                .is_some()
+            let answered = caller.pending().complete(envelope.correlation_id, callee);
+            if let Some(pending) = &answered {
+                let latency = pending.asked.elapsed();
+                self.from.answered().record(latency);
+                self.stats.answered(kind == EnvelopeKind::Reply, latency);
+            }
+            answered.is_some()
                 // A node further along refusing a SEND: nobody waits, but the sender
                 // hears why, as it would from its own node.
                 || (kind == EnvelopeKind::Error && self.from.link().is_some())

@@ -1,10 +1,13 @@
 //! Node-wide counters.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use reef_proto::Envelope;
 
-use crate::DeadLetters;
+use crate::{DeadLetters, Histogram, state::StateOperations};
 
 /// Counters the node keeps for `Supervisor.Info`, metrics and tests.
 #[derive(Debug, Default)]
@@ -14,6 +17,9 @@ pub struct NodeStats {
     routed: AtomicU64,
     dead_letters: DeadLetters,
     requests_expired: AtomicU64,
+    replied: Histogram,
+    refused: Histogram,
+    state: Arc<StateOperations>,
 }
 
 impl NodeStats {
@@ -51,6 +57,30 @@ impl NodeStats {
     /// Requests the node answered with DEADLINE_EXCEEDED.
     pub fn add_expired(&self, n: u64) {
         self.requests_expired.fetch_add(n, Relaxed);
+    }
+
+    /// A request of a caller on this node was answered after `latency`: with a REPLY
+    /// (`replied`) or an ERROR.
+    pub fn answered(&self, replied: bool, latency: std::time::Duration) {
+        match replied {
+            true => self.replied.record(latency),
+            false => self.refused.record(latency),
+        }
+    }
+
+    /// The latency of requests answered with a REPLY.
+    pub fn replied(&self) -> &Histogram {
+        &self.replied
+    }
+
+    /// The latency of requests answered with an ERROR.
+    pub fn refused(&self) -> &Histogram {
+        &self.refused
+    }
+
+    /// What the State service did (it shares them).
+    pub fn state(&self) -> &Arc<StateOperations> {
+        &self.state
     }
 
     /// Envelopes accepted so far.

@@ -587,6 +587,9 @@ impl supervisor_server::Supervisor for SupervisorService {
             requests_expired: self.stats.requests_expired(),
             frames_received: self.stats.frames(),
             frames_sent: self.stats.frames_sent(),
+            replied: Some((&self.stats.replied().snapshot()).into()),
+            refused: Some((&self.stats.refused().snapshot()).into()),
+            state_operations: self.stats.state().total(),
         }))
     }
 
@@ -1079,6 +1082,8 @@ fn container_info(snapshot: ContainerSnapshot) -> wire::ContainerInfo {
         envelopes_in: snapshot.envelopes_in,
         envelopes_out: snapshot.envelopes_out,
         supervised,
+        queue_depth: snapshot.queued,
+        answered: Some((&snapshot.answered).into()),
     }
 }
 

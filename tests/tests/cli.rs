@@ -126,6 +126,93 @@ async fn create_ps_logs_restart_stop_start_and_destroy_a_supervised_container() 
     );
 }
 
+/// The last view `reef top` printed (piped, views follow each other).
+fn last_view(output: &str) -> &str {
+    output.rsplit("reef top · ").next().unwrap_or_default()
+}
+
+/// The columns of `alias`'s row in a `reef top` view: ALIAS STATE PID RESTARTS IN/s
+/// OUT/s QUEUE ANSWER/s P50 P99 UPTIME.
+fn top_row<'a>(view: &'a str, alias: &str) -> Vec<&'a str> {
+    view.lines()
+        .find(|line| line.split_whitespace().next() == Some(alias))
+        .unwrap_or_else(|| panic!("no row for {alias} in\n{view}"))
+        .split_whitespace()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reef_top_shows_rates_latency_and_restarts_of_a_live_tree() {
+    let node = TestNode::start();
+    let demo = binary("reef-demo").display().to_string();
+    let out = node.reef(&["create", "echo", "--", &demo, "echo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let supervisor = node.supervisor().await;
+    let echo =
+        reef_tests::wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
+
+    // Requests flow while top samples.
+    let client = reef_sdk::Client::connect(&node.options()).await.unwrap();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let traffic = tokio::spawn(async move {
+        let mut answered = 0u64;
+        while !*stopped.borrow_and_update() {
+            client
+                .request("echo", "ping", Duration::from_secs(5))
+                .await
+                .unwrap();
+            answered += 1;
+        }
+        answered
+    });
+    let out = tokio::task::block_in_place(|| {
+        node.reef(&["top", "--interval", "300ms", "--iterations", "2"])
+    });
+    stop.send_replace(true);
+    assert!(traffic.await.unwrap() > 0);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let output = text(&out.stdout);
+    assert_eq!(output.matches("reef top · ").count(), 2, "{output}");
+    let view = last_view(&output);
+    let row = top_row(view, "echo");
+    assert_eq!(row[1], "STARTED", "{view}");
+    assert_eq!(row[2], echo.pid.to_string());
+    assert_eq!(row[3], "0", "no restarts yet: {view}");
+    let rate = |column: &str| {
+        column
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("{column}: {view}"))
+    };
+    assert!(
+        rate(row[4]) > 0.0 && rate(row[5]) > 0.0,
+        "envelopes in and out: {view}"
+    );
+    assert!(rate(row[7]) > 0.0, "answers per second: {view}");
+    assert!(row[9].ends_with('s'), "a p99 latency: {view}");
+    assert!(
+        view.contains("requests ") && !view.contains("requests 0/s"),
+        "{view}"
+    );
+
+    // A killed container is restarted; top counts it.
+    reef_tests::signal_pid(echo.pid, nix::sys::signal::Signal::SIGKILL);
+    reef_tests::wait_for_container(&supervisor, "echo", "restarted", |c| {
+        c.attached && c.supervised.as_ref().is_some_and(|s| s.restarts == 1)
+    })
+    .await;
+    let out = tokio::task::block_in_place(|| node.reef(&["top", "--interval", "100ms", "-n", "1"]));
+    let output = text(&out.stdout);
+    assert_eq!(top_row(last_view(&output), "echo")[3], "1", "{output}");
+
+    let out = node.reef(&["top", "--interval", "forever"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("forever"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn create_ps_and_destroy_a_task_container_in_a_host() {
     let node = TestNode::start();

@@ -16,6 +16,7 @@ mod ps;
 mod request;
 mod send;
 mod state;
+mod top;
 mod up;
 mod watch;
 
@@ -26,6 +27,8 @@ pub enum Command {
     Up(up::Args),
     /// The node's containers as a tree: state, kind, pid, restarts, uptime.
     Ps,
+    /// A live view of the node and its tree: rates, queue depths, restarts, latency.
+    Top(top::Args),
     /// Create and start a supervised process container (`reef create ALIAS -- PROGRAM
     /// ARGS…`) or a task container in a host (`reef create ALIAS --task-host HOST --name
     /// BEHAVIOUR`).
@@ -81,6 +84,7 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
         Command::Ca(command) => ca::run(command),
         Command::Config(command) => config::run(command),
         Command::Ps => ps::run(options).await,
+        Command::Top(args) => top::run(args, options).await,
         Command::Create(args) => lifecycle::create(*args, options).await,
         Command::Destroy(args) => lifecycle::destroy(args, options).await,
         Command::Start(args) => lifecycle::start(args, options).await,

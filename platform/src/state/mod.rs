@@ -9,6 +9,7 @@
 mod codec;
 mod embedded;
 mod etcd;
+mod operations;
 mod owners;
 mod service;
 mod wal;
@@ -21,6 +22,7 @@ use tokio_stream::Stream;
 pub use self::{
     embedded::{Embedded, EmbeddedConfig},
     etcd::{Etcd, EtcdConfig, EtcdTls, pb as etcd_v3},
+    operations::{OpenWatch, Outcome, StateOp, StateOperations},
     owners::Owners,
     service::StateService,
 };

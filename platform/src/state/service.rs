@@ -1,7 +1,7 @@
 //! `reef.v1.State`: wire types in, domain types to the backend, errors to gRPC codes here
 //! and nowhere else.
 
-use std::{pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use reef_proto::{self as wire, state_server::State};
 use tokio_stream::{Stream, StreamExt};
@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 use crate::access::{Access, Action};
 
 use super::{
-    Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Owners, Revision,
-    StateError, Txn, TxnOutcome,
+    Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Outcome, Owners,
+    Revision, StateError, StateOp, StateOperations, Txn, TxnOutcome,
 };
 
 /// Trailing metadata on OUT_OF_RANGE for a compacted revision: the oldest revision kept.
@@ -25,6 +25,7 @@ pub struct StateService {
     backend: Arc<dyn Backend>,
     owners: Owners,
     access: Arc<Access>,
+    operations: Arc<StateOperations>,
 }
 
 impl std::fmt::Debug for StateService {
@@ -35,13 +36,37 @@ impl std::fmt::Debug for StateService {
 
 impl StateService {
     /// Serves `backend`; bound keys must name a container that `owners` knows; callers
-    /// read and write the namespaces `access` lets them.
-    pub fn new(backend: Arc<dyn Backend>, owners: Owners, access: Arc<Access>) -> Self {
+    /// read and write the namespaces `access` lets them; every call is counted in
+    /// `operations`.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        owners: Owners,
+        access: Arc<Access>,
+        operations: Arc<StateOperations>,
+    ) -> Self {
         Self {
             backend,
             owners,
             access,
+            operations,
         }
+    }
+
+    /// Runs `call` and counts it as `op`.
+    async fn measured<T: Settled>(
+        &self,
+        op: StateOp,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(response) if response.get_ref().conflicted() => Outcome::Conflict,
+            Ok(_) => Outcome::Ok,
+            Err(status) => Outcome::of(status.code()),
+        };
+        self.operations.record(op, outcome, started.elapsed());
+        result
     }
 
     /// Checks the caller of `request` doing `action` in `namespace`.
@@ -155,9 +180,9 @@ fn conflict(key: String, expected: Revision, current: Vec<Option<KeyValue>>) -> 
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<wire::WatchKeysResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl State for StateService {
-    async fn get(
+/// The calls themselves; [`State`] below counts them.
+impl StateService {
+    async fn serve_get(
         &self,
         request: Request<wire::GetRequest>,
     ) -> Result<Response<wire::GetResponse>, Status> {
@@ -176,7 +201,7 @@ impl State for StateService {
         }))
     }
 
-    async fn put(
+    async fn serve_put(
         &self,
         request: Request<wire::PutRequest>,
     ) -> Result<Response<wire::PutResponse>, Status> {
@@ -212,7 +237,7 @@ impl State for StateService {
         }
     }
 
-    async fn delete(
+    async fn serve_delete(
         &self,
         request: Request<wire::DeleteRequest>,
     ) -> Result<Response<wire::DeleteResponse>, Status> {
@@ -253,7 +278,7 @@ impl State for StateService {
         }
     }
 
-    async fn list(
+    async fn serve_list(
         &self,
         request: Request<wire::ListKeysRequest>,
     ) -> Result<Response<wire::ListKeysResponse>, Status> {
@@ -294,7 +319,7 @@ impl State for StateService {
         }))
     }
 
-    async fn txn(
+    async fn serve_txn(
         &self,
         request: Request<wire::TxnRequest>,
     ) -> Result<Response<wire::TxnResponse>, Status> {
@@ -346,12 +371,10 @@ impl State for StateService {
         }))
     }
 
-    type WatchStream = WatchStream;
-
-    async fn watch(
+    async fn serve_watch(
         &self,
         request: Request<wire::WatchKeysRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<WatchStream>, Status> {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
@@ -369,16 +392,21 @@ impl State for StateService {
             events: Vec::new(),
             revision: watching.revision as i64,
         };
-        let events = watching.events.map(|batch| match batch {
-            Ok(batch) => Ok(wire_batch(&batch)),
-            Err(error) => Err(status(error)),
+        // Counted as open for as long as the stream lives.
+        let open = self.operations.watch_opened();
+        let events = watching.events.map(move |batch| {
+            let _open = &open;
+            match batch {
+                Ok(batch) => Ok(wire_batch(&batch)),
+                Err(error) => Err(status(error)),
+            }
         });
         Ok(Response::new(Box::pin(
             tokio_stream::once(Ok(established)).chain(events),
         )))
     }
 
-    async fn compact(
+    async fn serve_compact(
         &self,
         request: Request<wire::CompactRequest>,
     ) -> Result<Response<wire::CompactResponse>, Status> {
@@ -391,3 +419,80 @@ impl State for StateService {
         }))
     }
 }
+
+#[tonic::async_trait]
+impl State for StateService {
+    async fn get(
+        &self,
+        request: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::GetResponse>, Status> {
+        self.measured(StateOp::Get, self.serve_get(request)).await
+    }
+
+    async fn put(
+        &self,
+        request: Request<wire::PutRequest>,
+    ) -> Result<Response<wire::PutResponse>, Status> {
+        self.measured(StateOp::Put, self.serve_put(request)).await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<wire::DeleteRequest>,
+    ) -> Result<Response<wire::DeleteResponse>, Status> {
+        self.measured(StateOp::Delete, self.serve_delete(request))
+            .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<wire::ListKeysRequest>,
+    ) -> Result<Response<wire::ListKeysResponse>, Status> {
+        self.measured(StateOp::List, self.serve_list(request)).await
+    }
+
+    async fn txn(
+        &self,
+        request: Request<wire::TxnRequest>,
+    ) -> Result<Response<wire::TxnResponse>, Status> {
+        self.measured(StateOp::Txn, self.serve_txn(request)).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<wire::WatchKeysRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.measured(StateOp::Watch, self.serve_watch(request))
+            .await
+    }
+
+    async fn compact(
+        &self,
+        request: Request<wire::CompactRequest>,
+    ) -> Result<Response<wire::CompactResponse>, Status> {
+        self.measured(StateOp::Compact, self.serve_compact(request))
+            .await
+    }
+}
+
+/// Whether a successful call is still a conflict: a transaction whose compares failed.
+trait Settled {
+    fn conflicted(&self) -> bool {
+        false
+    }
+}
+
+impl Settled for wire::TxnResponse {
+    fn conflicted(&self) -> bool {
+        !self.succeeded
+    }
+}
+
+impl Settled for wire::GetResponse {}
+impl Settled for wire::PutResponse {}
+impl Settled for wire::DeleteResponse {}
+impl Settled for wire::ListKeysResponse {}
+impl Settled for wire::CompactResponse {}
+impl Settled for WatchStream {}

@@ -39,6 +39,14 @@ pub fn state_of(container: &ContainerInfo) -> &'static str {
         .map_or("-", state_name)
 }
 
+/// Seconds from `since_ms` to `now_ms` (Unix milliseconds); "-" when `since_ms` is 0.
+pub fn uptime(since_ms: u64, now_ms: u64) -> String {
+    match since_ms {
+        0 => "-".to_owned(),
+        ms => format!("{}s", now_ms.saturating_sub(ms) / 1000),
+    }
+}
+
 fn state_name(state: ContainerState) -> &'static str {
     match state {
         ContainerState::Unspecified => "-",
@@ -81,10 +89,7 @@ fn print_node(node: &ContainerNode, depth: usize, now_ms: u64) {
             String::new(),
         ),
     };
-    let uptime = match since {
-        0 => "-".to_owned(),
-        ms => format!("{}s", now_ms.saturating_sub(ms) / 1000),
-    };
+    let uptime = uptime(since, now_ms);
     // Containers of other nodes carry the name of the node they live on; "-" = here.
     let node_name = container
         .labels
