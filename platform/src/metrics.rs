@@ -155,7 +155,7 @@ const CONTAINER_FAMILIES: [ContainerFamily; 5] = [
     ContainerFamily {
         name: "reef_container_queue_depth",
         kind: "gauge",
-        help: "Envelopes queued for the container's stream, not yet written (tasks share their host's).",
+        help: "Envelopes waiting for the container: queued for its stream, or held while it restarts (tasks share their host's).",
         value: |container| container.task.is_none().then_some(container.queued),
     },
     ContainerFamily {

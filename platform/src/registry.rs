@@ -48,7 +48,8 @@ pub struct ContainerSnapshot {
     pub envelopes_in: u64,
     /// Envelopes delivered to it.
     pub envelopes_out: u64,
-    /// Envelopes queued for its stream, not yet written (0 when not attached).
+    /// Envelopes waiting for it: queued for its stream and not yet written, or held
+    /// while it is (re)starting.
     pub queued: u64,
     /// The requests its stream answered and how long they took.
     pub answered: HistogramSnapshot,
@@ -273,7 +274,8 @@ impl Registration {
             attached: self.attachment.is_some(),
             envelopes_in,
             envelopes_out,
-            queued: attachment.map_or(0, |attachment| attachment.queued() as u64),
+            queued: attachment.map_or(0, |attachment| attachment.queued() as u64)
+                + self.reservation.as_ref().map_or(0, |r| r.held.len() as u64),
             answered: attachment.map_or_else(HistogramSnapshot::default, |attachment| {
                 attachment.answered().snapshot()
             }),
