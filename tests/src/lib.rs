@@ -87,6 +87,37 @@ pub async fn create(
         .map(tonic::Response::into_inner)
 }
 
+/// Creates a supervised container from `definition` with a minute's restart back-off,
+/// and kills it twice (the first restart is immediate), so that it stays down, waiting
+/// to restart, while the test looks: what is sent to it meanwhile is held.
+pub async fn create_restarting(node: &TestNode, mut definition: reef_proto::ContainerDefinition) {
+    let policy = definition.policy.get_or_insert_default();
+    policy.backoff_initial_ms = 60_000;
+    policy.backoff_max_ms = 60_000;
+    let alias = definition.alias.clone();
+    let mut supervisor = node.supervisor().await;
+    let created = create(&mut supervisor, definition)
+        .await
+        .expect("create")
+        .container
+        .expect("the created container");
+    node.wait_attached(&alias).await;
+    signal_pid(created.pid, nix::sys::signal::Signal::SIGKILL);
+    let second = wait_for_container(&supervisor, &alias, "restarted", |c| {
+        c.attached && c.pid != created.pid
+    })
+    .await
+    .pid;
+    signal_pid(second, nix::sys::signal::Signal::SIGKILL);
+    wait_for_container(&supervisor, &alias, "waiting to restart", |c| {
+        !c.attached
+            && c.supervised
+                .as_ref()
+                .is_some_and(|s| s.activity.starts_with("restarting in"))
+    })
+    .await;
+}
+
 /// A child process killed (and reaped) when dropped.
 #[derive(Debug)]
 pub struct ChildGuard(pub Child);

@@ -711,29 +711,10 @@ async fn the_hold_of_a_restarting_container_follows_its_overflow_policy() {
         alias: "slow-to-return".into(),
         kind: reef_tests::demo_process(&["echo"]),
         overflow: wire::OverflowPolicy::DropOldest as i32,
-        // Down for a minute after a crash: long enough to fill its hold.
-        policy: Some(wire::SupervisionPolicy {
-            backoff_initial_ms: 60_000,
-            backoff_max_ms: 60_000,
-            ..Default::default()
-        }),
         ..Default::default()
     };
-    let created = reef_tests::create(&mut supervisor, definition)
-        .await
-        .expect("create")
-        .container
-        .unwrap();
-    node.wait_attached("slow-to-return").await;
-    // The first restart is immediate; the backoff holds the second one back.
-    reef_tests::signal_pid(created.pid, nix::sys::signal::Signal::SIGKILL);
-    let second = reef_tests::wait_for_container(&supervisor, "slow-to-return", "restarted", |c| {
-        c.attached && c.pid != created.pid
-    })
-    .await
-    .pid;
-    reef_tests::signal_pid(second, nix::sys::signal::Signal::SIGKILL);
-    reef_tests::wait_for_container(&supervisor, "slow-to-return", "down", |c| !c.attached).await;
+    // Down for a minute: long enough to fill its hold.
+    reef_tests::create_restarting(&node, definition).await;
 
     let client = Client::connect(&node.options()).await.unwrap();
     for n in 0..7 {

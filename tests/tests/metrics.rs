@@ -172,38 +172,12 @@ async fn state_operations_are_counted_by_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_held_for_a_restarting_container_count_in_its_queue_depth() {
     let node = TestNode::start_with(&["--metrics-listen", "127.0.0.1:0"]);
-    let demo = binary("reef-demo").display().to_string();
-    // A long back-off keeps it restarting while the test looks (from the second
-    // restart on: the first is at once).
-    let created = node.reef(&[
-        "create",
-        "echo",
-        "--backoff-initial-ms",
-        "60000",
-        "--",
-        &demo,
-        "echo",
-    ]);
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let supervisor = node.supervisor().await;
-    let echo = wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
-    signal_pid(echo.pid, nix::sys::signal::Signal::SIGKILL);
-    let restarted = |c: &reef_proto::ContainerInfo| {
-        c.attached && c.supervised.as_ref().is_some_and(|s| s.restarts == 1)
+    let definition = wire::ContainerDefinition {
+        alias: "echo".into(),
+        kind: reef_tests::demo_process(&["echo"]),
+        ..Default::default()
     };
-    let echo = wait_for_container(&supervisor, "echo", "restarted once", restarted).await;
-    signal_pid(echo.pid, nix::sys::signal::Signal::SIGKILL);
-    wait_for_container(&supervisor, "echo", "waiting to restart", |c| {
-        !c.attached
-            && c.supervised
-                .as_ref()
-                .is_some_and(|s| s.activity.starts_with("restarting in"))
-    })
-    .await;
+    reef_tests::create_restarting(&node, definition).await;
 
     let client = Client::connect(&node.options()).await.unwrap();
     for n in 0..3 {
