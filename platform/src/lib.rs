@@ -42,6 +42,7 @@ mod router;
 pub mod routing;
 mod routing_api;
 pub mod runtime;
+pub mod sample;
 pub mod state;
 mod stats;
 mod status;

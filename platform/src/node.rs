@@ -358,6 +358,11 @@ impl Node {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// The node's certificates (for serving HTTPS beside gRPC with the same identity).
+    pub fn tls(&self) -> &Arc<NodeTls> {
+        &self.tls
+    }
+
     /// The registry, for embedding a node in-process.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry

@@ -94,9 +94,19 @@ impl NodeTls {
         Ok(true)
     }
 
-    /// A TLS acceptor serving the certificate in force at each handshake. Clients may
-    /// present a certificate from the node's trust root (nodes joining do); they need not.
+    /// A TLS acceptor for gRPC (ALPN `h2`) serving the certificate in force at each
+    /// handshake. Clients may present a certificate from the node's trust root (nodes
+    /// joining do); they need not.
     pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, PkiError> {
+        self.acceptor_for(b"h2")
+    }
+
+    /// The same for HTTP/1.1 (ALPN `http/1.1`): the dashboard.
+    pub fn https_acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, PkiError> {
+        self.acceptor_for(b"http/1.1")
+    }
+
+    fn acceptor_for(self: &Arc<Self>, alpn: &[u8]) -> Result<TlsAcceptor, PkiError> {
         let mut roots = RootCertStore::empty();
         for root in CertificateDer::pem_slice_iter(self.pki().ca_pem().as_bytes()) {
             roots.add(root.map_err(invalid)?).map_err(invalid)?;
@@ -111,7 +121,7 @@ impl NodeTls {
             .map_err(invalid)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 

@@ -79,7 +79,11 @@ fn describe(info: Option<ContainerInfo>) -> String {
     let Some(info) = info else {
         return String::new();
     };
-    format!(" (pid {}, {})", info.pid, super::ps::state_of(&info))
+    format!(
+        " (pid {}, {})",
+        info.pid,
+        reef_platform::sample::state_name(&info)
+    )
 }
 
 pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result<ExitCode> {

@@ -5,9 +5,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use reef_proto::{
-    ContainerInfo, ContainerNode, ContainerState, TreeRequest, supervisor_client::SupervisorClient,
-};
+use reef_platform::sample::state_name;
+use reef_proto::{ContainerNode, TreeRequest, supervisor_client::SupervisorClient};
 use reef_sdk::{ConnectOptions, Error};
 
 pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
@@ -30,34 +29,6 @@ pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A container's lifecycle state as the CLI prints it; "-" when it is not supervised.
-pub fn state_of(container: &ContainerInfo) -> &'static str {
-    container
-        .supervised
-        .as_ref()
-        .and_then(|s| ContainerState::try_from(s.state).ok())
-        .map_or("-", state_name)
-}
-
-/// Seconds from `since_ms` to `now_ms` (Unix milliseconds); "-" when `since_ms` is 0.
-pub fn uptime(since_ms: u64, now_ms: u64) -> String {
-    match since_ms {
-        0 => "-".to_owned(),
-        ms => format!("{}s", now_ms.saturating_sub(ms) / 1000),
-    }
-}
-
-fn state_name(state: ContainerState) -> &'static str {
-    match state {
-        ContainerState::Unspecified => "-",
-        ContainerState::Created => "CREATED",
-        ContainerState::Started => "STARTED",
-        ContainerState::Stopped => "STOPPED",
-        ContainerState::Failed => "FAILED",
-        ContainerState::Destroyed => "DESTROYED",
-    }
-}
-
 fn print_node(node: &ContainerNode, depth: usize, now_ms: u64) {
     let Some(container) = &node.container else {
         return;
@@ -70,7 +41,7 @@ fn print_node(node: &ContainerNode, depth: usize, now_ms: u64) {
     let supervised = container.supervised.as_ref();
     let (state, kind, restarts, since, activity) = match supervised {
         Some(s) => (
-            state_of(container),
+            state_name(container),
             s.kind.as_str(),
             s.restarts.to_string(),
             s.started_at_unix_ms,
@@ -89,7 +60,10 @@ fn print_node(node: &ContainerNode, depth: usize, now_ms: u64) {
             String::new(),
         ),
     };
-    let uptime = uptime(since, now_ms);
+    let uptime = match since {
+        0 => "-".to_owned(),
+        ms => format!("{}s", now_ms.saturating_sub(ms) / 1000),
+    };
     // Containers of other nodes carry the name of the node they live on; "-" = here.
     let node_name = container
         .labels

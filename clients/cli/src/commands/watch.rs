@@ -39,7 +39,10 @@ pub async fn run(args: Args, options: ConnectOptions) -> anyhow::Result<ExitCode
             Ok(LifecyclePhase::After) => " after",
             _ => "",
         };
-        let state = event.container.as_ref().map_or("-", super::ps::state_of);
+        let state = event
+            .container
+            .as_ref()
+            .map_or("-", reef_platform::sample::state_name);
         println!(
             "{} {alias} {kind}{phase} [{state}] {}",
             event.at_unix_ms, event.reason
