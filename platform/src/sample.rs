@@ -41,7 +41,7 @@ impl Sample {
     }
 
     /// Every container in the tree, by alias.
-    fn containers(&self) -> HashMap<&str, &ContainerInfo> {
+    pub fn containers(&self) -> HashMap<&str, &ContainerInfo> {
         fn walk<'a>(nodes: &'a [ContainerNode], into: &mut HashMap<&'a str, &'a ContainerInfo>) {
             for node in nodes {
                 if let Some(container) = &node.container {

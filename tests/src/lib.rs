@@ -201,6 +201,8 @@ pub struct TestNode {
     pub health: SocketAddr,
     /// The Prometheus address, when started with `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
+    /// The dashboard's HTTPS address, when started with `--dashboard-listen`.
+    pub dashboard: Option<SocketAddr>,
     /// The CA clients trust.
     pub ca: PathBuf,
     process: ChildGuard,
@@ -343,7 +345,7 @@ impl TestNode {
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
         let netns = netns.map(str::to_owned);
-        let (process, addr, health, metrics) = spawn_reefd(
+        let (process, addr, health, metrics, dashboard) = spawn_reefd(
             netns.as_deref(),
             data.path(),
             &format!("{ip}:0"),
@@ -355,6 +357,7 @@ impl TestNode {
             addr,
             health,
             metrics,
+            dashboard,
             ca: data.path().join("tls/ca.pem"),
             process,
             extra,
@@ -367,7 +370,7 @@ impl TestNode {
     /// Starts reefd again on the same addresses and data dir, after the test stopped
     /// or killed it.
     pub fn restart(&mut self) {
-        let (process, _, _, metrics) = spawn_reefd(
+        let (process, _, _, metrics, _) = spawn_reefd(
             self.netns.as_deref(),
             self.data.path(),
             &self.addr.to_string(),
@@ -505,7 +508,13 @@ fn spawn_reefd(
     health: &str,
     extra: &[String],
     env: &[(String, String)],
-) -> (ChildGuard, SocketAddr, SocketAddr, Option<SocketAddr>) {
+) -> (
+    ChildGuard,
+    SocketAddr,
+    SocketAddr,
+    Option<SocketAddr>,
+    Option<SocketAddr>,
+) {
     let mut command = match netns {
         // `ip netns exec` execs reefd: the child's pid is reefd's.
         Some(netns) => {
@@ -515,6 +524,10 @@ fn spawn_reefd(
         }
         None => Command::new(binary("reefd")),
     };
+    // The dashboard only where a test asks for it: its default port is fixed.
+    if !extra.iter().any(|flag| flag == "--dashboard-listen") {
+        command.arg("--no-dashboard");
+    }
     let mut child = command
         .args(["--listen", listen, "--health-listen", health, "--data-dir"])
         .arg(data)
@@ -533,7 +546,8 @@ fn spawn_reefd(
             .unwrap_or_else(|| panic!("ready line {ready:?} lacks {key}"))
     };
     let metrics = field(&ready, "metrics").and_then(|v| v.parse().ok());
-    (process, parse("grpc"), parse("health"), metrics)
+    let dashboard = field(&ready, "dashboard").and_then(|v| v.parse().ok());
+    (process, parse("grpc"), parse("health"), metrics, dashboard)
 }
 
 /// Runs `reef --addr ADDRESS --ca CA ARGS…`.

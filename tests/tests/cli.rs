@@ -463,6 +463,8 @@ fn reef_up_runs_the_demo_until_sigterm_and_leaves_no_process_behind() {
             "127.0.0.1:0",
             "--health-listen",
             "127.0.0.1:0",
+            "--dashboard-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data.path())

@@ -55,7 +55,7 @@ impl BenchNode {
             .filter(|path| path.is_file())
             .unwrap_or_else(|| PathBuf::from("reefd"));
         let mut child = Command::new(&reefd)
-            .args(["--listen", "127.0.0.1:0", "--no-health"])
+            .args(["--listen", "127.0.0.1:0", "--no-health", "--no-dashboard"])
             .args(extra_args)
             .arg("--data-dir")
             .arg(data.path())

@@ -27,6 +27,17 @@ struct Args {
     /// Plaintext address serving Prometheus metrics on `GET /metrics` (off by default).
     #[arg(long, env = "REEF_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// HTTPS address of the web dashboard (the node's certificate; log in with the token
+    /// in DATA/dashboard.token or the admin client certificate). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7403", env = "REEF_DASHBOARD_LISTEN")]
+    dashboard_listen: SocketAddr,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
+    /// Let dashboard logins restart, stop, start and destroy containers (default:
+    /// read-only).
+    #[arg(long)]
+    dashboard_writes: bool,
     /// Export traces over OTLP/gRPC to this collector (`http://HOST:4317`, or `https://`
     /// with --otlp-ca); the containers the node spawns export there too. Off by default.
     #[arg(long, env = "REEF_OTLP_ENDPOINT")]
@@ -264,24 +275,85 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let dashboard = match args.no_dashboard {
+        true => None,
+        false => match start_dashboard(&args, &node, &ca).await {
+            Ok(dashboard) => Some(dashboard),
+            Err(error) => {
+                eprintln!("reefd: dashboard: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     // One line on stdout, readable by people and by `reef up` / tests (key=value).
     println!(
-        "reefd ready grpc={} health={} metrics={} tls={} ca={}",
+        "reefd ready grpc={} health={} metrics={} dashboard={} tls={} ca={}",
         node.local_addr(),
         node.health_addr()
             .map_or("off".to_owned(), |a| a.to_string()),
         node.metrics_addr()
             .map_or("off".to_owned(), |a| a.to_string()),
+        dashboard
+            .as_ref()
+            .map_or("off".to_owned(), |(addr, _)| addr.to_string()),
         if args.insecure { "off" } else { "on" },
         ca.display()
     );
-    match node.run(shutdown_signal()).await {
+    let served = node.run(shutdown_signal()).await;
+    if let Some((_, dashboard)) = dashboard {
+        dashboard.abort();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("reefd: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Binds the dashboard and serves it beside the node, as a client of the node's own API
+/// with its admin certificate.
+async fn start_dashboard(
+    args: &Args,
+    node: &Node,
+    ca: &std::path::Path,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
+    let listener = tokio::net::TcpListener::bind(args.dashboard_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.dashboard_listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let token_path = reef_dashboard::token_path(&args.data_dir);
+    let token = reef_dashboard::load_or_create_token(&token_path)
+        .map_err(|e| format!("token {}: {e}", token_path.display()))?;
+    let tls = match args.insecure {
+        true => None,
+        false => Some(node.tls().https_acceptor().map_err(|e| e.to_string())?),
+    };
+    // The node as its own clients reach it: loopback when it listens on every address.
+    let mut grpc = node.local_addr();
+    if grpc.ip().is_unspecified() {
+        grpc.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let dashboard = reef_dashboard::Dashboard {
+        node: reef_sdk::ConnectOptions {
+            node: grpc.to_string(),
+            ca: ca.to_owned(),
+            insecure: args.insecure,
+            identity: reef_sdk::ConnectOptions::admin_beside(ca),
+            ..Default::default()
+        },
+        token,
+        writes: args.dashboard_writes,
+    };
+    let served = tokio::spawn(async move {
+        if let Err(error) =
+            reef_dashboard::serve(listener, tls, dashboard, std::future::pending()).await
+        {
+            tracing::error!(%error, "the dashboard stopped");
+        }
+    });
+    Ok((addr, served))
 }
 
 async fn shutdown_signal() {

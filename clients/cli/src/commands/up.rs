@@ -37,6 +37,12 @@ pub struct Args {
     /// The node's plaintext health address.
     #[arg(long, default_value = "127.0.0.1:7401")]
     health_listen: String,
+    /// The node's web dashboard address (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:7403")]
+    dashboard_listen: String,
+    /// Let dashboard logins restart, stop, start and destroy containers.
+    #[arg(long)]
+    dashboard_writes: bool,
     /// Where the node keeps its certificates and state.
     #[arg(long, default_value = ".reef")]
     data_dir: PathBuf,
@@ -49,12 +55,17 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
         .arg(&args.listen)
         .arg("--health-listen")
         .arg(&args.health_listen)
+        .arg("--dashboard-listen")
+        .arg(&args.dashboard_listen)
         .arg("--data-dir")
         .arg(&args.data_dir)
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     if insecure {
         node.arg("--insecure");
+    }
+    if args.dashboard_writes {
+        node.arg("--dashboard-writes");
     }
     let mut node = node
         .spawn()
@@ -124,7 +135,7 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
         let pid = created.container.map_or(0, |c| c.pid);
         containers.push(format!("{} (pid {pid})", def.alias));
     }
-    print_summary(&project, &ready, &ca, &containers, &args);
+    print_summary(&project, &ready, &ca, &containers, &args, insecure);
 
     let outcome = wait_for_signal(&mut node).await;
     terminate(&mut node);
@@ -199,6 +210,7 @@ async fn wait_or_kill(child: &mut Child) {
 struct Ready {
     grpc: String,
     health: String,
+    dashboard: String,
     ca: PathBuf,
 }
 
@@ -219,6 +231,7 @@ async fn read_ready_line(stdout: ChildStdout) -> anyhow::Result<Ready> {
         let ready = Ready {
             grpc: field("grpc").context("reefd's ready line has no grpc=")?,
             health: field("health").unwrap_or_else(|| "off".to_owned()),
+            dashboard: field("dashboard").unwrap_or_else(|| "off".to_owned()),
             ca: field("ca").context("reefd's ready line has no ca=")?.into(),
         };
         tokio::spawn(async move {
@@ -231,7 +244,14 @@ async fn read_ready_line(stdout: ChildStdout) -> anyhow::Result<Ready> {
     bail!("reefd closed its output before it was ready")
 }
 
-fn print_summary(project: &Project, ready: &Ready, ca: &Path, containers: &[String], args: &Args) {
+fn print_summary(
+    project: &Project,
+    ready: &Ready,
+    ca: &Path,
+    containers: &[String],
+    args: &Args,
+    insecure: bool,
+) {
     let reef = std::env::current_exe()
         .ok()
         .and_then(|exe| {
@@ -255,6 +275,19 @@ fn print_summary(project: &Project, ready: &Ready, ca: &Path, containers: &[Stri
         "  health      {}  (plaintext grpc.health.v1, for probes)",
         ready.health
     );
+    if ready.dashboard != "off" {
+        let scheme = if insecure { "http" } else { "https" };
+        println!(
+            "  dashboard   {scheme}://{}/  (log in with the token in {}; {})",
+            ready.dashboard,
+            args.data_dir.join("dashboard.token").display(),
+            if args.dashboard_writes {
+                "actions allowed"
+            } else {
+                "read-only"
+            }
+        );
+    }
     println!("  containers  {}", containers.join(", "));
     println!("  logs        {}/logs/", args.data_dir.display());
     println!();

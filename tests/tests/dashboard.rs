@@ -1,0 +1,322 @@
+//! The dashboard as operators use it: over HTTPS with the node's certificate, behind a
+//! login, read-only unless the node allows writes; and end to end in headless Chromium
+//! (`tests/browser/dashboard.mjs`, Playwright): the live tree, a restart seen within
+//! seconds, a restart from the page, a state namespace watched live. The test saves a
+//! screenshot of the main view (`target/tmp/dashboard.png`).
+
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use reef_tests::{
+    ChildGuard, TestNode, binary, signal_pid, stdout_lines, tls_connector, wait_for_container,
+    wait_for_line, workspace_root,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// How long a browser step may take (Chromium starts slowly on a busy machine).
+const BROWSER_STEP: Duration = Duration::from_secs(90);
+
+/// An HTTP/1.1 exchange with the dashboard over TLS, the node's CA verifying its
+/// certificate: the status code, the response headers (lower-case names) and body.
+async fn https(
+    node: &TestNode,
+    request_head: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let addr = node.dashboard.expect("started with --dashboard-listen");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tls_connector(&node.ca).connect(name, tcp).await.unwrap();
+    let request = format!(
+        "{request_head}\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default();
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (code, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Logs in with `token`; the session cookie (`reef_session=…`).
+async fn log_in(node: &TestNode, token: &str) -> String {
+    let form = format!("token={token}");
+    let (code, headers, _) = https(
+        node,
+        "POST /login HTTP/1.1\r\ncontent-type: application/x-www-form-urlencoded",
+        &form,
+    )
+    .await;
+    assert_eq!(code, 303);
+    let cookie = header(&headers, "set-cookie").expect("a session cookie");
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("Secure")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+fn token(node: &TestNode) -> String {
+    std::fs::read_to_string(node.data_dir().join("dashboard.token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_behind_a_login_and_read_only_by_default() {
+    let node = TestNode::start_with(&["--dashboard-listen", "127.0.0.1:0"]);
+    let token = token(&node);
+    assert_eq!(token.len(), 64);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(node.data_dir().join("dashboard.token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the token is the owner's only");
+
+    // The page itself is public (it shows the login); everything else is not.
+    let (code, headers, page) = https(&node, "GET / HTTP/1.1", "").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"login\""), "{page}");
+    assert!(
+        header(&headers, "content-security-policy")
+            .is_some_and(|csp| csp.contains("default-src 'self'")),
+        "{headers:?}"
+    );
+    for path in [
+        "/api/whoami",
+        "/api/live",
+        "/api/dead-letters",
+        "/api/state/demo",
+    ] {
+        let (code, _, body) = https(&node, &format!("GET {path} HTTP/1.1"), "").await;
+        assert_eq!(code, 401, "{path}: {body}");
+    }
+
+    // A wrong token gets no cookie.
+    let (code, headers, _) = https(
+        &node,
+        "POST /login HTTP/1.1\r\ncontent-type: application/x-www-form-urlencoded",
+        "token=wrong",
+    )
+    .await;
+    assert_eq!(code, 303);
+    assert_eq!(header(&headers, "location"), Some("/?login=failed"));
+    assert!(header(&headers, "set-cookie").is_none());
+
+    let cookie = log_in(&node, &token).await;
+    let (code, _, body) = https(
+        &node,
+        &format!("GET /api/whoami HTTP/1.1\r\ncookie: {cookie}"),
+        "",
+    )
+    .await;
+    assert_eq!((code, body.as_str()), (200, r#"{"writes":false}"#));
+
+    // Read-only: actions are refused, and the container is untouched.
+    let demo = binary("reef-demo").display().to_string();
+    assert!(
+        node.reef(&["create", "echo", "--", &demo, "echo"])
+            .status
+            .success()
+    );
+    let supervisor = node.supervisor().await;
+    let echo = wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
+    let (code, _, body) = https(
+        &node,
+        &format!(
+            "POST /api/containers/echo/restart HTTP/1.1\r\ncookie: {cookie}\r\nx-reef-dashboard: 1"
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    let now = wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
+    assert_eq!(now.pid, echo.pid);
+
+    // Bad input gets a JSON error naming the problem.
+    let (code, _, body) = https(
+        &node,
+        &format!("GET /api/state/Not%20A%20Namespace HTTP/1.1\r\ncookie: {cookie}"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("namespace"), "{body}");
+    let (code, _, body) = https(
+        &node,
+        &format!("GET /api/containers/nobody HTTP/1.1\r\ncookie: {cookie}"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+
+    // Dead letters come with their reasons.
+    let client = reef_sdk::Client::connect(&node.options()).await.unwrap();
+    client.send("nobody", "lost").await.unwrap();
+    client.flush(Duration::from_secs(5)).await.unwrap();
+    let (code, _, body) = https(
+        &node,
+        &format!("GET /api/dead-letters HTTP/1.1\r\ncookie: {cookie}"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(r#""destination":"nobody""#) && body.contains(r#""preview":"lost""#),
+        "{body}"
+    );
+
+    // Logging out ends the session.
+    let (code, _, _) = https(
+        &node,
+        &format!("POST /logout HTTP/1.1\r\ncookie: {cookie}"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 303);
+    let (code, _, _) = https(
+        &node,
+        &format!("GET /api/whoami HTTP/1.1\r\ncookie: {cookie}"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watches_restarts_acts_and_browses_state_in_a_browser() {
+    let browser = workspace_root().join("tests/browser");
+    assert!(
+        browser.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed in {}: run scripts/test, which installs it",
+        browser.display()
+    );
+    let node = TestNode::start_with(&["--dashboard-listen", "127.0.0.1:0", "--dashboard-writes"]);
+    let demo = binary("reef-demo").display().to_string();
+    for (alias, behaviour) in [("echo", "echo"), ("counter", "counter")] {
+        let created = node.reef(&["create", alias, "--", &demo, behaviour]);
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let supervisor = node.supervisor().await;
+    let echo = wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let url = format!("https://localhost:{}/", node.dashboard.unwrap().port());
+    let mut driver = Command::new("node")
+        .arg(browser.join("dashboard.mjs"))
+        .arg(&url)
+        .arg(token(&node))
+        .arg(&screenshot)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs (Node.js is on the machine)");
+    let lines = stdout_lines(&mut driver);
+    let mut stdin = driver.stdin.take().unwrap();
+    let _driver = ChildGuard(driver);
+    let step = |expected: &str| {
+        let line = wait_for_line(&lines, "", BROWSER_STEP);
+        assert!(
+            line.starts_with(expected),
+            "expected {expected:?}, the browser said {line:?}"
+        );
+    };
+
+    step("tree restarts=0");
+    signal_pid(echo.pid, nix::sys::signal::Signal::SIGKILL);
+    writeln!(stdin, "killed").unwrap();
+    step("restart-seen");
+    step("restarted");
+    // The restart asked from the page happened: a new process, counted.
+    wait_for_container(&supervisor, "echo", "restarted twice", |c| {
+        c.attached && c.supervised.as_ref().is_some_and(|s| s.restarts == 2)
+    })
+    .await;
+
+    step("state-open");
+    let put = node.reef(&["state", "put", "dash", "greeting", "hello"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    writeln!(stdin, "put").unwrap();
+    step("state-live");
+    step("done");
+    let saved = std::fs::metadata(&screenshot).expect("the screenshot is saved");
+    assert!(
+        saved.len() > 10_000,
+        "a real picture: {} bytes",
+        saved.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_client_certificate_is_a_login_of_its_own() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let node = TestNode::start_with(&["--dashboard-listen", "127.0.0.1:0"]);
+    let tls_dir = node.data_dir().join("tls");
+    let mut roots = rustls::RootCertStore::empty();
+    for root in CertificateDer::pem_file_iter(&node.ca).unwrap() {
+        roots.add(root.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(tls_dir.join("admin.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(tls_dir.join("admin-key.pem")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(node.dashboard.unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /api/whoami HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(r#"{"writes":false}"#), "{response}");
+}
