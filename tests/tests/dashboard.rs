@@ -12,8 +12,8 @@ use std::{
 };
 
 use reef_tests::{
-    ChildGuard, TestNode, binary, signal_pid, stdout_lines, tls_connector, wait_for_container,
-    wait_for_line, workspace_root,
+    ChildGuard, STARTUP, TestNode, binary, signal_pid, stdout_lines, tls_connector,
+    wait_for_container, wait_for_line, workspace_root,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -319,4 +319,44 @@ async fn the_admin_client_certificate_is_a_login_of_its_own() {
     let _ = tls.read_to_string(&mut response).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with(r#"{"writes":false}"#), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tree_spans_the_nodes_joined_to_this_one() {
+    let cluster = tempfile::tempdir().unwrap();
+    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    let start = |name: &str, extra: Vec<String>| {
+        let mut flags = vec!["--name".to_owned(), name.to_owned()];
+        flags.extend(extra);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
+            reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+        })
+    };
+    let root = start(
+        "root",
+        vec!["--dashboard-listen".to_owned(), "127.0.0.1:0".to_owned()],
+    );
+    let edge = start("edge", root.join_flags());
+    let demo = binary("reef-demo").display().to_string();
+    let created = edge.reef(&["create", "echo-edge", "--", &demo, "echo"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let cookie = log_in(&root, &token(&root)).await;
+    let body = reef_tests::eventually("edge's container on root's dashboard", STARTUP, || {
+        let cookie = cookie.clone();
+        let root = &root;
+        async move {
+            let head = format!("GET /api/containers/echo-edge HTTP/1.1\r\ncookie: {cookie}");
+            let (code, _, body) = https(root, &head, "").await;
+            (code == 200).then_some(body)
+        }
+    })
+    .await;
+    assert!(body.contains(r#""reef.node":"edge""#), "{body}");
+    assert!(body.contains(r#""parent":"nodes/edge""#), "{body}");
 }

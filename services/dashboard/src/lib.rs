@@ -42,7 +42,7 @@ pub async fn serve(
     dashboard: Dashboard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let live = live::Live::start(dashboard.node.clone());
+    let (live, _running) = live::Live::start(dashboard.node.clone());
     let state = Arc::new(api::AppState::new(dashboard, live));
     let app = api::router(state).into_make_service_with_connect_info::<Peer>();
     axum::serve(PeerListener::new(listener, tls), app)

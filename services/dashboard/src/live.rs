@@ -71,6 +71,18 @@ pub struct View {
     pub restarts: Vec<RestartMark>,
 }
 
+/// The sampler and the event follower; dropping this stops them.
+#[derive(Debug)]
+pub struct Running(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// The shared live state of one dashboard.
 #[derive(Debug)]
 pub struct Live {
@@ -83,8 +95,9 @@ pub struct Live {
 }
 
 impl Live {
-    /// Starts sampling and following the node that `options` reach.
-    pub fn start(options: ConnectOptions) -> Arc<Self> {
+    /// Starts sampling and following the node that `options` reach, until the
+    /// returned [`Running`] is dropped.
+    pub fn start(options: ConnectOptions) -> (Arc<Self>, Running) {
         let live = Arc::new(Self {
             options,
             view: watch::Sender::new(None),
@@ -92,9 +105,11 @@ impl Live {
             recent: Mutex::new(VecDeque::new()),
             restarts: Mutex::new(VecDeque::new()),
         });
-        tokio::spawn(live.clone().sample_forever());
-        tokio::spawn(live.clone().follow_forever());
-        live
+        let running = Running(vec![
+            tokio::spawn(live.clone().sample_forever()),
+            tokio::spawn(live.clone().follow_forever()),
+        ]);
+        (live, running)
     }
 
     /// The latest view, then each new one.
