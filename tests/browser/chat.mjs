@@ -7,25 +7,13 @@
 // on stdin (the test writes `killed` after it killed the chat container), then prints
 // `carried-on` once messages sent since arrived and a newcomer saw the history.
 import readline from "node:readline";
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [url, screenshot] = process.argv.slice(2);
 const stdin = readline.createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => stdin.once("line", resolve));
 
-// Flags for a machine without a network beyond loopback (see the tool library's notes).
-const browser = await chromium.launch({
-  executablePath: process.env.REEF_CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 
 async function join(name) {
   const page = await browser.newPage();

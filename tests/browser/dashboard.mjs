@@ -12,25 +12,14 @@
 //   state-live        the put arrived without a reload
 //   done              the screenshot is saved
 import readline from "node:readline";
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [url, token, screenshot] = process.argv.slice(2);
 const stdin = readline.createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => stdin.once("line", resolve));
 const STEP = { timeout: 30000 };
 
-const browser = await chromium.launch({
-  executablePath: process.env.REEF_CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 
 try {
   // The node's CA is not in Chromium's store; the test checks the chain with it.

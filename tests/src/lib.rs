@@ -398,6 +398,22 @@ impl TestNode {
         reef_at(&self.addr.to_string(), &self.ca, args)
     }
 
+    /// `reef create ALIAS -- reef-demo ARGS…`: a supervised demo process, once it is
+    /// attached.
+    pub async fn create_demo(&self, alias: &str, args: &[&str]) -> reef_proto::ContainerInfo {
+        let demo = binary("reef-demo").display().to_string();
+        let mut create = vec!["create", alias, "--", &demo];
+        create.extend(args);
+        let created = self.reef(&create);
+        assert!(
+            created.status.success(),
+            "reef create {alias}: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let supervisor = self.supervisor().await;
+        wait_for_container(&supervisor, alias, "attached", |c| c.attached).await
+    }
+
     /// The node's data directory.
     pub fn data_dir(&self) -> &Path {
         self.data.path()

@@ -10,7 +10,7 @@ use std::{
 };
 
 use reef_tests::{
-    ChildGuard, TestNode, binary, signal_pid, start_gateway, stdout_lines, wait_for_container,
+    ChildGuard, TestNode, signal_pid, start_gateway, stdout_lines, wait_for_container,
     wait_for_line, workspace_root,
 };
 
@@ -26,15 +26,8 @@ async fn two_browsers_chat_through_a_restart_of_the_chat_container() {
         browser.display()
     );
     let node = TestNode::start();
-    let demo = binary("reef-demo");
-    let created = node.reef(&["create", "chat", "--", &demo.display().to_string(), "chat"]);
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    let chat = node.create_demo("chat", &["chat"]).await;
     let supervisor = node.supervisor().await;
-    let chat = wait_for_container(&supervisor, "chat", "attached", |c| c.attached).await;
     let gateway = start_gateway(
         &node,
         r#"

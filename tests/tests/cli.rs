@@ -144,12 +144,8 @@ fn top_row<'a>(view: &'a str, alias: &str) -> Vec<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reef_top_shows_rates_latency_and_restarts_of_a_live_tree() {
     let node = TestNode::start();
-    let demo = binary("reef-demo").display().to_string();
-    let out = node.reef(&["create", "echo", "--", &demo, "echo"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let echo = node.create_demo("echo", &["echo"]).await;
     let supervisor = node.supervisor().await;
-    let echo =
-        reef_tests::wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
 
     // Requests flow while top samples.
     let client = reef_sdk::Client::connect(&node.options()).await.unwrap();

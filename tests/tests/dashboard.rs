@@ -12,8 +12,8 @@ use std::{
 };
 
 use reef_tests::{
-    ChildGuard, STARTUP, TestNode, binary, signal_pid, stdout_lines, tls_connector,
-    wait_for_container, wait_for_line, workspace_root,
+    ChildGuard, STARTUP, TestNode, signal_pid, stdout_lines, tls_connector, wait_for_container,
+    wait_for_line, workspace_root,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -141,14 +141,8 @@ async fn the_dashboard_is_behind_a_login_and_read_only_by_default() {
     assert_eq!((code, body.as_str()), (200, r#"{"writes":false}"#));
 
     // Read-only: actions are refused, and the container is untouched.
-    let demo = binary("reef-demo").display().to_string();
-    assert!(
-        node.reef(&["create", "echo", "--", &demo, "echo"])
-            .status
-            .success()
-    );
+    let echo = node.create_demo("echo", &["echo"]).await;
     let supervisor = node.supervisor().await;
-    let echo = wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
     let (code, _, body) = https(
         &node,
         &format!(
@@ -221,17 +215,9 @@ async fn an_operator_watches_restarts_acts_and_browses_state_in_a_browser() {
         browser.display()
     );
     let node = TestNode::start_with(&["--dashboard-listen", "127.0.0.1:0", "--dashboard-writes"]);
-    let demo = binary("reef-demo").display().to_string();
-    for (alias, behaviour) in [("echo", "echo"), ("counter", "counter")] {
-        let created = node.reef(&["create", alias, "--", &demo, behaviour]);
-        assert!(
-            created.status.success(),
-            "{}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-    }
+    let echo = node.create_demo("echo", &["echo"]).await;
+    node.create_demo("counter", &["counter"]).await;
     let supervisor = node.supervisor().await;
-    let echo = wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
 
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
@@ -338,13 +324,7 @@ async fn the_tree_spans_the_nodes_joined_to_this_one() {
         vec!["--dashboard-listen".to_owned(), "127.0.0.1:0".to_owned()],
     );
     let edge = start("edge", root.join_flags());
-    let demo = binary("reef-demo").display().to_string();
-    let created = edge.reef(&["create", "echo-edge", "--", &demo, "echo"]);
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    edge.create_demo("echo-edge", &["echo"]).await;
 
     let cookie = log_in(&root, &token(&root)).await;
     let body = reef_tests::eventually("edge's container on root's dashboard", STARTUP, || {

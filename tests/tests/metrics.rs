@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reef_proto as wire;
 use reef_sdk::{Client, state::StateClient};
-use reef_tests::{STARTUP, TestNode, binary, eventually, signal_pid, wait_for_container};
+use reef_tests::{STARTUP, TestNode, eventually, signal_pid};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// `GET /metrics`: the status line and the body.
@@ -40,15 +40,7 @@ fn value(body: &str, series: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_traffic_and_restarts() {
     let node = TestNode::start_with(&["--metrics-listen", "127.0.0.1:0"]);
-    let demo = binary("reef-demo").display().to_string();
-    let created = node.reef(&["create", "echo", "--", &demo, "echo"]);
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let supervisor = node.supervisor().await;
-    let echo = wait_for_container(&supervisor, "echo", "attached", |c| c.attached).await;
+    let echo = node.create_demo("echo", &["echo"]).await;
 
     let (status, before) = scrape(&node).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
