@@ -193,6 +193,55 @@ pub fn field(line: &str, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// How long a browser step may take (Chromium starts slowly on a busy machine).
+pub const BROWSER_STEP: Duration = Duration::from_secs(90);
+
+/// A Playwright script from `tests/browser` run with Node.js: it prints a line per
+/// step and waits for lines on its stdin where the test acts in between.
+pub struct BrowserScript {
+    lines: mpsc::Receiver<String>,
+    stdin: std::process::ChildStdin,
+    _process: ChildGuard,
+}
+
+impl BrowserScript {
+    /// Runs `tests/browser/SCRIPT ARGS…`; panics naming what is missing when
+    /// `scripts/test` did not install playwright-core.
+    pub fn start(script: &str, args: &[&std::ffi::OsStr]) -> Self {
+        let browser = workspace_root().join("tests/browser");
+        assert!(
+            browser.join("node_modules/playwright-core").is_dir(),
+            "playwright-core is not installed in {}: run scripts/test, which installs it",
+            browser.display()
+        );
+        let mut process = Command::new("node")
+            .arg(browser.join(script))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node runs (Node.js is on the machine)");
+        let lines = stdout_lines(&mut process);
+        let stdin = process.stdin.take().expect("a piped stdin");
+        Self {
+            lines,
+            stdin,
+            _process: ChildGuard(process),
+        }
+    }
+
+    /// The next line the script prints (within [`BROWSER_STEP`]).
+    pub fn next_line(&self) -> String {
+        wait_for_line(&self.lines, "", BROWSER_STEP)
+    }
+
+    /// Tells the script the test did its part.
+    pub fn tell(&mut self, line: &str) {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{line}").expect("the browser script reads its stdin");
+    }
+}
+
 /// A real `reefd` process on ephemeral ports, with its own data directory.
 pub struct TestNode {
     /// The TLS gRPC address.

@@ -3,28 +3,10 @@
 //! `reef-demo chat` container, and go on chatting while the test kills the container.
 //! `scripts/test` installs Chromium (Debian `chromium`) and `playwright-core` (npm).
 
-use std::{
-    io::Write as _,
-    process::{Command, Stdio},
-    time::Duration,
-};
-
-use reef_tests::{
-    ChildGuard, TestNode, signal_pid, start_gateway, stdout_lines, wait_for_container,
-    wait_for_line, workspace_root,
-};
-
-/// How long a browser step may take (Chromium starts slowly on a busy machine).
-const BROWSER_STEP: Duration = Duration::from_secs(90);
+use reef_tests::{BrowserScript, TestNode, signal_pid, start_gateway, wait_for_container};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_chat_through_a_restart_of_the_chat_container() {
-    let browser = workspace_root().join("tests/browser");
-    assert!(
-        browser.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is not installed in {}: run scripts/test, which installs it",
-        browser.display()
-    );
     let node = TestNode::start();
     let chat = node.create_demo("chat", &["chat"]).await;
     let supervisor = node.supervisor().await;
@@ -47,19 +29,10 @@ join = ["lobby"]
     );
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat.png");
     let _ = std::fs::remove_file(&screenshot);
-    let mut driver = Command::new("node")
-        .arg(browser.join("chat.mjs"))
-        .arg(format!("{}/", gateway.http[0]))
-        .arg(&screenshot)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs (Node.js is on the machine)");
-    let lines = stdout_lines(&mut driver);
-    let mut stdin = driver.stdin.take().unwrap();
-    let _driver = ChildGuard(driver);
+    let url = format!("{}/", gateway.http[0]);
+    let mut browser = BrowserScript::start("chat.mjs", &[url.as_ref(), screenshot.as_ref()]);
 
-    let first = wait_for_line(&lines, "", BROWSER_STEP);
+    let first = browser.next_line();
     assert_eq!(
         first, "exchanged",
         "the first messages did not go both ways"
@@ -67,8 +40,8 @@ join = ["lobby"]
     // Mid-chat: the chat container dies. The node restarts it; what the browsers say
     // meanwhile waits for it.
     signal_pid(chat.pid, nix::sys::signal::Signal::SIGKILL);
-    writeln!(stdin, "killed").unwrap();
-    let outcome = wait_for_line(&lines, "", BROWSER_STEP);
+    browser.tell("killed");
+    let outcome = browser.next_line();
     assert_eq!(
         outcome, "carried-on",
         "the chat did not carry on after the restart"

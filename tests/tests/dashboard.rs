@@ -4,21 +4,10 @@
 //! seconds, a restart from the page, a state namespace watched live. The test saves a
 //! screenshot of the main view (`target/tmp/dashboard.png`).
 
-use std::{
-    io::Write as _,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
-use reef_tests::{
-    ChildGuard, STARTUP, TestNode, signal_pid, stdout_lines, tls_connector, wait_for_container,
-    wait_for_line, workspace_root,
-};
+use reef_tests::{BrowserScript, STARTUP, TestNode, signal_pid, tls_connector, wait_for_container};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-/// How long a browser step may take (Chromium starts slowly on a busy machine).
-const BROWSER_STEP: Duration = Duration::from_secs(90);
 
 /// An HTTP/1.1 exchange with the dashboard over TLS, the node's CA verifying its
 /// certificate: the status code, the response headers (lower-case names) and body.
@@ -208,12 +197,6 @@ async fn the_dashboard_is_behind_a_login_and_read_only_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_watches_restarts_acts_and_browses_state_in_a_browser() {
-    let browser = workspace_root().join("tests/browser");
-    assert!(
-        browser.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is not installed in {}: run scripts/test, which installs it",
-        browser.display()
-    );
     let node = TestNode::start_with(&["--dashboard-listen", "127.0.0.1:0", "--dashboard-writes"]);
     let echo = node.create_demo("echo", &["echo"]).await;
     node.create_demo("counter", &["counter"]).await;
@@ -222,47 +205,40 @@ async fn an_operator_watches_restarts_acts_and_browses_state_in_a_browser() {
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
     let url = format!("https://localhost:{}/", node.dashboard.unwrap().port());
-    let mut driver = Command::new("node")
-        .arg(browser.join("dashboard.mjs"))
-        .arg(&url)
-        .arg(token(&node))
-        .arg(&screenshot)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs (Node.js is on the machine)");
-    let lines = stdout_lines(&mut driver);
-    let mut stdin = driver.stdin.take().unwrap();
-    let _driver = ChildGuard(driver);
-    let step = |expected: &str| {
-        let line = wait_for_line(&lines, "", BROWSER_STEP);
+    let token = token(&node);
+    let mut browser = BrowserScript::start(
+        "dashboard.mjs",
+        &[url.as_ref(), token.as_ref(), screenshot.as_ref()],
+    );
+    let step = |browser: &BrowserScript, expected: &str| {
+        let line = browser.next_line();
         assert!(
             line.starts_with(expected),
             "expected {expected:?}, the browser said {line:?}"
         );
     };
 
-    step("tree restarts=0");
+    step(&browser, "tree restarts=0");
     signal_pid(echo.pid, nix::sys::signal::Signal::SIGKILL);
-    writeln!(stdin, "killed").unwrap();
-    step("restart-seen");
-    step("restarted");
+    browser.tell("killed");
+    step(&browser, "restart-seen");
+    step(&browser, "restarted");
     // The restart asked from the page happened: a new process, counted.
     wait_for_container(&supervisor, "echo", "restarted twice", |c| {
         c.attached && c.supervised.as_ref().is_some_and(|s| s.restarts == 2)
     })
     .await;
 
-    step("state-open");
+    step(&browser, "state-open");
     let put = node.reef(&["state", "put", "dash", "greeting", "hello"]);
     assert!(
         put.status.success(),
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    writeln!(stdin, "put").unwrap();
-    step("state-live");
-    step("done");
+    browser.tell("put");
+    step(&browser, "state-live");
+    step(&browser, "done");
     let saved = std::fs::metadata(&screenshot).expect("the screenshot is saved");
     assert!(
         saved.len() > 10_000,
