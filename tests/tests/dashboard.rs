@@ -6,7 +6,9 @@
 
 use std::{path::Path, time::Duration};
 
-use reef_tests::{BrowserScript, STARTUP, TestNode, signal_pid, tls_connector, wait_for_container};
+use reef_tests::{
+    BrowserScript, STARTUP, TestNode, binary, signal_pid, tls_connector, wait_for_container,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// An HTTP/1.1 exchange with the dashboard over TLS, the node's CA verifying its
@@ -17,9 +19,7 @@ async fn https(
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
     let addr = node.dashboard.expect("started with --dashboard-listen");
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tls_connector(&node.ca).connect(name, tcp).await.unwrap();
+    let mut tls = connect(addr, &node.ca).await;
     let request = format!(
         "{request_head}\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -42,6 +42,16 @@ async fn https(
         .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
         .collect();
     (code, headers, body.to_owned())
+}
+
+/// A TLS connection to the dashboard at `addr`, its certificate checked with `ca`.
+async fn connect(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tls_connector(ca).connect(name, tcp).await.unwrap()
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -315,4 +325,74 @@ async fn the_tree_spans_the_nodes_joined_to_this_one() {
     .await;
     assert!(body.contains(r#""reef.node":"edge""#), "{body}");
     assert!(body.contains(r#""parent":"nodes/edge""#), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_does_not_hold_up_the_nodes_drain() {
+    // reefd on its own, to read what it logs while it stops.
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(binary("reefd"))
+        .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+        .args(["--dashboard-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("REEF_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = reef_tests::stdout_lines(&mut child);
+    let stderr = reef_tests::lines_of(child.stderr.take().unwrap());
+    let mut reefd = reef_tests::ChildGuard(child);
+    let ready = reef_tests::wait_for_line(&stdout, "reefd ready", STARTUP);
+    let field = |key| reef_tests::field(&ready, key).unwrap();
+    let (grpc, dashboard): (String, std::net::SocketAddr) =
+        (field("grpc"), field("dashboard").parse().unwrap());
+    let ca = data.path().join("tls/ca.pem");
+    let token = std::fs::read_to_string(data.path().join("dashboard.token")).unwrap();
+
+    // Log in and follow the live stream until a lifecycle event arrives: the
+    // dashboard's own watch of the node is open then.
+    let mut tls = connect(dashboard, &ca).await;
+    let login = format!(
+        "POST /login HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-www-form-urlencoded\r\nconnection: close\r\ncontent-length: {}\r\n\r\ntoken={}",
+        token.trim().len() + 6,
+        token.trim()
+    );
+    tls.write_all(login.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response).await;
+    let cookie = response
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .and_then(|cookie| cookie.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let mut live = connect(dashboard, &ca).await;
+    let request = format!("GET /api/live HTTP/1.1\r\nhost: localhost\r\ncookie: {cookie}\r\n\r\n");
+    live.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let mut buffer = vec![0u8; 16 << 10];
+    let deadline = tokio::time::Instant::now() + STARTUP;
+    while !seen.contains("event: lifecycle") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no lifecycle event: {seen}"
+        );
+        // A CLI call registers a client: an event for the dashboard to pass on (the
+        // send itself is refused: nobody is there).
+        reef_tests::reef_at(&grpc, &ca, &["send", "nobody", "hi"]);
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), live.read(&mut buffer)).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    }
+
+    let status = reefd.terminate(STARTUP).expect("reefd stops on SIGTERM");
+    assert!(status.success(), "{status}");
+    let logged: Vec<String> = stderr.try_iter().collect();
+    assert!(
+        !logged.iter().any(|line| line.contains("drain timed out")),
+        "the drain waited for the dashboard: {logged:?}"
+    );
 }

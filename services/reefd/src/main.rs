@@ -299,11 +299,14 @@ async fn serve(args: Args) -> ExitCode {
         if args.insecure { "off" } else { "on" },
         ca.display()
     );
-    let served = node.run(shutdown_signal()).await;
-    if let Some((_, dashboard)) = dashboard {
-        dashboard.abort();
-    }
-    match served {
+    // The dashboard goes first: its streams from the node would hold up the drain.
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some((_, dashboard)) = dashboard {
+            dashboard.abort();
+        }
+    };
+    match node.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("reefd: {error}");
