@@ -74,6 +74,6 @@ pub use self::{
     },
     router::Inbound,
     stats::NodeStats,
-    supervisor::{NodeIdentity, SupervisorService},
+    supervisor::{NodeIdentity, SupervisorService, unix_ms},
     uplink::JoinConfig,
 };

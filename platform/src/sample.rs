@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use reef_proto::{
@@ -15,7 +15,7 @@ use reef_proto::{
 use serde::Serialize;
 use tonic::{Status, transport::Channel};
 
-use crate::HistogramSnapshot;
+use crate::{HistogramSnapshot, unix_ms};
 
 /// The node's counters and its container tree, read at `at`.
 #[derive(Debug, Clone)]
@@ -249,12 +249,6 @@ fn interval(now: Option<&LatencyHistogram>, then: Option<&LatencyHistogram>) -> 
 
 fn micros(latency: Option<Duration>) -> Option<u64> {
     latency.map(|d| d.as_micros() as u64)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -1058,7 +1058,8 @@ pub(crate) fn millis(duration: Duration) -> u32 {
     duration.as_millis().min(u32::MAX as u128) as u32
 }
 
-pub(crate) fn unix_ms(at: SystemTime) -> u64 {
+/// Milliseconds since the Unix epoch (0 before it), as wire timestamps are.
+pub fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }

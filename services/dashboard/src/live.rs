@@ -168,7 +168,7 @@ impl Live {
 
     fn publish(&self, previous: &Sample, current: &Sample) {
         let (node, containers) = sample::compare(previous, current);
-        let at_ms = sample::unix_ms(SystemTime::now());
+        let at_ms = reef_platform::unix_ms(SystemTime::now());
         let restarts = {
             let mut marks = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
             let before = previous.containers();

@@ -1,9 +1,6 @@
 //! `reef ps`: the container tree with state, kind, pid, restarts and uptime.
 
-use std::{
-    process::ExitCode,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{process::ExitCode, time::SystemTime};
 
 use reef_platform::sample::state_name;
 use reef_proto::{ContainerNode, TreeRequest, supervisor_client::SupervisorClient};
@@ -20,9 +17,7 @@ pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
         "{:<28} {:<10} {:<8} {:<8} {:>8} {:>8} {:>8} {:<9} ACTIVITY",
         "ALIAS", "NODE", "STATE", "KIND", "PID", "RESTARTS", "UPTIME", "ATTACHED"
     );
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = reef_platform::unix_ms(SystemTime::now());
     for root in &tree.roots {
         print_node(root, 0, now_ms);
     }
