@@ -257,20 +257,18 @@ async fn an_operator_watches_restarts_acts_and_browses_state_in_a_browser() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_client_certificate_is_a_login_of_its_own() {
+/// `GET /api/whoami` presenting the client certificate `cert` / `key` (PEM files).
+async fn whoami_with_certificate(node: &TestNode, cert: &Path, key: &Path) -> String {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-    let node = TestNode::start_with(&["--dashboard-listen", "127.0.0.1:0"]);
-    let tls_dir = node.data_dir().join("tls");
     let mut roots = rustls::RootCertStore::empty();
     for root in CertificateDer::pem_file_iter(&node.ca).unwrap() {
         roots.add(root.unwrap()).unwrap();
     }
-    let chain = CertificateDer::pem_file_iter(tls_dir.join("admin.pem"))
+    let chain = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = PrivateKeyDer::from_pem_file(tls_dir.join("admin-key.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -289,8 +287,43 @@ async fn the_admin_client_certificate_is_a_login_of_its_own() {
         .unwrap();
     let mut response = String::new();
     let _ = tls.read_to_string(&mut response).await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.ends_with(r#"{"writes":false}"#), "{response}");
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_client_certificate_is_a_login_of_its_own() {
+    let node = TestNode::start_with(&["--dashboard-listen", "127.0.0.1:0"]);
+    let tls_dir = node.data_dir().join("tls");
+    let admin = whoami_with_certificate(
+        &node,
+        &tls_dir.join("admin.pem"),
+        &tls_dir.join("admin-key.pem"),
+    )
+    .await;
+    assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
+    assert!(admin.ends_with(r#"{"writes":false}"#), "{admin}");
+
+    // A client certificate from the same CA that names no administrator is no login.
+    let out = tempfile::tempdir().unwrap();
+    let (ca_dir, out_dir) = (
+        tls_dir.display().to_string(),
+        out.path().display().to_string(),
+    );
+    let issued = node.reef(&[
+        "ca", "client", "ops", "--ca-dir", &ca_dir, "--out", &out_dir,
+    ]);
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let client = whoami_with_certificate(
+        &node,
+        &out.path().join("ops.pem"),
+        &out.path().join("ops-key.pem"),
+    )
+    .await;
+    assert!(client.starts_with("HTTP/1.1 401"), "{client}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
