@@ -54,6 +54,9 @@ pub struct AppState {
     pub sessions: Sessions,
     live: Arc<Live>,
     streams: Arc<Semaphore>,
+    /// One login attempt at a time, so that the pause after a wrong token bounds the
+    /// guessing rate for everyone together, not per connection.
+    logins: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             sessions: Sessions::default(),
             live,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            logins: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -116,12 +120,14 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    let one_at_a_time = state.logins.lock().await;
     if !auth::token_matches(&form.token, &state.token) {
         tracing::warn!(peer = %peer.addr, "dashboard login with a wrong token");
-        // Guessing costs time.
+        // Guessing costs time: at most two wrong tokens a second, over all clients.
         tokio::time::sleep(Duration::from_millis(500)).await;
         return Redirect::to("/?login=failed").into_response();
     }
+    drop(one_at_a_time);
     match state.sessions.open() {
         Ok(id) => {
             let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict");
