@@ -1,17 +1,28 @@
 //! Connections for axum: TLS handshakes done by the node's acceptor (bounded in time,
 //! side by side), each connection labelled with its peer and whether it presented the
-//! node's admin certificate (a login of its own).
+//! node's admin certificate (a login of its own), and at most [`MAX_CONNECTIONS`] open
+//! at once (beyond that, new connections wait in the kernel's backlog).
 
-use std::{io, net::SocketAddr, pin::Pin};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use axum::serve::{IncomingStream, Listener};
 use reef_platform::{certificate_identity, tls};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::{Stream, StreamExt as _};
+
+/// Connections open at once.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// A connection's byte stream, TLS or (for an insecure node) plain.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -33,11 +44,17 @@ type Accepted = Pin<Box<dyn Stream<Item = io::Result<(Box<dyn Io>, Peer)>> + Sen
 pub struct PeerListener {
     accepted: Accepted,
     local: io::Result<SocketAddr>,
+    open: Arc<Semaphore>,
 }
 
 impl PeerListener {
     /// Accepts on `listener`, over TLS when `tls` is given.
     pub fn new(listener: TcpListener, tls: Option<TlsAcceptor>) -> Self {
+        Self::with_limit(listener, tls, MAX_CONNECTIONS)
+    }
+
+    /// The same with at most `limit` connections open at once.
+    pub fn with_limit(listener: TcpListener, tls: Option<TlsAcceptor>, limit: usize) -> Self {
         let local = listener.local_addr();
         let accepted: Accepted = match tls {
             Some(acceptor) => Box::pin(tls::incoming(listener, acceptor).map(|stream| {
@@ -64,18 +81,60 @@ impl PeerListener {
                 }),
             ),
         };
-        Self { accepted, local }
+        Self {
+            accepted,
+            local,
+            open: Arc::new(Semaphore::new(limit)),
+        }
+    }
+}
+
+/// A connection that holds one of the listener's slots until it is dropped.
+pub struct Counted {
+    io: Box<dyn Io>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
 impl Listener for PeerListener {
-    type Io = Box<dyn Io>;
+    type Io = Counted;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let Ok(slot) = self.open.clone().acquire_owned().await else {
+            // The semaphore is never closed.
+            return std::future::pending().await;
+        };
         loop {
             match self.accepted.next().await {
-                Some(Ok(accepted)) => return accepted,
+                Some(Ok((io, peer))) => return (Counted { io, _slot: slot }, peer),
                 Some(Err(error)) => tracing::debug!(%error, "dashboard connection dropped"),
                 // The acceptor stopped: nothing more will come.
                 None => std::future::pending::<()>().await,
@@ -97,5 +156,29 @@ impl Listener for PeerListener {
 impl axum::extract::connect_info::Connected<IncomingStream<'_, PeerListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, PeerListener>) -> Self {
         stream.remote_addr().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_limit_waits_for_a_slot() {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let mut listener = PeerListener::with_limit(socket, None, 1);
+        let _first_client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _second_client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (first, peer) = listener.accept().await;
+        assert!(!peer.admin, "plain connections carry no certificate");
+        // The one slot is taken: accepting does not get past it.
+        tokio::select! {
+            biased;
+            _ = listener.accept() => panic!("a second connection while the first is open"),
+            _ = std::future::ready(()) => {}
+        }
+        drop(first);
+        let (_second, _) = listener.accept().await;
     }
 }
