@@ -6,16 +6,11 @@
 // Prints `exchanged` once the first messages went both ways, then waits for a line
 // on stdin (the test writes `killed` after it killed the chat container), then prints
 // `carried-on` once messages sent since arrived and a newcomer saw the history.
-import readline from "node:readline";
-import { launch } from "./launch.mjs";
+import { drive } from "./launch.mjs";
 
 const [url, screenshot] = process.argv.slice(2);
-const stdin = readline.createInterface({ input: process.stdin });
-const nextLine = () => new Promise((resolve) => stdin.once("line", resolve));
 
-const browser = await launch();
-
-async function join(name) {
+async function join(browser, name) {
   const page = await browser.newPage();
   await page.goto(url);
   await page.fill("#name", name);
@@ -32,9 +27,9 @@ async function sees(page, line) {
   await page.locator("#log li", { hasText: line }).first().waitFor({ timeout: 20000 });
 }
 
-try {
-  const ada = await join("ada");
-  const bob = await join("bob");
+await drive(async ({ browser, nextLine }) => {
+  const ada = await join(browser, "ada");
+  const bob = await join(browser, "bob");
   await say(ada, "hello bob");
   await sees(bob, "ada: hello bob");
   await say(bob, "hi ada");
@@ -48,15 +43,9 @@ try {
   await sees(ada, "bob: are you still there?");
   await sees(bob, "ada: yes, still here");
   // A newcomer gets the history the container keeps in the node's state.
-  const cy = await join("cy");
+  const cy = await join(browser, "cy");
   await sees(cy, "ada: hello bob");
   await sees(cy, "ada: yes, still here");
   await ada.screenshot({ path: screenshot });
   console.log("carried-on");
-} catch (error) {
-  console.log(`failed: ${error.message}`);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  stdin.close();
-}
+});

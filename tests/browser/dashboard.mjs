@@ -11,17 +11,12 @@
 //   state-open        namespace `dash` is open and watched           ← `put`
 //   state-live        the put arrived without a reload
 //   done              the screenshot is saved
-import readline from "node:readline";
-import { launch } from "./launch.mjs";
+import { drive } from "./launch.mjs";
 
 const [url, token, screenshot] = process.argv.slice(2);
-const stdin = readline.createInterface({ input: process.stdin });
-const nextLine = () => new Promise((resolve) => stdin.once("line", resolve));
 const STEP = { timeout: 30000 };
 
-const browser = await launch();
-
-try {
+await drive(async ({ browser, nextLine }) => {
   // The node's CA is not in Chromium's store; the test checks the chain with it.
   const context = await browser.newContext({
     ignoreHTTPSErrors: true,
@@ -71,10 +66,4 @@ try {
   await page.locator("#detail-events li").first().waitFor(STEP);
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log("done");
-} catch (error) {
-  console.log(`failed: ${error.message}`);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  stdin.close();
-}
+});
