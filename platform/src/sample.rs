@@ -42,18 +42,23 @@ impl Sample {
 
     /// Every container in the tree, by alias.
     pub fn containers(&self) -> HashMap<&str, &ContainerInfo> {
-        fn walk<'a>(nodes: &'a [ContainerNode], into: &mut HashMap<&'a str, &'a ContainerInfo>) {
-            for node in nodes {
-                if let Some(container) = &node.container {
-                    into.insert(container.alias.as_str(), container);
-                }
-                walk(&node.children, into);
-            }
-        }
-        let mut containers = HashMap::new();
-        walk(&self.tree, &mut containers);
-        containers
+        containers_in(&self.tree)
     }
+}
+
+/// Every container in a tree (`Supervisor.Tree`'s roots), by alias.
+pub fn containers_in(tree: &[ContainerNode]) -> HashMap<&str, &ContainerInfo> {
+    fn walk<'a>(nodes: &'a [ContainerNode], into: &mut HashMap<&'a str, &'a ContainerInfo>) {
+        for node in nodes {
+            if let Some(container) = &node.container {
+                into.insert(container.alias.as_str(), container);
+            }
+            walk(&node.children, into);
+        }
+    }
+    let mut containers = HashMap::new();
+    walk(tree, &mut containers);
+    containers
 }
 
 /// The node over one interval.

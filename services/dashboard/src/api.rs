@@ -1,7 +1,7 @@
 //! The dashboard's HTTP surface: the page and its assets, the login, the live stream,
 //! and JSON views of a container, dead letters and state, plus the actions.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Form, Json, Router,
@@ -14,8 +14,8 @@ use axum::{
     routing::{get, post},
 };
 use reef_proto::{
-    self as wire, ContainerInfo, DeadLettersRequest, DestroyRequest, LogsRequest, RestartRequest,
-    StartRequest, StopRequest, TreeRequest, state_client::StateClient,
+    self as wire, DeadLettersRequest, DestroyRequest, LogsRequest, RestartRequest, StartRequest,
+    StopRequest, TreeRequest, state_client::StateClient,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -190,12 +190,9 @@ async fn container(
     Path(alias): Path<String>,
 ) -> Result<Json<Value>, Refusal> {
     let mut supervisor = state.live.supervisor().await.map_err(node_error)?;
-    let tree = match tokio::time::timeout(NODE_CALL, supervisor.tree(TreeRequest {})).await {
-        Ok(Ok(tree)) => tree.into_inner(),
-        Ok(Err(status)) => return Err(node_error(status.message())),
-        Err(_) => return Err(node_error("no answer in time")),
-    };
-    let Some(info) = find(&tree.roots, &alias) else {
+    let tree = node_call(NODE_CALL, supervisor.tree(TreeRequest {})).await?;
+    let containers = reef_platform::sample::containers_in(&tree.roots);
+    let Some(info) = containers.get(alias.as_str()) else {
         return Err(refusal(
             StatusCode::NOT_FOUND,
             format!("no container {alias:?}"),
@@ -217,18 +214,11 @@ async fn container(
         "endpoint": info.endpoint,
         "labels": info.labels,
         "attached": info.attached,
-        "state": reef_platform::sample::state_name(&info),
+        "state": reef_platform::sample::state_name(info),
         "supervised": info.supervised.as_ref().map(supervised_json),
         "events": state.live.recent_events(Some(&alias)),
         "logs": logs,
     })))
-}
-
-fn find(nodes: &[wire::ContainerNode], alias: &str) -> Option<ContainerInfo> {
-    nodes.iter().find_map(|node| match &node.container {
-        Some(container) if container.alias == alias => Some(container.clone()),
-        _ => find(&node.children, alias),
-    })
 }
 
 fn supervised_json(supervised: &wire::SupervisedInfo) -> Value {
@@ -309,37 +299,35 @@ async fn act(
                     alias: alias.clone(),
                 })
                 .await
-                .map(|_| ()),
+                .map(|_| tonic::Response::new(())),
             "stop" => supervisor
                 .stop(StopRequest {
                     alias: alias.clone(),
                     ..Default::default()
                 })
                 .await
-                .map(|_| ()),
+                .map(|_| tonic::Response::new(())),
             "start" => supervisor
                 .start(StartRequest {
                     alias: alias.clone(),
                 })
                 .await
-                .map(|_| ()),
+                .map(|_| tonic::Response::new(())),
             "destroy" => supervisor
                 .destroy(DestroyRequest {
                     alias: alias.clone(),
                     ..Default::default()
                 })
                 .await
-                .map(|_| ()),
+                .map(|_| tonic::Response::new(())),
             other => Err(tonic::Status::invalid_argument(format!(
                 "unknown action {other:?}: restart, stop, start or destroy"
             ))),
         }
     };
-    match tokio::time::timeout(NODE_CALL * 6, call).await {
-        Ok(Ok(())) => Ok(Json(json!({ "done": format!("{action} {alias}") }))),
-        Ok(Err(status)) => Err(status_refusal(&status)),
-        Err(_) => Err(node_error("no answer in time")),
-    }
+    // A restart or stop waits for the container: longer than a plain call.
+    node_call(NODE_CALL * 6, call).await?;
+    Ok(Json(json!({ "done": format!("{action} {alias}") })))
 }
 
 async fn dead_letters(
@@ -350,11 +338,7 @@ async fn dead_letters(
     let request = DeadLettersRequest {
         limit: DEAD_LETTERS,
     };
-    let letters = match tokio::time::timeout(NODE_CALL, supervisor.dead_letters(request)).await {
-        Ok(Ok(letters)) => letters.into_inner(),
-        Ok(Err(status)) => return Err(node_error(status.message())),
-        Err(_) => return Err(node_error("no answer in time")),
-    };
+    let letters = node_call(NODE_CALL, supervisor.dead_letters(request)).await?;
     let list: Vec<Value> = letters
         .letters
         .iter()
@@ -385,8 +369,7 @@ struct StateQuery {
 async fn state_client(state: &AppState) -> Result<StateClient<tonic::transport::Channel>, Refusal> {
     state
         .live
-        .options()
-        .connect()
+        .channel()
         .await
         .map(StateClient::new)
         .map_err(node_error)
@@ -395,6 +378,18 @@ async fn state_client(state: &AppState) -> Result<StateClient<tonic::transport::
 fn preview(value: &[u8]) -> String {
     let cut = &value[..value.len().min(VALUE_PREVIEW)];
     String::from_utf8_lossy(cut).into_owned()
+}
+
+/// A call to the node on behalf of a page, bounded by `limit`; its status mapped here.
+async fn node_call<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Refusal> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status_refusal(&status)),
+        Err(_) => Err(node_error("no answer in time")),
+    }
 }
 
 /// A status from the node: the caller's mistakes as 4xx, the rest as 502.
@@ -423,21 +418,17 @@ async fn state_list(
         limit: STATE_KEYS as u32,
         ..Default::default()
     };
-    match tokio::time::timeout(NODE_CALL, client.list(request)).await {
-        Ok(Ok(page)) => {
-            let page = page.into_inner();
-            let keys: Vec<Value> = page
-                .kvs
-                .iter()
-                .map(|kv| json!({ "key": kv.key, "value": preview(&kv.value), "revision": kv.mod_revision }))
-                .collect();
-            Ok(Json(
-                json!({ "revision": page.revision, "keys": keys, "more": !page.next_page_token.is_empty() }),
-            ))
-        }
-        Ok(Err(status)) => Err(status_refusal(&status)),
-        Err(_) => Err(node_error("no answer in time")),
-    }
+    let page = node_call(NODE_CALL, client.list(request)).await?;
+    let keys: Vec<Value> = page
+        .kvs
+        .iter()
+        .map(
+            |kv| json!({ "key": kv.key, "value": preview(&kv.value), "revision": kv.mod_revision }),
+        )
+        .collect();
+    Ok(Json(
+        json!({ "revision": page.revision, "keys": keys, "more": !page.next_page_token.is_empty() }),
+    ))
 }
 
 /// Server-sent `changes` events: the puts and deletes under a prefix, from `from`.
@@ -454,11 +445,7 @@ async fn state_watch(
         prefix: query.prefix,
         start_revision: query.from,
     };
-    let watch = match tokio::time::timeout(NODE_CALL, client.watch(request)).await {
-        Ok(Ok(watch)) => watch.into_inner(),
-        Ok(Err(status)) => return Err(status_refusal(&status)),
-        Err(_) => return Err(node_error("no answer in time")),
-    };
+    let watch = node_call(NODE_CALL, client.watch(request)).await?;
     // One event per committed batch: the changes of one revision or a run of them.
     let changes = watch.map_while(Result::ok).map(move |batch| {
         let _slot = &slot;

@@ -87,6 +87,7 @@ impl Drop for Running {
 #[derive(Debug)]
 pub struct Live {
     options: ConnectOptions,
+    channel: tokio::sync::OnceCell<Channel>,
     /// The latest view, serialised once for every browser.
     view: watch::Sender<Option<Arc<str>>>,
     events: broadcast::Sender<Arc<str>>,
@@ -100,6 +101,7 @@ impl Live {
     pub fn start(options: ConnectOptions) -> (Arc<Self>, Running) {
         let live = Arc::new(Self {
             options,
+            channel: tokio::sync::OnceCell::new(),
             view: watch::Sender::new(None),
             events: broadcast::Sender::new(256),
             recent: Mutex::new(VecDeque::new()),
@@ -132,14 +134,18 @@ impl Live {
             .collect()
     }
 
-    /// A client of the node's Supervisor.
-    pub async fn supervisor(&self) -> Result<SupervisorClient<Channel>, reef_sdk::Error> {
-        Ok(SupervisorClient::new(self.options.connect().await?))
+    /// The one connection to the node, made on first use; tonic reconnects it when it
+    /// breaks, so every page and the sampler share it instead of a handshake each.
+    pub async fn channel(&self) -> Result<Channel, reef_sdk::Error> {
+        self.channel
+            .get_or_try_init(|| self.options.connect())
+            .await
+            .cloned()
     }
 
-    /// Options that reach the node (for the State service).
-    pub fn options(&self) -> &ConnectOptions {
-        &self.options
+    /// A client of the node's Supervisor.
+    pub async fn supervisor(&self) -> Result<SupervisorClient<Channel>, reef_sdk::Error> {
+        Ok(SupervisorClient::new(self.channel().await?))
     }
 
     async fn sample_forever(self: Arc<Self>) {
