@@ -48,10 +48,8 @@ pub(crate) async fn serve(
 pub fn render(registry: &Registry, stats: &NodeStats) -> String {
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = write!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        );
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
     };
     counter(
         "reef_envelopes_routed_total",
@@ -79,10 +77,11 @@ pub fn render(registry: &Registry, stats: &NodeStats) -> String {
         stats.requests_expired(),
     );
 
-    let _ = write!(
-        out,
-        "# HELP reef_request_duration_seconds Requests of callers on this node, from the node taking each to its answer; outcome reply or error (expired requests are reef_requests_expired_total).\n\
-         # TYPE reef_request_duration_seconds histogram\n"
+    family(
+        &mut out,
+        "reef_request_duration_seconds",
+        "histogram",
+        "Requests of callers on this node, from the node taking each to its answer; outcome reply or error (expired requests are reef_requests_expired_total).",
     );
     write_histogram(
         &mut out,
@@ -99,10 +98,11 @@ pub fn render(registry: &Registry, stats: &NodeStats) -> String {
     write_state_operations(&mut out, stats.state());
 
     let containers = registry.list();
-    let _ = write!(
-        out,
-        "# HELP reef_container_request_duration_seconds Requests the container's current process answered, from the node taking each to its answer (a task's count for its host).\n\
-         # TYPE reef_container_request_duration_seconds histogram\n"
+    family(
+        &mut out,
+        "reef_container_request_duration_seconds",
+        "histogram",
+        "Requests the container's current process answered, from the node taking each to its answer (a task's count for its host).",
     );
     for container in containers.iter().filter(|c| c.task.is_none()) {
         let labels = format!("alias=\"{}\"", label(container.spec.alias.as_str()));
@@ -113,11 +113,11 @@ pub fn render(registry: &Registry, stats: &NodeStats) -> String {
             &container.answered,
         );
     }
-    for family in CONTAINER_FAMILIES {
-        let (name, kind, help) = (family.name, family.kind, family.help);
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    for series in CONTAINER_FAMILIES {
+        let name = series.name;
+        family(&mut out, name, series.kind, series.help);
         for container in &containers {
-            if let Some(value) = (family.value)(container) {
+            if let Some(value) = (series.value)(container) {
                 let alias = label(container.spec.alias.as_str());
                 let _ = writeln!(out, "{name}{{alias=\"{alias}\"}} {value}");
             }
@@ -174,10 +174,11 @@ const CONTAINER_FAMILIES: [ContainerFamily; 5] = [
 /// The calls of `reef.v1.State` by operation and outcome, their latency by operation,
 /// and the watches open now.
 fn write_state_operations(out: &mut String, operations: &StateOperations) {
-    let _ = write!(
+    family(
         out,
-        "# HELP reef_state_operations_total Calls of reef.v1.State by operation and outcome (ok, conflict, rejected, failed).\n\
-         # TYPE reef_state_operations_total counter\n"
+        "reef_state_operations_total",
+        "counter",
+        "Calls of reef.v1.State by operation and outcome (ok, conflict, rejected, failed).",
     );
     for op in StateOp::ALL {
         for outcome in Outcome::ALL {
@@ -190,10 +191,11 @@ fn write_state_operations(out: &mut String, operations: &StateOperations) {
             );
         }
     }
-    let _ = write!(
+    family(
         out,
-        "# HELP reef_state_operation_duration_seconds How long calls of reef.v1.State took (a watch: until established).\n\
-         # TYPE reef_state_operation_duration_seconds histogram\n"
+        "reef_state_operation_duration_seconds",
+        "histogram",
+        "How long calls of reef.v1.State took (a watch: until established).",
     );
     for op in StateOp::ALL {
         let labels = format!("op=\"{}\"", op.name());
@@ -204,13 +206,18 @@ fn write_state_operations(out: &mut String, operations: &StateOperations) {
             &operations.latency(op),
         );
     }
-    let _ = write!(
+    family(
         out,
-        "# HELP reef_state_watches_open Watch streams open now.\n\
-         # TYPE reef_state_watches_open gauge\n\
-         reef_state_watches_open {}\n",
-        operations.watches_open()
+        "reef_state_watches_open",
+        "gauge",
+        "Watch streams open now.",
     );
+    let _ = writeln!(out, "reef_state_watches_open {}", operations.watches_open());
+}
+
+/// The `# HELP` and `# TYPE` lines that open a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
 
 /// The series of one histogram (`labels` without braces): cumulative buckets in
