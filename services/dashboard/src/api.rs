@@ -216,7 +216,7 @@ async fn container(
         "attached": info.attached,
         "state": reef_platform::sample::state_name(info),
         "supervised": info.supervised.as_ref().map(supervised_json),
-        "events": state.live.recent_events(Some(&alias)),
+        "events": state.live.recent_events(&alias),
         "logs": logs,
     })))
 }

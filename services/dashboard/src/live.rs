@@ -124,12 +124,12 @@ impl Live {
         self.events.subscribe()
     }
 
-    /// Recent lifecycle events of `alias` (all with `None`), oldest first.
-    pub fn recent_events(&self, alias: Option<&str>) -> Vec<Event> {
+    /// Recent lifecycle events of `alias`, oldest first.
+    pub fn recent_events(&self, alias: &str) -> Vec<Event> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent
             .iter()
-            .filter(|event| alias.is_none_or(|alias| event.alias == alias))
+            .filter(|event| event.alias == alias)
             .cloned()
             .collect()
     }
