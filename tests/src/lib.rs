@@ -598,7 +598,7 @@ fn spawn_reefd(
         .arg(data)
         .args(extra)
         .envs(env.iter().map(|(key, value)| (key, value)))
-        .env("REEF_LOG", "warn")
+        .env("REEF_LOG", node_log_filter())
         .stdout(Stdio::piped())
         .spawn()
         .expect("reefd starts");
@@ -613,6 +613,12 @@ fn spawn_reefd(
     let metrics = field(&ready, "metrics").and_then(|v| v.parse().ok());
     let dashboard = field(&ready, "dashboard").and_then(|v| v.parse().ok());
     (process, parse("grpc"), parse("health"), metrics, dashboard)
+}
+
+/// reefd's log filter in tests: `warn`, or `REEF_TEST_LOG` when set, to look into a
+/// failing test (`REEF_TEST_LOG=info,reef_platform=debug`).
+fn node_log_filter() -> String {
+    std::env::var("REEF_TEST_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
 
 /// Runs `reef --addr ADDRESS --ca CA ARGS…`.

@@ -619,7 +619,11 @@ impl Actor {
         // Whatever the process left behind in its group goes with it.
         process::signal_group(process.id.pid, Signal::SIGKILL);
         entry.last_exit = exit.to_string();
-        entry.activity.clear();
+        // A restart already scheduled (a failed start kills its process first) stays
+        // visible; any other activity was about this process.
+        if entry.not_before.is_none() {
+            entry.activity.clear();
+        }
         self.dirty = true;
         self.registry.evict(alias, "its process ended");
         tracing::info!(%alias, pid = process.id.pid, %exit, "container process ended");
