@@ -1,4 +1,4 @@
-//! Connections for axum: TLS handshakes done by the node's acceptor (bounded in time,
+//! The dashboard's connections: TLS handshakes done by the node's acceptor (bounded in time,
 //! side by side), each connection labelled with its peer and whether it presented the
 //! node's admin certificate (a login of its own), at most [`MAX_CONNECTIONS`] open at
 //! once (beyond that, new connections wait in the kernel's backlog), and each closed
@@ -13,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use axum::serve::{IncomingStream, Listener};
 use reef_platform::{certificate_identity, tls};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -49,7 +48,6 @@ type Accepted = Pin<Box<dyn Stream<Item = io::Result<(Box<dyn Io>, Peer)>> + Sen
 /// The dashboard's listener.
 pub struct PeerListener {
     accepted: Accepted,
-    local: io::Result<SocketAddr>,
     open: Arc<Semaphore>,
     idle: Duration,
 }
@@ -68,7 +66,6 @@ impl PeerListener {
         limit: usize,
         idle: Duration,
     ) -> Self {
-        let local = listener.local_addr();
         let accepted: Accepted = match tls {
             Some(acceptor) => Box::pin(tls::incoming(listener, acceptor).map(|stream| {
                 let stream = stream?;
@@ -96,9 +93,24 @@ impl PeerListener {
         };
         Self {
             accepted,
-            local,
             open: Arc::new(Semaphore::new(limit)),
             idle,
+        }
+    }
+
+    /// The next connection, once a slot is free.
+    pub async fn accept(&mut self) -> (Counted, Peer) {
+        let Ok(slot) = self.open.clone().acquire_owned().await else {
+            // The semaphore is never closed.
+            return std::future::pending().await;
+        };
+        loop {
+            match self.accepted.next().await {
+                Some(Ok((io, peer))) => return (Counted::new(io, slot, self.idle), peer),
+                Some(Err(error)) => tracing::debug!(%error, "dashboard connection dropped"),
+                // The acceptor stopped: nothing more will come.
+                None => std::future::pending::<()>().await,
+            }
         }
     }
 }
@@ -184,42 +196,6 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl Listener for PeerListener {
-    type Io = Counted;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let Ok(slot) = self.open.clone().acquire_owned().await else {
-            // The semaphore is never closed.
-            return std::future::pending().await;
-        };
-        loop {
-            match self.accepted.next().await {
-                Some(Ok((io, peer))) => return (Counted::new(io, slot, self.idle), peer),
-                Some(Err(error)) => tracing::debug!(%error, "dashboard connection dropped"),
-                // The acceptor stopped: nothing more will come.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        match &self.local {
-            Ok(addr) => Ok(Peer {
-                addr: *addr,
-                admin: false,
-            }),
-            Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
-        }
-    }
-}
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, PeerListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, PeerListener>) -> Self {
-        stream.remote_addr().clone()
     }
 }
 

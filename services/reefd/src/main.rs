@@ -349,13 +349,7 @@ async fn start_dashboard(
         token,
         writes: args.dashboard_writes,
     };
-    let served = tokio::spawn(async move {
-        if let Err(error) =
-            reef_dashboard::serve(listener, tls, dashboard, std::future::pending()).await
-        {
-            tracing::error!(%error, "the dashboard stopped");
-        }
-    });
+    let served = tokio::spawn(reef_dashboard::serve(listener, tls, dashboard));
     Ok((addr, served))
 }
 
