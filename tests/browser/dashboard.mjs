@@ -2,7 +2,9 @@
 // a killed container's restart count rise, restarts a container from the page, and
 // watches a state namespace receive a put.
 //
-//   node dashboard.mjs URL TOKEN SCREENSHOT
+//   node dashboard.mjs URL TOKEN SCREENSHOT CA
+//
+// The page is trusted as served with a key the node's CA (the file CA) vouches for.
 //
 // Prints a line per step; between some it waits for a line on stdin from the test:
 //   tree restarts=N   the demo's tree is shown (N: echo's restarts)   ← `killed`
@@ -11,17 +13,14 @@
 //   state-open        namespace `dash` is open and watched           ← `put`
 //   state-live        the put arrived without a reload
 //   done              the screenshot is saved
-import { drive } from "./launch.mjs";
+import { drive, servedKey } from "./launch.mjs";
 
-const [url, token, screenshot] = process.argv.slice(2);
+const [url, token, screenshot, ca] = process.argv.slice(2);
 const STEP = { timeout: 30000 };
 
+const trustKeys = [await servedKey(url, ca)];
 await drive(async ({ browser, nextLine }) => {
-  // The node's CA is not in Chromium's store; the test checks the chain with it.
-  const context = await browser.newContext({
-    ignoreHTTPSErrors: true,
-    viewport: { width: 1400, height: 1000 },
-  });
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
   const page = await context.newPage();
   await page.goto(url);
 
@@ -66,4 +65,4 @@ await drive(async ({ browser, nextLine }) => {
   await page.locator("#detail-events li").first().waitFor(STEP);
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log("done");
-});
+}, { trustKeys });

@@ -218,7 +218,12 @@ async fn an_operator_watches_restarts_acts_and_browses_state_in_a_browser() {
     let token = token(&node);
     let mut browser = BrowserScript::start(
         "dashboard.mjs",
-        &[url.as_ref(), token.as_ref(), screenshot.as_ref()],
+        &[
+            url.as_ref(),
+            token.as_ref(),
+            screenshot.as_ref(),
+            node.ca.as_ref(),
+        ],
     );
     let step = |browser: &BrowserScript, expected: &str| {
         let line = browser.next_line();
