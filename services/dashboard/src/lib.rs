@@ -45,15 +45,7 @@ pub struct Dashboard {
 /// Serves the dashboard on `listener` (over TLS with `tls`; plaintext only for a node
 /// that is itself `--insecure`). It runs until dropped, which closes every connection.
 pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, dashboard: Dashboard) {
-    serve_on(
-        PeerListener::new(listener, tls),
-        dashboard,
-        HEADER_READ_TIMEOUT,
-    )
-    .await
-}
-
-async fn serve_on(mut listener: PeerListener, dashboard: Dashboard, header_timeout: Duration) {
+    let mut listener = PeerListener::new(listener, tls);
     let (live, _running) = live::Live::start(dashboard.node.clone());
     let app = api::router(Arc::new(api::AppState::new(dashboard, live)));
     // Owned here, so that dropping `serve` ends the connections too.
@@ -61,7 +53,7 @@ async fn serve_on(mut listener: PeerListener, dashboard: Dashboard, header_timeo
     loop {
         let (io, peer) = listener.accept().await;
         while connections.try_join_next().is_some() {}
-        connections.spawn(serve_connection(io, peer, app.clone(), header_timeout));
+        connections.spawn(serve_connection(io, peer, app.clone(), HEADER_READ_TIMEOUT));
     }
 }
 
