@@ -23,6 +23,7 @@ mod acks;
 mod alias;
 mod attachment;
 mod channel;
+mod data_dir;
 mod dead_letters;
 mod files;
 pub mod histogram;
@@ -58,6 +59,7 @@ pub use self::{
     alias::{Alias, InvalidAlias, MAX_ALIAS_LEN},
     attachment::{Attachment, Outbound},
     channel::ChannelService,
+    data_dir::{DataDirError, DataDirLock},
     dead_letters::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetters},
     files::{FILE_CHUNK, FilesBackend, FilesService},
     histogram::{Histogram, HistogramSnapshot},

@@ -24,6 +24,7 @@ use crate::{
     ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
     PkiError, Registry, SupervisorService,
     access::{Access, PolicyError},
+    data_dir::{DataDirError, DataDirLock},
     routing::Routing,
     state::{
         Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateService,
@@ -165,11 +166,16 @@ impl NodeConfig {
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// Another node runs on the data dir, or it cannot be locked.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// A listening address is taken or not permitted.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source} (choose another address with {flag})")]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// The reefd flag that sets it.
+        flag: &'static str,
         /// The cause.
         source: std::io::Error,
     },
@@ -202,6 +208,8 @@ pub enum NodeError {
 /// A node whose ports are bound; [`Node::run`] serves them.
 pub struct Node {
     config: NodeConfig,
+    /// Held while the node lives: one node per data dir.
+    _data_dir: DataDirLock,
     listener: TcpListener,
     health_listener: Option<TcpListener>,
     metrics_listener: Option<TcpListener>,
@@ -226,22 +234,24 @@ impl std::fmt::Debug for Node {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
+async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, NodeError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| NodeError::Bind { addr, source })
+        .map_err(|source| NodeError::Bind { addr, flag, source })
 }
 
 impl Node {
     /// Binds the node's ports and loads (or creates) its certificates.
     pub async fn bind(config: NodeConfig) -> Result<Self, NodeError> {
-        let listener = bind(config.listen).await?;
+        // First: a second node on this data dir is told so, not refused a port.
+        let data_dir = DataDirLock::acquire(&config.data_dir)?;
+        let listener = bind(config.listen, "--listen").await?;
         let health_listener = match config.health_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "--health-listen").await?),
             None => None,
         };
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "--metrics-listen").await?),
             None => None,
         };
         let mut names = vec![
@@ -324,6 +334,7 @@ impl Node {
         .map_err(NodeError::Files)?;
         Ok(Self {
             config,
+            _data_dir: data_dir,
             listener,
             health_listener,
             metrics_listener,

@@ -14,7 +14,15 @@ mod routing;
 
 /// Manage and talk to a reef node.
 #[derive(Debug, Parser)]
-#[command(name = "reef", version, about)]
+#[command(
+    name = "reef",
+    version,
+    about,
+    after_help = "Built in, with flags of their own (see `reef node --help`):\n  \
+                  reef node      the node daemon (the same program as reefd)\n  \
+                  reef demo      the demo project's containers\n  \
+                  reef gateway   the HTTP / WebSocket / TCP / UDP gateway container"
+)]
 struct Cli {
     /// The TLS gRPC address of the node to talk to.
     #[arg(long, global = true, env = "REEF_NODE", default_value = reef_sdk::DEFAULT_NODE)]
@@ -69,8 +77,39 @@ impl Cli {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// A built-in program's entry point: its command line, its first item the program's name.
+type BuiltIn = fn(Vec<std::ffi::OsString>) -> ExitCode;
+
+/// The programs built into `reef`: `reef PROGRAM ARGS…` runs PROGRAM as its own binary
+/// would (`reef node` is `reefd`). One binary carries everything `reef up` starts.
+const BUILT_IN: &[(&str, BuiltIn)] = &[
+    ("node", |args| reefd::main(args)),
+    ("demo", |args| reef_demo::main(args)),
+    ("gateway", |args| reef_gateway::main(args)),
+];
+
+fn main() -> ExitCode {
+    // Before clap: the programs parse their own flags, and build their own runtimes.
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_else(|| "reef".into());
+    let first = args.next();
+    if let Some((name, run)) = first
+        .as_ref()
+        .and_then(|first| BUILT_IN.iter().find(|(name, _)| first == *name))
+    {
+        let argv0 = format!("{} {name}", program.to_string_lossy());
+        return run(std::iter::once(argv0.into()).chain(args).collect());
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(cli()),
+        Err(error) => {
+            eprintln!("reef: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cli() -> ExitCode {
     let cli = Cli::parse();
     use reef_platform::telemetry;
     // With REEF_OTLP_ENDPOINT set, a request from the CLI starts a trace.

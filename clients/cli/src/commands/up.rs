@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use reef_platform::DataDirLock;
 use reef_proto::{
     CreateRequest, PutRuleRequest, SetFirewallRequest, supervisor_client::SupervisorClient,
 };
@@ -50,8 +51,20 @@ pub struct Args {
 
 pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
     let project = Project::load(args.project.as_deref())?;
-    let mut node = Command::new(sibling_or_path("reefd"));
-    node.arg("--listen")
+    if let Some(pid) = DataDirLock::holder(&args.data_dir) {
+        bail!(
+            "{} is in use by a running node (pid {pid}), perhaps another `reef up`; stop it, or give this one its own --data-dir",
+            args.data_dir.display()
+        );
+    }
+    // The node is this same executable (`reef node`): nothing else needs to be built.
+    let exe = std::env::current_exe().context("cannot find the reef executable")?;
+    let mut node = Command::new(exe);
+    // It stops when its standard input ends: this process holds the only write end, so
+    // the node ends with `reef up` even when `reef up` is killed.
+    node.arg("node")
+        .arg("--exit-with-stdin")
+        .arg("--listen")
         .arg(&args.listen)
         .arg("--health-listen")
         .arg(&args.health_listen)
@@ -59,6 +72,7 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
         .arg(&args.dashboard_listen)
         .arg("--data-dir")
         .arg(&args.data_dir)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     if insecure {
@@ -67,9 +81,9 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
     if args.dashboard_writes {
         node.arg("--dashboard-writes");
     }
-    let mut node = node
-        .spawn()
-        .context("cannot start reefd (build it with `cargo build --release`)")?;
+    let mut node = node.spawn().context("cannot start the node (reef node)")?;
+    // Held apart from `node`: `Child::wait` closes the child's stdin before it waits.
+    let _node_lifeline = node.stdin.take();
     let stdout = node.stdout.take().context("reefd has no stdout")?;
     let ready = timeout(STARTUP_TIMEOUT, read_ready_line(stdout))
         .await
@@ -113,15 +127,13 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
         if let Some(policy) = &def.overflow {
             definition.overflow = overflow_policy(policy)?;
         }
-        let created = supervisor
-            .create(CreateRequest {
-                definition: Some(definition),
-                flags: 0,
-                ..Default::default()
-            })
-            .await;
+        let log = args
+            .data_dir
+            .join("logs")
+            .join(format!("{}.log", def.alias.replace('/', "%")));
+        let created = create_showing_progress(&mut supervisor, definition, &log).await;
         let created = match created {
-            Ok(created) => created.into_inner(),
+            Ok(pid) => pid,
             Err(status) if def.optional => {
                 eprintln!(
                     "reef up: optional container {:?} did not start, going on without it: {}",
@@ -132,8 +144,7 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
             }
             Err(status) => bail!("cannot create {:?}: {}", def.alias, status.message()),
         };
-        let pid = created.container.map_or(0, |c| c.pid);
-        containers.push(format!("{} (pid {pid})", def.alias));
+        containers.push(format!("{} (pid {created})", def.alias));
     }
     print_summary(&project, &ready, &ca, &containers, &args, insecure);
 
@@ -141,6 +152,85 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
     terminate(&mut node);
     wait_or_kill(&mut node).await;
     outcome
+}
+
+/// After this long, `reef up` says which container it is waiting for, and again every
+/// [`PROGRESS_EVERY`].
+const SLOW_START: Duration = Duration::from_secs(2);
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How long `reef up` follows a container that is still starting after the node's own
+/// bound on a call (30 s) ended the Create (its start timeout is the node's to enforce).
+const FOLLOW_START: Duration = Duration::from_secs(600);
+
+/// Creates a container and waits until it answers, saying what it waits for when that
+/// takes a while (a Python container's first start creates a venv). Returns its pid.
+async fn create_showing_progress(
+    supervisor: &mut SupervisorClient<tonic::transport::Channel>,
+    definition: reef_proto::ContainerDefinition,
+    log: &Path,
+) -> Result<u32, tonic::Status> {
+    let alias = definition.alias.clone();
+    let began = tokio::time::Instant::now();
+    let mut progress = tokio::time::interval_at(began + SLOW_START, PROGRESS_EVERY);
+    let say_still_starting = |began: tokio::time::Instant| {
+        eprintln!(
+            "reef up: waiting for {alias} to start ({} s so far; its output: {})",
+            began.elapsed().as_secs(),
+            log.display()
+        );
+    };
+    let mut lister = supervisor.clone();
+    let create = supervisor.create(CreateRequest {
+        definition: Some(definition),
+        flags: 0,
+        ..Default::default()
+    });
+    tokio::pin!(create);
+    let created = loop {
+        tokio::select! {
+            created = &mut create => break created,
+            _ = progress.tick() => say_still_starting(began),
+        }
+    };
+    let pid = match created {
+        Ok(created) => created.into_inner().container.map_or(0, |c| c.pid),
+        // The node bounds every call; the container may still be on its way.
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+            ) =>
+        {
+            loop {
+                tokio::select! {
+                    _ = progress.tick() => say_still_starting(began),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                let listed = lister.list(reef_proto::ListRequest {}).await?.into_inner();
+                let container = listed.containers.into_iter().find(|c| c.alias == alias);
+                match container {
+                    Some(c) if c.attached => break c.pid,
+                    Some(c)
+                        if c.supervised
+                            .as_ref()
+                            .is_some_and(|s| s.state() == reef_proto::ContainerState::Failed) =>
+                    {
+                        return Err(tonic::Status::aborted(format!("{alias} failed to start")));
+                    }
+                    _ if began.elapsed() > FOLLOW_START => return Err(status),
+                    _ => {}
+                }
+            }
+        }
+        Err(status) => return Err(status),
+    };
+    if began.elapsed() >= SLOW_START {
+        eprintln!(
+            "reef up: {alias} started after {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+    }
+    Ok(pid)
 }
 
 /// Groups, rules and the firewall of `project`, in force before its containers start.
@@ -300,13 +390,4 @@ fn print_summary(
     println!("  {reef}{connect} watch");
     println!("  grpcurl -cacert {} {} list", ca.display(), ready.grpc);
     println!("Ctrl-C stops the project.");
-}
-
-/// A program next to the running `reef` executable, else the bare name for PATH.
-fn sibling_or_path(program: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(program)))
-        .filter(|candidate| candidate.is_file())
-        .unwrap_or_else(|| PathBuf::from(program))
 }
