@@ -48,6 +48,8 @@ impl Default for FrameLimits {
 #[derive(Debug, Default)]
 pub struct Credit {
     available: AtomicU64,
+    /// Heartbeats that may pass at zero credit (see [`Credit::pass_heartbeat`]).
+    passes: AtomicU64,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -56,8 +58,35 @@ impl Credit {
     pub fn new(initial: u64) -> Arc<Self> {
         Arc::new(Self {
             available: AtomicU64::new(initial),
+            passes: AtomicU64::new(0),
             waker: Mutex::new(None),
         })
+    }
+
+    /// Says that a heartbeat was queued on the data lane: heartbeats cost no credit, so
+    /// the stream looks for it even while there is none, rather than hold it (a
+    /// barrier's answer) for a consumer that has stopped granting.
+    pub fn pass_heartbeat(&self) {
+        self.passes.fetch_add(1, AcqRel);
+        self.wake();
+    }
+
+    /// A heartbeat with a pass left the data lane.
+    fn spend_pass(&self) {
+        let _ = self
+            .passes
+            .fetch_update(AcqRel, Acquire, |passes| passes.checked_sub(1));
+    }
+
+    fn has_pass(&self) -> bool {
+        self.passes.load(Acquire) > 0
+    }
+
+    fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Adds `n` and wakes the stream waiting for it.
@@ -66,10 +95,7 @@ impl Credit {
             return;
         }
         self.available.fetch_add(n, AcqRel);
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.wake();
     }
 
     /// What is available now.
@@ -127,6 +153,9 @@ pub struct FrameBatcher {
     data: Arc<Mutex<mpsc::Receiver<Envelope>>>,
     /// Envelopes taken from the data lane that did not fit in the previous frame.
     carry: VecDeque<Envelope>,
+    /// The data-lane envelope taken while there was no credit, to look past it for
+    /// heartbeats (free); it goes first once credit comes.
+    parked: Option<Envelope>,
     limits: FrameLimits,
     data_closed: bool,
     /// The frame being filled; allocated once something arrives.
@@ -148,6 +177,7 @@ impl FrameBatcher {
             control: Some(control),
             data: Arc::new(Mutex::new(data)),
             carry: VecDeque::new(),
+            parked: None,
             limits,
             data_closed: false,
             batch: Vec::new(),
@@ -156,7 +186,8 @@ impl FrameBatcher {
         }
     }
 
-    /// Sends data-lane envelopes only against `credit` (control envelopes are free).
+    /// Sends data-lane envelopes only against `credit` (control envelopes and heartbeats
+    /// are free).
     pub fn with_send_credit(mut self, credit: Arc<Credit>) -> Self {
         self.send_credit = Some(credit);
         self
@@ -180,6 +211,7 @@ impl FrameBatcher {
     /// Closes the data lane and returns what was still queued, in order.
     pub fn close_and_take_unsent(&mut self) -> Vec<Envelope> {
         let mut unsent: Vec<Envelope> = self.carry.drain(..).collect();
+        unsent.extend(self.parked.take());
         let mut data = self.data();
         data.close();
         while let Ok(envelope) = data.try_recv() {
@@ -191,8 +223,9 @@ impl FrameBatcher {
     /// Closes the data lane and returns how many envelopes were still queued: they will
     /// never be written, and the caller decides what that means (dead letters).
     pub fn close_and_count_unsent(&mut self) -> usize {
-        let mut unsent = self.carry.len();
+        let mut unsent = self.carry.len() + usize::from(self.parked.is_some());
         self.carry.clear();
+        self.parked = None;
         let mut data = self.data();
         data.close();
         while data.try_recv().is_ok() {
@@ -210,6 +243,88 @@ impl FrameBatcher {
                 Poll::Ready(Some(envelope)) => batch.push(envelope),
                 Poll::Ready(None) => {
                     self.control = None;
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    /// Takes data-lane envelopes into `batch`, at most `room`.
+    fn fill_from_data(&mut self, cx: &mut Context<'_>, batch: &mut Vec<Envelope>, room: usize) {
+        match self.send_credit.clone() {
+            None => {
+                let polled = self.data().poll_recv_many(cx, batch, room);
+                if let Poll::Ready(0) = polled {
+                    self.data_closed = true;
+                }
+            }
+            Some(credit) => self.fill_from_data_against(&credit, cx, batch, room),
+        }
+    }
+
+    /// [`Self::fill_from_data`] under flow control: each envelope but a heartbeat costs
+    /// one credit. Without credit, the lane is looked into only while a heartbeat is
+    /// queued in it ([`Credit::pass_heartbeat`]), in order: heartbeats at its head go,
+    /// and the first envelope that needs credit is parked until credit comes (holding
+    /// the mailbox one over its bound while a starved container waits for a barrier).
+    fn fill_from_data_against(
+        &mut self,
+        credit: &Credit,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Envelope>,
+        mut room: usize,
+    ) {
+        if let Some(parked) = self.parked.take() {
+            if credit.take_up_to(1) == 0 {
+                self.parked = Some(parked);
+                credit.poll_available(cx);
+                return;
+            }
+            batch.push(parked);
+            room -= 1;
+        }
+        while room > 0 && !self.data_closed {
+            let available = credit.poll_available(cx) as usize;
+            if available > 0 {
+                let before = batch.len();
+                let polled = self.data().poll_recv_many(cx, batch, room.min(available));
+                match polled {
+                    Poll::Ready(0) => self.data_closed = true,
+                    Poll::Ready(taken) => {
+                        let charged = batch[before..].iter().filter(|e| costs_credit(e)).count();
+                        credit.take_up_to(charged as u64);
+                        for _ in charged..taken {
+                            credit.spend_pass();
+                        }
+                        room -= taken;
+                        // Heartbeats among them left credit unspent: take more.
+                        if charged < taken {
+                            continue;
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                return;
+            }
+            // No credit (and `cx` registered for it, and for passes): look only for a
+            // heartbeat.
+            if !credit.has_pass() {
+                return;
+            }
+            let polled = self.data().poll_recv(cx);
+            match polled {
+                Poll::Ready(Some(envelope)) if !costs_credit(&envelope) => {
+                    credit.spend_pass();
+                    batch.push(envelope);
+                    room -= 1;
+                }
+                Poll::Ready(Some(envelope)) => {
+                    self.parked = Some(envelope);
+                    return;
+                }
+                Poll::Ready(None) => {
+                    self.data_closed = true;
                     return;
                 }
                 Poll::Pending => return,
@@ -251,26 +366,9 @@ impl Stream for FrameBatcher {
                 None => break,
             }
         }
-        let mut room = this.limits.max_envelopes.saturating_sub(batch.len());
-        if let Some(credit) = &this.send_credit
-            && room > 0
-            && !this.data_closed
-        {
-            room = room.min(credit.poll_available(cx) as usize);
-        }
-        if room > 0 && !this.data_closed {
-            let before = batch.len();
-            let polled = this.data().poll_recv_many(cx, &mut batch, room);
-            match polled {
-                Poll::Ready(0) => this.data_closed = true,
-                Poll::Ready(taken) => {
-                    if let Some(credit) = &this.send_credit {
-                        credit.take_up_to(taken as u64);
-                    }
-                    debug_assert_eq!(batch.len(), before + taken);
-                }
-                Poll::Pending => {}
-            }
+        let room = this.limits.max_envelopes.saturating_sub(batch.len());
+        if room > 0 && (!this.data_closed || this.parked.is_some()) {
+            this.fill_from_data(cx, &mut batch, room);
         }
         let granted = match &this.grants {
             Some(grants) => {
@@ -284,7 +382,7 @@ impl Stream for FrameBatcher {
         };
         if batch.is_empty() && granted == 0 {
             this.batch = batch;
-            return if this.data_closed && this.carry.is_empty() {
+            return if this.data_closed && this.carry.is_empty() && this.parked.is_none() {
                 Poll::Ready(None)
             } else {
                 Poll::Pending
@@ -296,6 +394,13 @@ impl Stream for FrameBatcher {
             credit: granted,
         }))
     }
+}
+
+/// Whether `envelope` is paid for with credit: everything but heartbeats (the node's
+/// own, answers to them, and barrier answers), which keep a stream alive and must not
+/// wait for a consumer that has stopped granting.
+fn costs_credit(envelope: &Envelope) -> bool {
+    envelope.kind() != crate::EnvelopeKind::Heartbeat
 }
 
 /// The receiving half of a queue is gone.
@@ -449,6 +554,65 @@ mod tests {
             [2, 3, 4]
         );
         assert_eq!(credit.available(), 7);
+    }
+
+    fn heartbeat(id: u64) -> Envelope {
+        Envelope {
+            id,
+            kind: crate::EnvelopeKind::Heartbeat as i32,
+            ..Default::default()
+        }
+    }
+
+    fn ids(frame: &Frame) -> Vec<u64> {
+        frame.envelopes.iter().map(|e| e.id).collect()
+    }
+
+    #[tokio::test]
+    async fn heartbeats_cost_no_credit_and_pass_at_zero_credit_but_never_overtake() {
+        let (_control_tx, control_rx) = mpsc::channel(1);
+        let (data_tx, data_rx) = mpsc::channel(16);
+        let credit = Credit::new(3);
+        let mut frames = FrameBatcher::new(control_rx, data_rx, FrameLimits::default())
+            .with_send_credit(credit.clone());
+        // Three barrier answers leave the credit as it was: a request still gets through.
+        // (The node says so for every heartbeat it queues: `pass_heartbeat`.)
+        for id in 1..=3 {
+            data_tx.send(heartbeat(id)).await.unwrap();
+            credit.pass_heartbeat();
+        }
+        data_tx.send(envelope(4, 1)).await.unwrap();
+        assert_eq!(ids(&frames.next().await.unwrap()), [1, 2, 3, 4]);
+        assert_eq!(credit.available(), 2);
+        data_tx.send(envelope(5, 1)).await.unwrap();
+        data_tx.send(envelope(6, 1)).await.unwrap();
+        assert_eq!(ids(&frames.next().await.unwrap()), [5, 6]);
+        assert_eq!(credit.available(), 0);
+
+        // At zero credit a barrier's answer with nothing before it still travels.
+        data_tx.send(heartbeat(7)).await.unwrap();
+        credit.pass_heartbeat();
+        assert_eq!(ids(&frames.next().await.unwrap()), [7]);
+        // Behind an envelope that waits for credit, it waits too (it is a barrier).
+        data_tx.send(envelope(8, 1)).await.unwrap();
+        data_tx.send(heartbeat(9)).await.unwrap();
+        credit.pass_heartbeat();
+        let waiting = tokio::spawn(async move {
+            let frame = frames.next().await.unwrap();
+            (frame, frames)
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no credit for 8, so nothing");
+        credit.add(1);
+        let (frame, mut frames) = waiting.await.unwrap();
+        assert_eq!(ids(&frame), [8, 9]);
+        assert_eq!(credit.available(), 0);
+        // What waited for credit is counted when the stream closes.
+        data_tx.send(envelope(10, 1)).await.unwrap();
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut frames).poll_next(cx))).await;
+        assert!(polled.is_pending(), "10 waits for credit");
+        assert_eq!(frames.close_and_count_unsent(), 1);
     }
 
     #[tokio::test]

@@ -49,6 +49,9 @@ pub const LEASE_METADATA: &str = "reef-lease";
 /// it is above 0, a node whose deadline for this attempt passes does not cancel the
 /// request at the callee: the retry will want the answer of the run in progress.
 pub const ATTEMPTS_LEFT_HEADER: &str = "reef-attempts-left";
+/// Trailer on an attach stream the node ended with status OK: why it ended
+/// (`deregistered`).
+pub const CLOSE_REASON_METADATA: &str = "reef-close-reason";
 /// Container.Push metadata: the ticket from Supervisor.OpenPush.
 pub const PUSH_TICKET_METADATA: &str = "reef-push-ticket";
 /// Attach metadata: the credit (envelopes) a container grants the node at the start of

@@ -245,6 +245,14 @@ impl Attachment {
         }
     }
 
+    /// Says a heartbeat was queued on the data lane, which then passes without credit
+    /// (`Credit::pass_heartbeat`); nothing without flow control.
+    pub(crate) fn pass_heartbeat(&self) {
+        if let Some(credit) = &self.credit {
+            credit.pass_heartbeat();
+        }
+    }
+
     /// Credit the container granted (`Frame.credit`); ignored without flow control.
     pub(crate) fn grant(&self, credit: u32) {
         if let Some(available) = &self.credit {

@@ -98,6 +98,7 @@ impl channel_server::Channel for ChannelService {
             attachment.clone(),
         ));
         let registry = self.registry.clone();
+        let max_frame_bytes = registry.limits().max_frame_bytes;
         tokio::spawn(async move {
             let mut closed = attachment.subscribe_closed();
             let (cause, reason, status) = loop {
@@ -106,8 +107,8 @@ impl channel_server::Channel for ChannelService {
                         Ok(Some(frame)) => inbound.route_frame(frame).await,
                         Ok(None) => break (DetachCause::Ended, "stream closed by the container".to_owned(), None),
                         Err(status) => {
-                            let reason = format!("attach stream failed: {}", status.message());
-                            break (DetachCause::Ended, reason.clone(), Some(Status::invalid_argument(reason)));
+                            let status = stream_failure(&status, max_frame_bytes);
+                            break (DetachCause::Ended, status.message().to_owned(), Some(status));
                         }
                     },
                     _ = closed.changed() => break (DetachCause::Closed, "closed by the node".to_owned(), None),
@@ -116,5 +117,20 @@ impl channel_server::Channel for ChannelService {
             registry.detach(&attachment, cause, &reason, status);
         });
         Ok(Response::new(outbound))
+    }
+}
+
+/// How the node ends an attach stream whose next frame it cannot read. A frame over the
+/// decode limit is refused by its length prefix, before any envelope in it is seen, so
+/// the stream cannot go on; the status names the limit the container missed.
+fn stream_failure(status: &Status, max_frame_bytes: usize) -> Status {
+    match status.code() {
+        // tonic's answer to a length prefix above `max_decoding_message_size`.
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Status::resource_exhausted(format!(
+                "a frame exceeded the frame limit of {max_frame_bytes} bytes (RegisterResponse.max_frame_bytes): spread envelopes over several frames"
+            ))
+        }
+        _ => Status::invalid_argument(format!("attach stream failed: {}", status.message())),
     }
 }

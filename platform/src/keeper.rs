@@ -94,6 +94,7 @@ async fn expire(
             attachment.alias(),
             ErrorCode::DeadlineExceeded,
             message,
+            registry.node_origin(),
         );
         let queued = tokio::time::timeout(
             patience,

@@ -279,6 +279,7 @@ impl Node {
         let tls = NodeTls::load(&config.data_dir.join("tls"), &config.name, &names)?;
         let stats = Arc::new(NodeStats::default());
         let registry = Registry::new(config.limits.clone(), stats.clone());
+        registry.set_node_name(&config.name);
         if config.join.is_some() {
             // Held from the start: what is sent up before the first link is not lost.
             let link = uplink::parent_link_spec("");
@@ -439,10 +440,25 @@ impl Node {
             // A chunk plus framing each way.
             .max_decoding_message_size(2 * FILE_CHUNK)
             .max_encoding_message_size(2 * FILE_CHUNK);
+        // Reflection lists what this server answers, by name: the descriptor set also
+        // holds reef.v1.Container, which each container serves on its own endpoint.
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(reef_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            [
+                reef_proto::supervisor_server::SERVICE_NAME,
+                reef_proto::channel_server::SERVICE_NAME,
+                reef_proto::state_server::SERVICE_NAME,
+                reef_proto::files_server::SERVICE_NAME,
+                tonic_health::pb::health_server::SERVICE_NAME,
+                tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+                tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+            ]
+            .into_iter()
+            .fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(reef_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(name),
+            )
         };
         health.set_service_status("", ServingStatus::Serving).await;
         health

@@ -61,18 +61,35 @@ impl PendingRequests {
     /// request that has completed meanwhile is left alone: it wakes, finds nothing
     /// expired and re-arms, which costs one wake-up per timeout instead of one per request.
     pub fn insert(&mut self, id: u64, pending: Pending) -> Result<bool, PendingError> {
-        if self.by_id.len() >= self.limit {
-            return Err(PendingError::Full);
-        }
         let earliest = self.armed.is_none_or(|armed| pending.deadline < armed);
+        let full = self.by_id.len() >= self.limit;
         match self.by_id.entry(id) {
             Entry::Occupied(_) => return Err(PendingError::Duplicate),
+            Entry::Vacant(_) if full => return Err(PendingError::Full),
             Entry::Vacant(slot) => {
                 self.by_deadline.insert((pending.deadline, id));
                 slot.insert(pending);
             }
         }
         Ok(earliest)
+    }
+
+    /// A REQUEST that reuses the id of request `id` in flight is a retry of it: it is
+    /// neither delivered again nor answered twice. Its `deadline`, if later, becomes the
+    /// request's, and whether the callee hears CANCEL on expiry is the retry's to say.
+    /// False when no request `id` is in flight (the retry is a new delivery).
+    pub fn absorb_retry(&mut self, id: u64, deadline: Instant, cancel_on_expiry: bool) -> bool {
+        let Some(pending) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        pending.cancel_on_expiry = cancel_on_expiry;
+        if deadline > pending.deadline {
+            // Later: no wake-up needed (see `extend`).
+            self.by_deadline.remove(&(pending.deadline, id));
+            pending.deadline = deadline;
+            self.by_deadline.insert((deadline, id));
+        }
+        true
     }
 
     /// Removes request `id` if `callee` is the one it waits for.

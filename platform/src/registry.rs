@@ -352,6 +352,9 @@ fn remove_with_tasks(
     removed
 }
 
+/// How the `origin` of an ERROR the node raised itself begins: `node:NAME`.
+pub const NODE_ORIGIN_PREFIX: &str = "node:";
+
 /// The aliases a node knows, their leases and their attachments.
 pub struct Registry {
     entries: RwLock<HashMap<Alias, Registration>>,
@@ -361,6 +364,8 @@ pub struct Registry {
     stats: Arc<NodeStats>,
     /// On a child node: the link to its parent, where unknown aliases go.
     parent: OnceLock<Alias>,
+    /// `node:NAME`: the origin of the errors this node raises itself.
+    node_origin: OnceLock<String>,
     /// Counts registrations and removals: a route cached before the count changed may
     /// be wrong although its stream is open (a host's task stopped; an alias that went
     /// to the parent registered here).
@@ -383,6 +388,7 @@ impl Registry {
             limits,
             stats,
             parent: OnceLock::new(),
+            node_origin: OnceLock::new(),
             route_changes: AtomicU64::new(0),
         })
     }
@@ -644,7 +650,8 @@ impl Registry {
         }
     }
 
-    /// Releases `alias` for the holder of `lease`, closing its stream cleanly.
+    /// Releases `alias` for the holder of `lease`, closing its stream cleanly (OK, with
+    /// the reason in the `reef-close-reason` trailer).
     pub fn deregister(&self, alias: &str, lease: &str) -> Result<(), RegistryError> {
         let alias = Alias::parse(alias)?;
         let (supervised, attachment) = {
@@ -665,7 +672,7 @@ impl Registry {
                     &attachment,
                     DetachCause::Ended,
                     "deregistered by its holder",
-                    None,
+                    Some(deregistered()),
                 ),
                 None => self.with_entry(&alias, |entry| entry.lease = None),
             }
@@ -685,7 +692,7 @@ impl Registry {
         }
         for entry in removed {
             if let Some(attachment) = &entry.attachment {
-                attachment.close(None);
+                attachment.close(Some(deregistered()));
             }
             self.emit(
                 EventKind::Deregistered,
@@ -962,6 +969,7 @@ impl Registry {
                     caller.alias(),
                     reef_proto::ErrorCode::Unavailable,
                     message.clone(),
+                    self.node_origin(),
                 );
                 if let Err(error) = caller.data().try_send(error) {
                     self.stats
@@ -1078,6 +1086,20 @@ impl Registry {
         if let Some(entry) = self.write().get_mut(alias) {
             change(entry);
         }
+    }
+
+    /// The node's name, for the origin of the errors it raises (see
+    /// [`Registry::node_origin`]).
+    pub fn set_node_name(&self, name: &str) {
+        let _ = self.node_origin.set(format!("{NODE_ORIGIN_PREFIX}{name}"));
+    }
+
+    /// The `origin` of an ERROR the node raises itself, `node:NAME`: never an alias
+    /// (':' is not allowed in one), so no container can be mistaken for the node.
+    pub fn node_origin(&self) -> &str {
+        self.node_origin
+            .get()
+            .map_or(NODE_ORIGIN_PREFIX, String::as_str)
     }
 
     /// Makes `link` (a link registration, see [`Registry::join_link`]) the route for
@@ -1341,4 +1363,15 @@ impl Registry {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Alias, Registration>> {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// How Deregister ends an attach stream: status OK, so the holder sees a clean end, and
+/// the reason in the message and the `reef-close-reason` trailer.
+fn deregistered() -> Status {
+    let mut trailers = tonic::metadata::MetadataMap::new();
+    trailers.insert(
+        reef_proto::CLOSE_REASON_METADATA,
+        tonic::metadata::MetadataValue::from_static("deregistered"),
+    );
+    Status::with_metadata(tonic::Code::Ok, "deregistered by its holder", trailers)
 }

@@ -230,6 +230,16 @@ impl Inbound {
         {
             return self.refuse_oversized(envelope, kind);
         }
+        if kind == EnvelopeKind::Request && self.absorb_retry(&envelope) {
+            return None;
+        }
+        if envelope.id == 0 && needs_id(&envelope) && self.from.link().is_none() {
+            let message = format!(
+                "{} needs a nonzero id: failures, replies and retries are matched by it",
+                kind.as_str_name()
+            );
+            return self.refuse(&envelope, ErrorCode::InvalidArgument, message);
+        }
         match kind {
             EnvelopeKind::Send | EnvelopeKind::Request => {
                 let _hop = hop_span(&mut envelope, kind);
@@ -523,20 +533,13 @@ impl Inbound {
                 }
             },
         };
-        let limits = self.limits();
-        let budget = match envelope.deadline_ms {
-            0 => limits.default_request_timeout,
-            ms => std::time::Duration::from_millis(ms.into()).min(limits.max_request_timeout),
-        };
+        let budget = self.budget(&envelope);
         let origin = match envelope.origin == self.from.alias().as_str() {
             true => self.from.alias().clone(),
             // A task of this stream's host (checked in `route`).
             false => Alias::parse(&envelope.origin).unwrap_or_else(|_| self.from.alias().clone()),
         };
-        let retried = envelope
-            .headers
-            .get(reef_proto::ATTEMPTS_LEFT_HEADER)
-            .is_some_and(|left| left != "0");
+        let retried = will_retry(&envelope);
         let addressee =
             Alias::parse(&envelope.destination).unwrap_or_else(|_| callee_alias.clone());
         let asked = Instant::now();
@@ -552,10 +555,8 @@ impl Inbound {
         match tracked {
             Ok(true) => self.from.deadlines_changed(),
             Ok(false) => {}
-            Err(PendingError::Duplicate) => {
-                let message = format!("request id {} is already in flight", envelope.id);
-                return self.refuse(&envelope, ErrorCode::InvalidArgument, message);
-            }
+            // A retry that raced past `route`'s check: the first attempt answers it.
+            Err(PendingError::Duplicate) => return None,
             Err(PendingError::Full) => {
                 let message = format!(
                     "too many requests in flight (limit {})",
@@ -655,11 +656,7 @@ impl Inbound {
         }
         let callee = self.from.alias().as_str();
         let awaited = if kind == EnvelopeKind::Progress {
-            let limits = self.limits();
-            let budget = match envelope.deadline_ms {
-                0 => limits.default_request_timeout,
-                ms => std::time::Duration::from_millis(ms.into()).min(limits.max_request_timeout),
-            };
+            let budget = self.budget(&envelope);
             caller
                 .pending()
                 .extend(envelope.correlation_id, callee, Instant::now() + budget)
@@ -708,7 +705,11 @@ impl Inbound {
             let _ = self.from.control().try_send(answer);
             return None;
         }
-        self.offer(self.from.clone(), answer, Fallback::DeadLetter)
+        // Heartbeats cost no credit: once what was queued before it is sent, the answer
+        // must not wait for a container that grants none.
+        let blocked = self.offer(self.from.clone(), answer, Fallback::DeadLetter);
+        self.from.pass_heartbeat();
+        blocked
     }
 
     /// [`Inbound::resolve`], except the link this envelope came in on.
@@ -972,7 +973,7 @@ impl Inbound {
                 let error = Envelope {
                     kind: EnvelopeKind::Error as i32,
                     correlation_id: envelope.correlation_id,
-                    origin: envelope.origin,
+                    origin: self.registry.node_origin().to_owned(),
                     destination: envelope.destination,
                     error: Some(Box::new(WireError {
                         code: ErrorCode::ResourceExhausted as i32,
@@ -987,6 +988,29 @@ impl Inbound {
         }
     }
 
+    /// The time a REQUEST (or PROGRESS: the new budget) may take: its own deadline
+    /// within the node's maximum, or the node's default.
+    fn budget(&self, envelope: &Envelope) -> std::time::Duration {
+        let limits = self.limits();
+        match envelope.deadline_ms {
+            0 => limits.default_request_timeout,
+            ms => std::time::Duration::from_millis(ms.into()).min(limits.max_request_timeout),
+        }
+    }
+
+    /// Whether `request` retries one of this stream's requests still in flight (same
+    /// id): then the first attempt's answer answers both, and this one goes no further
+    /// (envelope.proto: "Retries"). Over a link the caller's own node keeps the request.
+    fn absorb_retry(&self, request: &Envelope) -> bool {
+        if self.from.link().is_some() || request.id == 0 {
+            return false;
+        }
+        let deadline = Instant::now() + self.budget(request);
+        self.from
+            .pending()
+            .absorb_retry(request.id, deadline, !will_retry(request))
+    }
+
     /// Answers `envelope`'s sender with an ERROR correlated to it.
     fn refuse(&mut self, envelope: &Envelope, code: ErrorCode, message: String) -> Option<Blocked> {
         tracing::debug!(from = %self.from.alias(), to = %envelope.destination, ?code, %message, "refused");
@@ -995,7 +1019,13 @@ impl Inbound {
             Some(_) => Alias::parse(&envelope.origin).unwrap_or_else(|_| self.from.alias().clone()),
             None => self.from.alias().clone(),
         };
-        let error = node_error(envelope, &sender, code, message);
+        let error = node_error(
+            envelope,
+            &sender,
+            code,
+            message,
+            self.registry.node_origin(),
+        );
         self.offer(self.from.clone(), error, Fallback::DeadLetter)
     }
 }
@@ -1037,17 +1067,40 @@ pub(crate) fn cancel(registry: &Registry, id: u64, pending: &Pending) {
     let _ = callee.data().try_send(cancel);
 }
 
-/// An ERROR from the node to `to`, answering `envelope`.
+/// Whether the caller will retry `request` if this attempt expires (its
+/// `reef-attempts-left` header is above 0): then the callee is not cancelled, since the
+/// retry wants the answer of the run in progress.
+fn will_retry(request: &Envelope) -> bool {
+    request
+        .headers
+        .get(reef_proto::ATTEMPTS_LEFT_HEADER)
+        .is_some_and(|left| left != "0")
+}
+
+/// Whether `envelope` must carry an id of its own: SEND, REQUEST and a container's
+/// HEARTBEAT (a barrier, answered by that id). Answers (REPLY, ERROR, PROGRESS, CANCEL,
+/// ACK, a HEARTBEAT answering one) are matched by `correlation_id` instead.
+fn needs_id(envelope: &Envelope) -> bool {
+    match envelope.kind() {
+        EnvelopeKind::Send | EnvelopeKind::Request => true,
+        EnvelopeKind::Heartbeat => envelope.correlation_id == 0,
+        _ => false,
+    }
+}
+
+/// An ERROR from the node to `to`, answering `envelope`; its origin is the node's
+/// (`node_origin`, see [`Registry::node_origin`]), not the destination's.
 pub(crate) fn node_error(
     envelope: &Envelope,
     to: &Alias,
     code: ErrorCode,
     message: String,
+    node_origin: &str,
 ) -> Envelope {
     Envelope {
         kind: EnvelopeKind::Error as i32,
         correlation_id: envelope.id,
-        origin: envelope.destination.clone(),
+        origin: node_origin.to_owned(),
         destination: to.to_string(),
         error: Some(Box::new(WireError {
             code: code as i32,

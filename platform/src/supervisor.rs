@@ -9,8 +9,8 @@ use std::{
 };
 
 use reef_proto::{
-    self as wire, ContainerEventKind, LifecyclePhase, supervisor_client::SupervisorClient,
-    supervisor_server,
+    self as wire, ContainerEventKind, LifecyclePhase, container_client::ContainerClient,
+    supervisor_client::SupervisorClient, supervisor_server,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
@@ -31,6 +31,12 @@ use crate::{
     supervision_wire as convert,
     tls::NodeTls,
 };
+
+/// How long a container may take to answer Container.Status for a caller.
+const CONTAINER_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a container may take to run a command for a caller (the SDKs give a
+/// command handler 10 s).
+const CONTAINER_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a call forwarded to another node may take (a Create waits for its start).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,6 +113,47 @@ impl SupervisorService {
             .await
             .map_err(|status| Status::unavailable(format!("node {child}: {}", status.message())))?;
         Ok(SupervisorClient::new(channel))
+    }
+
+    /// A client for `alias`'s own endpoint (reef.v1.Container), for `caller`, who must
+    /// be allowed to send to it: asking a container something is as much as messaging
+    /// it. The node presents its own certificate, as to a child node.
+    async fn container_endpoint(
+        &self,
+        caller: &Principal,
+        alias: &str,
+        timeout: Duration,
+    ) -> Result<ContainerClient<tonic::transport::Channel>, Status> {
+        let alias = parse_alias(alias)?;
+        self.access
+            .check(caller, Action::Send, alias.as_str(), &[])?;
+        let container = self
+            .registry
+            .get(alias.as_str())
+            .ok_or_else(|| Status::not_found(format!("no container is registered as {alias:?}")))?;
+        if let Some(task) = &container.task {
+            return Err(Status::failed_precondition(format!(
+                "{alias} is a task container in {}: its host's endpoint speaks for the host",
+                task.host
+            )));
+        }
+        let endpoint = match (container.spec.endpoint, container.attached) {
+            (Some(endpoint), true) => endpoint,
+            (None, _) => {
+                return Err(Status::failed_precondition(format!(
+                    "{alias} registered no endpoint to ask"
+                )));
+            }
+            (Some(_), false) => {
+                return Err(Status::failed_precondition(format!(
+                    "{alias} is not attached (starting, restarting or stopped)"
+                )));
+            }
+        };
+        let identity = Some(self.tls.pki().server().clone());
+        let channel =
+            connect_endpoint(&endpoint, self.tls.pki().ca_pem(), identity, timeout).await?;
+        Ok(ContainerClient::new(channel))
     }
 
     /// A client for the child node below which container `alias` lives, if it lives
@@ -419,6 +466,8 @@ impl supervisor_server::Supervisor for SupervisorService {
             node: self.node.name.clone(),
             endpoint_cert_pem,
             endpoint_key_pem,
+            max_frame_bytes: limits.max_frame_bytes as u32,
+            attach_timeout_ms: millis(limits.attach_timeout),
         }))
     }
 
@@ -612,6 +661,46 @@ impl supervisor_server::Supervisor for SupervisorService {
             alias: answer.alias,
             round_trip_us: started.elapsed().as_micros() as u64,
         }))
+    }
+
+    async fn get_container_status(
+        &self,
+        request: Request<wire::GetContainerStatusRequest>,
+    ) -> Result<Response<wire::ContainerStatus>, Status> {
+        let caller = access::caller(&request);
+        let request = request.into_inner();
+        if let Some(mut node) = self.node_below(&request.alias).await? {
+            return node
+                .get_container_status(on_behalf_of(&caller, request)?)
+                .await;
+        }
+        let mut container = self
+            .container_endpoint(&caller, &request.alias, CONTAINER_STATUS_TIMEOUT)
+            .await?;
+        container
+            .status(on_behalf_of(&caller, wire::StatusRequest {})?)
+            .await
+    }
+
+    async fn command_container(
+        &self,
+        request: Request<wire::CommandContainerRequest>,
+    ) -> Result<Response<wire::CommandResponse>, Status> {
+        let caller = access::caller(&request);
+        let request = request.into_inner();
+        if let Some(mut node) = self.node_below(&request.alias).await? {
+            return node
+                .command_container(on_behalf_of(&caller, request)?)
+                .await;
+        }
+        let mut container = self
+            .container_endpoint(&caller, &request.alias, CONTAINER_COMMAND_TIMEOUT)
+            .await?;
+        let command = wire::CommandRequest {
+            command: request.command,
+            args: request.args,
+        };
+        container.command(on_behalf_of(&caller, command)?).await
     }
 
     async fn create(

@@ -308,6 +308,29 @@ async fn groups_rules_firewall_and_dead_letters_from_the_command_line() {
         letters.contains("send") && letters.contains("rejected by rule \"quiet\""),
         "{letters}"
     );
+    // Local time, not Unix milliseconds: `2026-12-01 21:07:48.123 send #…`.
+    let first = letters.lines().next().unwrap_or_default();
+    let (date, rest) = first.split_once(' ').unwrap_or_default();
+    assert!(
+        date.len() == 10 && date.chars().filter(|c| *c == '-').count() == 2,
+        "{first}"
+    );
+    assert!(
+        rest.split(' ')
+            .next()
+            .is_some_and(|t| t.len() == 12 && t.contains(':')),
+        "{first}"
+    );
+    let json = ok(&["deadletters", "--json"]);
+    let letter: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(letter["kind"], "send", "{json}");
+    assert_eq!(letter["destination"], "echo", "{json}");
+    assert!(
+        letter["at_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 1_700_000_000_000),
+        "{json}"
+    );
 
     ok(&["rule", "delete", "quiet"]);
     ok(&["firewall", "on"]);

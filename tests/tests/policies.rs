@@ -162,6 +162,15 @@ async fn policies_decide_who_sends_manages_and_touches_state() {
         ],
     ));
     succeeded(&reef_as(&node, &ops, &["stop", "workers/w1"]));
+    // Asking a container about itself, or giving it a command, is a send to it.
+    let status = succeeded(&reef_as(&node, &ops, &["status", "echo"]));
+    assert!(status.starts_with("echo (echo): pid "), "{status}");
+    denied_by(&reef_as(&node, &eve, &["status", "echo"]), "default");
+    denied_by(
+        &reef_as(&node, &eve, &["command", "echo", "reset"]),
+        "default",
+    );
+    denied_by(&node.reef(&["--anonymous", "status", "echo"]), "default");
     let refused = denied_by(&reef_as(&node, &ops, &["stop", "echo"]), "default");
     assert!(refused.contains("client:ops stop \"echo\""), "{refused}");
     denied_by(&reef_as(&node, &eve, &["destroy", "workers/w1"]), "default");

@@ -11,7 +11,7 @@ use std::{
 use reef_proto::PingContainerRequest;
 use reef_sdk::{Bytes, Client, ContainerOptions, Context, Handler, HandlerError, Message};
 use reef_tests::{
-    ChildGuard, STARTUP, TestNode, signal_pid, stdout_lines, venv_bin, wait_for_line,
+    ChildGuard, RawAttach, STARTUP, TestNode, signal_pid, stdout_lines, venv_bin, wait_for_line,
     workspace_root,
 };
 
@@ -163,6 +163,56 @@ async fn a_python_process_container_is_supervised_like_a_rust_one() {
     let client = Client::connect(&node.options()).await.unwrap();
     let reply = client.request("py", "before", WAIT).await.unwrap();
     assert_eq!(&reply[..], b"BEFORE");
+    // Its endpoint answers Status and Command, asked through the node.
+    let status = supervisor
+        .get_container_status(reef_proto::GetContainerStatusRequest {
+            alias: "py".to_owned(),
+        })
+        .await
+        .expect("status of the Python container")
+        .into_inner();
+    assert_eq!((status.name.as_str(), status.pid), ("upper", created.pid));
+    assert_eq!(status.requests_handled, 1);
+    let shouted = node.reef(&["command", "py", "shout", "hello", "there"]);
+    assert_eq!(
+        String::from_utf8_lossy(&shouted.stdout),
+        "HELLO THERE\n",
+        "{}",
+        String::from_utf8_lossy(&shouted.stderr)
+    );
+    let unknown = supervisor
+        .command_container(reef_proto::CommandContainerRequest {
+            alias: "py".to_owned(),
+            command: "whisper".to_owned(),
+            args: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+
+    // A retry of a request it already answered gets the same answer, without running
+    // the handler again (the handler counts what it answers, in state).
+    let mut caller = RawAttach::open(&node, "retrier").await;
+    let retryable = reef_proto::Envelope {
+        kind: reef_proto::EnvelopeKind::Request as i32,
+        id: 77,
+        destination: "py".to_owned(),
+        payload: b"once".to_vec().into(),
+        deadline_ms: 5_000,
+        headers: [(reef_proto::ATTEMPTS_LEFT_HEADER.to_owned(), "1".to_owned())].into(),
+        ..Default::default()
+    };
+    for attempt in ["first", "retry"] {
+        caller.send(vec![retryable.clone()]).await;
+        let answer = caller.next(WAIT).await;
+        assert_eq!(
+            (answer.correlation_id, &answer.payload[..]),
+            (77, &b"ONCE"[..]),
+            "{attempt}: {answer:?}"
+        );
+    }
+    let count = client.request("py", "count", WAIT).await.unwrap();
+    assert_eq!(&count[..], b"2", "`before` and `once`, each counted once");
 
     let mut events = supervisor
         .watch(reef_proto::WatchRequest { snapshot: false })
@@ -214,12 +264,20 @@ fn grpcurl_lists_and_calls_the_node_through_reflection() {
         "reef.v1.State",
         "reef.v1.Files",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
     ] {
         assert!(
             services.lines().any(|l| l == service),
             "{service} missing from:\n{services}"
         );
     }
+    // Only what the node answers: each container serves reef.v1.Container itself.
+    assert!(
+        !services.lines().any(|l| l == "reef.v1.Container"),
+        "{services}"
+    );
+    let container = grpcurl(&["describe", "reef.v1.ContainerStatus"]);
+    assert!(container.contains("uptime_ms"), "{container}");
     let described = grpcurl(&["describe", "reef.v1.Envelope"]);
     assert!(described.contains("deadline_ms"), "{described}");
     let info = grpcurl(&["reef.v1.Supervisor/Info"]);

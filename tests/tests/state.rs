@@ -435,9 +435,21 @@ async fn conformance(node: &TestNode) {
         ]
     );
     assert!(established < w1);
-    let (mut replay, _) = watch(&mut state, ns, "w/", w1)
+    let (mut replay, replay_established) = watch(&mut state, ns, "w/", w1)
         .await
         .expect("watch from history");
+    // The first response's revision is safe to resume from: a client that reconnects
+    // right after it, from that revision + 1, still gets the whole replay.
+    assert_eq!(replay_established, w1 - 1);
+    let (mut resumed, _) = watch(&mut state, ns, "w/", replay_established + 1)
+        .await
+        .expect("resume from the first response");
+    let resumed: Vec<_> = next_events(&mut resumed, 3)
+        .await
+        .iter()
+        .map(key_of)
+        .collect();
+    assert_eq!(resumed, seen, "resuming right after the first response");
     let replayed: Vec<_> = next_events(&mut replay, 3)
         .await
         .iter()

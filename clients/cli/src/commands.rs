@@ -7,6 +7,7 @@ use reef_sdk::ConnectOptions;
 
 mod ca;
 mod config;
+mod container;
 mod files;
 mod lifecycle;
 mod logs;
@@ -51,6 +52,13 @@ pub enum Command {
     Request(request::Args),
     /// Check the node (no alias) or a container's own endpoint (with an alias).
     Ping(ping::Args),
+    /// What a container reports about itself (its pid, uptime, what it handled), asked
+    /// through the node.
+    Status(container::StatusArgs),
+    /// Run an operator command the container defines (`reef command counter reset`),
+    /// through the node.
+    #[command(name = "command")]
+    Operator(container::CommandArgs),
     /// Groups addressed as `group:NAME`: list, set a strategy, join, leave.
     #[command(subcommand)]
     Group(messaging::GroupCommand),
@@ -95,6 +103,8 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
         Command::Send(args) => send::run(args, options).await,
         Command::Request(args) => request::run(args, options).await,
         Command::Ping(args) => ping::run(args, options).await,
+        Command::Status(args) => container::status(args, options).await,
+        Command::Operator(args) => container::command(args, options).await,
         Command::Group(command) => messaging::group(command, options).await,
         Command::Rule(command) => messaging::rule(command, options).await,
         Command::Firewall(args) => messaging::firewall(args, options).await,

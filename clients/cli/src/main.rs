@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use reef_sdk::ConnectOptions;
 
+mod clock;
 mod commands;
 mod definition;
 mod duration;

@@ -6,6 +6,7 @@ Requests: `count` answers how many requests it has answered (kept in state names
 `crash` makes the process exit with status 3, for the node to restart it; anything
 else comes back upper-cased, with header `answered-by` naming the process.
 Sends: each is printed (to the container's log).
+Commands (`reef command py-upper shout WORDS…`): `shout` answers its arguments upper-cased.
 
 With --ask ALIAS:TEXT it also requests ALIAS once after attaching and prints the reply.
 Prints "attached ALIAS" once attached. Stops on SIGTERM.
@@ -62,7 +63,19 @@ def main():
             except (RemoteError, TimeoutError) as error:
                 print(f"error from {target}: {error}", flush=True)
 
-    run("upper", on_request=on_request, on_message=on_message, on_start=on_start, alias="py-upper")
+    def on_command(name, command_args):
+        if name == "shout":
+            return " ".join(command_args).upper()
+        raise NotImplementedError(f"py-upper knows the command 'shout', not {name!r}")
+
+    run(
+        "upper",
+        on_request=on_request,
+        on_message=on_message,
+        on_start=on_start,
+        alias="py-upper",
+        on_command=on_command,
+    )
 
 
 if __name__ == "__main__":

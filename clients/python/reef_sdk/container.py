@@ -34,6 +34,16 @@ Kind = envelope_pb2.EnvelopeKind
 OUTBOX_CAPACITY = 4096
 # Envelopes per frame on the attach stream.
 FRAME_ENVELOPES = 256
+# Encoded bytes a frame is filled to; one larger envelope still travels, alone.
+FRAME_BYTES = 1 << 20
+# A node that does not say its frame limit (RegisterResponse.max_frame_bytes) has 8 MiB.
+DEFAULT_MAX_FRAME_BYTES = 8 << 20
+# REQUEST header: the attempts the caller will still make; such requests are remembered.
+ATTEMPTS_LEFT_HEADER = "reef-attempts-left"
+# Answers remembered for retries.
+ANSWERS_KEPT = 4096
+# What framing adds to an envelope inside a Frame: its field tag and length.
+ENVELOPE_FRAMING_BYTES = 6
 
 
 class RemoteError(Exception):
@@ -81,12 +91,31 @@ class _Endpoint(container_pb2_grpc.ContainerServicer):
         return container_pb2.PingResponse(nonce=request.nonce, alias=self.container.alias)
 
     def Status(self, request, context):
-        return container_pb2.ContainerStatus(
-            alias=self.container.alias,
-            name=self.container.name,
+        container = self.container
+        return supervisor_pb2.ContainerStatus(
+            alias=container.alias,
+            name=container.name,
             pid=os.getpid(),
-            requests_handled=self.container.requests_handled,
+            uptime_ms=int((time.monotonic() - container.started) * 1000),
+            messages_handled=container.messages_handled,
+            requests_handled=container.requests_handled,
         )
+
+    def Command(self, request, context):
+        container = self.container
+        if container.on_command is None:
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, f"{container.alias} does not handle the command {request.command!r}"
+            )
+        try:
+            output = container.on_command(request.command, list(request.args))
+        except NotImplementedError as error:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error) or f"the command {request.command!r}")
+        except Exception as error:
+            context.abort(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
+        if isinstance(output, str):
+            output = output.encode()
+        return supervisor_pb2.CommandResponse(output=output or b"", content_type="text/plain")
 
 
 def _read_optional(path):
@@ -103,7 +132,9 @@ class Container:
     `on_request(message) -> bytes | Reply` answers requests (an exception becomes an
     ERROR for the caller, with the exception's type and text); `on_message(message)`
     takes sends. Handlers run on a pool of `workers` threads, so they may `request`
-    other containers themselves.
+    other containers themselves. `on_command(name, args) -> bytes | str` answers
+    operator commands (`reef command ALIAS NAME ARGS…`); NotImplementedError, or no
+    handler, answers UNIMPLEMENTED.
     """
 
     def __init__(
@@ -117,6 +148,7 @@ class Container:
         parent=None,
         token=None,
         workers=8,
+        on_command=None,
     ):
         # A container the node started finds its parent and credential in REEF_PARENT
         # and REEF_TOKEN ...
@@ -128,20 +160,28 @@ class Container:
         # REEF_CERT and REEF_KEY.
         cert, key = _read_optional(os.environ.get("REEF_CERT")), _read_optional(os.environ.get("REEF_KEY"))
         self.alias, self.name = alias, name
-        self.on_request, self.on_message = on_request, on_message
+        self.on_request, self.on_message, self.on_command = on_request, on_message, on_command
+        self.started = time.monotonic()
         self.requests_handled = 0
+        self.messages_handled = 0
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.ca,
             private_key=key if cert and key else None,
             certificate_chain=cert if cert and key else None,
         )
-        self.channel = grpc.secure_channel(node, credentials)
+        # The node's frames may be as large as its frame limit; grpc receives 4 MiB.
+        self.channel = grpc.secure_channel(
+            node, credentials, options=[("grpc.max_receive_message_length", 64 << 20)]
+        )
         self.supervisor = supervisor_pb2_grpc.SupervisorStub(self.channel)
         self.state = State(self.channel)
         # From the clock: a restarted process must not reuse the ids of its past life.
         self._ids = itertools.count(time.time_ns())
         self._outbox = queue.Queue(maxsize=OUTBOX_CAPACITY)
         self._pending = {}
+        # (origin, id) of retryable requests → their answer (None while running), oldest
+        # first, for answering a retry without running the handler twice.
+        self._answered = {}
         self._lock = threading.Lock()
         self._handlers = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reef-handler")
         self.closed = threading.Event()
@@ -162,6 +202,7 @@ class Container:
             timeout=10,
         )
         self.lease = granted.lease
+        self.max_frame_bytes = granted.max_frame_bytes or DEFAULT_MAX_FRAME_BYTES
         credentials = grpc.ssl_server_credentials(
             [(granted.endpoint_key_pem.encode(), granted.endpoint_cert_pem.encode())]
         )
@@ -183,11 +224,16 @@ class Container:
         return f"127.0.0.1:{self._port}"
 
     def _frames(self):
+        # Frames stay below the node's frame limit: what does not fit waits for the next.
+        budget = min(FRAME_BYTES, self.max_frame_bytes // 2)
+        carry = None
         while True:
-            envelope = self._outbox.get()
+            envelope = carry if carry is not None else self._outbox.get()
+            carry = None
             if envelope is None:
                 return
             batch = [envelope]
+            size = envelope.ByteSize() + ENVELOPE_FRAMING_BYTES
             while len(batch) < FRAME_ENVELOPES:
                 try:
                     more = self._outbox.get_nowait()
@@ -196,7 +242,12 @@ class Container:
                 if more is None:
                     yield envelope_pb2.Frame(envelopes=batch)
                     return
+                more_size = more.ByteSize() + ENVELOPE_FRAMING_BYTES
+                if size + more_size > budget:
+                    carry = more
+                    break
                 batch.append(more)
+                size += more_size
             yield envelope_pb2.Frame(envelopes=batch)
 
     def _read(self, responses):
@@ -223,9 +274,28 @@ class Container:
                 slot["envelope"] = envelope
                 slot["done"].set()
         elif envelope.kind == Kind.ENVELOPE_KIND_REQUEST:
-            self._handlers.submit(self._answer, envelope)
+            if self._admit(envelope):
+                self._handlers.submit(self._answer, envelope)
         elif envelope.kind == Kind.ENVELOPE_KIND_SEND:
             self._handlers.submit(self._take, envelope)
+
+    def _admit(self, envelope):
+        """Whether to run a request: a retry (same origin and id) of one still running is
+        dropped, and one already answered gets the same answer again (envelope.proto,
+        "Retries"). Only requests whose caller says it may retry are remembered."""
+        if ATTEMPTS_LEFT_HEADER not in envelope.headers:
+            return True
+        key = (envelope.origin, envelope.id)
+        with self._lock:
+            if key not in self._answered:
+                self._answered[key] = None  # running
+                while len(self._answered) > ANSWERS_KEPT:
+                    self._answered.pop(next(iter(self._answered)))
+                return True
+            answer = self._answered[key]
+        if answer is not None:
+            self._outbox.put(answer)
+        return False
 
     def _answer(self, envelope):
         self.requests_handled += 1
@@ -251,9 +321,13 @@ class Container:
                     code=envelope_pb2.ErrorCode.ERROR_CODE_UNKNOWN, type=type(error).__name__, message=str(error)
                 ),
             )
+        if ATTEMPTS_LEFT_HEADER in envelope.headers:
+            with self._lock:
+                self._answered[(envelope.origin, envelope.id)] = answer
         self._outbox.put(answer)
 
     def _take(self, envelope):
+        self.messages_handled += 1
         if self.on_message is not None:
             try:
                 self.on_message(Message(envelope, self))
@@ -263,17 +337,28 @@ class Container:
             # Acknowledged mode: handled, the node may forget it.
             self._outbox.put(envelope_pb2.Envelope(kind=Kind.ENVELOPE_KIND_ACK, correlation_id=envelope.sequence))
 
+    def _fitting(self, envelope):
+        """`envelope`, or ValueError when no frame the node reads could carry it."""
+        size = envelope.ByteSize() + ENVELOPE_FRAMING_BYTES
+        if size > self.max_frame_bytes:
+            raise ValueError(
+                f"an envelope of {size} bytes exceeds the node's frame limit of {self.max_frame_bytes} bytes"
+            )
+        return envelope
+
     def send(self, destination, payload, headers=None, acknowledged=False):
         """Sends `payload` to `destination`, fire-and-forget (or, `acknowledged`, kept by
         the node until the receiver handled it)."""
         self._outbox.put(
-            envelope_pb2.Envelope(
-                kind=Kind.ENVELOPE_KIND_SEND,
-                id=next(self._ids),
-                destination=destination,
-                payload=payload,
-                headers=headers or {},
-                acknowledged=acknowledged,
+            self._fitting(
+                envelope_pb2.Envelope(
+                    kind=Kind.ENVELOPE_KIND_SEND,
+                    id=next(self._ids),
+                    destination=destination,
+                    payload=payload,
+                    headers=headers or {},
+                    acknowledged=acknowledged,
+                )
             )
         )
 
@@ -284,10 +369,7 @@ class Container:
     def call(self, destination, payload, timeout=5.0, headers=None):
         """`request`, answered with a Reply: the payload and the reply's headers."""
         request_id = next(self._ids)
-        slot = {"done": threading.Event()}
-        with self._lock:
-            self._pending[request_id] = slot
-        self._outbox.put(
+        request = self._fitting(
             envelope_pb2.Envelope(
                 kind=Kind.ENVELOPE_KIND_REQUEST,
                 id=request_id,
@@ -297,6 +379,10 @@ class Container:
                 deadline_ms=max(1, int(timeout * 1000)),
             )
         )
+        slot = {"done": threading.Event()}
+        with self._lock:
+            self._pending[request_id] = slot
+        self._outbox.put(request)
         if not slot["done"].wait(timeout + 0.5):
             with self._lock:
                 self._pending.pop(request_id, None)
@@ -319,7 +405,7 @@ class Container:
         self.channel.close()
 
 
-def run(name, on_request=None, on_message=None, on_start=None, alias=None):
+def run(name, on_request=None, on_message=None, on_start=None, alias=None, on_command=None):
     """Runs a container until SIGTERM (or until the node ends its stream), then
     deregisters. The node, CA and alias come from REEF_NODE, REEF_CA and REEF_ALIAS
     (else `alias`, else `name`). `on_start(container)` runs once attached."""
@@ -330,6 +416,7 @@ def run(name, on_request=None, on_message=None, on_start=None, alias=None):
         name=name,
         on_request=on_request,
         on_message=on_message,
+        on_command=on_command,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -32,6 +32,8 @@ use crate::{
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 /// Envelopes the client queues before `send` waits.
 const OUTBOX_CAPACITY: usize = 8192;
+/// The frame limit of a node that does not say its own (RegisterResponse.max_frame_bytes).
+const DEFAULT_MAX_FRAME_BYTES: usize = 8 << 20;
 /// Envelopes the node may send before the container has consumed them (credit-based
 /// flow control): what a slow handler lets pile up in this process.
 const INBOX_CREDIT: u32 = 8192;
@@ -183,8 +185,16 @@ impl Client {
             .into_inner();
         let (data, data_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let (control, control_rx) = mpsc::channel(64);
+        // Frames stay below the node's frame limit (a larger one ends the stream); one
+        // envelope larger than the budget still travels, alone.
+        let max_frame = match granted.max_frame_bytes {
+            0 => DEFAULT_MAX_FRAME_BYTES,
+            bytes => bytes as usize,
+        };
         let limits = FrameLimits {
-            max_bytes: (granted.max_payload_bytes as usize).max(FrameLimits::default().max_bytes),
+            max_bytes: (granted.max_payload_bytes as usize)
+                .max(FrameLimits::default().max_bytes)
+                .min(max_frame / 2),
             ..FrameLimits::default()
         };
         let grants = Credit::new(0);
@@ -747,11 +757,11 @@ async fn read(
         };
         match frame {
             Ok(Some(frame)) => {
-                // The node's heartbeats travel on its control lane and cost no credit.
+                // Heartbeats cost no credit: the node's own and its answers to ours.
                 let data = frame
                     .envelopes
                     .iter()
-                    .filter(|e| !(e.kind() == EnvelopeKind::Heartbeat && e.correlation_id == 0))
+                    .filter(|e| e.kind() != EnvelopeKind::Heartbeat)
                     .count();
                 let for_handler = dispatch.dispatch_frame(frame, inbox.is_some());
                 // What the reader handled itself is consumed; the handler returns the

@@ -366,7 +366,7 @@ impl Backend for Embedded {
                 ended: false,
             };
             Ok(Watching {
-                revision: current,
+                revision: next - 1,
                 events: watcher.into_stream(),
             })
         })

@@ -613,7 +613,7 @@ impl Etcd {
                 .await;
         });
         Ok(Watching {
-            revision: current,
+            revision: start - 1,
             events: Box::pin(ReceiverStream::new(stream)),
         })
     }

@@ -358,7 +358,9 @@ pub struct ListQuery {
 
 /// A watch in progress.
 pub struct Watching {
-    /// The store's revision when the watch was established.
+    /// The revision just before the first one the watch delivers (the store's revision
+    /// for a watch from now): every change up to it is one the watcher did not ask for,
+    /// so a watcher that resumes from it + 1 misses nothing.
     pub revision: Revision,
     /// The changes from the start revision on, filtered to the watch's prefix.
     pub events: EventStream,

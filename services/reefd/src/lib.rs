@@ -182,6 +182,14 @@ impl Args {
         config.trace_export = self.trace_export();
         config.insecure = self.insecure;
         config.tls_names = self.tls_names.clone();
+        // An envelope with a legal payload must fit in a frame, with room for its headers.
+        let max_payload = Limits::default().max_frame_bytes / 2;
+        if self.max_payload_bytes > max_payload {
+            return Err(format!(
+                "--max-payload-bytes {} is over {max_payload}, half the largest frame an attach stream carries",
+                self.max_payload_bytes
+            ));
+        }
         config.limits = Limits {
             max_payload_bytes: self.max_payload_bytes,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),

@@ -81,6 +81,9 @@ pub struct DeadLettersArgs {
     /// Show the newest this many (0 = all the node keeps).
     #[arg(long, default_value_t = 20)]
     limit: u32,
+    /// One JSON object per line (times in Unix milliseconds), for machines.
+    #[arg(long)]
+    json: bool,
 }
 
 async fn supervisor(
@@ -247,6 +250,21 @@ pub async fn dead_letters(
             .as_str_name()
             .trim_start_matches("ENVELOPE_KIND_")
             .to_ascii_lowercase();
+        if args.json {
+            let line = serde_json::json!({
+                "at_ms": letter.at_ms,
+                "kind": kind,
+                "id": letter.id,
+                "correlation_id": letter.correlation_id,
+                "origin": letter.origin,
+                "destination": letter.destination,
+                "payload_bytes": letter.payload_bytes,
+                "payload_preview": String::from_utf8_lossy(&letter.payload_preview),
+                "reason": letter.reason,
+            });
+            println!("{line}");
+            continue;
+        }
         let origin = if letter.origin.is_empty() {
             "-"
         } else {
@@ -254,7 +272,7 @@ pub async fn dead_letters(
         };
         println!(
             "{} {kind} #{} {origin} → {} ({} bytes): {}",
-            letter.at_ms,
+            crate::clock::local_time(letter.at_ms),
             if letter.id != 0 {
                 letter.id
             } else {
@@ -265,10 +283,12 @@ pub async fn dead_letters(
             letter.reason
         );
     }
-    println!(
-        "{} shown, {} dead letters since the node started",
-        listed.letters.len(),
-        listed.total
-    );
+    if !args.json {
+        println!(
+            "{} shown, {} dead letters since the node started",
+            listed.letters.len(),
+            listed.total
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -187,7 +187,7 @@ pub async fn run(command: StateCommand, options: ConnectOptions) -> anyhow::Resu
             while let Some(response) = changes.next().await {
                 let response = response.map_err(Error::Rejected)?;
                 if response.events.is_empty() {
-                    eprintln!("watching from revision {}", response.revision);
+                    eprintln!("watching changes after revision {}", response.revision);
                 }
                 for event in response.events {
                     let kind = event.kind();

@@ -45,7 +45,8 @@ pub async fn run(args: Args, options: ConnectOptions) -> anyhow::Result<ExitCode
             .map_or("-", reef_platform::sample::state_name);
         println!(
             "{} {alias} {kind}{phase} [{state}] {}",
-            event.at_unix_ms, event.reason
+            crate::clock::local_time(event.at_unix_ms),
+            event.reason
         );
     }
     Ok(ExitCode::SUCCESS)
