@@ -323,16 +323,17 @@ pub async fn raw_frames(
     });
     let (frames, outgoing) = tokio::sync::mpsc::channel(64);
     let _replies = attach("bench-raw-in", outgoing).await?;
+    // Ids need only be nonzero for a SEND (envelope.proto): the same frame is resent.
     let frame = Frame {
-        envelopes: vec![
-            Envelope {
+        envelopes: (1..=512)
+            .map(|id| Envelope {
                 kind: EnvelopeKind::Send as i32,
+                id,
                 destination: "bench-raw-out".into(),
-                payload,
+                payload: payload.clone(),
                 ..Default::default()
-            };
-            512
-        ],
+            })
+            .collect(),
         credit: 0,
     };
     let started = Instant::now();
