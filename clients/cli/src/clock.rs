@@ -1,4 +1,5 @@
-//! Times as people read them: in the local time zone, to the millisecond.
+//! Times as people read them: instants in the local time zone, to the millisecond, and
+//! spans in seconds, minutes and hours.
 
 /// `unix_ms` (milliseconds since the Unix epoch) as `2026-12-01 21:07:48.123` in the
 /// system's time zone; the number itself if it is out of range.
@@ -10,6 +11,15 @@ pub fn local_time(unix_ms: u64) -> String {
     match zoned {
         Some(at) => at.strftime("%Y-%m-%d %H:%M:%S%.3f").to_string(),
         None => unix_ms.to_string(),
+    }
+}
+
+/// A span of whole seconds, short: `42s`, `3m07s`, `2h05m`.
+pub fn seconds_text(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
     }
 }
 

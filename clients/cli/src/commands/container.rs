@@ -39,7 +39,7 @@ pub async fn status(args: StatusArgs, options: ConnectOptions) -> anyhow::Result
         status.alias,
         status.name,
         status.pid,
-        uptime(status.uptime_ms),
+        crate::clock::seconds_text(status.uptime_ms / 1000),
         status.messages_handled,
         status.requests_handled
     );
@@ -62,19 +62,4 @@ pub async fn command(args: CommandArgs, options: ConnectOptions) -> anyhow::Resu
         stdout.write_all(b"\n")?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `1h02m03s`, `4m05s` or `6.7s`.
-fn uptime(ms: u64) -> String {
-    let seconds = ms / 1000;
-    match seconds {
-        0..60 => format!("{:.1}s", ms as f64 / 1000.0),
-        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
-        _ => format!(
-            "{}h{:02}m{:02}s",
-            seconds / 3600,
-            seconds / 60 % 60,
-            seconds % 60
-        ),
-    }
 }

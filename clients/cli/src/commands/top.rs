@@ -65,7 +65,7 @@ fn render(node: &NodeRates, containers: &[ContainerRates]) -> String {
         out,
         "reef top · node {} · up {} · {} containers · over {:.1}s",
         node.name,
-        seconds_text(node.uptime_ms / 1000),
+        crate::clock::seconds_text(node.uptime_ms / 1000),
         node.containers,
         node.window_ms as f64 / 1e3,
     );
@@ -119,7 +119,7 @@ fn render(node: &NodeRates, containers: &[ContainerRates]) -> String {
             latency_text(row.p50_us),
             latency_text(row.p99_us),
             row.uptime_ms
-                .map_or("-".to_owned(), |ms| seconds_text(ms / 1000)),
+                .map_or("-".to_owned(), |ms| crate::clock::seconds_text(ms / 1000)),
         );
     }
     out
@@ -148,14 +148,6 @@ fn latency_text(micros: Option<u64>) -> String {
         Some(us) if us < 1_000 => format!("{us}µs"),
         Some(us) if us < 1_000_000 => format!("{:.1}ms", us as f64 / 1e3),
         Some(us) => format!("{:.2}s", us as f64 / 1e6),
-    }
-}
-
-fn seconds_text(seconds: u64) -> String {
-    match seconds {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
     }
 }
 
