@@ -402,3 +402,40 @@ except grpc.RpcError as error:
         "{printed}"
     );
 }
+
+#[tokio::test]
+async fn the_python_sdk_spreads_large_envelopes_over_frames_below_the_limit() {
+    let node = TestNode::start();
+    let stubs = tempfile::tempdir().unwrap();
+    generate_python_stubs(stubs.path());
+    let mut sink = RawAttach::open(&node, "sink").await;
+    // Twenty envelopes of almost 1 MiB each, sent at once: each legal alone, but
+    // whatever queues up while the first frame is written is far above the frame limit.
+    let script = r#"
+import sys
+from reef_sdk import Container
+container = Container(sys.argv[1], sys.argv[2], alias="py-bulk", name="bulk")
+payloads = [bytes([65 + n]) * ((1 << 20) - 4096) for n in range(20)]
+for payload in payloads:
+    container.send("sink", payload)
+print("sent", flush=True)
+sys.stdin.read()
+"#;
+    let mut python = ChildGuard(
+        Command::new(venv_bin("python"))
+            .args(["-c", script, &node.addr.to_string()])
+            .arg(&node.ca)
+            .env("PYTHONPATH", python_path(stubs.path()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = stdout_lines(&mut python.0);
+    wait_for_line(&lines, "sent", STARTUP);
+    for n in 0..20u8 {
+        let envelope = sink.next(WAIT).await;
+        assert_eq!(envelope.payload.len(), (1 << 20) - 4096);
+        assert_eq!(envelope.payload[0], b'A' + n, "in order");
+    }
+}
