@@ -16,3 +16,19 @@ pub fn build(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime>
             .build(),
     }
 }
+
+/// A binary's `main`: runs `main` to its end on a runtime of `threads` (see [`build`]),
+/// or says `PROGRAM: cannot start the runtime: …` and fails.
+pub fn run_main(
+    program: &str,
+    threads: Option<usize>,
+    main: impl std::future::Future<Output = std::process::ExitCode>,
+) -> std::process::ExitCode {
+    match build(threads) {
+        Ok(runtime) => runtime.block_on(main),
+        Err(error) => {
+            eprintln!("{program}: cannot start the runtime: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -92,25 +92,48 @@ fn wait_gone(pid: u32, what: &str) {
     }
 }
 
+/// Where a test's `reef up` runs: a project of one echo container, a data dir, and a
+/// gRPC address kept for the second run.
+struct Site {
+    _dir: tempfile::TempDir,
+    project: std::path::PathBuf,
+    data: std::path::PathBuf,
+    grpc: SocketAddr,
+    ca: std::path::PathBuf,
+}
+
+impl Site {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let project = echo_project(dir.path());
+        let data = dir.path().join("data");
+        let ca = data.join("tls/ca.pem");
+        Self {
+            _dir: dir,
+            project,
+            data,
+            grpc: free_addr(),
+            ca,
+        }
+    }
+}
+
 fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], unused_port()))
 }
 
 #[test]
 fn a_killed_reef_up_takes_its_node_and_containers_with_it_and_the_next_one_starts_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let project = echo_project(dir.path());
-    let data = dir.path().join("data");
-    let grpc = free_addr();
-    let ca = data.join("tls/ca.pem");
+    let site = Site::new();
+    let (project, data, grpc, ca) = (&site.project, &site.data, site.grpc, &site.ca);
 
-    let mut first = Up::start(&project, &data, grpc);
+    let mut first = Up::start(project, data, grpc);
     let echo = first.wait_running();
-    let node = node_pid(&data);
+    let node = node_pid(data);
 
     // A second `reef up` on the same data dir says so at once, in one line naming the
     // node's pid, instead of failing on a port.
-    let second = up_command(&project, &data, free_addr()).output().unwrap();
+    let second = up_command(project, data, free_addr()).output().unwrap();
     let stderr = text(&second.stderr);
     assert!(!second.status.success());
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
@@ -122,7 +145,7 @@ fn a_killed_reef_up_takes_its_node_and_containers_with_it_and_the_next_one_start
     let bare = Command::new(binary("reefd"))
         .args(["--listen", "127.0.0.1:0", "--no-health", "--no-dashboard"])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .output()
         .unwrap();
     let stderr = text(&bare.stderr);
@@ -134,9 +157,9 @@ fn a_killed_reef_up_takes_its_node_and_containers_with_it_and_the_next_one_start
     wait_gone(node, "the node of a killed reef up");
     wait_gone(echo, "a container of a killed reef up");
 
-    let mut again = Up::start(&project, &data, grpc);
+    let mut again = Up::start(project, data, grpc);
     again.wait_running();
-    let out = reef_at(&grpc.to_string(), &ca, &["request", "echo", "hello"]);
+    let out = reef_at(&grpc.to_string(), ca, &["request", "echo", "hello"]);
     assert_eq!(text(&out.stdout), "hello\n", "{}", text(&out.stderr));
     let processes = container_processes(grpc);
     assert_eq!(
@@ -153,15 +176,12 @@ fn a_killed_reef_up_takes_its_node_and_containers_with_it_and_the_next_one_start
 
 #[test]
 fn after_its_node_is_killed_the_next_reef_up_adopts_the_running_containers() {
-    let dir = tempfile::tempdir().unwrap();
-    let project = echo_project(dir.path());
-    let data = dir.path().join("data");
-    let grpc = free_addr();
-    let ca = data.join("tls/ca.pem");
+    let site = Site::new();
+    let (project, data, grpc, ca) = (&site.project, &site.data, site.grpc, &site.ca);
 
-    let mut first = Up::start(&project, &data, grpc);
+    let mut first = Up::start(project, data, grpc);
     let echo = first.wait_running();
-    signal_pid(node_pid(&data), Signal::SIGKILL);
+    signal_pid(node_pid(data), Signal::SIGKILL);
     let status = first.process.0.wait().unwrap();
     assert!(
         !status.success(),
@@ -169,13 +189,13 @@ fn after_its_node_is_killed_the_next_reef_up_adopts_the_running_containers() {
     );
     assert!(process_alive(echo), "containers outlive a killed node");
 
-    let mut again = Up::start(&project, &data, grpc);
+    let mut again = Up::start(project, data, grpc);
     let echo_again = again.wait_running();
     assert_eq!(
         echo_again, echo,
         "the running process is adopted, not doubled"
     );
-    let out = reef_at(&grpc.to_string(), &ca, &["request", "echo", "hello"]);
+    let out = reef_at(&grpc.to_string(), ca, &["request", "echo", "hello"]);
     assert_eq!(text(&out.stdout), "hello\n", "{}", text(&out.stderr));
     assert_eq!(container_processes(grpc), vec![echo]);
     let status = again.process.terminate(STARTUP).expect("reef up stops");

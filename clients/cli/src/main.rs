@@ -101,13 +101,7 @@ fn main() -> ExitCode {
         let argv0 = format!("{} {name}", program.to_string_lossy());
         return run(std::iter::once(argv0.into()).chain(args).collect());
     }
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(cli()),
-        Err(error) => {
-            eprintln!("reef: cannot start the runtime: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    reef_platform::runtime::run_main("reef", None, cli())
 }
 
 async fn cli() -> ExitCode {

@@ -324,13 +324,7 @@ impl Handler for Ticker {
 /// `std::env::args_os`).
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = Args::parse_from(args);
-    match reef_platform::runtime::build(None) {
-        Ok(runtime) => runtime.block_on(run(args)),
-        Err(error) => {
-            eprintln!("reef-demo: cannot start the runtime: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    reef_platform::runtime::run_main("reef-demo", None, run(args))
 }
 
 async fn run(args: Args) -> ExitCode {

@@ -54,13 +54,7 @@ impl Args {
 /// `std::env::args_os`).
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = Args::parse_from(args);
-    match reef_platform::runtime::build(None) {
-        Ok(runtime) => runtime.block_on(run(args)),
-        Err(error) => {
-            eprintln!("reef-gateway: cannot start the runtime: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    reef_platform::runtime::run_main("reef-gateway", None, run(args))
 }
 
 async fn run(args: Args) -> ExitCode {

@@ -257,13 +257,8 @@ impl Args {
 /// in `std::env::args_os`).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = Args::parse_from(args);
-    match reef_platform::runtime::build(args.threads) {
-        Ok(runtime) => runtime.block_on(serve(args)),
-        Err(error) => {
-            eprintln!("reefd: cannot start the runtime: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    let threads = args.threads;
+    reef_platform::runtime::run_main("reefd", threads, serve(args))
 }
 
 async fn serve(args: Args) -> ExitCode {
