@@ -1,8 +1,9 @@
 //! reef's wire contract: the `reef.v1` protobuf types and gRPC stubs, generated from
 //! `proto/reef/v1/*.proto` by the workspace's `build.rs`.
 //!
-//! Everything here is a wire type. The runtime (`reef-platform`) and the SDK (`reef-sdk`)
-//! convert into their own domain types at their edges; the one exception is [`Envelope`],
+//! Everything here is a wire type, and nothing else lives here: the frame runtime is in
+//! `reef-frames`, the shared domain types in `reef-core`. The node (`reef-node`) and the
+//! SDK (`reef-sdk`) convert into their own domain types at their edges; the one exception is [`Envelope`],
 //! which the router forwards as it arrived so that a message is decoded once and encoded
 //! once per hop.
 //!
@@ -20,9 +21,6 @@
 //! ```
 #![forbid(unsafe_code)]
 
-mod frames;
-pub mod trace;
-
 /// The generated code; its module path mirrors the protobuf package `reef.v1`.
 pub mod reef {
     /// Package `reef.v1`.
@@ -32,9 +30,6 @@ pub mod reef {
     }
 }
 
-pub use self::frames::{
-    Credit, FrameBatcher, FrameLimits, Mailbox, QueueClosed, enqueue, room_for_batch,
-};
 pub use self::reef::v1::*;
 
 /// The encoded `FileDescriptorSet` of `reef.v1`, for server reflection.

@@ -458,8 +458,7 @@ fn a_node_that_is_not_running_is_named_in_a_one_line_error() {
     let address = format!("127.0.0.1:{}", unused_port());
     for ca_exists in [false, true] {
         if ca_exists {
-            reef_platform::Pki::load_or_create(data.path(), "cli", &["localhost".to_owned()])
-                .unwrap();
+            reef_tls::Pki::load_or_create(data.path(), "cli", &["localhost".to_owned()]).unwrap();
         }
         let out = reef_at(&address, &ca, &["request", "echo", "hello"]);
         let stderr = text(&out.stderr);

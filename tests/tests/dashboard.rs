@@ -334,13 +334,13 @@ async fn the_admin_client_certificate_is_a_login_of_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tree_spans_the_nodes_joined_to_this_one() {
     let cluster = tempfile::tempdir().unwrap();
-    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
     let start = |name: &str, extra: Vec<String>| {
         let mut flags = vec!["--name".to_owned(), name.to_owned()];
         flags.extend(extra);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
-            reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+            reef_tls::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
         })
     };
     let root = start(

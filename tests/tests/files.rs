@@ -56,7 +56,7 @@ async fn read(files: &mut FilesClient<Channel>, path: &str, offset: u64, length:
     let mut bytes = Vec::new();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.unwrap();
-        assert!(chunk.data.len() <= reef_platform::FILE_CHUNK);
+        assert!(chunk.data.len() <= reef_node::FILE_CHUNK);
         bytes.extend_from_slice(&chunk.data);
     }
     bytes
@@ -222,7 +222,7 @@ async fn a_memory_store_copies_and_moves_without_native_support() {
     .unwrap_err();
     assert_eq!(oversized.code(), Code::OutOfRange, "{oversized:?}");
     let parts = body
-        .chunks(reef_platform::FILE_CHUNK)
+        .chunks(reef_node::FILE_CHUNK)
         .map(|chunk| Some(Part::Data(chunk.to_vec().into())))
         .collect();
     write(&mut files, "a/one.bin", parts).await.unwrap();

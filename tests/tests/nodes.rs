@@ -337,21 +337,20 @@ async fn client_b_after_restart(b: &TestNode) -> bytes::Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_prove_their_name_with_a_certificate_from_the_cluster_ca() {
     let cluster = tempfile::tempdir().unwrap();
-    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
     let root = TestNode::start_prepared(None, "127.0.0.1", &["--name", "root"], |data| {
-        reef_platform::issue_node_ca(cluster.path(), "root", &data.join("tls")).unwrap();
+        reef_tls::issue_node_ca(cluster.path(), "root", &data.join("tls")).unwrap();
     });
     let identity = |name: &str, cluster_ca: bool| {
         let dir = tempfile::tempdir().unwrap();
         if cluster_ca {
-            reef_platform::issue_node_ca(cluster.path(), name, dir.path()).unwrap();
+            reef_tls::issue_node_ca(cluster.path(), name, dir.path()).unwrap();
         }
-        let pki =
-            reef_platform::Pki::load_or_create(dir.path(), name, &["localhost".into()]).unwrap();
+        let pki = reef_tls::Pki::load_or_create(dir.path(), name, &["localhost".into()]).unwrap();
         pki.server().clone()
     };
     let root_ca = std::fs::read_to_string(&root.ca).unwrap();
-    let join = async |certificate: Option<&reef_platform::CertifiedKey>, node: &str| {
+    let join = async |certificate: Option<&reef_tls::CertifiedKey>, node: &str| {
         let mut tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&root_ca))
             .domain_name("localhost");
@@ -408,7 +407,7 @@ async fn nodes_prove_their_name_with_a_certificate_from_the_cluster_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grandchild_is_created_and_reached_through_two_links() {
     let cluster = tempfile::tempdir().unwrap();
-    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
     // b decides who may create there, also for calls forwarded through root and a.
     let policy = cluster.path().join("b-policy.toml");
     std::fs::write(
@@ -429,7 +428,7 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
-            reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+            reef_tls::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
         })
     };
     let root = start("root", None);
@@ -475,8 +474,7 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
     assert_eq!(nowhere.code(), tonic::Code::NotFound, "{nowhere:?}");
     // A client of the cluster, calling root: b checks its own policy for the client,
     // whom root and a say they act for.
-    let ops = reef_platform::issue_client(cluster.path(), &reef_platform::client_identity("ops"))
-        .unwrap();
+    let ops = reef_tls::issue_client(cluster.path(), &reef_tls::client_identity("ops")).unwrap();
     let (cert, key) = (
         cluster.path().join("ops.pem"),
         cluster.path().join("ops-key.pem"),
@@ -578,12 +576,12 @@ async fn a_slow_link_delays_answers_but_loses_nothing() {
     // Each way, between edge and root (a TCP proxy: this kernel has no netem).
     const DELAY: Duration = Duration::from_millis(50);
     let cluster = tempfile::tempdir().unwrap();
-    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
     let start = |name: &str, extra: &[&str]| {
         let mut flags = vec!["--name", name];
         flags.extend_from_slice(extra);
         TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
-            reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+            reef_tls::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
         })
     };
     let root = start("root", &[]);
@@ -643,9 +641,9 @@ async fn served_certificate(node: &TestNode) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_takes_up_a_reissued_identity_without_a_restart() {
     let cluster = tempfile::tempdir().unwrap();
-    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
     let issue = |name: &str, data: &Path| {
-        reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+        reef_tls::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
     };
     let mut root = TestNode::start_prepared(None, "127.0.0.1", &["--name", "root"], |data| {
         issue("root", data)

@@ -392,10 +392,9 @@ async fn a_certificate_binds_its_holder_to_its_alias() {
 
     // A certificate from another CA fails the handshake.
     let foreign = tempfile::tempdir().unwrap();
-    reef_platform::init_cluster_ca(foreign.path()).unwrap();
+    reef_tls::init_cluster_ca(foreign.path()).unwrap();
     let stranger =
-        reef_platform::issue_client(foreign.path(), &reef_platform::admin_identity("stranger"))
-            .unwrap();
+        reef_tls::issue_client(foreign.path(), &reef_tls::admin_identity("stranger")).unwrap();
     let (cert, key) = (dir.path().join("s.pem"), dir.path().join("s-key.pem"));
     stranger.write(&cert, &key).unwrap();
     let refused = match node.options_as(Some((cert, key))).connect().await {

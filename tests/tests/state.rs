@@ -601,7 +601,7 @@ async fn the_etcd_backend_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_etcd_backend_speaks_mutual_tls_to_a_list_of_endpoints() {
     let certs = tempfile::tempdir().unwrap();
-    reef_platform::Pki::load_or_create(
+    reef_tls::Pki::load_or_create(
         certs.path(),
         "etcd",
         &["127.0.0.1".into(), "localhost".into()],

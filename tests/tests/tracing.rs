@@ -130,7 +130,7 @@ async fn a_request_is_one_trace_from_the_client_through_the_node_to_the_containe
 async fn a_trace_follows_a_request_from_node_to_node() {
     let collector = Collector::start().await;
     let cluster = tempfile::tempdir().unwrap();
-    reef_platform::init_cluster_ca(cluster.path()).unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
     let start = |name: &str, parent: Option<&TestNode>| {
         let mut flags = vec![
             "--name".to_owned(),
@@ -141,7 +141,7 @@ async fn a_trace_follows_a_request_from_node_to_node() {
         flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         TestNode::start_prepared_with_env(&flags, &[QUICK_EXPORT], |data| {
-            reef_platform::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+            reef_tls::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
         })
     };
     let core = start("core", None);

@@ -26,8 +26,7 @@ async fn a_client_that_does_not_trust_the_ca_is_refused() {
     let node = TestNode::start();
     let other = tempfile::tempdir().unwrap();
     let stranger =
-        reef_platform::Pki::load_or_create(other.path(), "other", &["localhost".to_owned()])
-            .unwrap();
+        reef_tls::Pki::load_or_create(other.path(), "other", &["localhost".to_owned()]).unwrap();
     let other_ca = other.path().join("ca.pem");
     assert_ne!(
         std::fs::read_to_string(&other_ca).unwrap(),

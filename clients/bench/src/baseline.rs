@@ -52,14 +52,17 @@ impl Channel for EchoFrames {
             let _control = control;
             while let Ok(Some(frame)) = inbound.message().await {
                 for envelope in frame.envelopes {
-                    if reef_proto::enqueue(&data, envelope).await.is_err() {
+                    if reef_frames::enqueue(&data, envelope).await.is_err() {
                         return;
                     }
                 }
             }
         });
-        let frames =
-            reef_proto::FrameBatcher::new(control_rx, data_rx, reef_proto::FrameLimits::default());
+        let frames = reef_frames::FrameBatcher::new(
+            control_rx,
+            data_rx,
+            reef_frames::FrameLimits::default(),
+        );
         Ok(Response::new(Box::pin(frames.map(Ok))))
     }
 }
@@ -138,7 +141,7 @@ impl Baseline {
     /// Serves the baseline services on an ephemeral loopback port.
     pub async fn start() -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
-        let pki = reef_platform::Pki::load_or_create(
+        let pki = reef_tls::Pki::load_or_create(
             data.path(),
             "baseline",
             &["127.0.0.1".to_owned(), "localhost".to_owned()],

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         };
     }
-    let runtime = match reef_platform::runtime::build(Some(args.threads)) {
+    let runtime = match reef_telemetry::runtime::build(Some(args.threads)) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("reef-bench: cannot start the runtime: {error}");

@@ -21,9 +21,9 @@ impl BenchNode {
     /// boundary costs.
     pub async fn start_in_process() -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
-        let config = reef_platform::NodeConfig::new("127.0.0.1:0".parse()?, data.path());
+        let config = reef_node::NodeConfig::new("127.0.0.1:0".parse()?, data.path());
         let ca = config.ca_path();
-        let node = reef_platform::Node::bind(config).await?;
+        let node = reef_node::Node::bind(config).await?;
         let options = ConnectOptions {
             node: node.local_addr().to_string(),
             ca,

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use reef_platform::state::etcd_v3::etcdserverpb as etcd;
+use reef_node::state::etcd_v3::etcdserverpb as etcd;
 use reef_proto as wire;
 use reef_sdk::{ConnectOptions, state::StateClient};
 use tokio::sync::Notify;

@@ -51,12 +51,12 @@ async fn dead_letters(node: &BenchNode) -> anyhow::Result<String> {
 
 pub async fn run(sizes: &Sizes, payload: Bytes) -> anyhow::Result<()> {
     let cluster = tempfile::tempdir()?;
-    reef_platform::init_cluster_ca(cluster.path())?;
+    reef_tls::init_cluster_ca(cluster.path())?;
     let node = |name: &str, extra: &[String]| {
         let mut args = vec!["--name".to_owned(), name.to_owned()];
         args.extend_from_slice(extra);
         BenchNode::start_prepared(&args, |data| {
-            Ok(reef_platform::issue_node_ca(
+            Ok(reef_tls::issue_node_ca(
                 cluster.path(),
                 name,
                 &data.join("tls"),

@@ -101,12 +101,12 @@ fn main() -> ExitCode {
         let argv0 = format!("{} {name}", program.to_string_lossy());
         return run(std::iter::once(argv0.into()).chain(args).collect());
     }
-    reef_platform::runtime::run_main("reef", None, cli())
+    reef_telemetry::runtime::run_main("reef", None, cli())
 }
 
 async fn cli() -> ExitCode {
     let cli = Cli::parse();
-    use reef_platform::telemetry;
+    use reef_telemetry as telemetry;
     // With REEF_OTLP_ENDPOINT set, a request from the CLI starts a trace.
     let _telemetry = match telemetry::init(
         &telemetry::Service::container("reef-cli"),

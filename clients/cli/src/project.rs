@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, collections::HashSet, path::Path};
 
 use anyhow::{Context as _, bail};
-use reef_platform::Alias;
+use reef_core::Alias;
 use serde::Deserialize;
 use toml::Spanned;
 

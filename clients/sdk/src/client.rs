@@ -10,10 +10,11 @@ use std::{
 };
 
 use bytes::Bytes;
+use reef_frames::{Credit, FrameBatcher, FrameLimits};
 use reef_proto::{
-    ALIAS_METADATA, CREDIT_METADATA, Credit, DeregisterRequest, Envelope, EnvelopeKind, ErrorCode,
-    Frame, FrameBatcher, FrameLimits, LEASE_METADATA, RegisterRequest,
-    channel_client::ChannelClient, supervisor_client::SupervisorClient,
+    ALIAS_METADATA, CREDIT_METADATA, DeregisterRequest, Envelope, EnvelopeKind, ErrorCode, Frame,
+    LEASE_METADATA, RegisterRequest, channel_client::ChannelClient,
+    supervisor_client::SupervisorClient,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Streaming, metadata::MetadataValue, transport::Channel};
@@ -340,7 +341,7 @@ impl Client {
 
     /// Queues a SEND inside its own span (see [`crate::trace`]).
     async fn enqueue_traced(&self, mut envelope: Envelope) -> Result<(), Error> {
-        if !reef_proto::trace::exporting() {
+        if !reef_frames::trace::exporting() {
             return self.enqueue(envelope).await;
         }
         let span = trace::outgoing(&mut envelope);
@@ -399,7 +400,7 @@ impl Client {
     ) -> Result<Reply, Error> {
         let mut envelope = self.envelope(EnvelopeKind::Request, to, payload.into())?;
         envelope.headers.clone_from(&options.headers);
-        if !reef_proto::trace::exporting() {
+        if !reef_frames::trace::exporting() {
             return self.attempt_all(envelope, to, options).await;
         }
         let span = trace::outgoing(&mut envelope);
@@ -540,7 +541,7 @@ impl Client {
                 limit: self.shared.max_payload,
             });
         }
-        reef_proto::enqueue(&self.shared.data, envelope)
+        reef_frames::enqueue(&self.shared.data, envelope)
             .await
             .map_err(|_| self.disconnected())
     }

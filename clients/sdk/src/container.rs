@@ -445,7 +445,7 @@ pub(crate) async fn handle<H: Handler>(
     envelope: Envelope,
     answers: Option<&mpsc::Sender<Envelope>>,
 ) {
-    if !reef_proto::trace::exporting() {
+    if !reef_frames::trace::exporting() {
         handle_in_span(handler, ctx, counters, envelope, answers).await;
         return;
     }
@@ -522,7 +522,7 @@ async fn handle_in_span<H: Handler>(
             served.answered(&answer.destination, id, &answer);
             let sent = match answers {
                 // Straight back on the push stream it came by.
-                Some(answers) => reef_proto::enqueue(answers, answer)
+                Some(answers) => reef_frames::enqueue(answers, answer)
                     .await
                     .map_err(|_| Error::Disconnected("the push stream closed".into())),
                 None => ctx.client.enqueue(answer).await,

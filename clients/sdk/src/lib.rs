@@ -22,9 +22,9 @@
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let data = tempfile::tempdir()?;
-//! # let config = reef_platform::NodeConfig::new("127.0.0.1:0".parse()?, data.path());
+//! # let config = reef_node::NodeConfig::new("127.0.0.1:0".parse()?, data.path());
 //! # let ca = config.ca_path();
-//! # let started = reef_platform::Node::bind(config).await?;
+//! # let started = reef_node::Node::bind(config).await?;
 //! # let address = started.local_addr().to_string();
 //! # tokio::spawn(started.run(std::future::pending()));
 //! // A node listens at `address`; its CA certificate is the file `ca`.
@@ -59,6 +59,7 @@ mod error;
 mod options;
 mod push;
 mod request;
+pub mod sample;
 pub mod state;
 mod task;
 mod trace;

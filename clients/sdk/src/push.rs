@@ -12,9 +12,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use reef_frames::{FrameBatcher, FrameLimits};
 use reef_proto::{
-    CheckPushRequest, Envelope, EnvelopeKind, Frame, FrameBatcher, FrameLimits, OpenPushRequest,
-    PUSH_TICKET_METADATA, container_client::ContainerClient,
+    CheckPushRequest, Envelope, EnvelopeKind, Frame, OpenPushRequest, PUSH_TICKET_METADATA,
+    container_client::ContainerClient,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{Stream, StreamExt as _};
@@ -155,7 +156,7 @@ impl Push {
         if self.lost.get().is_some() {
             return Err(self.disconnected());
         }
-        reef_proto::enqueue(&self.data, envelope)
+        reef_frames::enqueue(&self.data, envelope)
             .await
             .map_err(|_| self.disconnected())
     }
@@ -254,7 +255,7 @@ pub(crate) async fn serve(
                         let message =
                             format!("this stream reaches {me}, not {}", envelope.destination);
                         let refusal = error_envelope(&envelope, Code::NotFound, "", &message);
-                        if reef_proto::enqueue(&answers, refusal).await.is_err() {
+                        if reef_frames::enqueue(&answers, refusal).await.is_err() {
                             return;
                         }
                     }

@@ -1,12 +1,10 @@
 //! The SDK's hop spans: one around each SEND or REQUEST this process makes, one around
 //! each it handles, made only when the process exports traces
-//! ([`reef_proto::trace::exporting`]). They join the trace the envelope carries (see
-//! [`reef_proto::trace`]).
+//! ([`reef_frames::trace::exporting`]). They join the trace the envelope carries (see
+//! [`reef_frames::trace`]).
 
-use reef_proto::{
-    Envelope, EnvelopeKind,
-    trace::{TRACE_TARGET, continue_trace, follow},
-};
+use reef_frames::trace::{TRACE_TARGET, continue_trace, follow};
+use reef_proto::{Envelope, EnvelopeKind};
 use tracing::{Span, field::Empty};
 
 /// The span of sending `envelope` (a SEND or REQUEST): a child of the current span, or

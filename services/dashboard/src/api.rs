@@ -191,7 +191,7 @@ async fn container(
 ) -> Result<Json<Value>, Refusal> {
     let mut supervisor = state.live.supervisor().await.map_err(node_error)?;
     let tree = node_call(NODE_CALL, supervisor.tree(TreeRequest {})).await?;
-    let containers = reef_platform::sample::containers_in(&tree.roots);
+    let containers = reef_sdk::sample::containers_in(&tree.roots);
     let Some(info) = containers.get(alias.as_str()) else {
         return Err(refusal(
             StatusCode::NOT_FOUND,
@@ -214,7 +214,7 @@ async fn container(
         "endpoint": info.endpoint,
         "labels": info.labels,
         "attached": info.attached,
-        "state": reef_platform::sample::state_name(info),
+        "state": reef_sdk::sample::state_name(info),
         "supervised": info.supervised.as_ref().map(supervised_json),
         "events": state.live.recent_events(&alias),
         "logs": logs,

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use reef_platform::{certificate_identity, tls};
+use reef_tls::{certificate_identity, tls};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,

@@ -1,5 +1,5 @@
 //! What every browser sees live, gathered once per dashboard: a sample of the node each
-//! second (rates, queues, restarts, latency; `reef_platform::sample`) and the node's
+//! second (rates, queues, restarts, latency; `reef_sdk::sample`) and the node's
 //! lifecycle events as they happen. Recent events and restarts are kept for the views
 //! that show history.
 
@@ -9,11 +9,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use reef_platform::sample::{self, Sample};
 use reef_proto::{
     ContainerEventKind, LifecyclePhase, WatchRequest, supervisor_client::SupervisorClient,
 };
 use reef_sdk::ConnectOptions;
+use reef_sdk::sample::{self, Sample};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tonic::transport::Channel;
@@ -174,7 +174,7 @@ impl Live {
 
     fn publish(&self, previous: &Sample, current: &Sample) {
         let (node, containers) = sample::compare(previous, current);
-        let at_ms = reef_platform::unix_ms(SystemTime::now());
+        let at_ms = reef_core::unix_ms(SystemTime::now());
         let restarts = {
             let mut marks = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
             let before = previous.containers();

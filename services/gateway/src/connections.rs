@@ -237,7 +237,7 @@ impl Hub {
 
     fn room_alias(&self, room: &str) -> Result<String, HandlerError> {
         let alias = format!("{}/room/{room}", self.alias);
-        reef_platform::Alias::parse(&alias).map_err(|e| {
+        reef_core::Alias::parse(&alias).map_err(|e| {
             HandlerError::new("gateway.room", format!("room {room:?}: {e}"))
                 .with_code(Code::InvalidArgument)
         })?;

@@ -54,11 +54,11 @@ impl Args {
 /// `std::env::args_os`).
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = Args::parse_from(args);
-    reef_platform::runtime::run_main("reef-gateway", None, run(args))
+    reef_telemetry::runtime::run_main("reef-gateway", None, run(args))
 }
 
 async fn run(args: Args) -> ExitCode {
-    use reef_platform::telemetry;
+    use reef_telemetry as telemetry;
     let service = telemetry::Service::container("gateway");
     let _telemetry = match telemetry::init(&service, "info", &telemetry::Export::from_env()) {
         Ok(telemetry) => telemetry,

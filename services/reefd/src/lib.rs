@@ -7,12 +7,12 @@
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use reef_platform::{
+use reef_node::{
     JoinConfig, Limits, Node, NodeConfig, StateBackend,
     state::{EtcdConfig, EtcdTls},
     supervision::{Policy, Strategy},
-    telemetry,
 };
+use reef_telemetry as telemetry;
 
 /// The reef node daemon.
 #[derive(Debug, Parser)]
@@ -258,7 +258,7 @@ impl Args {
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = Args::parse_from(args);
     let threads = args.threads;
-    reef_platform::runtime::run_main("reefd", threads, serve(args))
+    reef_telemetry::runtime::run_main("reefd", threads, serve(args))
 }
 
 async fn serve(args: Args) -> ExitCode {

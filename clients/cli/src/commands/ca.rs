@@ -48,7 +48,7 @@ pub enum CaCommand {
 pub fn run(command: CaCommand) -> anyhow::Result<ExitCode> {
     match command {
         CaCommand::Init { dir } => {
-            reef_platform::init_cluster_ca(&dir)
+            reef_tls::init_cluster_ca(&dir)
                 .with_context(|| format!("cannot create a cluster CA in {}", dir.display()))?;
             println!("cluster CA created: {}", dir.join("ca.pem").display());
         }
@@ -57,9 +57,9 @@ pub fn run(command: CaCommand) -> anyhow::Result<ExitCode> {
             ca_dir,
             data_dir,
         } => {
-            reef_platform::link::check_node_name(&name).map_err(anyhow::Error::msg)?;
+            reef_core::check_node_name(&name).map_err(anyhow::Error::msg)?;
             let tls = data_dir.join("tls");
-            reef_platform::issue_node_ca(&ca_dir, &name, &tls)
+            reef_tls::issue_node_ca(&ca_dir, &name, &tls)
                 .with_context(|| format!("cannot issue an identity for node {name}"))?;
             println!(
                 "node {name}: intermediate CA in {} (a running reefd takes it up within seconds)",
@@ -81,10 +81,10 @@ pub fn run(command: CaCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("client name {name:?}: use letters, digits, '.', '_' and '-'");
             }
             let identity = match admin {
-                true => reef_platform::admin_identity(&name),
-                false => reef_platform::client_identity(&name),
+                true => reef_tls::admin_identity(&name),
+                false => reef_tls::client_identity(&name),
             };
-            let certified = reef_platform::issue_client(&ca_dir, &identity)
+            let certified = reef_tls::issue_client(&ca_dir, &identity)
                 .with_context(|| format!("cannot issue a certificate for {name}"))?;
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;

@@ -82,7 +82,7 @@ fn describe(info: Option<ContainerInfo>) -> String {
     format!(
         " (pid {}, {})",
         info.pid,
-        reef_platform::sample::state_name(&info)
+        reef_sdk::sample::state_name(&info)
     )
 }
 

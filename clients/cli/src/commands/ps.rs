@@ -2,8 +2,8 @@
 
 use std::{process::ExitCode, time::SystemTime};
 
-use reef_platform::sample::state_name;
 use reef_proto::{ContainerNode, TreeRequest, supervisor_client::SupervisorClient};
+use reef_sdk::sample::state_name;
 use reef_sdk::{ConnectOptions, Error};
 
 pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
@@ -17,7 +17,7 @@ pub async fn run(options: ConnectOptions) -> anyhow::Result<ExitCode> {
         "{:<28} {:<10} {:<8} {:<8} {:>8} {:>8} {:>8} {:<9} ACTIVITY",
         "ALIAS", "NODE", "STATE", "KIND", "PID", "RESTARTS", "UPTIME", "ATTACHED"
     );
-    let now_ms = reef_platform::unix_ms(SystemTime::now());
+    let now_ms = reef_core::unix_ms(SystemTime::now());
     for root in &tree.roots {
         print_node(root, 0, now_ms);
     }

@@ -1,6 +1,6 @@
 //! `reef top`: a live view of the node and its container tree — rates, queue depths,
 //! restarts and request latency — from samples of `Supervisor.Info` and
-//! `Supervisor.Tree` (`reef_platform::sample`). Rates and quantiles are over the last
+//! `Supervisor.Tree` (`reef_sdk::sample`). Rates and quantiles are over the last
 //! interval.
 
 use std::{
@@ -10,8 +10,8 @@ use std::{
     time::Duration,
 };
 
-use reef_platform::sample::{ContainerRates, NodeRates, Sample, compare};
 use reef_proto::supervisor_client::SupervisorClient;
+use reef_sdk::sample::{ContainerRates, NodeRates, Sample, compare};
 use reef_sdk::{ConnectOptions, Error};
 
 /// Arguments of `reef top`.

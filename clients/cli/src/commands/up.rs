@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reef_platform::DataDirLock;
+use reef_core::DataDirLock;
 use reef_proto::{
     CreateRequest, PutRuleRequest, SetFirewallRequest, supervisor_client::SupervisorClient,
 };

@@ -42,7 +42,7 @@ pub async fn run(args: Args, options: ConnectOptions) -> anyhow::Result<ExitCode
         let state = event
             .container
             .as_ref()
-            .map_or("-", reef_platform::sample::state_name);
+            .map_or("-", reef_sdk::sample::state_name);
         println!(
             "{} {alias} {kind}{phase} [{state}] {}",
             crate::clock::local_time(event.at_unix_ms),

@@ -1,0 +1,34 @@
+//! The small vocabulary every part of reef shares: aliases, node names, principals,
+//! lease tokens, latency histograms, wire time and the data dir's lock.
+//!
+//! It depends on nothing of reef's but the wire types (`reef-proto`), so the SDK, the
+//! CLI, the gateway and the node can all speak it without pulling in one another.
+//!
+//! ```
+//! use reef_core::{Alias, Principal};
+//!
+//! let alias = Alias::parse("orders/eu").unwrap();
+//! assert_eq!(alias.as_str(), "orders/eu");
+//! let caller = Principal::from_identity(Some("reef://client/ops"));
+//! assert_eq!(caller.to_string(), "client:ops");
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod alias;
+mod clock;
+mod data_dir;
+pub mod histogram;
+mod lease;
+mod node_name;
+mod principal;
+
+pub use self::{
+    alias::{Alias, InvalidAlias, MAX_ALIAS_LEN},
+    clock::{millis, unix_ms},
+    data_dir::{DataDirError, DataDirLock},
+    histogram::{Histogram, HistogramSnapshot},
+    lease::new_lease,
+    node_name::{LINK_PREFIX, PARENT_LINK, check_node_name, link_alias},
+    principal::Principal,
+};

@@ -1,0 +1,128 @@
+//! Task containers: in-process containers that a host process (Rust SDK) runs. The node
+//! asks the host to start or stop one through the host's endpoint
+//! (`Container.StartTask` / `StopTask`); the host restarts a panicking task itself and
+//! announces its tasks with `Supervisor.Host`, so their aliases route to its stream.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use reef_proto::{self as wire, container_client::ContainerClient};
+use tonic::{Code, Status};
+
+use crate::{ContainerSnapshot, Registry, probe::connect_endpoint};
+use reef_core::Alias;
+
+/// How long the node waits for a host to start or stop a task.
+const HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A task container to create.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskDefinition {
+    pub alias: Alias,
+    pub parent: Option<Alias>,
+    pub name: String,
+    pub host: Alias,
+    pub args: Vec<String>,
+    pub restart: wire::RestartType,
+    pub max_restarts: u32,
+    pub period_ms: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Starts `definition` in its host. Idempotent: a task that runs there already under
+/// the same behaviour is returned with `false`.
+pub(crate) async fn start_task(
+    registry: &Registry,
+    ca_pem: &str,
+    definition: TaskDefinition,
+) -> Result<(ContainerSnapshot, bool), Status> {
+    if let Some(existing) = registry.get(definition.alias.as_str()) {
+        return match &existing.task {
+            Some(task) if task.host == definition.host && existing.spec.name == definition.name => {
+                Ok((existing, false))
+            }
+            _ => Err(Status::already_exists(format!(
+                "{} exists with another definition; destroy it first",
+                definition.alias
+            ))),
+        };
+    }
+    let mut host = host_client(registry, ca_pem, &definition.host).await?;
+    let request = wire::StartTaskRequest {
+        alias: definition.alias.to_string(),
+        name: definition.name,
+        parent: definition.parent.map(String::from).unwrap_or_default(),
+        args: definition.args,
+        restart: definition.restart as i32,
+        max_restarts: definition.max_restarts,
+        period_ms: definition.period_ms,
+        labels: definition.labels.into_iter().collect(),
+    };
+    let answer = host
+        .start_task(request)
+        .await
+        .map_err(|status| host_refused(&definition.host, status))?
+        .into_inner();
+    // The host answers only after the node accepted its announcement.
+    let snapshot = registry.get(definition.alias.as_str()).ok_or_else(|| {
+        Status::internal(format!(
+            "{} said it started {} but the task is not registered",
+            definition.host, definition.alias
+        ))
+    })?;
+    Ok((snapshot, answer.created))
+}
+
+/// Stops task `alias` in its host (its `on_stop` runs); `force` forgets it on the node
+/// even when the host cannot be reached.
+pub(crate) async fn stop_task(
+    registry: &Registry,
+    ca_pem: &str,
+    alias: &Alias,
+    host: &Alias,
+) -> Result<(), Status> {
+    let mut client = host_client(registry, ca_pem, host).await?;
+    client
+        .stop_task(wire::StopTaskRequest {
+            alias: alias.to_string(),
+        })
+        .await
+        .map_err(|status| host_refused(host, status))?;
+    Ok(())
+}
+
+async fn host_client(
+    registry: &Registry,
+    ca_pem: &str,
+    host: &Alias,
+) -> Result<ContainerClient<tonic::transport::Channel>, Status> {
+    let snapshot = registry
+        .get(host.as_str())
+        .ok_or_else(|| Status::not_found(format!("task host {host} is not registered")))?;
+    if snapshot.task.is_some() {
+        return Err(Status::failed_precondition(format!(
+            "{host} is a task; only a process can host tasks"
+        )));
+    }
+    if !snapshot.attached {
+        return Err(Status::unavailable(format!(
+            "task host {host} is not attached (starting, restarting or stopped)"
+        )));
+    }
+    let endpoint = snapshot.spec.endpoint.ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "{host} registered no endpoint, so it cannot host tasks"
+        ))
+    })?;
+    let channel = connect_endpoint(&endpoint, ca_pem, None, HOST_CALL_TIMEOUT).await?;
+    Ok(ContainerClient::new(channel))
+}
+
+/// A host's refusal, said from the node's side.
+fn host_refused(host: &Alias, status: Status) -> Status {
+    match status.code() {
+        Code::Unimplemented => Status::failed_precondition(format!(
+            "{host} cannot host tasks: its SDK does not implement Container.StartTask"
+        )),
+        code => Status::new(code, format!("task host {host}: {}", status.message())),
+    }
+}

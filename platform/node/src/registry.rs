@@ -1,0 +1,1378 @@
+//! The registry: which aliases are claimed, by whom, and which are attached.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use reef_proto::{Envelope, EnvelopeKind};
+use tokio::sync::{broadcast, mpsc, mpsc::error::TrySendError};
+use tonic::Status;
+
+use crate::{
+    AckLog, Attachment, Limits, NodeStats, Outbound, link::LinkSession,
+    supervision::SupervisedSnapshot,
+};
+use reef_core::{Alias, HistogramSnapshot, InvalidAlias};
+
+/// What a container says about itself when it claims an alias.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Its address.
+    pub alias: Alias,
+    /// The behaviour it runs.
+    pub name: String,
+    /// Its parent container, if any.
+    pub parent: Option<Alias>,
+    /// Where it serves `reef.v1.Container`, if anywhere.
+    pub endpoint: Option<String>,
+    /// Its OS process id, if known.
+    pub pid: Option<u32>,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A registered container as seen at one moment.
+#[derive(Debug, Clone)]
+pub struct ContainerSnapshot {
+    /// What it registered with.
+    pub spec: ContainerSpec,
+    /// When it registered.
+    pub registered_at: SystemTime,
+    /// Whether its attach stream is open.
+    pub attached: bool,
+    /// Envelopes routed from it.
+    pub envelopes_in: u64,
+    /// Envelopes delivered to it.
+    pub envelopes_out: u64,
+    /// Envelopes waiting for it: queued for its stream and not yet written, or held
+    /// while it is (re)starting.
+    pub queued: u64,
+    /// The requests its stream answered and how long they took.
+    pub answered: HistogramSnapshot,
+    /// What the supervisor knows, for containers the node runs.
+    pub supervised: Option<SupervisedSnapshot>,
+    /// For task containers: what their host reports.
+    pub task: Option<TaskSnapshot>,
+}
+
+/// A task container as its host reports it.
+#[derive(Debug, Clone)]
+pub struct TaskSnapshot {
+    /// The process that runs it; its alias routes to the host's stream.
+    pub host: Alias,
+    /// Times the host restarted it.
+    pub restarts: u32,
+    /// When it last (re)started, as far as the node heard.
+    pub started_at: SystemTime,
+}
+
+/// A task container a host announces (`Supervisor.Host`).
+#[derive(Debug, Clone)]
+pub struct HostedTask {
+    /// Its alias.
+    pub alias: Alias,
+    /// The behaviour it runs.
+    pub name: String,
+    /// Its parent; `None` = the host.
+    pub parent: Option<Alias>,
+    /// Times the host restarted it.
+    pub restarts: u32,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What happened to a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// An alias was claimed.
+    Registered,
+    /// Its attach stream opened.
+    Attached,
+    /// Its attach stream closed; the alias is released with it.
+    Detached,
+    /// The alias was released by its holder or expired.
+    Deregistered,
+    /// A supervised container is being created.
+    Create,
+    /// … started.
+    Start,
+    /// … stopped.
+    Stop,
+    /// … failed.
+    Fail,
+    /// … destroyed.
+    Destroy,
+    /// … restarted.
+    Restart,
+    /// A solver action was applied to it.
+    Solve,
+}
+
+/// Where in a lifecycle transition an event is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// About to happen.
+    Before,
+    /// The state changed.
+    On,
+    /// Done.
+    After,
+}
+
+/// What the supervisor hears from the registry about the containers it runs.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// A supervised alias attached; `pid` is what its process registered with.
+    Attached {
+        /// The container.
+        alias: Alias,
+        /// The registered process id.
+        pid: Option<u32>,
+    },
+    /// Its attach stream closed.
+    Detached {
+        /// The container.
+        alias: Alias,
+        /// Why.
+        cause: DetachCause,
+    },
+}
+
+/// Why an attach stream was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetachCause {
+    /// Nothing was heard for the heartbeat timeout.
+    Silent,
+    /// The stream ended or failed, or the holder deregistered.
+    Ended,
+    /// The node closed it (shutdown, eviction).
+    Closed,
+}
+
+/// Why an envelope for an unattached alias was not held for it.
+#[derive(Debug)]
+pub enum HoldRefused {
+    /// Nobody has or reserves the alias.
+    Unknown,
+    /// The alias belongs to a stopped container.
+    Stopped,
+    /// The hold queue is full.
+    Full(usize),
+    /// The alias attached meanwhile: deliver to it.
+    Open(Arc<Attachment>),
+}
+
+/// A change in the registry, for `Supervisor.Watch`.
+#[derive(Debug, Clone)]
+pub struct RegistryEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The container, as it was.
+    pub container: ContainerSnapshot,
+    /// Why, for humans.
+    pub reason: String,
+    /// When.
+    pub at: SystemTime,
+    /// For lifecycle events: where in the transition.
+    pub phase: Option<Phase>,
+}
+
+/// Why a registry operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The alias (or parent alias) is malformed.
+    #[error(transparent)]
+    InvalidAlias(#[from] InvalidAlias),
+    /// Someone holds the alias.
+    #[error("alias {0:?} is already registered")]
+    AlreadyRegistered(String),
+    /// Nobody holds the alias.
+    #[error("alias {0:?} is not registered")]
+    NotRegistered(String),
+    /// The caller does not hold the alias's lease.
+    #[error("the lease does not match the registration of {0:?}")]
+    LeaseMismatch(String),
+    /// The alias already has an open attach stream.
+    #[error("alias {0:?} is already attached")]
+    AlreadyAttached(String),
+    /// The parent chain would lead back to the alias itself.
+    #[error("registering {0:?} under that parent would make a cycle of parents")]
+    ParentCycle(String),
+    /// The node holds as many registrations as it may.
+    #[error("the node already holds {0} registrations")]
+    Full(usize),
+    /// The alias belongs to a supervised container and the token does not match.
+    #[error(
+        "alias {0:?} belongs to a container the node supervises; only its process (with REEF_TOKEN) may register it"
+    )]
+    Reserved(String),
+}
+
+struct Registration {
+    spec: ContainerSpec,
+    /// `None` while a supervised container's alias waits for its process.
+    lease: Option<String>,
+    registered_at: SystemTime,
+    attachment: Option<Arc<Attachment>>,
+    reservation: Option<Reservation>,
+    /// For a task container: its host.
+    task: Option<TaskSnapshot>,
+    /// For a task host: the tasks it runs (they go when it goes).
+    tasks: HashSet<Alias>,
+    /// Acknowledged-mode envelopes delivered and not yet acknowledged, across its
+    /// attach streams; created on the first attach.
+    acks: Option<Arc<AckLog>>,
+    /// For a link to another node: what it remembers across streams.
+    link: Option<LinkEntry>,
+}
+
+/// A link registration's own state.
+struct LinkEntry {
+    session: Arc<LinkSession>,
+    /// When its last stream closed, while it has none.
+    down_since: Option<Instant>,
+}
+
+/// An alias the supervisor keeps for a container it runs, across restarts.
+struct Reservation {
+    token: String,
+    /// Whether envelopes are held while the container is not attached (false when
+    /// it is stopped).
+    holding: bool,
+    /// Envelopes that arrived while it was not attached, with their arrival time.
+    held: VecDeque<(Instant, Envelope)>,
+    /// The supervisor's view; `None` for a link to another node.
+    info: Option<SupervisedSnapshot>,
+}
+
+/// Whether `alias` is `start` or one of its registered ancestors.
+fn ancestors_include(entries: &HashMap<Alias, Registration>, start: &Alias, alias: &Alias) -> bool {
+    let mut current = Some(start);
+    // Bounded by the number of entries, so a corrupt chain cannot loop forever.
+    for _ in 0..=entries.len() {
+        match current {
+            Some(ancestor) if ancestor == alias => return true,
+            Some(ancestor) => current = entries.get(ancestor).and_then(|e| e.spec.parent.as_ref()),
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Registration {
+    fn snapshot(&self) -> ContainerSnapshot {
+        let attachment = self.attachment.as_ref();
+        let (envelopes_in, envelopes_out) =
+            attachment.map_or((0, 0), |attachment| attachment.counters());
+        ContainerSnapshot {
+            spec: self.spec.clone(),
+            registered_at: self.registered_at,
+            attached: self.attachment.is_some(),
+            envelopes_in,
+            envelopes_out,
+            queued: attachment.map_or(0, |attachment| attachment.queued() as u64)
+                + self.reservation.as_ref().map_or(0, |r| r.held.len() as u64),
+            answered: attachment.map_or_else(HistogramSnapshot::default, |attachment| {
+                attachment.answered().snapshot()
+            }),
+            supervised: self.reservation.as_ref().and_then(|r| r.info.clone()),
+            task: self.task.clone(),
+        }
+    }
+
+    fn new(spec: ContainerSpec, lease: Option<String>) -> Self {
+        Self {
+            spec,
+            lease,
+            registered_at: SystemTime::now(),
+            attachment: None,
+            reservation: None,
+            task: None,
+            tasks: HashSet::new(),
+            acks: None,
+            link: None,
+        }
+    }
+}
+
+/// The alias that answers for `alias`: its host for a task, itself for a registered
+/// alias, the link to the parent node (`parent`) for an unknown one.
+fn owner_in(
+    entries: &HashMap<Alias, Registration>,
+    parent: Option<&Alias>,
+    alias: &str,
+) -> Option<Alias> {
+    match entries.get(alias) {
+        Some(entry) => match &entry.task {
+            Some(task) => Some(task.host.clone()),
+            None => Some(entry.spec.alias.clone()),
+        },
+        None => {
+            let alias = Alias::parse(alias).ok()?;
+            Some(parent.cloned().unwrap_or(alias))
+        }
+    }
+}
+
+/// `entry` as seen now: a task is attached while its host is.
+fn snapshot_in(entries: &HashMap<Alias, Registration>, entry: &Registration) -> ContainerSnapshot {
+    let mut snapshot = entry.snapshot();
+    if let Some(task) = &entry.task {
+        snapshot.attached = entries
+            .get(&task.host)
+            .and_then(|host| host.attachment.as_ref())
+            .is_some_and(|attachment| !attachment.is_closed());
+    }
+    snapshot
+}
+
+/// Removes `alias` and the tasks it hosts; returns what was removed, the alias first.
+/// What it had not acknowledged is a dead letter.
+fn remove_with_tasks(
+    entries: &mut HashMap<Alias, Registration>,
+    alias: &Alias,
+    stats: &NodeStats,
+) -> Vec<Registration> {
+    let Some(mut entry) = entries.remove(alias) else {
+        return Vec::new();
+    };
+    for envelope in entry.acks.iter().flat_map(|acks| acks.drain()) {
+        stats.dead_letter(
+            &envelope,
+            format!("{alias} went away before acknowledging it"),
+        );
+    }
+    let tasks = std::mem::take(&mut entry.tasks);
+    let mut removed = vec![entry];
+    removed.extend(tasks.iter().filter_map(|task| entries.remove(task)));
+    removed
+}
+
+/// How the `origin` of an ERROR the node raised itself begins: `node:NAME`.
+pub const NODE_ORIGIN_PREFIX: &str = "node:";
+
+/// The aliases a node knows, their leases and their attachments.
+pub struct Registry {
+    entries: RwLock<HashMap<Alias, Registration>>,
+    events: broadcast::Sender<RegistryEvent>,
+    observer: Mutex<Option<mpsc::UnboundedSender<Observed>>>,
+    limits: Limits,
+    stats: Arc<NodeStats>,
+    /// On a child node: the link to its parent, where unknown aliases go.
+    parent: OnceLock<Alias>,
+    /// `node:NAME`: the origin of the errors this node raises itself.
+    node_origin: OnceLock<String>,
+    /// Counts registrations and removals: a route cached before the count changed may
+    /// be wrong although its stream is open (a host's task stopped; an alias that went
+    /// to the parent registered here).
+    route_changes: AtomicU64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(limits: Limits, stats: Arc<NodeStats>) -> Arc<Self> {
+        Arc::new(Self {
+            entries: RwLock::new(HashMap::new()),
+            events: broadcast::channel(4096).0,
+            observer: Mutex::new(None),
+            limits,
+            stats,
+            parent: OnceLock::new(),
+            node_origin: OnceLock::new(),
+            route_changes: AtomicU64::new(0),
+        })
+    }
+
+    /// The limits the node runs with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Claims `spec.alias` and returns the lease that attaches to it. A registration
+    /// that is not attached within the attach timeout expires.
+    /// The alias of a supervised container is claimed with its `token`; the
+    /// supervisor's parent wins over the one the process names.
+    pub fn register(
+        self: &Arc<Self>,
+        mut spec: ContainerSpec,
+        token: Option<&str>,
+    ) -> Result<String, RegistryError> {
+        let lease = reef_core::new_lease();
+        let alias = spec.alias.clone();
+        let snapshot = {
+            let mut entries = self.write();
+            match entries.get_mut(&alias) {
+                Some(entry) if entry.reservation.is_some() => {
+                    let token_matches = entry
+                        .reservation
+                        .as_ref()
+                        .is_some_and(|r| token == Some(r.token.as_str()));
+                    if !token_matches {
+                        return Err(RegistryError::Reserved(alias.to_string()));
+                    }
+                    if entry.attachment.is_some() {
+                        return Err(RegistryError::AlreadyAttached(alias.to_string()));
+                    }
+                    spec.parent = entry.spec.parent.clone();
+                    entry.spec = spec;
+                    entry.lease = Some(lease.clone());
+                    entry.registered_at = SystemTime::now();
+                    entry.snapshot()
+                }
+                Some(_) => return Err(RegistryError::AlreadyRegistered(alias.to_string())),
+                None => {
+                    if let Some(parent) = &spec.parent
+                        && ancestors_include(&entries, parent, &alias)
+                    {
+                        return Err(RegistryError::ParentCycle(alias.to_string()));
+                    }
+                    if entries.len() >= self.limits.max_containers {
+                        return Err(RegistryError::Full(entries.len()));
+                    }
+                    let registration = Registration::new(spec, Some(lease.clone()));
+                    let snapshot = registration.snapshot();
+                    entries.insert(alias.clone(), registration);
+                    snapshot
+                }
+            }
+        };
+        self.emit(EventKind::Registered, snapshot, "registered");
+        let registry = Arc::downgrade(self);
+        let timeout = self.limits.attach_timeout;
+        let expiring = lease.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(registry) = registry.upgrade() {
+                registry.expire_unattached(&alias, &expiring);
+            }
+        });
+        Ok(lease)
+    }
+
+    /// Binds a new attach stream to a registration.
+    /// `credit`: what the container grants at the start (credit-based flow control),
+    /// or `None` to be sent to without limit.
+    pub fn attach(
+        self: &Arc<Self>,
+        alias: &str,
+        lease: &str,
+        credit: Option<u64>,
+    ) -> Result<(Arc<Attachment>, Outbound), RegistryError> {
+        let alias = Alias::parse(alias)?;
+        let (attachment, outbound, snapshot) = {
+            let mut entries = self.write();
+            let entry = entries
+                .get_mut(&alias)
+                .ok_or_else(|| RegistryError::NotRegistered(alias.to_string()))?;
+            if entry.lease.as_deref() != Some(lease) {
+                return Err(RegistryError::LeaseMismatch(alias.to_string()));
+            }
+            if entry.attachment.is_some() {
+                return Err(RegistryError::AlreadyAttached(alias.to_string()));
+            }
+            let acks = entry
+                .acks
+                .get_or_insert_with(|| Arc::new(AckLog::new(self.limits.unacked_capacity)))
+                .clone();
+            let link = entry.link.as_mut().map(|link| {
+                link.down_since = None;
+                link.session.clone()
+            });
+            let (attachment, outbound) = Attachment::open(
+                alias.clone(),
+                &self.limits,
+                credit,
+                link,
+                acks.clone(),
+                self.stats.clone(),
+                Arc::downgrade(self),
+            );
+            // What the previous stream delivered and nobody acknowledged comes first.
+            for envelope in acks.redeliver(attachment.data()) {
+                self.stats
+                    .dead_letter(&envelope, "no room to deliver it again after a restart");
+            }
+            if let Some(reservation) = &mut entry.reservation {
+                self.deliver_held(reservation, &attachment);
+                self.observe(Observed::Attached {
+                    alias: alias.clone(),
+                    pid: entry.spec.pid,
+                });
+            }
+            entry.attachment = Some(attachment.clone());
+            (attachment, outbound, entry.snapshot())
+        };
+        self.emit(EventKind::Attached, snapshot, "attach stream opened");
+        Ok((attachment, outbound))
+    }
+
+    /// Moves held envelopes into a new attachment, in arrival order, before anything
+    /// else can reach it (the caller holds the write lock). Requests keep only the time
+    /// left of their deadline; expired ones are dropped (their callers hear
+    /// DEADLINE_EXCEEDED from their own keeper).
+    fn deliver_held(&self, reservation: &mut Reservation, attachment: &Attachment) {
+        for (held_at, mut envelope) in reservation.held.drain(..) {
+            if envelope.kind() == EnvelopeKind::Request && envelope.deadline_ms > 0 {
+                let waited = held_at.elapsed();
+                let budget = Duration::from_millis(envelope.deadline_ms.into());
+                if waited >= budget {
+                    self.stats
+                        .dead_letter(&envelope, "request expired while its receiver restarted");
+                    continue;
+                }
+                envelope.deadline_ms = (budget - waited).as_millis().max(1) as u32;
+            }
+            if let Err(envelope) = attachment.queue_held(envelope) {
+                self.stats.dead_letter(
+                    &envelope,
+                    "no room in the mailbox of the restarted receiver",
+                );
+            }
+        }
+    }
+
+    /// Keeps `envelope` for a supervised container that is (re)starting, so nothing
+    /// sent while it restarts is lost. Bounded by the mailbox capacity.
+    // The envelope comes back by value on refusal (a slow path): boxing it would cost
+    // an allocation on every hold instead.
+    #[allow(clippy::result_large_err)]
+    pub fn hold(&self, alias: &str, envelope: Envelope) -> Result<(), (Envelope, HoldRefused)> {
+        self.hold_with(alias, envelope, false).map(drop)
+    }
+
+    /// [`Registry::hold`], making room in a full hold by taking out its oldest envelope,
+    /// which is returned (overflow policy "drop oldest").
+    #[allow(clippy::result_large_err)]
+    pub fn hold_evicting_oldest(
+        &self,
+        alias: &str,
+        envelope: Envelope,
+    ) -> Result<Option<Envelope>, (Envelope, HoldRefused)> {
+        self.hold_with(alias, envelope, true)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn hold_with(
+        &self,
+        alias: &str,
+        envelope: Envelope,
+        evict: bool,
+    ) -> Result<Option<Envelope>, (Envelope, HoldRefused)> {
+        let mut entries = self.write();
+        // A task's envelopes wait with its host's.
+        let Some(owner) = owner_in(&entries, self.parent.get(), alias) else {
+            return Err((envelope, HoldRefused::Unknown));
+        };
+        let Some(entry) = entries.get_mut(&owner) else {
+            return Err((envelope, HoldRefused::Unknown));
+        };
+        if let Some(attachment) = &entry.attachment
+            && !attachment.is_closed()
+        {
+            return Err((envelope, HoldRefused::Open(attachment.clone())));
+        }
+        let Some(reservation) = &mut entry.reservation else {
+            return Err((envelope, HoldRefused::Unknown));
+        };
+        if !reservation.holding {
+            return Err((envelope, HoldRefused::Stopped));
+        }
+        let mut evicted = None;
+        if reservation.held.len() >= self.limits.mailbox_capacity {
+            if !evict {
+                return Err((envelope, HoldRefused::Full(reservation.held.len())));
+            }
+            evicted = reservation.held.pop_front().map(|(_, oldest)| oldest);
+        }
+        reservation.held.push_back((Instant::now(), envelope));
+        Ok(evicted)
+    }
+
+    /// Closes `attachment` and releases its alias, if the alias still belongs to it.
+    /// A supervised container's alias stays reserved; the supervisor hears why.
+    pub fn detach(
+        &self,
+        attachment: &Arc<Attachment>,
+        cause: DetachCause,
+        reason: &str,
+        status: Option<Status>,
+    ) {
+        attachment.close(status);
+        let detached = {
+            let mut entries = self.write();
+            let alias = attachment.alias();
+            match entries.get_mut(alias) {
+                Some(entry)
+                    if entry
+                        .attachment
+                        .as_ref()
+                        .is_some_and(|current| Arc::ptr_eq(current, attachment)) =>
+                {
+                    if entry.reservation.is_some() {
+                        let snapshot = entry.snapshot();
+                        entry.attachment = None;
+                        entry.lease = None;
+                        if let Some(link) = &mut entry.link {
+                            link.down_since = Some(Instant::now());
+                        }
+                        self.observe(Observed::Detached {
+                            alias: alias.clone(),
+                            cause,
+                        });
+                        vec![snapshot]
+                    } else {
+                        remove_with_tasks(&mut entries, alias, &self.stats)
+                            .iter()
+                            .map(Registration::snapshot)
+                            .collect()
+                    }
+                }
+                _ => Vec::new(),
+            }
+        };
+        let mut detached = detached.into_iter();
+        if let Some(snapshot) = detached.next() {
+            tracing::info!(alias = %attachment.alias(), reason, "detached");
+            self.emit(EventKind::Detached, snapshot, reason);
+        }
+        for task in detached {
+            self.emit(EventKind::Deregistered, task, "its host detached");
+        }
+    }
+
+    /// Releases `alias` for the holder of `lease`, closing its stream cleanly (OK, with
+    /// the reason in the `reef-close-reason` trailer).
+    pub fn deregister(&self, alias: &str, lease: &str) -> Result<(), RegistryError> {
+        let alias = Alias::parse(alias)?;
+        let (supervised, attachment) = {
+            let entries = self.read();
+            match entries.get(&alias) {
+                None => return Err(RegistryError::NotRegistered(alias.to_string())),
+                Some(entry) if entry.lease.as_deref() != Some(lease) => {
+                    return Err(RegistryError::LeaseMismatch(alias.to_string()));
+                }
+                Some(entry) => (entry.reservation.is_some(), entry.attachment.clone()),
+            }
+        };
+        if supervised {
+            // A supervised container leaving on its own: the reservation stays and the
+            // supervisor decides (its process is about to end).
+            match attachment {
+                Some(attachment) => self.detach(
+                    &attachment,
+                    DetachCause::Ended,
+                    "deregistered by its holder",
+                    Some(deregistered()),
+                ),
+                None => self.with_entry(&alias, |entry| entry.lease = None),
+            }
+            return Ok(());
+        }
+        let removed = {
+            let mut entries = self.write();
+            match entries.get(&alias) {
+                Some(entry) if entry.lease.as_deref() == Some(lease) => {
+                    remove_with_tasks(&mut entries, &alias, &self.stats)
+                }
+                _ => Vec::new(),
+            }
+        };
+        if !removed.is_empty() {
+            tracing::info!(%alias, "deregistered");
+        }
+        for entry in removed {
+            if let Some(attachment) = &entry.attachment {
+                attachment.close(Some(deregistered()));
+            }
+            self.emit(
+                EventKind::Deregistered,
+                entry.snapshot(),
+                "deregistered by its holder (or its host)",
+            );
+        }
+        Ok(())
+    }
+
+    fn expire_unattached(&self, alias: &Alias, lease: &str) {
+        let entry = {
+            let mut entries = self.write();
+            match entries.get_mut(alias) {
+                Some(entry)
+                    if entry.lease.as_deref() == Some(lease) && entry.attachment.is_none() =>
+                {
+                    if entry.reservation.is_some() {
+                        // The supervisor notices a process that never attaches.
+                        entry.lease = None;
+                        None
+                    } else {
+                        Some(remove_with_tasks(&mut entries, alias, &self.stats))
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(removed) = entry {
+            tracing::info!(%alias, "registration expired before it attached");
+            for entry in removed {
+                self.emit(
+                    EventKind::Deregistered,
+                    entry.snapshot(),
+                    "expired: never attached",
+                );
+            }
+        }
+    }
+
+    /// The open attachment of `alias`, if any (one that is closing does not count).
+    /// A task's attachment is its host's.
+    pub fn lookup(&self, alias: &str) -> Option<Arc<Attachment>> {
+        let entries = self.read();
+        let entry = match entries.get(alias) {
+            Some(entry) => entry,
+            None => entries.get(self.parent.get()?)?,
+        };
+        let entry = match &entry.task {
+            Some(task) => entries.get(&task.host)?,
+            None => entry,
+        };
+        entry
+            .attachment
+            .clone()
+            .filter(|attachment| !attachment.is_closed())
+    }
+
+    /// The alias that answers for `alias`: its host for a task, itself otherwise
+    /// (`None` when it is not a valid alias).
+    pub fn owner(&self, alias: &str) -> Option<Alias> {
+        owner_in(&self.read(), self.parent.get(), alias)
+    }
+
+    /// [`Registry::owner`] of a registered alias; `None` for one that is not.
+    pub fn registered_owner(&self, alias: &str) -> Option<Alias> {
+        let entries = self.read();
+        entries
+            .contains_key(alias)
+            .then(|| owner_in(&entries, None, alias))?
+    }
+
+    /// Records that `alias` lives behind `link` (a child node's link), as the child's
+    /// next announcement will say. Nothing happens for an invalid or known alias.
+    pub fn learn_route(&self, alias: &str, link: &Alias) {
+        let Ok(alias) = Alias::parse(alias) else {
+            return;
+        };
+        let task = HostedTask {
+            alias,
+            name: "remote".to_owned(),
+            parent: None,
+            restarts: 0,
+            labels: BTreeMap::new(),
+        };
+        let learned = self.upsert_task(&mut self.write(), link, task);
+        if let Ok((true, snapshot)) = learned {
+            self.emit(EventKind::Registered, snapshot, "seen behind a node link");
+        }
+    }
+
+    /// The behaviour name of `alias`, if registered.
+    pub fn name_of(&self, alias: &str) -> Option<String> {
+        self.read().get(alias).map(|entry| entry.spec.name.clone())
+    }
+
+    /// Whether envelopes for `alias` are held for it now (it is supervised, not
+    /// attached, and not stopped).
+    pub fn is_holding(&self, alias: &str) -> bool {
+        let entries = self.read();
+        owner_in(&entries, self.parent.get(), alias)
+            .and_then(|owner| entries.get(&owner))
+            .and_then(|entry| entry.reservation.as_ref())
+            .is_some_and(|reservation| reservation.holding)
+    }
+
+    /// Whether `task` is a task container run by `host`.
+    pub fn is_hosted_by(&self, task: &str, host: &Alias) -> bool {
+        self.read()
+            .get(task)
+            .and_then(|entry| entry.task.as_ref())
+            .is_some_and(|t| &t.host == host)
+    }
+
+    /// Applies what task host `host` (holding `lease`) announces: `upsert` adds or
+    /// updates its tasks, `remove` forgets them. One result per upsert: whether it was
+    /// new, or why it was refused.
+    pub fn host_tasks(
+        &self,
+        host: &Alias,
+        lease: &str,
+        upsert: Vec<HostedTask>,
+        mut remove: Vec<Alias>,
+        replace: bool,
+    ) -> Result<Vec<Result<bool, RegistryError>>, RegistryError> {
+        let mut events = Vec::new();
+        let results = {
+            let mut entries = self.write();
+            match entries.get(host) {
+                None => return Err(RegistryError::NotRegistered(host.to_string())),
+                Some(entry) if entry.lease.as_deref() != Some(lease) => {
+                    return Err(RegistryError::LeaseMismatch(host.to_string()));
+                }
+                Some(entry) if replace => {
+                    let kept: HashSet<&Alias> = upsert.iter().map(|task| &task.alias).collect();
+                    remove.extend(entry.tasks.iter().filter(|t| !kept.contains(t)).cloned());
+                }
+                Some(_) => {}
+            }
+            for alias in remove {
+                if entries
+                    .get(&alias)
+                    .and_then(|e| e.task.as_ref())
+                    .is_some_and(|t| &t.host == host)
+                    && let Some(entry) = entries.remove(&alias)
+                {
+                    events.push((EventKind::Deregistered, entry.snapshot()));
+                }
+                if let Some(entry) = entries.get_mut(host) {
+                    entry.tasks.remove(&alias);
+                }
+            }
+            let results: Vec<_> = upsert
+                .into_iter()
+                .map(|task| {
+                    let outcome = self.upsert_task(&mut entries, host, task);
+                    if let Ok((true, snapshot)) = &outcome {
+                        events.push((EventKind::Registered, snapshot.clone()));
+                    }
+                    outcome.map(|(created, _)| created)
+                })
+                .collect();
+            results
+        };
+        for (kind, snapshot) in events {
+            let reason = match kind {
+                EventKind::Registered => "started by its host",
+                _ => "stopped by its host",
+            };
+            self.emit(kind, snapshot, reason);
+        }
+        Ok(results)
+    }
+
+    fn upsert_task(
+        &self,
+        entries: &mut HashMap<Alias, Registration>,
+        host: &Alias,
+        task: HostedTask,
+    ) -> Result<(bool, ContainerSnapshot), RegistryError> {
+        let host_pid = entries.get(host).and_then(|h| h.spec.pid);
+        let parent = task.parent.clone().unwrap_or_else(|| host.clone());
+        let parent_allowed = !ancestors_include(entries, &parent, &task.alias);
+        if let Some(entry) = entries.get_mut(&task.alias) {
+            return match &mut entry.task {
+                Some(existing) if &existing.host == host => {
+                    // Restarted by its host, or announced again by a restarted host.
+                    if existing.restarts != task.restarts || entry.spec.pid != host_pid {
+                        existing.started_at = SystemTime::now();
+                    }
+                    existing.restarts = task.restarts;
+                    entry.spec.pid = host_pid;
+                    // A route learned from traffic gets its details from the announcement.
+                    entry.spec.name = task.name;
+                    entry.spec.labels = task.labels;
+                    if parent_allowed {
+                        entry.spec.parent = Some(parent);
+                    }
+                    Ok((false, entry.snapshot()))
+                }
+                _ => Err(RegistryError::AlreadyRegistered(task.alias.to_string())),
+            };
+        }
+        if !parent_allowed {
+            return Err(RegistryError::ParentCycle(task.alias.to_string()));
+        }
+        if entries.len() >= self.limits.max_containers {
+            return Err(RegistryError::Full(entries.len()));
+        }
+        let spec = ContainerSpec {
+            alias: task.alias.clone(),
+            name: task.name,
+            parent: Some(parent),
+            endpoint: None,
+            pid: host_pid,
+            labels: task.labels,
+        };
+        let mut registration = Registration::new(spec, None);
+        registration.task = Some(TaskSnapshot {
+            host: host.clone(),
+            restarts: task.restarts,
+            started_at: SystemTime::now(),
+        });
+        let snapshot = registration.snapshot();
+        entries.insert(task.alias.clone(), registration);
+        if let Some(entry) = entries.get_mut(host) {
+            entry.tasks.insert(task.alias);
+        }
+        Ok((true, snapshot))
+    }
+
+    /// Answers requests that `callee`'s closed stream had already written, and so will
+    /// never be answered, with UNAVAILABLE at once instead of at their deadline. Requests
+    /// held for its next process are kept; if that process attached already, nothing
+    /// is failed (the callers fall back on their deadlines).
+    pub fn fail_in_flight(&self, callee: &Alias) {
+        let (callers, held) = {
+            let entries = self.read();
+            // Request ids held for the callee's next process, by caller.
+            let mut held: HashMap<String, std::collections::HashSet<u64>> = HashMap::new();
+            if let Some(entry) = entries.get(callee) {
+                if entry.attachment.as_ref().is_some_and(|a| !a.is_closed()) {
+                    return;
+                }
+                for (_, envelope) in entry.reservation.iter().flat_map(|r| r.held.iter()) {
+                    held.entry(envelope.origin.clone())
+                        .or_default()
+                        .insert(envelope.id);
+                }
+            }
+            let callers: Vec<Arc<Attachment>> = entries
+                .values()
+                .filter_map(|entry| entry.attachment.clone())
+                .filter(|attachment| !attachment.is_closed())
+                .collect();
+            (callers, held)
+        };
+        let message = format!(
+            "{callee} ended before it answered (its process died or its stream closed); the request may or may not have been handled"
+        );
+        for caller in callers {
+            let kept = held.get(caller.alias().as_str());
+            let ids = caller
+                .pending()
+                .take_for_callee(callee.as_str(), |id| kept.is_some_and(|k| k.contains(&id)));
+            for id in ids {
+                let request = Envelope {
+                    id,
+                    destination: callee.to_string(),
+                    ..Default::default()
+                };
+                let error = crate::router::node_error(
+                    &request,
+                    caller.alias(),
+                    reef_proto::ErrorCode::Unavailable,
+                    message.clone(),
+                    self.node_origin(),
+                );
+                if let Err(error) = caller.data().try_send(error) {
+                    self.stats
+                        .dead_letter(&error.into_inner(), "the caller's mailbox is full");
+                }
+            }
+        }
+    }
+
+    /// Takes back what a closed attach stream never wrote: held, ahead of anything
+    /// newer, for a supervised container's next process. Returns those that were lost
+    /// (not supervised, stopped, or no room).
+    pub fn requeue(&self, alias: &Alias, mut unsent: Vec<Envelope>) -> Vec<Envelope> {
+        let mut entries = self.write();
+        let Some(entry) = entries.get_mut(alias) else {
+            return unsent;
+        };
+        let Some(reservation) = entry.reservation.as_mut().filter(|r| r.holding) else {
+            return unsent;
+        };
+        if let Some(attachment) = entry.attachment.as_ref().filter(|a| !a.is_closed()) {
+            // The next process attached already.
+            return unsent
+                .into_iter()
+                .filter_map(|envelope| attachment.data().try_send(envelope).err())
+                .map(TrySendError::into_inner)
+                .collect();
+        }
+        let room = self
+            .limits
+            .mailbox_capacity
+            .saturating_sub(reservation.held.len());
+        let lost = unsent.split_off(room.min(unsent.len()));
+        let now = Instant::now();
+        for envelope in unsent.into_iter().rev() {
+            reservation.held.push_front((now, envelope));
+        }
+        lost
+    }
+
+    /// The registration of `alias`, if any.
+    pub fn get(&self, alias: &str) -> Option<ContainerSnapshot> {
+        let entries = self.read();
+        entries.get(alias).map(|entry| snapshot_in(&entries, entry))
+    }
+
+    /// Every registration, sorted by alias.
+    pub fn list(&self) -> Vec<ContainerSnapshot> {
+        let entries = self.read();
+        let mut all: Vec<_> = entries
+            .values()
+            .map(|entry| snapshot_in(&entries, entry))
+            .collect();
+        drop(entries);
+        all.sort_by(|a, b| a.spec.alias.cmp(&b.spec.alias));
+        all
+    }
+
+    /// How many aliases are registered.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether no alias is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Future registry events.
+    pub fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
+    }
+
+    /// Closes every attach stream with `status` (used when the node shuts down).
+    pub fn close_all(&self, status: Status) {
+        let attachments: Vec<_> = self
+            .read()
+            .values()
+            .filter_map(|entry| entry.attachment.clone())
+            .collect();
+        for attachment in attachments {
+            attachment.close(Some(status.clone()));
+        }
+    }
+
+    /// How many times an alias was registered or removed: routes cached under another
+    /// count may be stale.
+    pub fn route_changes(&self) -> u64 {
+        self.route_changes.load(Ordering::Acquire)
+    }
+
+    fn emit(&self, kind: EventKind, container: ContainerSnapshot, reason: &str) {
+        if matches!(kind, EventKind::Registered | EventKind::Deregistered) {
+            self.route_changes.fetch_add(1, Ordering::Release);
+        }
+        // No subscriber is not an error: events are only for watchers.
+        let _ = self.events.send(RegistryEvent {
+            kind,
+            container,
+            reason: reason.to_owned(),
+            at: SystemTime::now(),
+            phase: None,
+        });
+    }
+
+    fn observe(&self, observed: Observed) {
+        let observer = self.observer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(observer) = observer.as_ref() {
+            let _ = observer.send(observed);
+        }
+    }
+
+    fn with_entry(&self, alias: &Alias, change: impl FnOnce(&mut Registration)) {
+        if let Some(entry) = self.write().get_mut(alias) {
+            change(entry);
+        }
+    }
+
+    /// The node's name, for the origin of the errors it raises (see
+    /// [`Registry::node_origin`]).
+    pub fn set_node_name(&self, name: &str) {
+        let _ = self.node_origin.set(format!("{NODE_ORIGIN_PREFIX}{name}"));
+    }
+
+    /// The `origin` of an ERROR the node raises itself, `node:NAME`: never an alias
+    /// (':' is not allowed in one), so no container can be mistaken for the node.
+    pub fn node_origin(&self) -> &str {
+        self.node_origin
+            .get()
+            .map_or(NODE_ORIGIN_PREFIX, String::as_str)
+    }
+
+    /// Makes `link` (a link registration, see [`Registry::join_link`]) the route for
+    /// aliases this node does not know: this node is a child of another.
+    pub fn set_parent(&self, link: Alias) {
+        let _ = self.parent.set(link);
+    }
+
+    /// The link to the parent node, on a child node.
+    pub fn parent(&self) -> Option<&Alias> {
+        self.parent.get()
+    }
+
+    /// Creates or renews the link registration `spec.alias` for the node at its other
+    /// end, whose current session is `session`, and returns the lease of its next
+    /// stream. A stream the link still has is closed first: the other end reconnected,
+    /// so that stream is stale (a half-open connection after a partition). Envelopes for
+    /// the link are held while it has no stream.
+    pub fn join_link(&self, spec: ContainerSpec, session: &str) -> Result<String, RegistryError> {
+        let alias = spec.alias.clone();
+        let stale = self
+            .read()
+            .get(&alias)
+            .filter(|entry| entry.link.is_some())
+            .and_then(|entry| entry.attachment.clone());
+        if let Some(stale) = stale {
+            let reason = "the node at the other end opened a new stream";
+            self.detach(
+                &stale,
+                DetachCause::Closed,
+                reason,
+                Some(Status::unavailable(reason)),
+            );
+        }
+        let lease = reef_core::new_lease();
+        let snapshot = {
+            let mut entries = self.write();
+            match entries.get_mut(&alias) {
+                Some(entry) => {
+                    let Some(link) = &entry.link else {
+                        return Err(RegistryError::AlreadyRegistered(alias.to_string()));
+                    };
+                    if link.session.meet(session) {
+                        tracing::info!(%alias, "the node at the other end of the link restarted");
+                    }
+                    entry.spec.endpoint = spec.endpoint;
+                    entry.spec.labels = spec.labels;
+                    entry.lease = Some(lease.clone());
+                    None
+                }
+                None => {
+                    if entries.len() >= self.limits.max_containers {
+                        return Err(RegistryError::Full(entries.len()));
+                    }
+                    let session_state = Arc::new(LinkSession::default());
+                    session_state.meet(session);
+                    let mut registration = Registration::new(spec, Some(lease.clone()));
+                    registration.reservation = Some(Reservation {
+                        token: String::new(),
+                        holding: true,
+                        held: VecDeque::new(),
+                        info: None,
+                    });
+                    registration.link = Some(LinkEntry {
+                        session: session_state,
+                        down_since: Some(Instant::now()),
+                    });
+                    let snapshot = registration.snapshot();
+                    entries.insert(alias, registration);
+                    Some(snapshot)
+                }
+            }
+        };
+        if let Some(snapshot) = snapshot {
+            self.emit(EventKind::Registered, snapshot, "a node linked");
+        }
+        Ok(lease)
+    }
+
+    /// Turns what waited longer than `tolerance` for a link that is down into dead
+    /// letters: envelopes held for it, and, once the link has been down that long, those
+    /// its last stream took and the other end never acknowledged.
+    pub fn expire_link_holds(&self, tolerance: Duration) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut entries = self.write();
+            for (alias, entry) in entries.iter_mut() {
+                let (Some(link), Some(reservation)) = (&entry.link, &mut entry.reservation) else {
+                    continue;
+                };
+                while reservation
+                    .held
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) >= tolerance)
+                {
+                    if let Some((_, envelope)) = reservation.held.pop_front() {
+                        expired.push((alias.clone(), envelope));
+                    }
+                }
+                let down_too_long = link
+                    .down_since
+                    .is_some_and(|since| now.duration_since(since) >= tolerance);
+                if down_too_long && let Some(acks) = &entry.acks {
+                    expired.extend(acks.drain().into_iter().map(|e| (alias.clone(), e)));
+                }
+            }
+        }
+        for (alias, envelope) in expired {
+            self.stats.dead_letter(
+                &envelope,
+                format!("the node behind link {alias} was unreachable for more than {tolerance:?}"),
+            );
+        }
+    }
+
+    /// Where the supervisor hears about attach and detach of the aliases it reserved.
+    pub fn set_observer(&self, observer: mpsc::UnboundedSender<Observed>) {
+        *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(observer);
+    }
+
+    /// Reserves `info`'s alias for a supervised container: only a process with `token`
+    /// may register it, and envelopes for it are held while it is not attached.
+    pub fn reserve(&self, info: SupervisedSnapshot, token: &str) -> Result<(), RegistryError> {
+        let definition = info.definition.clone();
+        let alias = definition.alias.clone();
+        let mut entries = self.write();
+        if entries.contains_key(&alias) {
+            return Err(RegistryError::AlreadyRegistered(alias.to_string()));
+        }
+        if entries.len() >= self.limits.max_containers {
+            return Err(RegistryError::Full(entries.len()));
+        }
+        let spec = ContainerSpec {
+            alias: alias.clone(),
+            name: definition.name.clone(),
+            parent: definition.parent.clone(),
+            endpoint: None,
+            pid: info.pid,
+            labels: definition.labels.clone(),
+        };
+        let mut registration = Registration::new(spec, None);
+        registration.reservation = Some(Reservation {
+            token: token.to_owned(),
+            holding: true,
+            held: VecDeque::new(),
+            info: Some(info),
+        });
+        entries.insert(alias, registration);
+        Ok(())
+    }
+
+    /// Publishes the supervisor's view of a reserved alias; `holding` says whether
+    /// envelopes wait for it while it is not attached (held ones are dropped when not).
+    pub fn update_supervised(&self, info: SupervisedSnapshot, holding: bool) {
+        let alias = info.definition.alias.clone();
+        let mut entries = self.write();
+        let Some(entry) = entries.get_mut(&alias) else {
+            return;
+        };
+        if entry.attachment.is_none() {
+            entry.spec.pid = info.pid;
+        }
+        if let Some(reservation) = &mut entry.reservation {
+            reservation.holding = holding;
+            if !holding {
+                for (_, envelope) in reservation.held.drain(..) {
+                    self.stats.dead_letter(
+                        &envelope,
+                        format!("{alias} stopped before it was delivered"),
+                    );
+                }
+            }
+            reservation.info = Some(info);
+        }
+    }
+
+    /// Closes the attach stream of a supervised alias (its process is being replaced);
+    /// the reservation stays.
+    pub fn evict(&self, alias: &Alias, reason: &str) {
+        let attachment = {
+            let mut entries = self.write();
+            let Some(entry) = entries.get_mut(alias) else {
+                return;
+            };
+            entry.lease = None;
+            entry.attachment.clone()
+        };
+        if let Some(attachment) = attachment {
+            self.detach(
+                &attachment,
+                DetachCause::Closed,
+                reason,
+                Some(Status::unavailable(reason.to_owned())),
+            );
+        }
+    }
+
+    /// Forgets a supervised alias (destroyed): closes its stream, drops what was held.
+    /// Its tasks go with it.
+    pub fn release(&self, alias: &Alias) {
+        let removed = remove_with_tasks(&mut self.write(), alias, &self.stats);
+        let mut removed = removed.into_iter();
+        let entry = removed.next();
+        for task in removed {
+            self.emit(
+                EventKind::Deregistered,
+                task.snapshot(),
+                "its host was destroyed",
+            );
+        }
+        if let Some(entry) = entry {
+            if let Some(attachment) = &entry.attachment {
+                attachment.close(Some(Status::unavailable("the container was destroyed")));
+            }
+            for (_, envelope) in entry.reservation.iter().flat_map(|r| r.held.iter()) {
+                self.stats.dead_letter(
+                    envelope,
+                    format!("{alias} was destroyed before it was delivered"),
+                );
+            }
+        }
+    }
+
+    /// Whether `lease` is the current lease of `alias`.
+    pub fn holds_lease(&self, alias: &str, lease: &str) -> bool {
+        self.read()
+            .get(alias)
+            .is_some_and(|entry| entry.lease.as_deref() == Some(lease))
+    }
+
+    /// Sends a lifecycle event for a supervised container.
+    pub fn emit_lifecycle(&self, alias: &Alias, kind: EventKind, phase: Phase, reason: &str) {
+        let Some(container) = self.get(alias.as_str()) else {
+            return;
+        };
+        let _ = self.events.send(RegistryEvent {
+            kind,
+            container,
+            reason: reason.to_owned(),
+            at: SystemTime::now(),
+            phase: Some(phase),
+        });
+    }
+
+    /// Sends a lifecycle event for a container already gone from the registry.
+    pub fn emit_gone(&self, container: ContainerSnapshot, kind: EventKind, reason: &str) {
+        let _ = self.events.send(RegistryEvent {
+            kind,
+            container,
+            reason: reason.to_owned(),
+            at: SystemTime::now(),
+            phase: Some(Phase::After),
+        });
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Alias, Registration>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Alias, Registration>> {
+        self.entries.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How Deregister ends an attach stream: status OK, so the holder sees a clean end, and
+/// the reason in the message and the `reef-close-reason` trailer.
+fn deregistered() -> Status {
+    let mut trailers = tonic::metadata::MetadataMap::new();
+    trailers.insert(
+        reef_proto::CLOSE_REASON_METADATA,
+        tonic::metadata::MetadataValue::from_static("deregistered"),
+    );
+    Status::with_metadata(tonic::Code::Ok, "deregistered by its holder", trailers)
+}

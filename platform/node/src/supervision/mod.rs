@@ -1,0 +1,244 @@
+//! Supervision: the node runs containers as OS processes in a tree and puts their
+//! failures right by policy (restart types, strategies, intensity, backoff, solver
+//! chains), keeping the tree on disk so that a restarted node adopts what still runs.
+//!
+//! One actor task owns the tree; [`Supervision`] is its handle. The actor reconciles
+//! what each container should be doing (running, stopped, destroyed) with what its
+//! process is doing, after every command, process exit, attach/detach and timer.
+
+mod actor;
+mod definition;
+mod logs;
+mod policy;
+mod process;
+mod store;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use self::{
+    definition::{Definition, Kind, ProcessSpec, State, SupervisedSnapshot},
+    logs::{LogDir, read_from, tail},
+    policy::{Action, Intensity, Policy, RestartType, Solver, Strategy, error_type},
+    process::{Environment, Exit, ProcessId, SpawnError},
+};
+use crate::{ContainerSnapshot, Registry};
+use reef_core::Alias;
+
+/// How Create treats an alias that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateFlag {
+    /// Return the existing container unchanged.
+    Default,
+    /// Replace it after a soft stop.
+    ForceSoft,
+    /// Replace it after killing it.
+    ForceHard,
+    /// Replace it: soft, then hard after the grace period.
+    Force,
+}
+
+/// How Destroy and Stop end processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGTERM, then SIGKILL after the grace period.
+    Force,
+    /// Like Force, but refuse a container that has children.
+    Keep,
+    /// SIGTERM only; wait for the process to end.
+    Soft,
+    /// SIGKILL at once.
+    Hard,
+}
+
+/// Why a supervision command was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisionError {
+    /// The definition or arguments are wrong; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No supervised container has the alias.
+    #[error("no supervised container is called {0:?}")]
+    NotFound(String),
+    /// The alias is held by a container the node does not supervise.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The operation does not fit the container's state (or it could not start).
+    #[error("{0}")]
+    Precondition(String),
+    /// Another operation overtook this one.
+    #[error("{0}")]
+    Aborted(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// What the supervisor needs from the node.
+#[derive(Debug, Clone)]
+pub struct SupervisionConfig {
+    /// The node's data directory (store and logs).
+    pub data_dir: PathBuf,
+    /// What spawned processes find in REEF_NODE, REEF_CA, REEF_INSECURE.
+    pub environment: Environment,
+    /// The node's CA, to ping container endpoints.
+    pub ca_pem: String,
+    /// Certificates for the processes it spawns (`None`: a plaintext node).
+    pub credentials: Option<reef_tls::tls::ContainerCredentials>,
+    /// Strategy and intensity for the node's own children.
+    pub root_policy: Policy,
+    /// How long a process may stay detached before it counts as unresponsive.
+    pub attach_timeout: Duration,
+}
+
+/// A failure as the solver chains see it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The error type the chains match.
+    pub error_type: String,
+    /// For humans.
+    pub message: String,
+    /// An exit with code 0 (transient containers are not restarted after one).
+    pub normal: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
+}
+
+/// The handle to a node's supervisor.
+#[derive(Debug, Clone)]
+pub struct Supervision {
+    commands: mpsc::Sender<actor::Command>,
+    registry: Arc<Registry>,
+    logs: LogDir,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SupervisionError>>;
+
+impl Supervision {
+    /// Loads the durable registry from the data dir, adopts processes that still run,
+    /// and starts the supervisor.
+    pub fn start(config: SupervisionConfig, registry: Arc<Registry>) -> std::io::Result<Self> {
+        let logs = LogDir::new(&config.data_dir)?;
+        let commands = actor::spawn(config, registry.clone(), logs.clone())?;
+        Ok(Self {
+            commands,
+            registry,
+            logs,
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> actor::Command,
+    ) -> Result<T, SupervisionError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| SupervisionError::ShuttingDown)?;
+        answer.await.map_err(|_| SupervisionError::ShuttingDown)?
+    }
+
+    fn snapshot(&self, alias: &Alias) -> Result<ContainerSnapshot, SupervisionError> {
+        self.registry
+            .get(alias.as_str())
+            .ok_or_else(|| SupervisionError::NotFound(alias.to_string()))
+    }
+
+    /// Creates and starts a container; answers once it answers a ping. `Ok(false)` when
+    /// the alias existed and `flag` is Default.
+    pub async fn create(
+        &self,
+        definition: Definition,
+        flag: CreateFlag,
+    ) -> Result<(ContainerSnapshot, bool), SupervisionError> {
+        let alias = definition.alias.clone();
+        let created = self
+            .call(|reply| actor::Command::Create {
+                definition: Box::new(definition),
+                flag,
+                reply,
+            })
+            .await?;
+        Ok((self.snapshot(&alias)?, created))
+    }
+
+    /// Destroys a container and its subtree; returns the destroyed aliases, deepest first.
+    pub async fn destroy(
+        &self,
+        alias: Alias,
+        mode: StopMode,
+    ) -> Result<Vec<Alias>, SupervisionError> {
+        self.call(|reply| actor::Command::Destroy { alias, mode, reply })
+            .await
+    }
+
+    /// Starts a stopped or failed container and its subtree.
+    pub async fn start_container(
+        &self,
+        alias: Alias,
+    ) -> Result<ContainerSnapshot, SupervisionError> {
+        let target = alias.clone();
+        self.call(|reply| actor::Command::Start { alias, reply })
+            .await?;
+        self.snapshot(&target)
+    }
+
+    /// Stops a container and its subtree; it stays stopped until started.
+    pub async fn stop(
+        &self,
+        alias: Alias,
+        mode: StopMode,
+    ) -> Result<ContainerSnapshot, SupervisionError> {
+        let target = alias.clone();
+        self.call(|reply| actor::Command::Stop { alias, mode, reply })
+            .await?;
+        self.snapshot(&target)
+    }
+
+    /// Stops and starts a container and its subtree.
+    pub async fn restart(&self, alias: Alias) -> Result<ContainerSnapshot, SupervisionError> {
+        let target = alias.clone();
+        self.call(|reply| actor::Command::Restart { alias, reply })
+            .await?;
+        self.snapshot(&target)
+    }
+
+    /// The state of a supervised container, if the node supervises one by that alias.
+    pub fn exists(&self, alias: &str) -> Option<State> {
+        self.registry
+            .get(alias)
+            .and_then(|c| c.supervised.map(|s| s.state))
+    }
+
+    /// A failure a container reported about itself.
+    pub async fn fail(&self, alias: Alias, failure: Failure) -> Result<(), SupervisionError> {
+        self.call(|reply| actor::Command::Fail {
+            alias,
+            failure,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops every container (SIGTERM, SIGKILL after `grace`) for a node shutdown; the
+    /// durable registry still says which should run, so the next start brings them back.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self
+            .call(|reply| actor::Command::Shutdown { grace, reply })
+            .await;
+    }
+
+    /// The log file of a supervised container.
+    pub fn log_path(&self, alias: &str) -> Option<PathBuf> {
+        self.registry
+            .get(alias)
+            .and_then(|c| c.supervised)
+            .map(|_| self.logs.path(alias))
+    }
+}
