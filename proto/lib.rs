@@ -19,7 +19,6 @@
 //! };
 //! assert_eq!(hello.kind(), EnvelopeKind::Send);
 //! ```
-#![forbid(unsafe_code)]
 
 /// The generated code; its module path mirrors the protobuf package `reef.v1`.
 pub mod reef {

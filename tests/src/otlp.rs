@@ -1,10 +1,7 @@
 //! An OTLP/gRPC trace collector inside the test: it keeps every span exported to it,
 //! with the service that exported it, so a test can check a trace's shape.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -14,6 +11,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{KeyValue, any_value::Value},
     trace::v1::status::StatusCode,
 };
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -80,7 +78,7 @@ impl Collector {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<CollectedSpan> {
-        self.spans.lock().unwrap().clone()
+        self.spans.lock().clone()
     }
 }
 
@@ -119,7 +117,7 @@ impl TraceService for Receiver {
                 }));
             }
         }
-        self.spans.lock().unwrap().extend(received);
+        self.spans.lock().extend(received);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }

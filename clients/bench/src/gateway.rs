@@ -17,7 +17,6 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use bytes::Bytes;
-
 use reef_sdk::{Client, ContainerOptions, Context, Handler, HandlerError, Message};
 
 use crate::{node::BenchNode, report, routed::Routed};

@@ -205,7 +205,7 @@ impl Store {
     async fn watcher(
         &self,
         epoch: Instant,
-        latencies: Arc<std::sync::Mutex<Histogram<u64>>>,
+        latencies: Arc<parking_lot::Mutex<Histogram<u64>>>,
         received: Arc<AtomicU64>,
         arrived: Arc<Notify>,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -215,10 +215,7 @@ impl Store {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let now = epoch.elapsed().as_nanos() as u64;
-            let _ = latencies
-                .lock()
-                .expect("histogram")
-                .record(now.saturating_sub(sent).max(1));
+            let _ = latencies.lock().record(now.saturating_sub(sent).max(1));
             received.fetch_add(1, Ordering::Release);
             arrived.notify_one();
         };
@@ -389,7 +386,7 @@ async fn measure(store: &Store, sizes: Sizes, runs: usize) -> anyhow::Result<Fig
 /// share the writer's connection, or (`apart`) each has its own, like 100 clients.
 async fn watch_fan_out(store: &Store, rounds: u64, apart: bool) -> anyhow::Result<Histogram<u64>> {
     let epoch = Instant::now();
-    let latencies = Arc::new(std::sync::Mutex::new(report::histogram_ns()));
+    let latencies = Arc::new(parking_lot::Mutex::new(report::histogram_ns()));
     let received = Arc::new(AtomicU64::new(0));
     let arrived = Arc::new(Notify::new());
     let mut watchers = Vec::new();
@@ -419,7 +416,7 @@ async fn watch_fan_out(store: &Store, rounds: u64, apart: bool) -> anyhow::Resul
     for watcher in watchers {
         watcher.abort();
     }
-    let histogram = latencies.lock().expect("histogram").clone();
+    let histogram = latencies.lock().clone();
     Ok(histogram)
 }
 

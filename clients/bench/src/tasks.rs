@@ -3,13 +3,14 @@
 //! (a task per actor with an mpsc mailbox; a supervisor loop that respawns it).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
 use reef_sdk::{
     Client, ContainerOptions, Context, Handler, HandlerError, Message, TaskOptions, Tasks,
 };
@@ -59,7 +60,7 @@ struct Crashy(Arc<Mutex<Restarts>>);
 
 impl Handler for Crashy {
     async fn on_request(&mut self, _: &Context, request: Message) -> Result<Bytes, HandlerError> {
-        let mut restarts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut restarts = self.0.lock();
         if request.payload == "panic" {
             restarts.panicked_at = Some(Instant::now());
             drop(restarts);
@@ -191,7 +192,6 @@ async fn restart_latency(tasks: &Tasks, node: &BenchNode, restarts: usize) -> an
     outcome?;
     let histogram = shared
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .histogram
         .take()
         .context("restart histogram")?;
@@ -227,15 +227,13 @@ async fn tokio_restarts(restarts: usize) -> anyhow::Result<Histogram<u64>> {
                 let actor = tokio::spawn(async move {
                     while let Some((panic, reply)) = rx.lock().await.recv().await {
                         if panic {
-                            *panicked_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some(Instant::now());
+                            *panicked_at.lock() = Some(Instant::now());
                             panic!("asked to");
                         }
-                        let at = panicked_at.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        let at = panicked_at.lock().take();
                         if let Some(at) = at {
                             histogram
                                 .lock()
-                                .unwrap_or_else(|e| e.into_inner())
                                 .saturating_record(at.elapsed().as_nanos() as u64);
                         }
                         let _ = reply.send(());
@@ -260,6 +258,6 @@ async fn tokio_restarts(restarts: usize) -> anyhow::Result<Histogram<u64>> {
     std::panic::set_hook(hook);
     drop(tx);
     supervisor.await?;
-    let histogram = histogram.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let histogram = histogram.lock().clone();
     Ok(histogram)
 }

@@ -3,13 +3,14 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use reef_frames::{Credit, FrameBatcher, FrameLimits};
 use reef_proto::{
     ALIAS_METADATA, CREDIT_METADATA, DeregisterRequest, Envelope, EnvelopeKind, ErrorCode, Frame,
@@ -18,7 +19,6 @@ use reef_proto::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Streaming, metadata::MetadataValue, transport::Channel};
-
 use tracing::Instrument as _;
 
 use crate::{
@@ -555,7 +555,7 @@ impl Client {
     /// Why the node refused the latest send it could not deliver, if any did.
     pub fn last_undelivered(&self) -> Option<String> {
         let last = &self.shared.dispatch.last_refusal;
-        last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        last.lock().clone()
     }
 
     /// Whether the attach stream has ended.
@@ -636,8 +636,8 @@ fn first_id() -> u64 {
 }
 
 impl Dispatch {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReplySlot>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn pending(&self) -> parking_lot::MutexGuard<'_, HashMap<u64, ReplySlot>> {
+        self.pending.lock()
     }
 
     /// Handles what the reader can handle itself and returns the sends and requests
@@ -663,7 +663,7 @@ impl Dispatch {
                 if !self.answer(correlation_id, Err(error)) {
                     self.undelivered.fetch_add(1, Relaxed);
                     let why = remote_error(&envelope).to_string();
-                    *self.last_refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    *self.last_refusal.lock() = Some(why);
                     tracing::warn!(to = %envelope.origin, error = ?envelope.error, "message not delivered");
                 }
             }

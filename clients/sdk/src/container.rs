@@ -52,7 +52,7 @@ pub struct Message {
     /// stream of this container did not acknowledge it (it may have handled it).
     pub redelivered: bool,
     /// For requests: headers for the reply, shared with the dispatcher that sends it.
-    reply_headers: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    reply_headers: Arc<parking_lot::Mutex<BTreeMap<String, String>>>,
 }
 
 impl Message {
@@ -60,10 +60,7 @@ impl Message {
     /// [`Client::call`]; `reef-gateway` takes `http.status` and `http.header.NAME` as the
     /// HTTP response's status and headers).
     pub fn set_reply_header(&self, key: impl Into<String>, value: impl Into<String>) {
-        self.reply_headers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.into(), value.into());
+        self.reply_headers.lock().insert(key.into(), value.into());
     }
 }
 
@@ -505,9 +502,7 @@ async fn handle_in_span<H: Handler>(
                     correlation_id: id,
                     destination: origin.clone(),
                     payload,
-                    headers: std::mem::take(
-                        &mut *reply_headers.lock().unwrap_or_else(|e| e.into_inner()),
-                    ),
+                    headers: std::mem::take(&mut *reply_headers.lock()),
                     ..Default::default()
                 },
                 Err(error) => {

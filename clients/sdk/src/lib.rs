@@ -49,7 +49,6 @@
 //! # Ok(())
 //! # }
 //! ```
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod client;

@@ -7,11 +7,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use reef_frames::{FrameBatcher, FrameLimits};
 use reef_proto::{
     CheckPushRequest, Envelope, EnvelopeKind, Frame, OpenPushRequest, PUSH_TICKET_METADATA,
@@ -163,8 +164,8 @@ impl Push {
 
     fn waiting(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Envelope, Error>>>> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    ) -> parking_lot::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Envelope, Error>>>> {
+        self.waiting.lock()
     }
 
     fn disconnected(&self) -> Error {
@@ -193,10 +194,7 @@ async fn read_answers(
                         EnvelopeKind::Error => Err(remote_error(&envelope)),
                         _ => continue,
                     };
-                    let slot = waiting
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&id);
+                    let slot = waiting.lock().remove(&id);
                     if let Some(slot) = slot {
                         let _ = slot.send(answer);
                     }
@@ -207,7 +205,7 @@ async fn read_answers(
         }
     };
     let _ = lost.set(why.clone());
-    for (_, slot) in waiting.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+    for (_, slot) in waiting.lock().drain() {
         let _ = slot.send(Err(Error::Disconnected(why.clone())));
     }
 }

@@ -6,12 +6,13 @@ use std::{
     collections::{HashMap, VecDeque},
     future::Future,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use reef_proto::{ATTEMPTS_LEFT_HEADER, Envelope};
 use tokio::{sync::Notify, time::Instant};
 
@@ -194,8 +195,8 @@ struct ServedInner {
 }
 
 impl ServedRequests {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ServedInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, ServedInner> {
+        self.inner.lock()
     }
 
     /// Decides on a REQUEST as it arrives. A retry of a request whose caller had given

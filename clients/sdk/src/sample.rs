@@ -8,14 +8,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use reef_core::{HistogramSnapshot, unix_ms};
 use reef_proto::{
     ContainerInfo, ContainerNode, ContainerState, InfoRequest, LatencyHistogram, NodeInfo,
     TreeRequest, supervisor_client::SupervisorClient,
 };
 use serde::Serialize;
 use tonic::{Status, transport::Channel};
-
-use reef_core::{HistogramSnapshot, unix_ms};
 
 /// The node's counters and its container tree, read at `at`.
 #[derive(Debug, Clone)]

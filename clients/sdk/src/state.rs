@@ -12,13 +12,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use reef_proto::{self as wire, state_client};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_stream::StreamExt;
@@ -254,17 +251,12 @@ impl Replica {
 
     /// A key's current value in the replica.
     pub fn get(&self, key: &str) -> Option<Entry> {
-        self.shared
-            .entries
-            .lock()
-            .expect("replica")
-            .get(key)
-            .cloned()
+        self.shared.entries.lock().get(key).cloned()
     }
 
     /// Every key in the replica.
     pub fn snapshot(&self) -> BTreeMap<String, Entry> {
-        self.shared.entries.lock().expect("replica").clone()
+        self.shared.entries.lock().clone()
     }
 
     /// The store revision the replica is current with.
@@ -293,7 +285,7 @@ impl Replica {
 
     /// Why the replica stopped following (a refused namespace, say), if it has.
     pub fn stopped(&self) -> Option<String> {
-        self.shared.stopped.lock().expect("replica").clone()
+        self.shared.stopped.lock().clone()
     }
 }
 
@@ -337,7 +329,7 @@ impl Follower {
                     continue;
                 }
                 _ => {
-                    *self.shared.stopped.lock().expect("replica") = Some(error.to_string());
+                    *self.shared.stopped.lock() = Some(error.to_string());
                     return;
                 }
             }
@@ -392,7 +384,7 @@ impl Follower {
 
     fn apply(&mut self, change: Change) {
         {
-            let mut entries = self.shared.entries.lock().expect("replica");
+            let mut entries = self.shared.entries.lock();
             match &change {
                 Change::Put { key, entry } => {
                     entries.insert(key.clone(), entry.clone());
@@ -412,7 +404,7 @@ impl Follower {
             .list_all(&self.namespace, &self.prefix)
             .await
             .map_err(|e| Status::new(e.code(), e.to_string()))?;
-        let old = self.shared.entries.lock().expect("replica").clone();
+        let old = self.shared.entries.lock().clone();
         for (key, entry) in &old {
             if !fresh.contains_key(key) {
                 self.apply(Change::Delete {

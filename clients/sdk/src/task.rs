@@ -13,11 +13,12 @@ use std::{
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{Arc, Mutex, RwLock},
+    sync::Arc,
     task::Poll,
     time::{Duration, Instant},
 };
 
+use parking_lot::{Mutex, RwLock};
 use reef_proto::{self as wire, Envelope, EnvelopeKind};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
@@ -161,17 +162,13 @@ impl Tasks {
 
     /// The client of the host's current attach stream.
     pub(crate) fn host_client(&self) -> Option<Client> {
-        self.inner
-            .host
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.host.read().clone()
     }
 
     /// Uses `client` from now on and announces every task again (a node that was
     /// restarted knows none of them).
     pub(crate) fn attached(&self, client: Client) {
-        *self.inner.host.write().unwrap_or_else(|e| e.into_inner()) = Some(client);
+        *self.inner.host.write() = Some(client);
         let cells: Vec<_> = self.table().values().cloned().collect();
         for cell in cells {
             self.announce(Announcement::Upsert(cell.record(), None));
@@ -188,7 +185,6 @@ impl Tasks {
         self.inner
             .behaviours
             .write()
-            .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), Arc::new(Defined(Arc::new(factory))));
     }
 
@@ -265,13 +261,7 @@ impl Tasks {
         options: TaskOptions,
         args: Vec<String>,
     ) -> Result<bool, Status> {
-        let behaviour = self
-            .inner
-            .behaviours
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&options.name)
-            .cloned();
+        let behaviour = self.inner.behaviours.read().get(&options.name).cloned();
         let Some(behaviour) = behaviour else {
             return Err(Status::not_found(format!(
                 "this host defines no task behaviour {:?}",
@@ -353,7 +343,7 @@ impl Tasks {
     }
 
     fn context(&self, alias: &Arc<str>, name: &Arc<str>) -> Result<Context, Error> {
-        let host = self.inner.host.read().unwrap_or_else(|e| e.into_inner());
+        let host = self.inner.host.read();
         let client = host
             .as_ref()
             .ok_or_else(|| Error::Disconnected("the task host is not attached yet".to_owned()))?;
@@ -366,11 +356,7 @@ impl Tasks {
 
     /// The host's current client, once it attached.
     fn host(&self) -> Option<Client> {
-        self.inner
-            .host
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.host.read().clone()
     }
 
     async fn refuse_all(&self, refusals: Vec<Envelope>) {
@@ -386,12 +372,12 @@ impl Tasks {
         let _ = self.inner.announcer.send(announcement);
     }
 
-    fn table(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<dyn Cell>>> {
-        self.inner.table.read().unwrap_or_else(|e| e.into_inner())
+    fn table(&self) -> parking_lot::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<dyn Cell>>> {
+        self.inner.table.read()
     }
 
-    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<dyn Cell>>> {
-        self.inner.table.write().unwrap_or_else(|e| e.into_inner())
+    fn table_mut(&self) -> parking_lot::RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<dyn Cell>>> {
+        self.inner.table.write()
     }
 }
 
@@ -511,8 +497,8 @@ impl<H: Handler> TaskCell<H> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CellState<H>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, CellState<H>> {
+        self.state.lock()
     }
 
     /// A new handler that has run `on_start`; a panic or error there is a failure.
@@ -730,7 +716,7 @@ async fn announce(
         let mut pending: VecDeque<Announcement> = batch.drain(..).collect();
         while !pending.is_empty() {
             let sent = next_call(&mut pending);
-            let client = host.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let client = host.read().clone();
             send_call(client, sent).await;
         }
     }

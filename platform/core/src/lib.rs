@@ -12,7 +12,6 @@
 //! let caller = Principal::from_identity(Some("reef://client/ops"));
 //! assert_eq!(caller.to_string(), "client:ops");
 //! ```
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod alias;

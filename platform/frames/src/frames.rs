@@ -8,17 +8,17 @@ use std::{
     collections::VecDeque,
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc,
         atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire},
     },
     task::{Context, Poll, Waker},
 };
 
+use parking_lot::{Mutex, MutexGuard};
 use prost::Message as _;
+use reef_proto::{Envelope, Frame};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-
-use reef_proto::{Envelope, Frame};
 
 /// How large a frame may grow.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +83,7 @@ impl Credit {
     }
 
     fn wake(&self) {
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let waker = self.waker.lock().take();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -119,7 +119,7 @@ impl Credit {
         if available > 0 {
             return available;
         }
-        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        *self.waker.lock() = Some(cx.waker().clone());
         // A grant between the first look and the registration would be missed.
         self.available()
     }
@@ -134,11 +134,7 @@ pub struct Mailbox(Arc<Mutex<mpsc::Receiver<Envelope>>>);
 impl Mailbox {
     /// Takes the oldest queued envelope out, if any.
     pub fn take_oldest(&self) -> Option<Envelope> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_recv()
-            .ok()
+        self.0.lock().try_recv().ok()
     }
 }
 
@@ -205,7 +201,7 @@ impl FrameBatcher {
     }
 
     fn data(&self) -> MutexGuard<'_, mpsc::Receiver<Envelope>> {
-        self.data.lock().unwrap_or_else(|e| e.into_inner())
+        self.data.lock()
     }
 
     /// Closes the data lane and returns what was still queued, in order.

@@ -13,7 +13,6 @@
 //! credit.add(3);
 //! assert_eq!(credit.available(), 5);
 //! ```
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod frames;

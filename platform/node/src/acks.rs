@@ -6,11 +6,9 @@
 //! restart. Each envelope gets the next number of the receiver's sequence as it enters
 //! the receiver's mailbox; an ACK with that number removes it.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Mutex, MutexGuard},
-};
+use std::collections::BTreeMap;
 
+use parking_lot::{Mutex, MutexGuard};
 use reef_proto::Envelope;
 use tokio::sync::{Notify, mpsc};
 
@@ -53,7 +51,7 @@ impl AckLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Numbers `envelope` and queues it on `mailbox`, keeping a copy until it is

@@ -4,23 +4,25 @@ use std::{
     future::Future as _,
     pin::Pin,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use parking_lot::Mutex;
+use reef_core::{Alias, Histogram};
 use reef_frames::{Credit, FrameBatcher, Mailbox};
 use reef_proto::{Envelope, Frame};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_stream::{Stream, wrappers::WatchStream};
 use tonic::Status;
 
 use crate::{
     AckLog, Limits, NodeStats, PendingRequests, Registry, acks::NotQueued, link::LinkSession,
 };
-use reef_core::{Alias, Histogram};
 
 /// Where the node queues envelopes for one attached container, what that container is
 /// waiting for, and how to close its stream.
@@ -210,10 +212,10 @@ impl Attachment {
     }
 
     /// The requests this container waits on.
-    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, PendingRequests> {
+    pub(crate) fn pending(&self) -> parking_lot::MutexGuard<'_, PendingRequests> {
         // A panic while holding this lock cannot leave the table inconsistent in a way
         // that matters more than losing the node, so a poisoned lock is used as is.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        self.pending.lock()
     }
 
     /// Re-arms the deadline timer after an earlier deadline was added.
@@ -238,7 +240,7 @@ impl Attachment {
     /// Ends the stream: cleanly with `None`, or with an error status the container sees.
     /// Only the first call has an effect.
     pub fn close(&self, status: Option<Status>) {
-        let closer = self.closer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let closer = self.closer.lock().take();
         if let Some(closer) = closer {
             self.closing.store(true, Relaxed);
             let _ = closer.send(status);

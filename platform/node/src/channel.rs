@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     DetachCause, Inbound, NodeStats, Outbound, Registry,
     access::{self, Access},
-    keeper,
+    identity, keeper,
     routing::Routing,
     status::registry_status,
 };
@@ -62,7 +62,7 @@ impl channel_server::Channel for ChannelService {
         request: Request<Streaming<Frame>>,
     ) -> Result<Response<Outbound>, Status> {
         let alias = metadata(&request, ALIAS_METADATA)?;
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         access::check_claim(&caller, alias)?;
         let lease = metadata(&request, LEASE_METADATA)?;
         let credit = match request.metadata().get(CREDIT_METADATA) {

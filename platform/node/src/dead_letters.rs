@@ -3,14 +3,12 @@
 
 use std::{
     collections::VecDeque,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use reef_proto::{self as wire, Envelope};
 
 /// Payload bytes a dead letter keeps.
@@ -63,7 +61,7 @@ impl DeadLetters {
             payload_preview: Bytes::copy_from_slice(&envelope.payload[..preview]),
             reason: reason.into(),
         };
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ring = self.ring.lock();
         if ring.len() == self.capacity {
             ring.pop_front();
         }
@@ -72,7 +70,7 @@ impl DeadLetters {
 
     /// The newest `limit` dead letters (all kept when 0), oldest first.
     pub fn recent(&self, limit: usize) -> Vec<wire::DeadLetter> {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = self.ring.lock();
         let skip = match limit {
             0 => 0,
             limit => ring.len().saturating_sub(limit),

@@ -10,7 +10,10 @@ use reef_proto::{self as wire, files_server, write_file_request::Part};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::access::{self, Access, Action};
+use crate::{
+    access::{Access, Action},
+    identity,
+};
 
 /// The largest chunk a read streams (and a write should send).
 pub const FILE_CHUNK: usize = 256 << 10;
@@ -330,7 +333,7 @@ impl files_server::Files for FilesService {
         &self,
         request: Request<Streaming<wire::WriteFileRequest>>,
     ) -> Result<Response<wire::FileInfo>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         let mut parts = request.into_inner();
         let start = match parts.message().await? {
             Some(wire::WriteFileRequest {

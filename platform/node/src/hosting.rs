@@ -5,11 +5,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use reef_core::Alias;
 use reef_proto::{self as wire, container_client::ContainerClient};
 use tonic::{Code, Status};
 
 use crate::{ContainerSnapshot, Registry, probe::connect_endpoint};
-use reef_core::Alias;
 
 /// How long the node waits for a host to start or stop a task.
 const HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10);

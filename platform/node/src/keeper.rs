@@ -1,9 +1,10 @@
 //! The timer side of an attachment: heartbeats out, silence detection, and request
 //! deadlines. One task per attached container.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use reef_proto::{Envelope, EnvelopeKind, ErrorCode};
+use tokio::time::Instant;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tonic::Status;
 
@@ -37,7 +38,7 @@ pub(crate) async fn keep(
         tokio::select! {
             _ = closed.changed() => {}
             _ = attachment.deadlines_notified() => {}
-            _ = sleep_until(next_deadline.into()) => {
+            _ = sleep_until(next_deadline) => {
                 expire(&registry, &stats, &attachment, limits.enqueue_timeout).await
             }
             _ = heartbeat.tick() => {

@@ -15,7 +15,6 @@
 //! ```
 //!
 //! See `docs/architecture.md` for how envelopes flow through the [`Inbound`] router.
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access;
@@ -25,6 +24,7 @@ mod channel;
 mod dead_letters;
 mod files;
 mod hosting;
+pub mod identity;
 mod keeper;
 mod limits;
 pub mod link;

@@ -17,12 +17,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
+use parking_lot::Mutex;
 use reef_core::{LINK_PREFIX, link_alias};
 
 use crate::Registry;
@@ -46,7 +44,7 @@ impl LinkSession {
     /// Records the other end's session; when it changed, the other end numbers from 1
     /// again. Returns whether it changed.
     pub(crate) fn meet(&self, session: &str) -> bool {
-        let mut peer = self.peer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut peer = self.peer.lock();
         if *peer == session {
             return false;
         }
@@ -102,8 +100,8 @@ impl ChildNodes {
         Some((child.to_owned(), self.lock().get(child)?.clone()))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEndpoint>> {
-        self.joined.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, NodeEndpoint>> {
+        self.joined.lock()
     }
 }
 

@@ -8,14 +8,14 @@
 use std::{fmt::Write as _, future::Future, sync::Arc};
 
 use axum::{http::header, response::IntoResponse, routing::get};
+use reef_core::HistogramSnapshot;
+use reef_core::histogram::BOUNDS_US;
 use tokio::net::TcpListener;
 
 use crate::{
     ContainerSnapshot, NodeStats, Registry,
     state::{Outcome, StateOp, StateOperations},
 };
-use reef_core::HistogramSnapshot;
-use reef_core::histogram::BOUNDS_US;
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
 pub(crate) async fn serve(

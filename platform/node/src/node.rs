@@ -1,19 +1,18 @@
 //! A node: the registry and router behind one TLS gRPC port, plus a plaintext health
 //! port for Kubernetes probes.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use reef_core::{DataDirError, DataDirLock};
 use reef_proto::{
     channel_server::ChannelServer, files_server::FilesServer, state_server::StateServer,
     supervisor_server::SupervisorServer,
 };
+use reef_tls::PkiError;
+use reef_tls::tls::{self, ContainerCredentials, NodeTls};
+use tokio::time::Instant;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::StreamExt as _;
 use tonic::{
     Status,
     transport::{Server, server::TcpIncoming},
@@ -24,6 +23,7 @@ use crate::{
     ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
     Registry, SupervisorService,
     access::{Access, PolicyError},
+    identity::{Authenticated, IdentityLayer},
     routing::Routing,
     state::{
         Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateService,
@@ -31,9 +31,6 @@ use crate::{
     supervision::{Environment, Policy, Supervision, SupervisionConfig},
     uplink::{self, JoinConfig, Uplink},
 };
-use reef_core::{DataDirError, DataDirLock};
-use reef_tls::PkiError;
-use reef_tls::tls::{self, ContainerCredentials, NodeTls};
 
 /// Picks up a new identity written by `reef ca issue`, and a changed policy file, while
 /// the node runs.
@@ -470,6 +467,8 @@ impl Node {
         health.set_serving::<FilesServer<FilesService>>().await;
 
         let mut server = Server::builder()
+            // First, so that every route sees who is calling (`identity::caller`).
+            .layer(IdentityLayer)
             // Only applies to listeners tonic binds itself: ours get TCP_NODELAY through
             // `TcpIncoming` below, or small writes wait for Nagle and the peer's delayed
             // ACK (40 ms) whenever a unary call shares the connection with a stream.
@@ -521,10 +520,14 @@ impl Node {
                 until_stopped(stopped.clone()),
             )),
             // TLS terminated here, with certificates that may change while serving.
-            false => tokio::spawn(router.serve_with_incoming_shutdown(
-                tls::incoming(self.listener, self.tls.acceptor()?),
-                until_stopped(stopped.clone()),
-            )),
+            false => tokio::spawn(
+                router.serve_with_incoming_shutdown(
+                    // Each connection's client identity is read once, here.
+                    tls::incoming(self.listener, self.tls.acceptor()?)
+                        .map(|stream| stream.map(Authenticated::from)),
+                    until_stopped(stopped.clone()),
+                ),
+            ),
         };
         let rotation = tokio::spawn(watch_files(self.tls.clone(), self.access.clone()));
         let health_task = self.health_listener.map(|listener| {

@@ -1,11 +1,9 @@
 //! Requests a container is waiting on, with their deadlines.
 
-use std::{
-    collections::{BTreeSet, HashMap, hash_map::Entry},
-    time::Instant,
-};
+use std::collections::{BTreeSet, HashMap, hash_map::Entry};
 
 use reef_core::Alias;
+use tokio::time::Instant;
 
 /// One request in flight.
 #[derive(Debug, Clone)]

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use reef_proto::{self as wire, container_client::ContainerClient};
-
 use reef_tls::CertifiedKey;
 use tonic::{
     Status,

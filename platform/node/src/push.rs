@@ -1,13 +1,11 @@
 //! Tickets for direct push streams: a node vouches to a container for the peer that
 //! opens `Container.Push` on it, without either learning the other's lease.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
+use parking_lot::Mutex;
 use reef_core::{Alias, new_lease};
+use tokio::time::Instant;
 
 /// How long a ticket may wait to be redeemed.
 const TICKET_LIFETIME: Duration = Duration::from_secs(30);
@@ -36,7 +34,7 @@ impl PushTickets {
     /// A single-use ticket for `origin` to push to `peer`; `None` when too many are
     /// outstanding.
     pub fn issue(&self, origin: Alias, peer: Alias) -> Option<String> {
-        let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tickets = self.tickets.lock();
         let now = Instant::now();
         if tickets.len() >= MAX_TICKETS {
             tickets.retain(|_, ticket| ticket.expires > now);
@@ -58,11 +56,7 @@ impl PushTickets {
 
     /// Redeems `token` for `peer`: the alias that may push to it.
     pub fn redeem(&self, token: &str, peer: &str) -> Option<Alias> {
-        let ticket = self
-            .tickets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(token)?;
+        let ticket = self.tickets.lock().remove(token)?;
         (ticket.peer.as_str() == peer && ticket.expires > Instant::now()).then_some(ticket.origin)
     }
 }

@@ -3,21 +3,23 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{
-        Arc, Mutex, OnceLock, RwLock,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
+use parking_lot::{Mutex, RwLock};
+use reef_core::{Alias, HistogramSnapshot, InvalidAlias};
 use reef_proto::{Envelope, EnvelopeKind};
 use tokio::sync::{broadcast, mpsc, mpsc::error::TrySendError};
+use tokio::time::Instant;
 use tonic::Status;
 
 use crate::{
     AckLog, Attachment, Limits, NodeStats, Outbound, link::LinkSession,
     supervision::SupervisedSnapshot,
 };
-use reef_core::{Alias, HistogramSnapshot, InvalidAlias};
 
 /// What a container says about itself when it claims an alias.
 #[derive(Debug, Clone)]
@@ -1077,7 +1079,7 @@ impl Registry {
     }
 
     fn observe(&self, observed: Observed) {
-        let observer = self.observer.lock().unwrap_or_else(|e| e.into_inner());
+        let observer = self.observer.lock();
         if let Some(observer) = observer.as_ref() {
             let _ = observer.send(observed);
         }
@@ -1219,7 +1221,7 @@ impl Registry {
 
     /// Where the supervisor hears about attach and detach of the aliases it reserved.
     pub fn set_observer(&self, observer: mpsc::UnboundedSender<Observed>) {
-        *self.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(observer);
+        *self.observer.lock() = Some(observer);
     }
 
     /// Reserves `info`'s alias for a supervised container: only a process with `token`
@@ -1357,12 +1359,12 @@ impl Registry {
         });
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Alias, Registration>> {
-        self.entries.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, HashMap<Alias, Registration>> {
+        self.entries.read()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Alias, Registration>> {
-        self.entries.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, HashMap<Alias, Registration>> {
+        self.entries.write()
     }
 }
 

@@ -17,10 +17,12 @@
 //! Every decision is synchronous: only a full mailbox makes the router wait (up to the
 //! enqueue timeout), which is the backpressure a fast sender feels.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc};
 
+use reef_core::Alias;
 use reef_frames::trace::{self, TRACE_TARGET, TRACEPARENT_HEADER, continue_trace};
 use reef_proto::{Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame};
+use tokio::time::Instant;
 
 use crate::{
     Attachment, Limits, NodeStats, Pending, PendingError, Registry,
@@ -32,7 +34,6 @@ use crate::{
         TAP_HEADER,
     },
 };
-use reef_core::Alias;
 
 /// Cached routes per inbound stream before the cache is reset.
 const MAX_CACHED_ROUTES: usize = 4096;

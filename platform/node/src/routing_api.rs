@@ -1,6 +1,7 @@
 //! The Supervisor's messaging RPCs (routing.proto): wire messages in, [`Routing`]
 //! changes, wire messages out. Errors become statuses here, once.
 
+use reef_core::Alias;
 use reef_proto as wire;
 use tonic::Status;
 
@@ -8,7 +9,6 @@ use crate::{
     Registry,
     routing::{Group, Overflow, Routing, RoutingError, Strategy},
 };
-use reef_core::Alias;
 
 fn routing_status(error: RoutingError) -> Status {
     let message = error.to_string();

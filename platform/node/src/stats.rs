@@ -5,10 +5,10 @@ use std::sync::{
     atomic::{AtomicU64, Ordering::Relaxed},
 };
 
+use reef_core::Histogram;
 use reef_proto::Envelope;
 
 use crate::{DeadLetters, state::StateOperations};
-use reef_core::Histogram;
 
 /// Counters the node keeps for `Supervisor.Info`, metrics and tests.
 #[derive(Debug, Default)]

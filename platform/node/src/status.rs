@@ -1,9 +1,9 @@
 //! Domain errors → gRPC status codes, in one place at the service edge.
 
+use reef_tls::PkiError;
 use tonic::Status;
 
 use crate::{RegistryError, supervision::SupervisionError};
-use reef_tls::PkiError;
 
 /// The status a client sees for a refused registry operation.
 pub(crate) fn registry_status(error: RegistryError) -> Status {

@@ -3,6 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use reef_core::{Alias, millis};
 use reef_proto as wire;
 use tonic::Status;
 
@@ -14,7 +15,6 @@ use crate::{
         StopMode, Strategy, SupervisedSnapshot,
     },
 };
-use reef_core::{Alias, millis};
 
 fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message.into())

@@ -5,21 +5,25 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
+use reef_core::{Alias, check_node_name, link_alias, millis, unix_ms};
 use reef_proto::{
     self as wire, ContainerEventKind, LifecyclePhase, container_client::ContainerClient,
     supervisor_client::SupervisorClient, supervisor_server,
 };
+use reef_tls::certificate_names;
+use reef_tls::tls::NodeTls;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
     ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Registry, RegistryEvent,
     access::{self, Access, Action, Principal},
-    hosting,
+    hosting, identity,
     link::{ChildNodes, NodeEndpoint},
     probe::{connect_endpoint, endpoint_host, ping_endpoint},
     push::PushTickets,
@@ -29,9 +33,6 @@ use crate::{
     supervision::{Failure, State, Supervision},
     supervision_wire as convert,
 };
-use reef_core::{Alias, check_node_name, link_alias, millis, unix_ms};
-use reef_tls::certificate_names;
-use reef_tls::tls::NodeTls;
 
 /// How long a container may take to answer Container.Status for a caller.
 const CONTAINER_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -419,7 +420,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::RegisterRequest>,
     ) -> Result<Response<wire::RegisterResponse>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         let request = request.into_inner();
         let token = (!request.token.is_empty()).then(|| request.token.clone());
         let spec = container_spec(request)?;
@@ -476,14 +477,13 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::JoinRequest>,
     ) -> Result<Response<wire::JoinResponse>, Status> {
-        let peer = request.peer_certs();
+        let leaf = identity::peer_leaf(&request);
         let request = request.into_inner();
         check_node_name(&request.node).map_err(Status::invalid_argument)?;
         // Only a node holding a certificate for its name may link under it (the TLS
         // handshake already checked that the cluster's CA signed it).
         let identity = reef_tls::node_identity(&request.node);
-        let leaf = peer.as_ref().and_then(|chain| chain.first());
-        if !self.node.insecure && !leaf.is_some_and(|leaf| certificate_names(leaf, &identity)) {
+        if !self.node.insecure && !leaf.is_some_and(|leaf| certificate_names(&leaf, &identity)) {
             return Err(Status::permission_denied(format!(
                 "joining as node {:?} needs a client certificate naming {identity} from this cluster's CA (reef ca issue)",
                 request.node
@@ -543,7 +543,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DeregisterRequest>,
     ) -> Result<Response<wire::DeregisterResponse>, Status> {
-        access::check_claim(&access::caller(&request), &request.get_ref().alias)?;
+        access::check_claim(&identity::caller(&request), &request.get_ref().alias)?;
         let request = request.into_inner();
         self.registry
             .deregister(&request.alias, &request.lease)
@@ -668,7 +668,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::GetContainerStatusRequest>,
     ) -> Result<Response<wire::ContainerStatus>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         let request = request.into_inner();
         if let Some(mut node) = self.node_below(&request.alias).await? {
             return node
@@ -687,7 +687,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::CommandContainerRequest>,
     ) -> Result<Response<wire::CommandResponse>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         let request = request.into_inner();
         if let Some(mut node) = self.node_below(&request.alias).await? {
             return node
@@ -708,7 +708,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::CreateRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         self.create_one(&caller, request.into_inner())
             .await
             .map(Response::new)
@@ -718,7 +718,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DestroyRequest>,
     ) -> Result<Response<wire::DestroyResponse>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         self.destroy_one(&caller, request.into_inner())
             .await
             .map(Response::new)
@@ -728,7 +728,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::StartRequest>,
     ) -> Result<Response<wire::StartResponse>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         self.start_one(&caller, request.into_inner())
             .await
             .map(Response::new)
@@ -738,7 +738,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::StopRequest>,
     ) -> Result<Response<wire::StopResponse>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         self.stop_one(&caller, request.into_inner())
             .await
             .map(Response::new)
@@ -748,7 +748,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::RestartRequest>,
     ) -> Result<Response<wire::RestartResponse>, Status> {
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         let request = request.into_inner();
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
@@ -786,7 +786,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::BatchRequest>,
     ) -> Result<Response<wire::BatchResponse>, Status> {
         use wire::batch_operation::Operation;
-        let caller = access::caller(&request);
+        let caller = identity::caller(&request);
         let request = request.into_inner();
         let mut results = Vec::with_capacity(request.operations.len());
         let mut aborted = false;
@@ -857,7 +857,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::HostRequest>,
     ) -> Result<Response<wire::HostResponse>, Status> {
-        access::check_claim(&access::caller(&request), &request.get_ref().alias)?;
+        access::check_claim(&identity::caller(&request), &request.get_ref().alias)?;
         let request = request.into_inner();
         let host = parse_alias(&request.alias)?;
         // Each upsert's alias, and why it was refused before reaching the registry.

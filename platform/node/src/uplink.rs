@@ -16,10 +16,12 @@
 
 use std::{sync::Arc, time::Duration};
 
+use reef_core::{Alias, PARENT_LINK};
 use reef_proto::{
     self as wire, ALIAS_METADATA, LEASE_METADATA, channel_client::ChannelClient,
     supervisor_client::SupervisorClient,
 };
+use reef_tls::tls::NodeTls;
 use tokio::sync::{broadcast::error::RecvError, watch};
 use tokio_stream::StreamExt as _;
 use tonic::{
@@ -35,8 +37,6 @@ use crate::{
     probe::endpoint_host,
     routing::Routing,
 };
-use reef_core::{Alias, PARENT_LINK};
-use reef_tls::tls::NodeTls;
 
 /// First pause before dialling the parent again; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);

@@ -6,7 +6,6 @@
 //! the collector. Without an endpoint nothing is exported and no hop span is made.
 //!
 //! [`runtime`] builds the tokio runtime every reef binary runs on.
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod runtime;

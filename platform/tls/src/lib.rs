@@ -8,7 +8,6 @@
 //! ```
 //! assert_eq!(reef_tls::client_identity("ops"), "reef://client/ops");
 //! ```
-#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod pki;

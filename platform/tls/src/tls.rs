@@ -11,10 +11,11 @@
 use std::{
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use parking_lot::{Mutex, RwLock};
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::ring::{default_provider, sign::any_supported_type},
@@ -81,15 +82,12 @@ impl NodeTls {
     /// Returns whether it did.
     pub fn reload_if_changed(&self) -> Result<bool, PkiError> {
         let now = modified(&self.dir.join("issuer.pem"));
-        let mut seen = self
-            .issuer_changed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.issuer_changed.lock();
         if now == *seen {
             return Ok(false);
         }
         let pki = Pki::load_or_create(&self.dir, &self.node, &self.names)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Current::new(pki)?;
+        *self.current.write() = Current::new(pki)?;
         *seen = now;
         Ok(true)
     }
@@ -125,8 +123,8 @@ impl NodeTls {
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
-        self.current.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, Current> {
+        self.current.read()
     }
 }
 

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     io::Write as _,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,6 +16,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
+use parking_lot::Mutex;
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::{api::AppState, listener::Peer};
@@ -69,7 +70,7 @@ impl Sessions {
     /// A new session; its id goes in the cookie.
     pub fn open(&self) -> std::io::Result<String> {
         let id = random_hex(24)?;
-        let mut sessions = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self.by_id.lock();
         let now = Instant::now();
         sessions.retain(|_, expires| *expires > now);
         if sessions.len() >= MAX_SESSIONS
@@ -85,7 +86,7 @@ impl Sessions {
     }
 
     fn valid(&self, id: &str) -> bool {
-        let sessions = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions = self.by_id.lock();
         sessions
             .get(id)
             .is_some_and(|expires| *expires > Instant::now())
@@ -93,7 +94,7 @@ impl Sessions {
 
     /// Ends a session.
     pub fn close(&self, id: &str) {
-        let mut sessions = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self.by_id.lock();
         sessions.remove(id);
     }
 }
@@ -242,7 +243,7 @@ mod tests {
         let ids: Vec<String> = (0..MAX_SESSIONS + 5)
             .map(|_| sessions.open().unwrap())
             .collect();
-        assert_eq!(sessions.by_id.lock().unwrap().len(), MAX_SESSIONS);
+        assert_eq!(sessions.by_id.lock().len(), MAX_SESSIONS);
         assert!(sessions.valid(ids.last().unwrap()));
     }
 }

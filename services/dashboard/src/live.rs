@@ -5,10 +5,11 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use parking_lot::Mutex;
 use reef_proto::{
     ContainerEventKind, LifecyclePhase, WatchRequest, supervisor_client::SupervisorClient,
 };
@@ -126,7 +127,7 @@ impl Live {
 
     /// Recent lifecycle events of `alias`, oldest first.
     pub fn recent_events(&self, alias: &str) -> Vec<Event> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = self.recent.lock();
         recent
             .iter()
             .filter(|event| event.alias == alias)
@@ -176,7 +177,7 @@ impl Live {
         let (node, containers) = sample::compare(previous, current);
         let at_ms = reef_core::unix_ms(SystemTime::now());
         let restarts = {
-            let mut marks = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut marks = self.restarts.lock();
             let before = previous.containers();
             for row in &containers {
                 let then = before
@@ -251,7 +252,7 @@ impl Live {
         if let Ok(json) = serde_json::to_string(&event) {
             let _ = self.events.send(json.into());
         }
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.recent.lock();
         recent.push_back(event);
         while recent.len() > RECENT_EVENTS {
             recent.pop_front();

@@ -11,12 +11,13 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use parking_lot::Mutex;
 use reef_sdk::{
     Bytes, Client, Code, Context, Error, Handler, HandlerError, Message, Restart, TaskOptions,
     Tasks,
@@ -244,8 +245,8 @@ impl Hub {
         Ok(alias)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<Arc<str>, Outbox>>> {
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, HashMap<Arc<str>, Outbox>>> {
+        self.rooms.lock()
     }
 }
 

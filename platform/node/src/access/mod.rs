@@ -12,19 +12,19 @@ mod policy;
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::SystemTime,
 };
 
-use reef_proto::{ON_BEHALF_OF_METADATA, POLICY_METADATA};
+use parking_lot::{Mutex, RwLock};
+use reef_proto::POLICY_METADATA;
 use tonic::{Request, Status, metadata::MetadataValue};
 
 pub use self::policy::{Action, Denial, Policies, PolicyError};
 use crate::Registry;
 pub use reef_core::Principal;
-use reef_tls::certificate_identity;
 
 /// The policies in force on a node, replaceable while it runs.
 #[derive(Debug, Default)]
@@ -61,23 +61,20 @@ impl Access {
             return Ok(false);
         };
         let now = modified(file);
-        let mut seen = self.modified.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.modified.lock();
         if now == *seen {
             return Ok(false);
         }
         *seen = now;
         let policies = Policies::load(file)?;
-        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(policies));
+        *self.policies.write() = Some(Arc::new(policies));
         self.version.fetch_add(1, Ordering::Release);
         Ok(true)
     }
 
     /// The policies in force, `None` when every caller may do everything.
     pub fn policies(&self) -> Option<Arc<Policies>> {
-        self.policies
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.policies.read().clone()
     }
 
     /// Moves whenever [`Access::policies`] changes.
@@ -113,7 +110,7 @@ impl Access {
         match self.policies() {
             None => Ok(()),
             Some(policies) => policies
-                .decide(&caller(request), action, target, &[])
+                .decide(&crate::identity::caller(request), action, target, &[])
                 .map_err(denied),
         }
     }
@@ -165,25 +162,6 @@ pub fn denied(denial: Denial) -> Status {
         status.metadata_mut().insert(POLICY_METADATA, value);
     }
     status
-}
-
-/// Who sent `request`: the identity in its client certificate. A node may say whom it
-/// acts for (a call it forwards down the tree); nobody else may.
-pub fn caller<T>(request: &Request<T>) -> Principal {
-    let certified = request
-        .peer_certs()
-        .and_then(|chain| chain.first().and_then(|leaf| certificate_identity(leaf)));
-    let principal = Principal::from_identity(certified.as_deref());
-    if let Principal::Node(_) = principal
-        && let Some(acting_for) = request
-            .metadata()
-            .get(ON_BEHALF_OF_METADATA)
-            .and_then(|value| value.to_str().ok())
-            .and_then(Principal::parse)
-    {
-        return acting_for;
-    }
-    principal
 }
 
 /// Refuses a caller whose certificate binds it to another alias than `alias`: a

@@ -3,10 +3,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use reef_core::Alias;
 use reef_proto::{self as wire, Envelope, EnvelopeKind, RuleAction, RuleStage};
 
 use super::{RoutingError, pattern::Pattern, validate_target};
-use reef_core::Alias;
 
 /// Header a tap copy carries: the destination of the envelope it copies.
 pub const TAP_HEADER: &str = "reef-tap-of";

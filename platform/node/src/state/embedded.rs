@@ -15,18 +15,20 @@ use std::{
     ops::Bound,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
     backends::InMemoryBackend,
 };
 use tokio::sync::{Semaphore, broadcast, oneshot};
+use tokio::time::Instant;
 
 use super::{
     Backend, Batch, BoxFuture, Event, EventKind, EventStream, KeyValue, ListQuery, MAX_PAGE_BYTES,
@@ -207,7 +209,7 @@ impl Embedded {
             .map_err(|_| StateError::Unavailable("the state store closed".into()))?;
         let (reply, answer) = oneshot::channel();
         let lead = {
-            let mut queue = self.shared.queue.lock().expect("state queue");
+            let mut queue = self.shared.queue.lock();
             queue.pending.push(write(reply));
             !std::mem::replace(&mut queue.leading, true)
         };
@@ -587,12 +589,12 @@ impl Shared {
     /// whether there is more to do (the leader goes on) or gives up the lead.
     fn lead_one_group(&self, leader: Leader) -> bool {
         let group: Vec<Write> = {
-            let mut queue = self.queue.lock().expect("state queue");
+            let mut queue = self.queue.lock();
             let take = queue.pending.len().min(MAX_GROUP);
             queue.pending.drain(..take).collect()
         };
         if !group.is_empty() {
-            let mut writer = self.writer.lock().expect("state writer");
+            let mut writer = self.writer.lock();
             // This blocks the caller's worker for one fsync (~0.15 ms). `block_in_place`
             // would hand the worker's other tasks to another thread first, but that
             // hand-off costs as much as the fsync on a small VM; under load the groups
@@ -600,7 +602,7 @@ impl Shared {
             self.commit_group(&mut writer, group);
         }
         let checkpoint_due = {
-            let mut writer = self.writer.lock().expect("state writer");
+            let mut writer = self.writer.lock();
             match leader {
                 Leader::Caller => writer.checkpoint_due(),
                 Leader::BlockingThread => {
@@ -611,7 +613,7 @@ impl Shared {
                 }
             }
         };
-        let mut queue = self.queue.lock().expect("state queue");
+        let mut queue = self.queue.lock();
         queue.leading = !queue.pending.is_empty() || checkpoint_due;
         queue.leading
     }

@@ -11,13 +11,14 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{
@@ -104,7 +105,7 @@ pub struct Etcd {
     channels: Arc<[Channel]>,
     current: Arc<AtomicUsize>,
     /// When `current` last moved on.
-    moved: Arc<Mutex<std::time::Instant>>,
+    moved: Arc<Mutex<tokio::time::Instant>>,
     root: Arc<str>,
     /// Owner leases: lease id → alias, and alias → lease id.
     leases: Arc<Mutex<Leases>>,
@@ -196,9 +197,9 @@ impl Etcd {
             channels: endpoints.into_iter().map(|e| e.connect_lazy()).collect(),
             current: Arc::default(),
             moved: Arc::new(Mutex::new(
-                std::time::Instant::now()
+                tokio::time::Instant::now()
                     .checked_sub(FAILOVER_PAUSE)
-                    .unwrap_or_else(std::time::Instant::now),
+                    .unwrap_or_else(tokio::time::Instant::now),
             )),
             root: config.root.trim_end_matches('/').into(),
             leases: Arc::default(),
@@ -218,10 +219,10 @@ impl Etcd {
         if status.code() == Code::Unavailable && status.message().contains("connect") {
             // Calls that failed together move on once, not once each (which could
             // bring them back to the endpoint they failed on).
-            let mut moved = self.moved.lock().expect("moved");
+            let mut moved = self.moved.lock();
             if moved.elapsed() >= FAILOVER_PAUSE {
                 self.current.fetch_add(1, Ordering::Relaxed);
-                *moved = std::time::Instant::now();
+                *moved = tokio::time::Instant::now();
             }
         }
         state_error(status)
@@ -269,7 +270,7 @@ impl Etcd {
         if lease == 0 {
             return None;
         }
-        let leases = self.leases.lock().expect("leases");
+        let leases = self.leases.lock();
         Some(
             leases
                 .owner_of
@@ -292,7 +293,7 @@ impl Etcd {
             .await
             .map_err(|status| self.failed(status))?
             .into_inner();
-        let mut leases = self.leases.lock().expect("leases");
+        let mut leases = self.leases.lock();
         leases.owner_of.clear();
         leases.lease_of.clear();
         for kv in found.kvs {
@@ -305,12 +306,7 @@ impl Etcd {
 
     /// The lease of `owner` as last loaded.
     fn known_lease(&self, owner: &str) -> Option<i64> {
-        self.leases
-            .lock()
-            .expect("leases")
-            .lease_of
-            .get(owner)
-            .copied()
+        self.leases.lock().lease_of.get(owner).copied()
     }
 
     /// The lease that groups `owner`'s keys, granted on first use.
@@ -359,7 +355,7 @@ impl Etcd {
                 .known_lease(owner)
                 .ok_or_else(|| StateError::Internal(format!("no lease recorded for {owner}")));
         }
-        let mut leases = self.leases.lock().expect("leases");
+        let mut leases = self.leases.lock();
         leases.owner_of.insert(granted.id, owner.to_owned());
         leases.lease_of.insert(owner.to_owned(), granted.id);
         Ok(granted.id)
@@ -627,13 +623,7 @@ impl Etcd {
     ) -> Vec<Batch> {
         let unknown_lease = events.iter().any(|e| {
             e.kv.as_ref().is_some_and(|kv| {
-                kv.lease != 0
-                    && !self
-                        .leases
-                        .lock()
-                        .expect("leases")
-                        .owner_of
-                        .contains_key(&kv.lease)
+                kv.lease != 0 && !self.leases.lock().owner_of.contains_key(&kv.lease)
             })
         });
         if unknown_lease {
@@ -814,7 +804,7 @@ impl Backend for Etcd {
     fn owners(&self) -> BoxFuture<'_, Result<Vec<String>, StateError>> {
         Box::pin(async move {
             self.load_owners().await?;
-            let leases = self.leases.lock().expect("leases");
+            let leases = self.leases.lock();
             let mut owners: Vec<_> = leases.lease_of.keys().cloned().collect();
             owners.sort();
             Ok(owners)
@@ -839,7 +829,7 @@ impl Backend for Etcd {
                 Err(status) if status.message().contains("not found") => {}
                 Err(status) => return Err(self.failed(status)),
             }
-            let mut leases = self.leases.lock().expect("leases");
+            let mut leases = self.leases.lock();
             leases.lease_of.remove(owner);
             leases.owner_of.remove(&id);
             // The marker key at ROOT/_owners/ALIAS is one of the lease's keys.

@@ -7,9 +7,8 @@ use std::{
     time::Duration,
 };
 
-use tonic::Code;
-
 use reef_core::{Histogram, HistogramSnapshot};
+use tonic::Code;
 
 /// A `reef.v1.State` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

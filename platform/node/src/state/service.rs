@@ -1,18 +1,18 @@
 //! `reef.v1.State`: wire types in, domain types to the backend, errors to gRPC codes here
 //! and nowhere else.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Instant};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use reef_proto::{self as wire, state_server::State};
+use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
-
-use crate::access::{Access, Action};
 
 use super::{
     Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Outcome, Owners,
     Revision, StateError, StateOp, StateOperations, Txn, TxnOutcome,
 };
+use crate::access::{Access, Action};
 
 /// Trailing metadata on OUT_OF_RANGE for a compacted revision: the oldest revision kept.
 pub const FIRST_REVISION_METADATA: &str = "reef-first-revision";

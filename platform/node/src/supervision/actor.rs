@@ -3,11 +3,13 @@
 use std::{
     collections::{BTreeMap, HashSet},
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use nix::sys::signal::Signal;
+use reef_core::Alias;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::{
     CreateFlag, Definition, Failure, Intensity, Kind, LogDir, Policy, Reply, RestartType, State,
@@ -17,7 +19,6 @@ use super::{
     store::{Store, StoredContainer},
 };
 use crate::{EventKind, Registry, registry::Observed, registry::Phase};
-use reef_core::Alias;
 
 /// How often log sizes are checked for rotation.
 const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -288,7 +289,7 @@ impl Actor {
                 },
                 Some(event) = events.recv() => self.event(event),
                 Some(seen) = observed.recv() => self.observed(seen),
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = log_check.tick() => self.rotate_logs(),
             }
         }

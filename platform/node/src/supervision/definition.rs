@@ -2,10 +2,10 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
 
+use reef_core::Alias;
 use serde::{Deserialize, Serialize};
 
 use super::Policy;
-use reef_core::Alias;
 
 /// How to create a supervised container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

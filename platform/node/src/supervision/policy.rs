@@ -1,12 +1,10 @@
 //! Supervision policy: restart types, strategies, intensity, backoff and Kraken-style
 //! solver chains. Pure decisions, no I/O, so they are tested on their own.
 
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant},
-};
+use std::{collections::VecDeque, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// Erlang/OTP's restart types: when a failed container is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
