@@ -1,5 +1,5 @@
 //! The small vocabulary every part of reef shares: aliases, node names, principals,
-//! lease tokens, latency histograms, wire time and the data dir's lock.
+//! glob patterns, lease tokens, latency histograms, wire time and the data dir's lock.
 //!
 //! It depends on nothing of reef's but the wire types (`reef-proto`), so the SDK, the
 //! CLI, the gateway and the node can all speak it without pulling in one another.
@@ -20,6 +20,7 @@ mod data_dir;
 pub mod histogram;
 mod lease;
 mod node_name;
+mod pattern;
 mod principal;
 
 pub use self::{
@@ -29,5 +30,6 @@ pub use self::{
     histogram::{Histogram, HistogramSnapshot},
     lease::new_lease,
     node_name::{LINK_PREFIX, PARENT_LINK, check_node_name, link_alias},
+    pattern::Pattern,
     principal::Principal,
 };

@@ -2,15 +2,13 @@
 
 use std::sync::Arc;
 
+use reef_access::Access;
 use reef_proto::{ALIAS_METADATA, CREDIT_METADATA, Frame, LEASE_METADATA, channel_server};
+use reef_routing::Routing;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    DetachCause, Inbound, NodeStats, Outbound, Registry,
-    access::{self, Access},
-    identity, keeper,
-    routing::Routing,
-    status::registry_status,
+    DetachCause, Inbound, NodeStats, Outbound, Registry, error::ApiError, identity, keeper,
 };
 
 /// Serves `Channel.Attach`: binds a registered alias to a bidirectional stream.
@@ -63,7 +61,7 @@ impl channel_server::Channel for ChannelService {
     ) -> Result<Response<Outbound>, Status> {
         let alias = metadata(&request, ALIAS_METADATA)?;
         let caller = identity::caller(&request);
-        access::check_claim(&caller, alias)?;
+        reef_access::check_claim(&caller, alias).map_err(ApiError::from)?;
         let lease = metadata(&request, LEASE_METADATA)?;
         let credit = match request.metadata().get(CREDIT_METADATA) {
             None => None,
@@ -81,7 +79,7 @@ impl channel_server::Channel for ChannelService {
         let (attachment, outbound) = self
             .registry
             .attach(alias, lease, credit)
-            .map_err(registry_status)?;
+            .map_err(ApiError::from)?;
         tracing::info!(alias = %attachment.alias(), "attached");
         let mut frames = request.into_inner();
         let mut inbound = Inbound::new(

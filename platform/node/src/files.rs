@@ -6,14 +6,12 @@ use std::{path::PathBuf, pin::Pin, sync::Arc, time::UNIX_EPOCH};
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use opendal::{ErrorKind, Metadata, Operator, services};
+use reef_access::{Access, Action};
 use reef_proto::{self as wire, files_server, write_file_request::Part};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{
-    access::{Access, Action},
-    identity,
-};
+use crate::{error::ApiError, identity};
 
 /// The largest chunk a read streams (and a write should send).
 pub const FILE_CHUNK: usize = 256 << 10;
@@ -151,8 +149,12 @@ impl FilesService {
     }
 
     fn check<T>(&self, request: &Request<T>, action: Action, path: &str) -> Result<(), Status> {
-        self.access
-            .check_caller(request, action, &format!("files:{path}"))
+        Ok(identity::check_caller(
+            &self.access,
+            request,
+            action,
+            &format!("files:{path}"),
+        )?)
     }
 
     async fn info(&self, path: &str) -> Result<wire::FileInfo, Status> {
@@ -347,7 +349,8 @@ impl files_server::Files for FilesService {
         };
         let path = file_path(&start.path)?;
         self.access
-            .check(&caller, Action::Write, &format!("files:{path}"), &[])?;
+            .check(&caller, Action::Write, &format!("files:{path}"), &[])
+            .map_err(ApiError::from)?;
         let capability = self.store.info().capability();
         if start.if_absent
             && !capability.write_with_if_not_exists

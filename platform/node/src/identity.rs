@@ -17,6 +17,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use reef_access::{Access, Action, Refused};
 use reef_core::Principal;
 use reef_proto::ON_BEHALF_OF_METADATA;
 use tokio::{
@@ -26,6 +27,8 @@ use tokio::{
 use tokio_rustls::server::TlsStream;
 use tonic::{codegen::http, transport::server::Connected};
 use tower::{Layer, Service};
+
+use crate::error::ApiError;
 
 /// What a connection's client certificate says, read once at accept.
 #[derive(Debug, Clone)]
@@ -99,6 +102,22 @@ pub fn peer_leaf<T>(request: &tonic::Request<T>) -> Option<Arc<[u8]>> {
         .extensions()
         .get::<Caller>()
         .and_then(|caller| caller.peer.leaf.clone())
+}
+
+/// Checks the caller of `request` doing `action` to `target`, reading who it is only
+/// when policies are in force (state and file calls are frequent).
+pub(crate) fn check_caller<T>(
+    access: &Access,
+    request: &tonic::Request<T>,
+    action: Action,
+    target: &str,
+) -> Result<(), ApiError> {
+    match access.policies() {
+        None => Ok(()),
+        Some(policies) => Ok(policies
+            .decide(&caller(request), action, target, &[])
+            .map_err(Refused::Policy)?),
+    }
 }
 
 /// A TLS connection the node accepted, with its client's identity read once.

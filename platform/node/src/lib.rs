@@ -17,11 +17,11 @@
 //! See `docs/architecture.md` for how envelopes flow through the [`Inbound`] router.
 #![warn(missing_docs)]
 
-pub mod access;
 mod acks;
 mod attachment;
 mod channel;
 mod dead_letters;
+mod error;
 mod files;
 mod hosting;
 pub mod identity;
@@ -35,11 +35,9 @@ mod probe;
 mod push;
 mod registry;
 mod router;
-pub mod routing;
 mod routing_api;
 pub mod state;
 mod stats;
-mod status;
 pub mod supervision;
 mod supervision_wire;
 mod supervisor;

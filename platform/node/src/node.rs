@@ -3,11 +3,13 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use reef_access::{Access, PolicyError};
 use reef_core::{DataDirError, DataDirLock};
 use reef_proto::{
     channel_server::ChannelServer, files_server::FilesServer, state_server::StateServer,
     supervisor_server::SupervisorServer,
 };
+use reef_routing::Routing;
 use reef_tls::PkiError;
 use reef_tls::tls::{self, ContainerCredentials, NodeTls};
 use tokio::time::Instant;
@@ -22,9 +24,7 @@ use tonic_health::ServingStatus;
 use crate::{
     ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
     Registry, SupervisorService,
-    access::{Access, PolicyError},
     identity::{Authenticated, IdentityLayer},
-    routing::Routing,
     state::{
         Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateService,
     },

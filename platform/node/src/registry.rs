@@ -215,6 +215,14 @@ pub enum RegistryError {
     Reserved(String),
 }
 
+/// Policies may name a container's supervision ancestors.
+impl reef_access::Ancestry for Registry {
+    fn parent_of(&self, alias: &str) -> Option<String> {
+        self.get(alias)
+            .and_then(|container| container.spec.parent.map(String::from))
+    }
+}
+
 struct Registration {
     spec: ContainerSpec,
     /// `None` while a supervised container's alias waits for its process.

@@ -19,20 +19,19 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use reef_access::{Access, Action, Policies, Principal};
 use reef_core::Alias;
 use reef_frames::trace::{self, TRACE_TARGET, TRACEPARENT_HEADER, continue_trace};
 use reef_proto::{Envelope, EnvelopeKind, Error as WireError, ErrorCode, Frame};
+use reef_routing::{
+    Availability, GROUP_PREFIX, Group, Overflow, Refusal, Routing, RuleSet, Stage, Strategy,
+    TAP_HEADER,
+};
 use tokio::time::Instant;
 
 use crate::{
-    Attachment, Limits, NodeStats, Pending, PendingError, Registry,
-    access::{Access, Action, Policies, Principal},
-    acks::NotQueued,
+    Attachment, Limits, NodeStats, Pending, PendingError, Registry, acks::NotQueued,
     registry::HoldRefused,
-    routing::{
-        Availability, GROUP_PREFIX, Group, Overflow, Refusal, Routing, RuleSet, Stage, Strategy,
-        TAP_HEADER,
-    },
 };
 
 /// Cached routes per inbound stream before the cache is reset.
@@ -424,7 +423,7 @@ impl Inbound {
             let message = format!("no group is named {name:?}");
             return self.undeliverable_because(envelope, fallback, ErrorCode::NotFound, message);
         };
-        if group.strategy == Strategy::Broadcast {
+        if group.strategy() == Strategy::Broadcast {
             if kind == EnvelopeKind::Request {
                 let message = format!(
                     "{:?} broadcasts: send to it, or request one member",
@@ -441,7 +440,7 @@ impl Inbound {
         }
         let key = envelope
             .headers
-            .get(&group.hash_key)
+            .get(group.hash_key())
             .unwrap_or(&envelope.origin)
             .clone();
         self.random ^= self.random << 13;
@@ -474,7 +473,7 @@ impl Inbound {
         fallback: Fallback,
     ) -> Option<Blocked> {
         let mut reached = 0;
-        for member in &group.members {
+        for member in group.members() {
             if self.availability(member) == Availability::Absent {
                 continue;
             }

@@ -1,61 +1,21 @@
 //! The Supervisor's messaging RPCs (routing.proto): wire messages in, [`Routing`]
-//! changes, wire messages out. Errors become statuses here, once.
+//! changes, wire messages out. Errors are [`ApiError`]s, which the service turns into
+//! statuses.
 
 use reef_core::Alias;
 use reef_proto as wire;
-use tonic::Status;
+use reef_routing::{Group, Overflow, Routing, RuleSpec, Strategy};
 
-use crate::{
-    Registry,
-    routing::{Group, Overflow, Routing, RoutingError, Strategy},
-};
-
-fn routing_status(error: RoutingError) -> Status {
-    let message = error.to_string();
-    match error {
-        RoutingError::Invalid(_) => Status::invalid_argument(message),
-        RoutingError::NotFound(_) => Status::not_found(message),
-        RoutingError::Full(_) => Status::resource_exhausted(message),
-    }
-}
-
-fn strategy(raw: i32) -> Result<Strategy, Status> {
-    use wire::GroupStrategy as W;
-    Ok(match W::try_from(raw) {
-        Ok(W::Unspecified | W::RoundRobin) => Strategy::RoundRobin,
-        Ok(W::Random) => Strategy::Random,
-        Ok(W::Broadcast) => Strategy::Broadcast,
-        Ok(W::ConsistentHash) => Strategy::ConsistentHash,
-        Ok(W::LeastLoaded) => Strategy::LeastLoaded,
-        Ok(W::FirstAvailable) => Strategy::FirstAvailable,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "unknown group strategy {raw}"
-            )));
-        }
-    })
-}
-
-fn strategy_to_wire(strategy: Strategy) -> wire::GroupStrategy {
-    use wire::GroupStrategy as W;
-    match strategy {
-        Strategy::RoundRobin => W::RoundRobin,
-        Strategy::Random => W::Random,
-        Strategy::Broadcast => W::Broadcast,
-        Strategy::ConsistentHash => W::ConsistentHash,
-        Strategy::LeastLoaded => W::LeastLoaded,
-        Strategy::FirstAvailable => W::FirstAvailable,
-    }
-}
+use crate::{Registry, error::ApiError};
 
 /// A group as listed, with each member's state at the node.
 pub(crate) fn group_to_wire(registry: &Registry, name: &str, group: &Group) -> wire::Group {
     wire::Group {
         name: name.to_owned(),
-        strategy: strategy_to_wire(group.strategy) as i32,
-        hash_key: group.hash_key.clone(),
+        strategy: group.strategy().to_wire() as i32,
+        hash_key: group.hash_key().to_owned(),
         members: group
-            .members
+            .members()
             .iter()
             .map(|alias| {
                 let attachment = registry.lookup(alias.as_str());
@@ -73,16 +33,14 @@ pub(crate) fn configure_group(
     routing: &Routing,
     registry: &Registry,
     request: wire::ConfigureGroupRequest,
-) -> Result<wire::ConfigureGroupResponse, Status> {
-    let strategy = strategy(request.strategy)?;
+) -> Result<wire::ConfigureGroupResponse, ApiError> {
+    let strategy = Strategy::from_wire(request.strategy)?;
     if strategy == Strategy::ConsistentHash && request.hash_key.is_empty() {
-        return Err(Status::invalid_argument(
-            "a consistent_hash group needs hash_key: the header whose value is hashed",
+        return Err(ApiError::BadRequest(
+            "a consistent_hash group needs hash_key: the header whose value is hashed".into(),
         ));
     }
-    let group = routing
-        .configure_group(&request.name, strategy, &request.hash_key)
-        .map_err(routing_status)?;
+    let group = routing.configure_group(&request.name, strategy, &request.hash_key)?;
     Ok(wire::ConfigureGroupResponse {
         group: Some(group_to_wire(registry, &request.name, &group)),
     })
@@ -92,10 +50,8 @@ pub(crate) fn join_group(
     routing: &Routing,
     registry: &Registry,
     request: wire::JoinGroupRequest,
-) -> Result<wire::JoinGroupResponse, Status> {
-    let group = routing
-        .join(&request.group, &request.aliases)
-        .map_err(routing_status)?;
+) -> Result<wire::JoinGroupResponse, ApiError> {
+    let group = routing.join(&request.group, &request.aliases)?;
     Ok(wire::JoinGroupResponse {
         group: Some(group_to_wire(registry, &request.group, &group)),
     })
@@ -105,10 +61,8 @@ pub(crate) fn leave_group(
     routing: &Routing,
     registry: &Registry,
     request: wire::LeaveGroupRequest,
-) -> Result<wire::LeaveGroupResponse, Status> {
-    let group = routing
-        .leave(&request.group, &request.aliases)
-        .map_err(routing_status)?;
+) -> Result<wire::LeaveGroupResponse, ApiError> {
+    let group = routing.leave(&request.group, &request.aliases)?;
     Ok(wire::LeaveGroupResponse {
         group: Some(group_to_wire(registry, &request.group, &group)),
     })
@@ -124,55 +78,39 @@ pub(crate) fn list_groups(routing: &Routing, registry: &Registry) -> wire::ListG
     }
 }
 
-fn overflow(raw: i32) -> Result<Overflow, Status> {
-    use wire::OverflowPolicy as W;
-    Ok(match W::try_from(raw) {
-        Ok(W::Unspecified | W::Block) => Overflow::Block,
-        Ok(W::Reject) => Overflow::Reject,
-        Ok(W::DropNewest) => Overflow::DropNewest,
-        Ok(W::DropOldest) => Overflow::DropOldest,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "unknown overflow policy {raw}"
-            )));
-        }
-    })
-}
-
 pub(crate) fn set_overflow(
     routing: &Routing,
     request: wire::SetOverflowRequest,
-) -> Result<wire::SetOverflowResponse, Status> {
-    let alias =
-        Alias::parse(&request.alias).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    routing
-        .set_overflow(alias, overflow(request.policy)?)
-        .map_err(routing_status)?;
+) -> Result<wire::SetOverflowResponse, ApiError> {
+    let alias = Alias::parse(&request.alias)?;
+    routing.set_overflow(alias, Overflow::from_wire(request.policy)?)?;
     Ok(wire::SetOverflowResponse {})
 }
 
 pub(crate) fn put_rule(
     routing: &Routing,
     request: wire::PutRuleRequest,
-) -> Result<wire::PutRuleResponse, Status> {
+) -> Result<wire::PutRuleResponse, ApiError> {
     let rule = request
         .rule
-        .ok_or_else(|| Status::invalid_argument("PutRuleRequest.rule is missing"))?;
-    routing
-        .put_rule(rule, &request.before)
-        .map_err(routing_status)?;
+        .ok_or_else(|| ApiError::BadRequest("PutRuleRequest.rule is missing".into()))?;
+    let rule = RuleSpec::try_from(rule)?;
+    routing.put_rule(rule, &request.before)?;
     Ok(wire::PutRuleResponse {})
 }
 
 pub(crate) fn delete_rule(
     routing: &Routing,
     request: wire::DeleteRuleRequest,
-) -> Result<wire::DeleteRuleResponse, Status> {
-    routing.delete_rule(&request.id).map_err(routing_status)?;
+) -> Result<wire::DeleteRuleResponse, ApiError> {
+    routing.delete_rule(&request.id)?;
     Ok(wire::DeleteRuleResponse {})
 }
 
 pub(crate) fn list_rules(routing: &Routing) -> wire::ListRulesResponse {
     let (rules, firewall) = routing.list_rules();
-    wire::ListRulesResponse { rules, firewall }
+    wire::ListRulesResponse {
+        rules: rules.into_iter().map(wire::Rule::from).collect(),
+        firewall,
+    }
 }

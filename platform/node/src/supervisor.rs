@@ -8,11 +8,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use reef_access::{Access, Action, Principal};
 use reef_core::{Alias, check_node_name, link_alias, millis, unix_ms};
 use reef_proto::{
     self as wire, ContainerEventKind, LifecyclePhase, container_client::ContainerClient,
     supervisor_client::SupervisorClient, supervisor_server,
 };
+use reef_routing::Routing;
 use reef_tls::certificate_names;
 use reef_tls::tls::NodeTls;
 use tokio::sync::broadcast::error::RecvError;
@@ -22,14 +24,12 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Registry, RegistryEvent,
-    access::{self, Access, Action, Principal},
+    error::ApiError,
     hosting, identity,
     link::{ChildNodes, NodeEndpoint},
     probe::{connect_endpoint, endpoint_host, ping_endpoint},
     push::PushTickets,
-    routing::Routing,
     routing_api,
-    status::{pki_status, registry_status, supervision_status},
     supervision::{Failure, State, Supervision},
     supervision_wire as convert,
 };
@@ -128,7 +128,8 @@ impl SupervisorService {
     ) -> Result<ContainerClient<tonic::transport::Channel>, Status> {
         let alias = parse_alias(alias)?;
         self.access
-            .check(caller, Action::Send, alias.as_str(), &[])?;
+            .check(caller, Action::Send, alias.as_str(), &[])
+            .map_err(ApiError::from)?;
         let container = self
             .registry
             .get(alias.as_str())
@@ -260,7 +261,7 @@ impl SupervisorService {
             .supervision
             .create(definition, flag)
             .await
-            .map_err(supervision_status)?;
+            .map_err(ApiError::from)?;
         Ok(wire::CreateResponse {
             container: Some(container_info(container)),
             created,
@@ -292,7 +293,7 @@ impl SupervisorService {
             .supervision
             .destroy(alias, mode)
             .await
-            .map_err(supervision_status)?;
+            .map_err(ApiError::from)?;
         for alias in &destroyed {
             self.routing.forget_member(alias);
         }
@@ -320,15 +321,16 @@ impl SupervisorService {
         action: Action,
         alias: &str,
         parent: Option<&str>,
-    ) -> Result<(), Status> {
-        self.access
-            .check_subtree(&self.registry, caller, action, alias, parent)
+    ) -> Result<(), ApiError> {
+        Ok(self
+            .access
+            .check_subtree(&*self.registry, caller, action, alias, parent)?)
     }
 
     /// Checks `caller` changing routing (`what`: `group:NAME`, `rule:ID`, `firewall`, an
     /// alias's overflow policy).
-    fn check_configure<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
-        self.access.check_caller(request, Action::Configure, what)
+    fn check_configure<T>(&self, request: &Request<T>, what: &str) -> Result<(), ApiError> {
+        identity::check_caller(&self.access, request, Action::Configure, what)
     }
 
     async fn start_one(
@@ -349,7 +351,7 @@ impl SupervisorService {
             .supervision
             .start_container(alias)
             .await
-            .map_err(supervision_status)?;
+            .map_err(ApiError::from)?;
         Ok(wire::StartResponse {
             container: Some(container_info(container)),
         })
@@ -374,7 +376,7 @@ impl SupervisorService {
             .supervision
             .stop(alias, mode)
             .await
-            .map_err(supervision_status)?;
+            .map_err(ApiError::from)?;
         Ok(wire::StopResponse {
             container: Some(container_info(container)),
         })
@@ -424,7 +426,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         let request = request.into_inner();
         let token = (!request.token.is_empty()).then(|| request.token.clone());
         let spec = container_spec(request)?;
-        access::check_claim(&caller, spec.alias.as_str())?;
+        reef_access::check_claim(&caller, spec.alias.as_str()).map_err(ApiError::from)?;
         // A supervised container's alias is claimed with its token (checked by the
         // registry); any other registration creates a container.
         if self
@@ -446,7 +448,7 @@ impl supervisor_server::Supervisor for SupervisorService {
                             &[host],
                             &reef_tls::container_identity(spec.alias.as_str()),
                         )
-                        .map_err(pki_status)?,
+                        .map_err(ApiError::from)?,
                 )
             }
             None => None,
@@ -455,7 +457,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         let lease = self
             .registry
             .register(spec, token.as_deref())
-            .map_err(registry_status)?;
+            .map_err(ApiError::from)?;
         tracing::info!(%alias, "registered");
         let limits = self.registry.limits();
         let (endpoint_cert_pem, endpoint_key_pem) =
@@ -520,7 +522,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         let lease = self
             .registry
             .join_link(spec, &request.session)
-            .map_err(registry_status)?;
+            .map_err(ApiError::from)?;
         if let Some(endpoint) = endpoint {
             self.children.record(
                 &request.node,
@@ -543,11 +545,12 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DeregisterRequest>,
     ) -> Result<Response<wire::DeregisterResponse>, Status> {
-        access::check_claim(&identity::caller(&request), &request.get_ref().alias)?;
+        reef_access::check_claim(&identity::caller(&request), &request.get_ref().alias)
+            .map_err(ApiError::from)?;
         let request = request.into_inner();
         self.registry
             .deregister(&request.alias, &request.lease)
-            .map_err(registry_status)?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(wire::DeregisterResponse {}))
     }
 
@@ -760,7 +763,7 @@ impl supervisor_server::Supervisor for SupervisorService {
             .supervision
             .restart(alias)
             .await
-            .map_err(supervision_status)?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(wire::RestartResponse {
             container: Some(container_info(container)),
         }))
@@ -849,7 +852,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         self.supervision
             .fail(alias, failure)
             .await
-            .map_err(supervision_status)?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(wire::FailResponse {}))
     }
 
@@ -857,7 +860,8 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::HostRequest>,
     ) -> Result<Response<wire::HostResponse>, Status> {
-        access::check_claim(&identity::caller(&request), &request.get_ref().alias)?;
+        reef_access::check_claim(&identity::caller(&request), &request.get_ref().alias)
+            .map_err(ApiError::from)?;
         let request = request.into_inner();
         let host = parse_alias(&request.alias)?;
         // Each upsert's alias, and why it was refused before reaching the registry.
@@ -881,7 +885,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         let mut outcomes = self
             .registry
             .host_tasks(&host, &request.lease, upsert, remove, request.replace)
-            .map_err(registry_status)?
+            .map_err(ApiError::from)?
             .into_iter();
         let results = order
             .into_iter()
@@ -893,7 +897,7 @@ impl supervisor_server::Supervisor for SupervisorService {
                         .next()
                         .unwrap_or(Ok(false))
                         .map(drop)
-                        .map_err(registry_status),
+                        .map_err(|error| ApiError::from(error).into()),
                 };
                 batch_result(alias, outcome)
             })
@@ -906,8 +910,11 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::ConfigureGroupRequest>,
     ) -> Result<Response<wire::ConfigureGroupResponse>, Status> {
         self.check_configure(&request, &format!("group:{}", request.get_ref().name))?;
-        routing_api::configure_group(&self.routing, &self.registry, request.into_inner())
-            .map(Response::new)
+        Ok(Response::new(routing_api::configure_group(
+            &self.routing,
+            &self.registry,
+            request.into_inner(),
+        )?))
     }
 
     async fn join_group(
@@ -915,8 +922,11 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::JoinGroupRequest>,
     ) -> Result<Response<wire::JoinGroupResponse>, Status> {
         self.check_configure(&request, &format!("group:{}", request.get_ref().group))?;
-        routing_api::join_group(&self.routing, &self.registry, request.into_inner())
-            .map(Response::new)
+        Ok(Response::new(routing_api::join_group(
+            &self.routing,
+            &self.registry,
+            request.into_inner(),
+        )?))
     }
 
     async fn leave_group(
@@ -924,8 +934,11 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::LeaveGroupRequest>,
     ) -> Result<Response<wire::LeaveGroupResponse>, Status> {
         self.check_configure(&request, &format!("group:{}", request.get_ref().group))?;
-        routing_api::leave_group(&self.routing, &self.registry, request.into_inner())
-            .map(Response::new)
+        Ok(Response::new(routing_api::leave_group(
+            &self.routing,
+            &self.registry,
+            request.into_inner(),
+        )?))
     }
 
     async fn list_groups(
@@ -948,7 +961,10 @@ impl supervisor_server::Supervisor for SupervisorService {
             .as_ref()
             .map_or("", |rule| rule.id.as_str());
         self.check_configure(&request, &format!("rule:{id}"))?;
-        routing_api::put_rule(&self.routing, request.into_inner()).map(Response::new)
+        Ok(Response::new(routing_api::put_rule(
+            &self.routing,
+            request.into_inner(),
+        )?))
     }
 
     async fn delete_rule(
@@ -956,7 +972,10 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::DeleteRuleRequest>,
     ) -> Result<Response<wire::DeleteRuleResponse>, Status> {
         self.check_configure(&request, &format!("rule:{}", request.get_ref().id))?;
-        routing_api::delete_rule(&self.routing, request.into_inner()).map(Response::new)
+        Ok(Response::new(routing_api::delete_rule(
+            &self.routing,
+            request.into_inner(),
+        )?))
     }
 
     async fn list_rules(
@@ -991,7 +1010,10 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::SetOverflowRequest>,
     ) -> Result<Response<wire::SetOverflowResponse>, Status> {
         self.check_configure(&request, &request.get_ref().alias)?;
-        routing_api::set_overflow(&self.routing, request.into_inner()).map(Response::new)
+        Ok(Response::new(routing_api::set_overflow(
+            &self.routing,
+            request.into_inner(),
+        )?))
     }
 
     async fn open_push(
@@ -1003,12 +1025,14 @@ impl supervisor_server::Supervisor for SupervisorService {
         let origin = parse_alias(&request.alias)?;
         let peer = parse_alias(&request.peer)?;
         // A push is a send that bypasses the router: the same policies hold.
-        self.access.check(
-            &Principal::Container(origin.to_string()),
-            Action::Send,
-            peer.as_str(),
-            &[],
-        )?;
+        self.access
+            .check(
+                &Principal::Container(origin.to_string()),
+                Action::Send,
+                peer.as_str(),
+                &[],
+            )
+            .map_err(ApiError::from)?;
         let container = self
             .registry
             .get(peer.as_str())

@@ -16,11 +16,13 @@
 
 use std::{sync::Arc, time::Duration};
 
+use reef_access::{Access, Principal};
 use reef_core::{Alias, PARENT_LINK};
 use reef_proto::{
     self as wire, ALIAS_METADATA, LEASE_METADATA, channel_client::ChannelClient,
     supervisor_client::SupervisorClient,
 };
+use reef_routing::Routing;
 use reef_tls::tls::NodeTls;
 use tokio::sync::{broadcast::error::RecvError, watch};
 use tokio_stream::StreamExt as _;
@@ -31,11 +33,8 @@ use tonic::{
 };
 
 use crate::{
-    ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry,
-    access::{Access, Principal},
-    keeper,
+    ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry, keeper,
     probe::endpoint_host,
-    routing::Routing,
 };
 
 /// First pause before dialling the parent again; doubled up to [`MAX_BACKOFF`].

@@ -3,6 +3,7 @@
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
+use reef_access::{Access, Action};
 use reef_proto::{self as wire, state_server::State};
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
@@ -12,7 +13,7 @@ use super::{
     Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Outcome, Owners,
     Revision, StateError, StateOp, StateOperations, Txn, TxnOutcome,
 };
-use crate::access::{Access, Action};
+use crate::identity;
 
 /// Trailing metadata on OUT_OF_RANGE for a compacted revision: the oldest revision kept.
 pub const FIRST_REVISION_METADATA: &str = "reef-first-revision";
@@ -76,7 +77,12 @@ impl StateService {
         action: Action,
         namespace: &str,
     ) -> Result<(), Status> {
-        self.access.check_caller(request, action, namespace)
+        Ok(identity::check_caller(
+            &self.access,
+            request,
+            action,
+            namespace,
+        )?)
     }
 
     async fn write(&self, txn: Txn) -> Result<TxnOutcome, Status> {

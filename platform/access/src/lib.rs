@@ -5,7 +5,22 @@
 //! node); only impersonation is refused: a certificate that names a container or node
 //! binds its holder to that alias. With `reefd --policy FILE`, every send, management
 //! call, state read or write and routing change is checked against the file's rules
-//! (see [`policy`]), and the file is read again when it changes.
+//! (see `policy`), and the file is read again when it changes.
+//!
+//! This crate decides; it does not know gRPC. The node's service edge turns a
+//! [`Refused`] into PERMISSION_DENIED.
+//!
+//! ```
+//! use reef_access::{Access, Action, Principal};
+//!
+//! let open = Access::open();
+//! let anyone = Principal::Anonymous;
+//! assert!(open.check(&anyone, Action::Send, "echo", &[]).is_ok());
+//! // Without policies only impersonation is refused.
+//! let container = Principal::Container("a".into());
+//! assert!(reef_access::check_claim(&container, "b").is_err());
+//! ```
+#![warn(missing_docs)]
 
 mod policy;
 
@@ -19,11 +34,8 @@ use std::{
 };
 
 use parking_lot::{Mutex, RwLock};
-use reef_proto::POLICY_METADATA;
-use tonic::{Request, Status, metadata::MetadataValue};
 
 pub use self::policy::{Action, Denial, Policies, PolicyError};
-use crate::Registry;
 pub use reef_core::Principal;
 
 /// The policies in force on a node, replaceable while it runs.
@@ -83,35 +95,19 @@ impl Access {
     }
 
     /// Checks `principal` doing `action` to `target` (with `scope`, see
-    /// [`Policies::decide`]); a denial is PERMISSION_DENIED naming the policy.
+    /// [`Policies::decide`]).
     pub fn check(
         &self,
         principal: &Principal,
         action: Action,
         target: &str,
         scope: &[String],
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refused> {
         match self.policies() {
             None => Ok(()),
             Some(policies) => policies
                 .decide(principal, action, target, scope)
-                .map_err(denied),
-        }
-    }
-
-    /// [`Access::check`] for the caller of `request`, whose certificate is read only
-    /// when policies are in force (state and file calls are frequent).
-    pub fn check_caller<T>(
-        &self,
-        request: &Request<T>,
-        action: Action,
-        target: &str,
-    ) -> Result<(), Status> {
-        match self.policies() {
-            None => Ok(()),
-            Some(policies) => policies
-                .decide(&crate::identity::caller(request), action, target, &[])
-                .map_err(denied),
+                .map_err(Refused::Policy),
         }
     }
 
@@ -119,12 +115,12 @@ impl Access {
     /// of its supervision ancestors (`parent`'s chain, when it is not registered yet).
     pub fn check_subtree(
         &self,
-        registry: &Registry,
+        ancestry: &impl Ancestry,
         principal: &Principal,
         action: Action,
         alias: &str,
         parent: Option<&str>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refused> {
         let Some(policies) = self.policies() else {
             return Ok(());
         };
@@ -134,43 +130,62 @@ impl Access {
         let mut scope = Vec::new();
         let mut next = match parent {
             Some(parent) => Some(parent.to_owned()),
-            None => registry
-                .get(alias)
-                .and_then(|c| c.spec.parent.map(String::from)),
+            None => ancestry.parent_of(alias),
         };
         // Bounded: the registry refuses parent cycles, but a bound costs nothing.
         while let Some(ancestor) = next.take() {
             if scope.len() >= 64 || scope.contains(&ancestor) {
                 break;
             }
-            next = registry
-                .get(&ancestor)
-                .and_then(|c| c.spec.parent.map(String::from));
+            next = ancestry.parent_of(&ancestor);
             scope.push(ancestor);
         }
         policies
             .decide(principal, action, alias, &scope)
-            .map_err(denied)
+            .map_err(Refused::Policy)
     }
 }
 
-/// A denial as the gRPC status a caller sees: PERMISSION_DENIED, the policy named in the
-/// message and in `reef-policy` metadata.
-pub fn denied(denial: Denial) -> Status {
-    let mut status = Status::permission_denied(denial.message);
-    if let Ok(value) = MetadataValue::try_from(denial.policy.as_str()) {
-        status.metadata_mut().insert(POLICY_METADATA, value);
+/// Where access finds a container's supervision parent (the node's registry).
+pub trait Ancestry {
+    /// The parent alias of `alias`, if it is known and has one.
+    fn parent_of(&self, alias: &str) -> Option<String>;
+}
+
+/// Why the node refuses a caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// A policy (or the default of a policy file) denies it.
+    #[error("{}", .0.message)]
+    Policy(Denial),
+    /// The caller's certificate binds it to another alias.
+    #[error("the certificate presented is {principal}'s: it cannot act as {alias:?}")]
+    Impersonation {
+        /// Who the certificate names.
+        principal: Principal,
+        /// The alias it tried to act as.
+        alias: String,
+    },
+}
+
+impl Refused {
+    /// The policy that denied, if a policy did.
+    pub fn policy(&self) -> Option<&str> {
+        match self {
+            Self::Policy(denial) => Some(&denial.policy),
+            Self::Impersonation { .. } => None,
+        }
     }
-    status
 }
 
 /// Refuses a caller whose certificate binds it to another alias than `alias`: a
 /// container cannot register, attach or announce as another container.
-pub fn check_claim(principal: &Principal, alias: &str) -> Result<(), Status> {
+pub fn check_claim(principal: &Principal, alias: &str) -> Result<(), Refused> {
     match principal.own_alias() {
-        Some(own) if own != alias => Err(Status::permission_denied(format!(
-            "the certificate presented is {principal}'s: it cannot act as {alias:?}"
-        ))),
+        Some(own) if own != alias => Err(Refused::Impersonation {
+            principal: principal.clone(),
+            alias: alias.to_owned(),
+        }),
         _ => Ok(()),
     }
 }

@@ -39,7 +39,7 @@ pub struct Group {
 
 /// What the router knows about a member when a strategy asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Availability {
+pub enum Availability {
     /// Attached, with this many envelopes queued.
     Attached(usize),
     /// Not attached, but its envelopes are held for it (it is restarting).
@@ -49,7 +49,8 @@ pub(crate) enum Availability {
 }
 
 impl Group {
-    pub(crate) fn new(strategy: Strategy, hash_key: String, members: Vec<Alias>) -> Self {
+    /// A group of `members`, picked among by `strategy`.
+    pub fn new(strategy: Strategy, hash_key: String, members: Vec<Alias>) -> Self {
         Self {
             strategy,
             hash_key,
@@ -58,11 +59,26 @@ impl Group {
         }
     }
 
+    /// How it picks.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// CONSISTENT_HASH: the header whose value is hashed.
+    pub fn hash_key(&self) -> &str {
+        &self.hash_key
+    }
+
+    /// Its members, in join order.
+    pub fn members(&self) -> &[Alias] {
+        &self.members
+    }
+
     /// The member one envelope goes to (not for BROADCAST). Attached members are
     /// preferred; a restarting member is chosen only when no member is attached (its
     /// envelopes are then held). Consistent hashing considers every member the node
     /// knows, so that a restart does not move keys.
-    pub(crate) fn pick(
+    pub fn pick(
         &self,
         key: &str,
         random: u64,

@@ -1,9 +1,30 @@
 //! Messaging configuration the router consults: groups (`group:NAME` destinations and
-//! their strategies) and router rules with firewall mode. Changed at runtime through
-//! the Supervisor API; routers read an immutable snapshot.
+//! their strategies), router rules with firewall mode, and mailbox overflow policies.
+//! Changed at runtime through the Supervisor API; routers read an immutable snapshot.
+//!
+//! Everything here is a domain type; [`proto`] converts from and to `routing.proto` at
+//! the crate's edge.
+//!
+//! ```
+//! use reef_routing::{Routing, RuleAction, RuleMatch, RuleSpec, Stage};
+//!
+//! let routing = Routing::new();
+//! let rule = RuleSpec {
+//!     id: "no-legacy".into(),
+//!     stage: Stage::Input,
+//!     matcher: RuleMatch { destination: "legacy/*".into(), ..Default::default() },
+//!     action: RuleAction::Reject,
+//!     target: String::new(),
+//!     propagate: false,
+//!     limit: 0,
+//! };
+//! routing.put_rule(rule, "").unwrap();
+//! assert_eq!(routing.list_rules().0.len(), 1);
+//! ```
+#![warn(missing_docs)]
 
 mod groups;
-mod pattern;
+pub mod proto;
 mod rules;
 
 use std::{
@@ -15,17 +36,15 @@ use std::{
 };
 
 use parking_lot::RwLock;
-use reef_proto as wire;
-
-pub use self::groups::{Group, Strategy};
-pub use self::rules::TAP_HEADER;
-pub(crate) use self::{
-    groups::Availability,
-    pattern::Pattern,
-    rules::{Refusal, RuleSet, Stage},
-};
-
 use reef_core::Alias;
+
+pub use self::{
+    groups::{Availability, Group, Strategy},
+    rules::{
+        ListedRule, MessageKind, Refusal, Rule, RuleAction, RuleMatch, RuleSet, RuleSpec, Stage,
+        TAP_HEADER, Verdict,
+    },
+};
 
 /// Destinations that start with this name a group.
 pub const GROUP_PREFIX: &str = "group:";
@@ -51,7 +70,7 @@ pub enum RoutingError {
 }
 
 /// Checks a redirect or tap target: an alias or `group:NAME`.
-pub(crate) fn validate_target(target: &str) -> Result<(), RoutingError> {
+pub fn validate_target(target: &str) -> Result<(), RoutingError> {
     let name = target.strip_prefix(GROUP_PREFIX).unwrap_or(target);
     Alias::parse(name)
         .map(drop)
@@ -116,7 +135,7 @@ impl Routing {
     }
 
     /// The group called `name`.
-    pub(crate) fn group(&self, name: &str) -> Option<Arc<Group>> {
+    pub fn group(&self, name: &str) -> Option<Arc<Group>> {
         read(&self.groups).get(name).cloned()
     }
 
@@ -221,19 +240,19 @@ impl Routing {
     }
 
     /// The rules now in force.
-    pub(crate) fn rules(&self) -> Arc<RuleSet> {
+    pub fn rules(&self) -> Arc<RuleSet> {
         read(&self.rules).clone()
     }
 
     /// Changes whenever the rules do.
-    pub(crate) fn rules_version(&self) -> u64 {
+    pub fn rules_version(&self) -> u64 {
         self.rules_version.load(Relaxed)
     }
 
     /// Adds `rule`, or replaces the rule with its id; `before` places it in front of
     /// another rule.
-    pub fn put_rule(&self, rule: wire::Rule, before: &str) -> Result<(), RoutingError> {
-        let rule = Arc::new(rules::Rule::compile(rule)?);
+    pub fn put_rule(&self, rule: RuleSpec, before: &str) -> Result<(), RoutingError> {
+        let rule = Arc::new(Rule::compile(rule)?);
         self.change_rules(|set| {
             let existing = set.rules.iter().position(|r| r.id() == rule.id());
             if before.is_empty() {
@@ -286,10 +305,10 @@ impl Routing {
     }
 
     /// The rules (input stage first, each in evaluation order) and the firewall flag.
-    pub fn list_rules(&self) -> (Vec<wire::Rule>, bool) {
+    pub fn list_rules(&self) -> (Vec<ListedRule>, bool) {
         let set = self.rules();
-        let mut rules: Vec<_> = set.rules.iter().map(|r| r.to_wire()).collect();
-        rules.sort_by_key(|r| r.stage);
+        let mut rules: Vec<_> = set.rules.iter().map(|r| r.listed()).collect();
+        rules.sort_by_key(|r| r.spec.stage);
         (rules, set.firewall)
     }
 

@@ -3,13 +3,14 @@
 
 /// A compiled matcher pattern.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Pattern {
+pub struct Pattern {
     glob: Box<str>,
     negate: bool,
 }
 
 impl Pattern {
-    pub(crate) fn parse(raw: &str) -> Self {
+    /// The pattern `raw` spells.
+    pub fn parse(raw: &str) -> Self {
         match raw.strip_prefix('!') {
             Some(glob) => Self {
                 glob: glob.into(),
@@ -23,16 +24,17 @@ impl Pattern {
     }
 
     /// Whether the pattern says nothing (matches anything).
-    pub(crate) fn is_any(&self) -> bool {
+    pub fn is_any(&self) -> bool {
         self.glob.is_empty() && !self.negate
     }
 
-    pub(crate) fn matches(&self, text: &str) -> bool {
+    /// Whether `text` matches.
+    pub fn matches(&self, text: &str) -> bool {
         self.is_any() || glob(self.glob.as_bytes(), text.as_bytes()) != self.negate
     }
 
     /// For an optional value (a header): a negated pattern matches an absent one.
-    pub(crate) fn matches_option(&self, text: Option<&str>) -> bool {
+    pub fn matches_option(&self, text: Option<&str>) -> bool {
         match text {
             Some(text) => self.matches(text),
             None => self.negate || self.is_any(),

@@ -24,10 +24,10 @@
 
 use std::{fmt, path::Path};
 
+use reef_core::Pattern;
 use serde::Deserialize;
 
 use super::Principal;
-use crate::routing::Pattern;
 
 /// Something a principal does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

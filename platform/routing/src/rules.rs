@@ -1,28 +1,106 @@
 //! Router rules (Kraken's router rules and firewall mode): ordered matchers per stage,
 //! each with an action, evaluated for every SEND and REQUEST while any rule exists.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
-use reef_core::Alias;
-use reef_proto::{self as wire, Envelope, EnvelopeKind, RuleAction, RuleStage};
+use reef_core::{Alias, Pattern};
+use reef_proto::{Envelope, EnvelopeKind};
 
-use super::{RoutingError, pattern::Pattern, validate_target};
+use crate::{RoutingError, validate_target};
 
 /// Header a tap copy carries: the destination of the envelope it copies.
 pub const TAP_HEADER: &str = "reef-tap-of";
 
 /// Where a rule is evaluated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stage {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Stage {
     /// As the envelope enters the node, before group resolution.
+    #[default]
     Input,
     /// As it leaves for a receiver, after group resolution.
     Output,
 }
 
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Delivers as addressed (and, in firewall mode, allows).
+    Route,
+    /// Delivers to the rule's target instead.
+    Redirect,
+    /// Delivers, and a copy to the rule's target (a tap).
+    Copy,
+    /// Discards, into the dead letters.
+    Drop,
+    /// Refuses to the sender.
+    Reject,
+}
+
+/// The kinds of envelope a rule can be limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// SEND.
+    Send,
+    /// REQUEST.
+    Request,
+}
+
+/// What a rule matches; an empty pattern matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// The envelope's destination.
+    pub destination: String,
+    /// The sender's alias.
+    pub origin: String,
+    /// The sender's behaviour name.
+    pub name: String,
+    /// SEND or REQUEST only.
+    pub kind: Option<MessageKind>,
+    /// Header values, by header name.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A rule as given: validated, not yet compiled (see `proto` for the wire form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// Unique among the node's rules; alias syntax.
+    pub id: String,
+    /// Where it is evaluated.
+    pub stage: Stage,
+    /// What it matches.
+    pub matcher: RuleMatch,
+    /// What it does.
+    pub action: RuleAction,
+    /// REDIRECT and COPY: an alias or `group:NAME`; empty otherwise.
+    pub target: String,
+    /// Whether evaluation goes on to the next rule after this one matched.
+    pub propagate: bool,
+    /// Matches after which the rule is inert (0: no limit).
+    pub limit: u64,
+}
+
+impl RuleSpec {
+    /// Checks what the types do not: the id's syntax, and that exactly REDIRECT and COPY
+    /// have a target, which must be an alias or a group.
+    pub fn validate(&self) -> Result<(), RoutingError> {
+        let invalid = |why: String| RoutingError::Invalid(format!("rule {:?}: {why}", self.id));
+        Alias::parse(&self.id).map_err(|e| invalid(format!("id: {}", e.reason)))?;
+        let needs_target = matches!(self.action, RuleAction::Redirect | RuleAction::Copy);
+        match (needs_target, self.target.is_empty()) {
+            (true, true) => Err(invalid("redirect and copy need a target".into())),
+            (false, false) => Err(invalid("only redirect and copy take a target".into())),
+            (true, false) => validate_target(&self.target).map_err(|e| invalid(e.to_string())),
+            (false, true) => Ok(()),
+        }
+    }
+}
+
 /// The outcome of evaluating one stage's rules.
 #[derive(Debug, Default)]
-pub(crate) struct Verdict {
+pub struct Verdict {
     /// Copies (taps) in rule order: where to, and the destination the envelope had
     /// when the rule matched (before any later redirect).
     pub copies: Vec<(String, String)>,
@@ -32,106 +110,62 @@ pub(crate) struct Verdict {
 
 /// Why an envelope is not delivered.
 #[derive(Debug)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// Discarded silently, into the dead letters.
     Drop(String),
     /// Refused to the sender with PERMISSION_DENIED.
     Reject(String),
 }
 
+/// A rule as listed: what was given, and how often it matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedRule {
+    /// The rule.
+    pub spec: RuleSpec,
+    /// Matches so far.
+    pub hits: u64,
+}
+
 /// One compiled rule.
 #[derive(Debug)]
-pub(crate) struct Rule {
-    id: String,
-    stage: Stage,
+pub struct Rule {
     destination: Pattern,
     origin: Pattern,
     name: Pattern,
-    kind: Option<EnvelopeKind>,
     headers: Vec<(String, Pattern)>,
-    action: RuleAction,
-    target: String,
-    propagate: bool,
-    limit: u64,
     hits: AtomicU64,
-    /// As given, for listing.
-    source: wire::Rule,
+    spec: RuleSpec,
 }
 
 impl Rule {
-    /// Validates and compiles a rule from the wire.
-    pub(crate) fn compile(source: wire::Rule) -> Result<Self, RoutingError> {
-        let invalid = |why: String| RoutingError::Invalid(format!("rule {:?}: {why}", source.id));
-        Alias::parse(&source.id).map_err(|e| invalid(format!("id: {}", e.reason)))?;
-        let action = RuleAction::try_from(source.action)
-            .ok()
-            .filter(|a| *a != RuleAction::Unspecified)
-            .ok_or_else(|| {
-                invalid("action must be route, redirect, copy, drop or reject".into())
-            })?;
-        let needs_target = matches!(action, RuleAction::Redirect | RuleAction::Copy);
-        match (needs_target, source.target.is_empty()) {
-            (true, true) => return Err(invalid("redirect and copy need a target".into())),
-            (false, false) => {
-                return Err(invalid("only redirect and copy take a target".into()));
-            }
-            (true, false) => validate_target(&source.target).map_err(|e| invalid(e.to_string()))?,
-            (false, true) => {}
-        }
-        let stage = match RuleStage::try_from(source.stage) {
-            Ok(RuleStage::Unspecified | RuleStage::Input) => Stage::Input,
-            Ok(RuleStage::Output) => Stage::Output,
-            Err(_) => return Err(invalid(format!("unknown stage {}", source.stage))),
-        };
-        let matcher = source.r#match.clone().unwrap_or_default();
-        let kind = match matcher.kind.as_str() {
-            "" => None,
-            "send" => Some(EnvelopeKind::Send),
-            "request" => Some(EnvelopeKind::Request),
-            other => {
-                return Err(invalid(format!(
-                    "match.kind {other:?} is not \"send\" or \"request\""
-                )));
-            }
-        };
-        let mut headers: Vec<_> = matcher
-            .headers
-            .iter()
-            .map(|(key, pattern)| (key.clone(), Pattern::parse(pattern)))
-            .collect();
-        headers.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut source = source;
-        source.stage = match stage {
-            Stage::Input => RuleStage::Input,
-            Stage::Output => RuleStage::Output,
-        } as i32;
-        source.hits = 0;
+    /// Validates and compiles a rule.
+    pub fn compile(spec: RuleSpec) -> Result<Self, RoutingError> {
+        spec.validate()?;
+        let matcher = &spec.matcher;
         Ok(Self {
-            id: source.id.clone(),
-            stage,
             destination: Pattern::parse(&matcher.destination),
             origin: Pattern::parse(&matcher.origin),
             name: Pattern::parse(&matcher.name),
-            kind,
-            headers,
-            action,
-            target: source.target.clone(),
-            propagate: source.propagate,
-            limit: source.limit,
+            headers: matcher
+                .headers
+                .iter()
+                .map(|(key, pattern)| (key.clone(), Pattern::parse(pattern)))
+                .collect(),
             hits: AtomicU64::new(0),
-            source,
+            spec,
         })
     }
 
-    pub(crate) fn id(&self) -> &str {
-        &self.id
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.spec.id
     }
 
     /// The rule as listed, with its hits.
-    pub(crate) fn to_wire(&self) -> wire::Rule {
-        wire::Rule {
+    pub fn listed(&self) -> ListedRule {
+        ListedRule {
+            spec: self.spec.clone(),
             hits: self.hits.load(Relaxed),
-            ..self.source.clone()
         }
     }
 
@@ -141,7 +175,15 @@ impl Rule {
     }
 
     fn matches(&self, envelope: &Envelope, name: Option<&str>) -> bool {
-        self.kind.is_none_or(|kind| kind == envelope.kind())
+        let kind = match envelope.kind() {
+            EnvelopeKind::Send => Some(MessageKind::Send),
+            EnvelopeKind::Request => Some(MessageKind::Request),
+            _ => None,
+        };
+        self.spec
+            .matcher
+            .kind
+            .is_none_or(|wanted| Some(wanted) == kind)
             && self.destination.matches(&envelope.destination)
             && self.origin.matches(&envelope.origin)
             && self.name.matches_option(name)
@@ -152,14 +194,13 @@ impl Rule {
 
     /// Counts a hit; false once the limit is used up (the rule is inert).
     fn take_hit(&self) -> bool {
-        if self.limit == 0 {
+        let limit = self.spec.limit;
+        if limit == 0 {
             self.hits.fetch_add(1, Relaxed);
             return true;
         }
         self.hits
-            .fetch_update(Relaxed, Relaxed, |hits| {
-                (hits < self.limit).then_some(hits + 1)
-            })
+            .fetch_update(Relaxed, Relaxed, |hits| (hits < limit).then_some(hits + 1))
             .is_ok()
     }
 }
@@ -167,20 +208,22 @@ impl Rule {
 /// The rules of one node, by stage, and whether the firewall is on. Immutable: a change
 /// builds a new set, which routers pick up between envelopes.
 #[derive(Debug, Default)]
-pub(crate) struct RuleSet {
-    pub(crate) rules: Vec<std::sync::Arc<Rule>>,
-    pub(crate) firewall: bool,
+pub struct RuleSet {
+    /// In evaluation order.
+    pub rules: Vec<std::sync::Arc<Rule>>,
+    /// Whether an input envelope no rule allows is refused.
+    pub firewall: bool,
 }
 
 impl RuleSet {
     /// Whether routing can skip evaluation altogether.
-    pub(crate) fn is_inert(&self) -> bool {
+    pub fn is_inert(&self) -> bool {
         self.rules.is_empty() && !self.firewall
     }
 
     /// Evaluates `stage` for `envelope`, applying redirects to its destination.
     /// `name_of` gives a sender's behaviour name; it is called only if a rule needs it.
-    pub(crate) fn evaluate(
+    pub fn evaluate(
         &self,
         stage: Stage,
         envelope: &mut Envelope,
@@ -189,7 +232,7 @@ impl RuleSet {
         let mut verdict = Verdict::default();
         let mut allowed = false;
         let mut name: Option<Option<String>> = None;
-        for rule in self.rules.iter().filter(|rule| rule.stage == stage) {
+        for rule in self.rules.iter().filter(|rule| rule.spec.stage == stage) {
             let sender_name = match rule.needs_name() {
                 true => name
                     .get_or_insert_with(|| name_of(&envelope.origin))
@@ -199,28 +242,29 @@ impl RuleSet {
             if !rule.matches(envelope, sender_name) || !rule.take_hit() {
                 continue;
             }
-            match rule.action {
+            match rule.spec.action {
                 RuleAction::Copy => {
                     let tapped = envelope.destination.clone();
-                    verdict.copies.push((rule.target.clone(), tapped));
+                    verdict.copies.push((rule.spec.target.clone(), tapped));
                     continue;
                 }
-                RuleAction::Route | RuleAction::Unspecified => allowed = true,
+                RuleAction::Route => allowed = true,
                 RuleAction::Redirect => {
                     allowed = true;
-                    envelope.destination.clone_from(&rule.target);
+                    envelope.destination.clone_from(&rule.spec.target);
                 }
                 RuleAction::Drop => {
-                    verdict.refusal = Some(Refusal::Drop(format!("dropped by rule {:?}", rule.id)));
+                    verdict.refusal =
+                        Some(Refusal::Drop(format!("dropped by rule {:?}", rule.id())));
                     return verdict;
                 }
                 RuleAction::Reject => {
                     verdict.refusal =
-                        Some(Refusal::Reject(format!("rejected by rule {:?}", rule.id)));
+                        Some(Refusal::Reject(format!("rejected by rule {:?}", rule.id())));
                     return verdict;
                 }
             }
-            if !rule.propagate {
+            if !rule.spec.propagate {
                 break;
             }
         }
@@ -240,20 +284,22 @@ mod tests {
 
     use super::*;
 
-    fn rule(id: &str, action: RuleAction, destination: &str, target: &str) -> wire::Rule {
-        wire::Rule {
+    fn rule(id: &str, action: RuleAction, destination: &str, target: &str) -> RuleSpec {
+        RuleSpec {
             id: id.into(),
-            action: action as i32,
-            target: target.into(),
-            r#match: Some(wire::RuleMatch {
+            stage: Stage::Input,
+            matcher: RuleMatch {
                 destination: destination.into(),
                 ..Default::default()
-            }),
-            ..Default::default()
+            },
+            action,
+            target: target.into(),
+            propagate: false,
+            limit: 0,
         }
     }
 
-    fn set(rules: Vec<wire::Rule>, firewall: bool) -> RuleSet {
+    fn set(rules: Vec<RuleSpec>, firewall: bool) -> RuleSet {
         RuleSet {
             rules: rules
                 .into_iter()
@@ -300,15 +346,15 @@ mod tests {
         assert!(verdict.refusal.is_none());
         let verdict = rules.evaluate(Stage::Input, &mut send("echo"), |_| None);
         assert!(matches!(verdict.refusal, Some(Refusal::Reject(why)) if why.contains("firewall")));
-        assert_eq!(rules.rules[0].to_wire().hits, 1);
+        assert_eq!(rules.rules[0].listed().hits, 1);
     }
 
     #[test]
     fn matches_names_headers_and_kinds() {
         let mut by_name = rule("by-name", RuleAction::Drop, "", "");
-        let matcher = by_name.r#match.as_mut().unwrap();
+        let matcher = &mut by_name.matcher;
         matcher.name = "!trusted".into();
-        matcher.kind = "send".into();
+        matcher.kind = Some(MessageKind::Send);
         matcher.headers.insert("tenant".into(), "a*".into());
         let rules = set(vec![by_name], false);
         let mut envelope = send("x");
@@ -326,7 +372,6 @@ mod tests {
     fn refuses_malformed_rules() {
         for (bad, expected) in [
             (rule("", RuleAction::Route, "", ""), "id"),
-            (rule("a", RuleAction::Unspecified, "", ""), "action"),
             (rule("a", RuleAction::Redirect, "", ""), "target"),
             (rule("a", RuleAction::Drop, "", "x"), "target"),
             (rule("a", RuleAction::Copy, "", "no way"), "target"),

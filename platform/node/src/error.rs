@@ -1,0 +1,134 @@
+//! The node's one error edge: the domain errors a gRPC call can meet, and the one
+//! mapping from each to the status its caller sees.
+//!
+//! Domain crates name causes ([`Refused`], [`RoutingError`], …) and know nothing of
+//! gRPC. Each converts into [`ApiError`] with `?`, and [`ApiError`] into `tonic::Status`
+//! in one exhaustive `match`: a new variant does not compile until it has a code.
+
+use reef_access::Refused;
+use reef_core::InvalidAlias;
+use reef_proto::POLICY_METADATA;
+use reef_routing::RoutingError;
+use reef_tls::PkiError;
+use tonic::{Status, metadata::MetadataValue};
+
+use crate::{RegistryError, supervision::SupervisionError};
+
+/// Why a call failed, before it becomes a status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// Access control refused the caller.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// A routing change was refused.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// A registration was refused.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A supervision command was refused or failed.
+    #[error(transparent)]
+    Supervision(#[from] SupervisionError),
+    /// The node could not issue or read a certificate.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// An alias in the request is malformed.
+    #[error(transparent)]
+    InvalidAlias(#[from] InvalidAlias),
+    /// The request's shape is wrong (a field missing or out of range), found at the edge.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        let message = error.to_string();
+        match error {
+            ApiError::Refused(refused) => {
+                let mut status = Status::permission_denied(message);
+                if let Some(value) = refused
+                    .policy()
+                    .and_then(|policy| MetadataValue::try_from(policy).ok())
+                {
+                    status.metadata_mut().insert(POLICY_METADATA, value);
+                }
+                status
+            }
+            ApiError::Routing(error) => match error {
+                RoutingError::Invalid(_) => Status::invalid_argument(message),
+                RoutingError::NotFound(_) => Status::not_found(message),
+                RoutingError::Full(_) => Status::resource_exhausted(message),
+            },
+            ApiError::Registry(error) => match error {
+                RegistryError::InvalidAlias(_) | RegistryError::ParentCycle(_) => {
+                    Status::invalid_argument(message)
+                }
+                RegistryError::AlreadyRegistered(_) | RegistryError::AlreadyAttached(_) => {
+                    Status::already_exists(message)
+                }
+                RegistryError::NotRegistered(_) => Status::not_found(message),
+                RegistryError::LeaseMismatch(_) | RegistryError::Reserved(_) => {
+                    Status::permission_denied(message)
+                }
+                RegistryError::Full(_) => Status::resource_exhausted(message),
+            },
+            ApiError::Supervision(error) => match error {
+                SupervisionError::Invalid(_) => Status::invalid_argument(message),
+                SupervisionError::NotFound(_) => Status::not_found(message),
+                SupervisionError::AlreadyExists(_) => Status::already_exists(message),
+                SupervisionError::Precondition(_) => Status::failed_precondition(message),
+                SupervisionError::Aborted(_) => Status::aborted(message),
+                SupervisionError::ShuttingDown => Status::unavailable(message),
+            },
+            ApiError::Pki(error) => match error {
+                PkiError::Certificate(_) => Status::invalid_argument(format!(
+                    "cannot issue a certificate for the endpoint: {error}"
+                )),
+                PkiError::Io { .. } | PkiError::Incomplete(_) => {
+                    tracing::error!(%error, "certificate storage failed");
+                    Status::internal("the node could not access its certificate store")
+                }
+            },
+            ApiError::InvalidAlias(_) | ApiError::BadRequest(_) => {
+                Status::invalid_argument(message)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reef_access::{Denial, Principal};
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_policy_denial_names_its_policy_and_impersonation_is_denied_too() {
+        let denial = Denial {
+            policy: "ops-only".into(),
+            message: "client:x may not send to echo (policy ops-only)".into(),
+        };
+        let status = Status::from(ApiError::from(Refused::Policy(denial)));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.metadata().get(POLICY_METADATA).unwrap(), "ops-only");
+        let status = Status::from(ApiError::from(Refused::Impersonation {
+            principal: Principal::Container("a".into()),
+            alias: "b".into(),
+        }));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(status.metadata().get(POLICY_METADATA).is_none());
+        assert!(
+            status.message().contains("container:a"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn storage_failures_do_not_leak_their_detail() {
+        let status = Status::from(ApiError::from(PkiError::Incomplete("/secret/path".into())));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("/secret/path"));
+    }
+}
