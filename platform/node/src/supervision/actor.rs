@@ -15,10 +15,11 @@ use super::{
     CreateFlag, Definition, Failure, Intensity, Kind, LogDir, Policy, Reply, RestartType, State,
     StopMode, Strategy, SupervisedSnapshot, SupervisionConfig, SupervisionError,
     policy::{Action, error_type},
-    process::{self, Exit, ProcessId},
+    ports::{Processes, Reservations, SpawnRequest},
+    process::{Exit, ProcessId},
     store::{Store, StoredContainer},
 };
-use crate::{EventKind, Registry, registry::Observed, registry::Phase};
+use crate::{EventKind, registry::Observed, registry::Phase};
 
 /// How often log sizes are checked for rotation.
 const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -123,9 +124,9 @@ impl Process {
     }
 
     /// SIGKILL to its whole process group; its exit is then expected.
-    fn kill(&mut self) {
+    fn kill(&mut self, os: &dyn Processes) {
         self.killed = true;
-        process::signal_group(self.id.pid, Signal::SIGKILL);
+        os.signal(self.id, Signal::SIGKILL);
     }
 }
 
@@ -222,7 +223,8 @@ impl Entry {
 
 struct Actor {
     config: SupervisionConfig,
-    registry: Arc<Registry>,
+    reservations: Arc<dyn Reservations>,
+    os: Arc<dyn Processes>,
     logs: LogDir,
     store: Store,
     entries: BTreeMap<Alias, Entry>,
@@ -237,7 +239,8 @@ struct Actor {
 /// Starts the actor with the stored tree and returns its command queue.
 pub(super) fn spawn(
     config: SupervisionConfig,
-    registry: Arc<Registry>,
+    reservations: Arc<dyn Reservations>,
+    os: Arc<dyn Processes>,
     logs: LogDir,
 ) -> std::io::Result<mpsc::Sender<Command>> {
     let store = Store::new(&config.data_dir);
@@ -245,10 +248,11 @@ pub(super) fn spawn(
     let (commands_tx, commands) = mpsc::channel(256);
     let (events_tx, events) = mpsc::unbounded_channel();
     let (observed_tx, observed) = mpsc::unbounded_channel();
-    registry.set_observer(observed_tx);
+    reservations.observe(observed_tx);
     let mut actor = Actor {
         config,
-        registry,
+        reservations,
+        os,
         logs,
         store,
         entries: BTreeMap::new(),
@@ -385,7 +389,7 @@ impl Actor {
     /// Everything that can be known wrong about a new definition before it runs.
     fn check_new(&self, definition: &Definition) -> Result<(), SupervisionError> {
         let alias = &definition.alias;
-        if self.registry.get(alias.as_str()).is_some() {
+        if self.reservations.is_registered(alias.as_str()) {
             return Err(SupervisionError::AlreadyExists(format!(
                 "{alias} is registered by a container the node does not supervise"
             )));
@@ -407,7 +411,8 @@ impl Actor {
         }
         match &definition.kind {
             Kind::Process(spec) => {
-                process::resolve(&spec.command, spec.working_dir.as_deref())
+                self.os
+                    .resolve(&spec.command, spec.working_dir.as_deref())
                     .map_err(|e| SupervisionError::Invalid(e.to_string()))?;
             }
         }
@@ -419,7 +424,7 @@ impl Actor {
         let order = self.next_order;
         self.next_order += 1;
         let mut entry = Entry::new(definition, order, reef_core::new_lease());
-        if let Err(error) = self.registry.reserve(entry.snapshot(), &entry.token) {
+        if let Err(error) = self.reservations.reserve(entry.snapshot(), &entry.token) {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(SupervisionError::AlreadyExists(error.to_string())));
             }
@@ -619,7 +624,7 @@ impl Actor {
         };
         let process = entry.process.take().expect("current process");
         // Whatever the process left behind in its group goes with it.
-        process::signal_group(process.id.pid, Signal::SIGKILL);
+        self.os.signal(process.id, Signal::SIGKILL);
         entry.last_exit = exit.to_string();
         // A restart already scheduled (a failed start kills its process first) stays
         // visible; any other activity was about this process.
@@ -627,7 +632,7 @@ impl Actor {
             entry.activity.clear();
         }
         self.dirty = true;
-        self.registry.evict(alias, "its process ended");
+        self.reservations.evict(alias, "its process ended");
         tracing::info!(%alias, pid = process.id.pid, %exit, "container process ended");
         let expected = process.retiring || process.term_sent.is_some() || process.killed;
         if expected {
@@ -702,7 +707,7 @@ impl Actor {
                     }
                     _ => {
                         tracing::warn!(%alias, ?pid, ?expected, "an attach from a process the node does not run there; closing it");
-                        self.registry
+                        self.reservations
                             .evict(&alias, "this process is not the one the node runs");
                     }
                 }
@@ -1184,13 +1189,13 @@ impl Actor {
             return false;
         }
         if mode == StopMode::Hard {
-            process.kill();
+            process.kill(&*self.os);
             entry.activity = "killing".to_owned();
             return true;
         }
         let Some(sent) = process.term_sent else {
             process.term_sent = Some(now);
-            process::signal_group(process.id.pid, Signal::SIGTERM);
+            self.os.signal(process.id, Signal::SIGTERM);
             entry.activity = "stopping".to_owned();
             self.lifecycle(alias, EventKind::Stop, Phase::Before, "SIGTERM sent");
             return true;
@@ -1201,7 +1206,7 @@ impl Actor {
             None => sent + grace,
         };
         if now >= deadline {
-            process.kill();
+            process.kill(&*self.os);
             entry.activity = "killed after the grace period".to_owned();
             return true;
         }
@@ -1226,23 +1231,23 @@ impl Actor {
                 }
             },
         };
-        let spawned = process::spawn(
+        let spawned = self.os.spawn(SpawnRequest {
             spec,
-            alias.as_str(),
+            alias: alias.as_str(),
             parent,
-            &entry.token,
-            credentials.as_ref(),
-            &self.config.environment,
-            &log,
-        );
+            token: &entry.token,
+            credentials: credentials.as_ref(),
+            environment: &self.config.environment,
+            log: &log,
+        });
         self.dirty = true;
         match spawned {
-            Ok(spawned) => {
-                entry.process = Some(Process::new(spawned.id, generation));
+            Ok((id, exit)) => {
+                entry.process = Some(Process::new(id, generation));
                 entry.not_before = None;
                 entry.activity = "starting".to_owned();
-                let pid = spawned.id.pid;
-                self.watch_exit(alias, generation, process::wait_spawned(spawned.wait));
+                let pid = id.pid;
+                self.watch_exit(alias, generation, exit);
                 self.lifecycle(
                     alias,
                     EventKind::Start,
@@ -1259,18 +1264,8 @@ impl Actor {
             return;
         };
         self.dirty = true;
-        let container = self.registry.get(alias.as_str()).map(|mut container| {
-            if let Some(info) = &mut container.supervised {
-                info.state = State::Destroyed;
-            }
-            container
-        });
-        self.registry.release(alias);
+        self.reservations.release_destroyed(alias);
         tracing::info!(%alias, "container destroyed");
-        if let Some(container) = container {
-            self.registry
-                .emit_gone(container, EventKind::Destroy, "state DESTROYED");
-        }
         for waiter in entry.waiters.drain(..) {
             match waiter {
                 Waiter::Gone(reply, subtree) => {
@@ -1300,7 +1295,7 @@ impl Actor {
 
     fn kill(&mut self, alias: &Alias) {
         if let Some(process) = self.entries.get_mut(alias).and_then(|e| e.process.as_mut()) {
-            process.kill();
+            process.kill(&*self.os);
         }
     }
 
@@ -1329,24 +1324,19 @@ impl Actor {
     }
 
     fn check_ready(&self, alias: &Alias, generation: u64) {
-        let endpoint = self
-            .registry
-            .get(alias.as_str())
-            .and_then(|c| c.spec.endpoint);
+        let endpoint = self.reservations.endpoint(alias.as_str());
         let events = self.events.clone();
         let alias = alias.clone();
-        let ca = self.config.ca_pem.clone();
         let timeout = self.entries[&alias].policy().start_timeout;
+        // A container without an endpoint proves itself by attaching.
+        let ping =
+            endpoint.map(|endpoint| self.os.ping(endpoint, self.config.ca_pem.clone(), timeout));
         tokio::spawn(async move {
-            // A container without an endpoint proves itself by attaching.
-            let result = match endpoint {
+            let result = match ping {
                 None => Ok(()),
-                Some(endpoint) => crate::probe::ping_endpoint(&endpoint, &ca, timeout)
+                Some(ping) => ping
                     .await
-                    .map(|_| ())
-                    .map_err(|status| {
-                        format!("its endpoint did not answer a ping: {}", status.message())
-                    }),
+                    .map_err(|why| format!("its endpoint did not answer a ping: {why}")),
             };
             let _ = events.send(Event::Ready {
                 alias,
@@ -1362,13 +1352,14 @@ impl Actor {
         if policy.health_interval.is_zero() {
             return None;
         }
-        let endpoint = self.registry.get(alias.as_str())?.spec.endpoint?;
+        let endpoint = self.reservations.endpoint(alias.as_str())?;
         let (stop, mut stopped) = oneshot::channel::<()>();
         let interval = policy.health_interval;
         let allowed = policy.health_failures.max(1);
         let events = self.events.clone();
         let alias = alias.clone();
         let ca = self.config.ca_pem.clone();
+        let os = self.os.clone();
         tokio::spawn(async move {
             let mut failures = 0;
             let mut ticks = tokio::time::interval(interval);
@@ -1378,15 +1369,12 @@ impl Actor {
                     _ = &mut stopped => return,
                     _ = ticks.tick() => {}
                 }
-                match crate::probe::ping_endpoint(&endpoint, &ca, interval).await {
-                    Ok(_) => failures = 0,
-                    Err(status) => {
+                match os.ping(endpoint.clone(), ca.clone(), interval).await {
+                    Ok(()) => failures = 0,
+                    Err(why) => {
                         failures += 1;
                         if failures >= allowed {
-                            let message = format!(
-                                "{failures} health checks failed, last: {}",
-                                status.message()
-                            );
+                            let message = format!("{failures} health checks failed, last: {why}");
                             let _ = events.send(Event::Unhealthy {
                                 alias,
                                 generation,
@@ -1485,17 +1473,17 @@ impl Actor {
 
     fn publish(&self) {
         for entry in self.entries.values() {
-            self.registry
-                .update_supervised(entry.snapshot(), self.holding(entry));
+            self.reservations
+                .update(entry.snapshot(), self.holding(entry));
         }
     }
 
     fn lifecycle(&self, alias: &Alias, kind: EventKind, phase: Phase, reason: &str) {
         if let Some(entry) = self.entries.get(alias) {
-            self.registry
-                .update_supervised(entry.snapshot(), self.holding(entry));
+            self.reservations
+                .update(entry.snapshot(), self.holding(entry));
         }
-        self.registry.emit_lifecycle(alias, kind, phase, reason);
+        self.reservations.lifecycle(alias, kind, phase, reason);
     }
 
     fn log_tail(&self, alias: &Alias) -> String {
@@ -1562,7 +1550,7 @@ impl Actor {
                 State::Stopped
             };
             entry.ever_ready = true;
-            if let Some(id) = saved.process.filter(|id| id.is_alive()) {
+            if let Some((id, exit)) = saved.process.and_then(|id| Some((id, self.os.adopt(id)?))) {
                 if saved.running {
                     entry.generation = 1;
                     entry.state = State::Started;
@@ -1571,13 +1559,13 @@ impl Actor {
                     let mut process = Process::new(id, 1);
                     process.detached_at = Some(process.spawned_at);
                     entry.process = Some(process);
-                    self.watch_exit(&alias, 1, process::wait_adopted(id));
+                    self.watch_exit(&alias, 1, exit);
                     tracing::info!(%alias, pid = id.pid, "adopted a running container process");
                 } else {
-                    process::signal_group(id.pid, Signal::SIGKILL);
+                    self.os.signal(id, Signal::SIGKILL);
                 }
             }
-            if let Err(error) = self.registry.reserve(entry.snapshot(), &entry.token) {
+            if let Err(error) = self.reservations.reserve(entry.snapshot(), &entry.token) {
                 tracing::error!(%alias, %error, "cannot restore a supervised container");
                 continue;
             }

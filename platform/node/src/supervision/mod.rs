@@ -10,8 +10,11 @@ mod actor;
 mod definition;
 mod logs;
 mod policy;
+mod ports;
 mod process;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -21,6 +24,7 @@ pub use self::{
     definition::{Definition, Kind, ProcessSpec, State, SupervisedSnapshot},
     logs::{LogDir, read_from, tail},
     policy::{Action, Intensity, Policy, RestartType, Solver, Strategy, error_type},
+    ports::{OsProcesses, Pending, Processes, Reservations, SpawnRequest},
     process::{Environment, Exit, ProcessId, SpawnError},
 };
 use crate::{ContainerSnapshot, Registry};
@@ -124,7 +128,12 @@ impl Supervision {
     /// and starts the supervisor.
     pub fn start(config: SupervisionConfig, registry: Arc<Registry>) -> std::io::Result<Self> {
         let logs = LogDir::new(&config.data_dir)?;
-        let commands = actor::spawn(config, registry.clone(), logs.clone())?;
+        let commands = actor::spawn(
+            config,
+            registry.clone(),
+            OsProcesses::shared(),
+            logs.clone(),
+        )?;
         Ok(Self {
             commands,
             registry,
