@@ -18,13 +18,10 @@
 #![warn(missing_docs)]
 
 mod acks;
+pub mod api;
 mod attachment;
-mod channel;
 mod dead_letters;
-mod error;
-mod files;
 mod hosting;
-pub mod identity;
 mod keeper;
 mod limits;
 pub mod link;
@@ -35,20 +32,21 @@ mod probe;
 mod push;
 mod registry;
 mod router;
-mod routing_api;
 pub mod state;
 mod stats;
 pub mod supervision;
-mod supervision_wire;
-mod supervisor;
 mod uplink;
 
 pub use self::{
     acks::AckLog,
+    api::{
+        channel::ChannelService,
+        files::{FILE_CHUNK, FilesBackend, FilesService},
+        state::StateService,
+        supervisor::{NodeIdentity, SupervisorService},
+    },
     attachment::{Attachment, Outbound},
-    channel::ChannelService,
     dead_letters::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetters},
-    files::{FILE_CHUNK, FilesBackend, FilesService},
     limits::Limits,
     node::{Node, NodeConfig, NodeError, StateBackend},
     pending::{Pending, PendingError, PendingRequests},
@@ -58,6 +56,5 @@ pub use self::{
     },
     router::Inbound,
     stats::NodeStats,
-    supervisor::{NodeIdentity, SupervisorService},
     uplink::JoinConfig,
 };

@@ -23,11 +23,9 @@ use tonic_health::ServingStatus;
 
 use crate::{
     ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
-    Registry, SupervisorService,
-    identity::{Authenticated, IdentityLayer},
-    state::{
-        Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateService,
-    },
+    Registry, StateService, SupervisorService,
+    api::identity::{Authenticated, IdentityLayer},
+    state::{Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError},
     supervision::{Environment, Policy, Supervision, SupervisionConfig},
     uplink::{self, JoinConfig, Uplink},
 };

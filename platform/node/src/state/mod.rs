@@ -11,7 +11,6 @@ mod embedded;
 mod etcd;
 mod operations;
 mod owners;
-mod service;
 mod wal;
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
@@ -24,7 +23,6 @@ pub use self::{
     etcd::{Etcd, EtcdConfig, EtcdTls, pb as etcd_v3},
     operations::{OpenWatch, Outcome, StateOp, StateOperations},
     owners::Owners,
-    service::StateService,
 };
 
 /// A store-wide revision: 0 before the first write.

@@ -7,9 +7,9 @@ use reef_proto::{ALIAS_METADATA, CREDIT_METADATA, Frame, LEASE_METADATA, channel
 use reef_routing::Routing;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{
-    DetachCause, Inbound, NodeStats, Outbound, Registry, error::ApiError, identity, keeper,
-};
+use crate::api::error::ApiError;
+use crate::api::identity;
+use crate::{DetachCause, Inbound, NodeStats, Outbound, Registry, keeper};
 
 /// Serves `Channel.Attach`: binds a registered alias to a bidirectional stream.
 #[derive(Debug, Clone)]

@@ -6,7 +6,8 @@ use reef_core::Alias;
 use reef_proto as wire;
 use reef_routing::{Group, Overflow, Routing, RuleSpec, Strategy};
 
-use crate::{Registry, error::ApiError};
+use crate::Registry;
+use crate::api::error::ApiError;
 
 /// A group as listed, with each member's state at the node.
 pub(crate) fn group_to_wire(registry: &Registry, name: &str, group: &Group) -> wire::Group {

@@ -9,29 +9,37 @@ use std::{
 };
 
 use reef_access::{Access, Action, Principal};
-use reef_core::{Alias, check_node_name, link_alias, millis, unix_ms};
+use reef_core::{Alias, unix_ms};
 use reef_proto::{
     self as wire, ContainerEventKind, LifecyclePhase, container_client::ContainerClient,
     supervisor_client::SupervisorClient, supervisor_server,
 };
 use reef_routing::Routing;
-use reef_tls::certificate_names;
 use reef_tls::tls::NodeTls;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::api::error::ApiError;
+use crate::api::{identity, routing as routing_api, supervision as convert};
 use crate::{
     ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Registry, RegistryEvent,
-    error::ApiError,
-    hosting, identity,
+    hosting,
     link::{ChildNodes, NodeEndpoint},
     probe::{connect_endpoint, endpoint_host, ping_endpoint},
     push::PushTickets,
-    routing_api,
     supervision::{Failure, State, Supervision},
-    supervision_wire as convert,
+};
+
+mod lifecycle;
+mod links;
+mod logs;
+mod snapshots;
+
+use self::{
+    lifecycle::{batch_result, on_behalf_of},
+    snapshots::{build_tree, container_event, container_info},
 };
 
 /// How long a container may take to answer Container.Status for a caller.
@@ -104,19 +112,6 @@ impl SupervisorService {
         }
     }
 
-    /// A client for child node `child` at `hop`, presenting this node's certificate.
-    async fn child_node(
-        &self,
-        child: &str,
-        hop: &NodeEndpoint,
-    ) -> Result<SupervisorClient<tonic::transport::Channel>, Status> {
-        let identity = Some(self.tls.pki().server().clone());
-        let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, identity, FORWARD_TIMEOUT)
-            .await
-            .map_err(|status| Status::unavailable(format!("node {child}: {}", status.message())))?;
-        Ok(SupervisorClient::new(channel))
-    }
-
     /// A client for `alias`'s own endpoint (reef.v1.Container), for `caller`, who must
     /// be allowed to send to it: asking a container something is as much as messaging
     /// it. The node presents its own certificate, as to a child node.
@@ -159,40 +154,6 @@ impl SupervisorService {
         Ok(ContainerClient::new(channel))
     }
 
-    /// A client for the child node below which container `alias` lives, if it lives
-    /// below this node: lifecycle calls and logs for it go there, hop by hop.
-    async fn node_below(
-        &self,
-        alias: &str,
-    ) -> Result<Option<SupervisorClient<tonic::transport::Channel>>, Status> {
-        match self.children.below(&self.registry, alias) {
-            None => Ok(None),
-            Some((child, hop)) => self.child_node(&child, &hop).await.map(Some),
-        }
-    }
-
-    /// Sends `request` for another node down the tree, towards that node.
-    async fn forward_create(
-        &self,
-        caller: &Principal,
-        request: wire::CreateRequest,
-    ) -> Result<wire::CreateResponse, Status> {
-        let (child, hop) = self
-            .children
-            .next_hop(&self.registry, &request.node)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no node named {:?} is linked below node {:?}",
-                    request.node, self.node.name
-                ))
-            })?;
-        let mut node = self.child_node(&child, &hop).await?;
-        Ok(node
-            .create(on_behalf_of(caller, request)?)
-            .await?
-            .into_inner())
-    }
-
     /// Refuses a caller that does not hold `alias`'s lease.
     fn authenticate(&self, alias: &str, lease: &str) -> Result<(), Status> {
         match self.registry.holds_lease(alias, lease) {
@@ -203,209 +164,11 @@ impl SupervisorService {
         }
     }
 
-    /// Joins a created container to the groups its definition names.
-    fn join_groups(&self, alias: &str, groups: &[String]) -> Result<(), Status> {
-        for group in groups {
-            routing_api::join_group(
-                &self.routing,
-                &self.registry,
-                wire::JoinGroupRequest {
-                    group: group.clone(),
-                    aliases: vec![alias.to_owned()],
-                },
-            )?;
-        }
-        Ok(())
-    }
-
-    async fn create_one(
-        &self,
-        caller: &Principal,
-        request: wire::CreateRequest,
-    ) -> Result<wire::CreateResponse, Status> {
-        if !request.node.is_empty() && request.node != self.node.name {
-            return self.forward_create(caller, request).await;
-        }
-        let raw = request
-            .definition
-            .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
-        let parent = (!raw.parent.is_empty()).then_some(raw.parent.as_str());
-        self.check_subtree(caller, Action::Create, &raw.alias, parent)?;
-        let groups = raw.groups.clone();
-        let alias = raw.alias.clone();
-        let policy = raw.overflow;
-        let created = self.create_container(raw, request.flags).await?;
-        self.join_groups(&alias, &groups)?;
-        if policy != 0 {
-            routing_api::set_overflow(&self.routing, wire::SetOverflowRequest { alias, policy })?;
-        }
-        Ok(created)
-    }
-
-    async fn create_container(
-        &self,
-        raw: wire::ContainerDefinition,
-        flags: i32,
-    ) -> Result<wire::CreateResponse, Status> {
-        if let Some(task) = convert::task_definition(&raw)? {
-            let (container, created) =
-                hosting::start_task(&self.registry, self.tls.pki().ca_pem(), task).await?;
-            return Ok(wire::CreateResponse {
-                container: Some(container_info(container)),
-                created,
-            });
-        }
-        let definition = convert::definition(raw)?;
-        let flag = convert::create_flag(flags)?;
-        let (container, created) = self
-            .supervision
-            .create(definition, flag)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(wire::CreateResponse {
-            container: Some(container_info(container)),
-            created,
-        })
-    }
-
-    async fn destroy_one(
-        &self,
-        caller: &Principal,
-        request: wire::DestroyRequest,
-    ) -> Result<wire::DestroyResponse, Status> {
-        let alias = parse_alias(&request.alias)?;
-        if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return Ok(node
-                .destroy(on_behalf_of(caller, request)?)
-                .await?
-                .into_inner());
-        }
-        self.check_subtree(caller, Action::Destroy, alias.as_str(), None)?;
-        let mode = convert::stop_mode(request.flags)?;
-        if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
-            hosting::stop_task(&self.registry, self.tls.pki().ca_pem(), &alias, &task.host).await?;
-            self.routing.forget_member(&alias);
-            return Ok(wire::DestroyResponse {
-                destroyed: vec![alias.to_string()],
-            });
-        }
-        let destroyed = self
-            .supervision
-            .destroy(alias, mode)
-            .await
-            .map_err(ApiError::from)?;
-        for alias in &destroyed {
-            self.routing.forget_member(alias);
-        }
-        Ok(wire::DestroyResponse {
-            destroyed: destroyed.into_iter().map(String::from).collect(),
-        })
-    }
-
-    /// Start, Stop and Restart act on processes; a task's host restarts it.
-    fn refuse_task(&self, alias: &Alias, what: &str) -> Result<(), Status> {
-        match self.registry.get(alias.as_str()).and_then(|c| c.task) {
-            Some(task) => Err(Status::failed_precondition(format!(
-                "{alias} is a task container in {}: it cannot be {what} on its own (its host restarts it after a panic); destroy and create it instead",
-                task.host
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// Checks `caller` doing `action` to `alias`, which rules on its supervision
-    /// ancestors cover too (from `parent` on, for one not registered yet).
-    fn check_subtree(
-        &self,
-        caller: &Principal,
-        action: Action,
-        alias: &str,
-        parent: Option<&str>,
-    ) -> Result<(), ApiError> {
-        Ok(self
-            .access
-            .check_subtree(&*self.registry, caller, action, alias, parent)?)
-    }
-
     /// Checks `caller` changing routing (`what`: `group:NAME`, `rule:ID`, `firewall`, an
     /// alias's overflow policy).
     fn check_configure<T>(&self, request: &Request<T>, what: &str) -> Result<(), ApiError> {
         identity::check_caller(&self.access, request, Action::Configure, what)
     }
-
-    async fn start_one(
-        &self,
-        caller: &Principal,
-        request: wire::StartRequest,
-    ) -> Result<wire::StartResponse, Status> {
-        let alias = parse_alias(&request.alias)?;
-        if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return Ok(node
-                .start(on_behalf_of(caller, request)?)
-                .await?
-                .into_inner());
-        }
-        self.check_subtree(caller, Action::Start, alias.as_str(), None)?;
-        self.refuse_task(&alias, "started")?;
-        let container = self
-            .supervision
-            .start_container(alias)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(wire::StartResponse {
-            container: Some(container_info(container)),
-        })
-    }
-
-    async fn stop_one(
-        &self,
-        caller: &Principal,
-        request: wire::StopRequest,
-    ) -> Result<wire::StopResponse, Status> {
-        let alias = parse_alias(&request.alias)?;
-        if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return Ok(node
-                .stop(on_behalf_of(caller, request)?)
-                .await?
-                .into_inner());
-        }
-        self.check_subtree(caller, Action::Stop, alias.as_str(), None)?;
-        self.refuse_task(&alias, "stopped")?;
-        let mode = convert::stop_mode(request.flags)?;
-        let container = self
-            .supervision
-            .stop(alias, mode)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(wire::StopResponse {
-            container: Some(container_info(container)),
-        })
-    }
-}
-
-/// One operation's outcome, as Batch and Host report it.
-fn batch_result(alias: String, outcome: Result<(), Status>) -> wire::BatchResult {
-    let (code, message) = match outcome {
-        Ok(()) => (0, String::new()),
-        Err(status) => (status.code() as i32, status.message().to_owned()),
-    };
-    wire::BatchResult {
-        alias,
-        code,
-        message,
-    }
-}
-
-/// `message` as a call a node forwards on behalf of `caller`, whose rights the node that
-/// acts checks (see `reef_proto::ON_BEHALF_OF_METADATA`).
-fn on_behalf_of<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
-    let acting_for = tonic::metadata::MetadataValue::try_from(caller.to_string())
-        .map_err(|_| Status::invalid_argument(format!("{caller} cannot go in metadata")))?;
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(reef_proto::ON_BEHALF_OF_METADATA, acting_for);
-    Ok(request)
 }
 
 fn parse_alias(raw: &str) -> Result<Alias, Status> {
@@ -422,123 +185,14 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::RegisterRequest>,
     ) -> Result<Response<wire::RegisterResponse>, Status> {
-        let caller = identity::caller(&request);
-        let request = request.into_inner();
-        let token = (!request.token.is_empty()).then(|| request.token.clone());
-        let spec = container_spec(request)?;
-        reef_access::check_claim(&caller, spec.alias.as_str()).map_err(ApiError::from)?;
-        // A supervised container's alias is claimed with its token (checked by the
-        // registry); any other registration creates a container.
-        if self
-            .registry
-            .get(spec.alias.as_str())
-            .is_none_or(|existing| existing.supervised.is_none())
-        {
-            let parent = spec.parent.as_ref().map(|p| p.as_str());
-            self.check_subtree(&caller, Action::Create, spec.alias.as_str(), parent)?;
-        }
-        let certified = match &spec.endpoint {
-            Some(endpoint) => {
-                let host = endpoint_host(endpoint)?;
-                Some(
-                    self.tls
-                        .pki()
-                        .issue(
-                            spec.alias.as_str(),
-                            &[host],
-                            &reef_tls::container_identity(spec.alias.as_str()),
-                        )
-                        .map_err(ApiError::from)?,
-                )
-            }
-            None => None,
-        };
-        let alias = spec.alias.clone();
-        let lease = self
-            .registry
-            .register(spec, token.as_deref())
-            .map_err(ApiError::from)?;
-        tracing::info!(%alias, "registered");
-        let limits = self.registry.limits();
-        let (endpoint_cert_pem, endpoint_key_pem) =
-            certified.map_or_else(Default::default, |c| (c.cert_pem, c.key_pem));
-        Ok(Response::new(wire::RegisterResponse {
-            lease,
-            heartbeat_interval_ms: millis(limits.heartbeat_interval),
-            heartbeat_timeout_ms: millis(limits.heartbeat_timeout),
-            max_payload_bytes: limits.max_payload_bytes as u32,
-            node: self.node.name.clone(),
-            endpoint_cert_pem,
-            endpoint_key_pem,
-            max_frame_bytes: limits.max_frame_bytes as u32,
-            attach_timeout_ms: millis(limits.attach_timeout),
-        }))
+        self.serve_register(request).await
     }
 
     async fn join(
         &self,
         request: Request<wire::JoinRequest>,
     ) -> Result<Response<wire::JoinResponse>, Status> {
-        let leaf = identity::peer_leaf(&request);
-        let request = request.into_inner();
-        check_node_name(&request.node).map_err(Status::invalid_argument)?;
-        // Only a node holding a certificate for its name may link under it (the TLS
-        // handshake already checked that the cluster's CA signed it).
-        let identity = reef_tls::node_identity(&request.node);
-        if !self.node.insecure && !leaf.is_some_and(|leaf| certificate_names(&leaf, &identity)) {
-            return Err(Status::permission_denied(format!(
-                "joining as node {:?} needs a client certificate naming {identity} from this cluster's CA (reef ca issue)",
-                request.node
-            )));
-        }
-        if request.node == self.node.name {
-            return Err(Status::invalid_argument(format!(
-                "node {:?} cannot join a node of the same name",
-                request.node
-            )));
-        }
-        if request.session.is_empty() || request.session.len() > 64 {
-            return Err(Status::invalid_argument(
-                "JoinRequest.session must be 1-64 characters, new for each start of the node",
-            ));
-        }
-        let endpoint = match request.endpoint.is_empty() {
-            true => None,
-            false => {
-                endpoint_host(&request.endpoint)?;
-                Some(request.endpoint.clone())
-            }
-        };
-        let alias = Alias::parse(&link_alias(&request.node))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let spec = ContainerSpec {
-            alias: alias.clone(),
-            name: "node".to_owned(),
-            parent: None,
-            endpoint: endpoint.clone(),
-            pid: None,
-            labels: [("reef.node".to_owned(), request.node.clone())].into(),
-        };
-        let lease = self
-            .registry
-            .join_link(spec, &request.session)
-            .map_err(ApiError::from)?;
-        if let Some(endpoint) = endpoint {
-            self.children.record(
-                &request.node,
-                NodeEndpoint {
-                    endpoint,
-                    ca_pem: request.ca_pem,
-                },
-            );
-        }
-        tracing::info!(node = %request.node, "a child node joined");
-        Ok(Response::new(wire::JoinResponse {
-            alias: alias.to_string(),
-            lease,
-            node: self.node.name.clone(),
-            session: self.node.session.clone(),
-        }))
+        self.serve_join(request).await
     }
 
     async fn deregister(
@@ -1080,175 +734,6 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::LogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
-        let request = request.into_inner();
-        if let Some(mut node) = self.node_below(&request.alias).await? {
-            let chunks = node.logs(request).await?.into_inner();
-            return Ok(Response::new(Box::pin(chunks)));
-        }
-        let path = self.supervision.log_path(&request.alias).ok_or_else(|| {
-            Status::not_found(format!(
-                "no supervised container is called {:?}",
-                request.alias
-            ))
-        })?;
-        let tail = match request.tail_bytes {
-            0 => DEFAULT_LOG_TAIL,
-            bytes => bytes,
-        };
-        let (first, mut offset) = match crate::supervision::tail(&path, tail) {
-            Ok(read) => read,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
-            Err(error) => return Err(Status::internal(format!("cannot read the log: {error}"))),
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let supervision = self.supervision.clone();
-        let alias = request.alias;
-        tokio::spawn(async move {
-            if !first.is_empty()
-                && tx
-                    .send(Ok(wire::LogChunk { data: first.into() }))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-            while request.follow && supervision.log_path(&alias).is_some() {
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(LOG_POLL) => {}
-                }
-                let Ok((bytes, next)) = crate::supervision::read_from(&path, offset, LOG_CHUNK)
-                else {
-                    continue;
-                };
-                offset = next;
-                if !bytes.is_empty()
-                    && tx
-                        .send(Ok(wire::LogChunk { data: bytes.into() }))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        self.serve_logs(request).await
     }
-}
-
-fn container_spec(request: wire::RegisterRequest) -> Result<ContainerSpec, Status> {
-    let invalid = |e: reef_core::InvalidAlias| Status::invalid_argument(e.to_string());
-    let alias = Alias::parse(&request.alias).map_err(invalid)?;
-    let parent = match request.parent.as_str() {
-        "" => None,
-        raw => Some(Alias::parse(raw).map_err(invalid)?),
-    };
-    if parent.as_ref() == Some(&alias) {
-        return Err(Status::invalid_argument(format!(
-            "{alias} cannot be its own parent"
-        )));
-    }
-    let endpoint = match request.endpoint.as_str() {
-        "" => None,
-        raw => {
-            endpoint_host(raw)?;
-            Some(raw.to_owned())
-        }
-    };
-    Ok(ContainerSpec {
-        alias,
-        name: request.name,
-        parent,
-        endpoint,
-        pid: (request.pid != 0).then_some(request.pid),
-        labels: request.labels.into_iter().collect(),
-    })
-}
-
-fn container_info(snapshot: ContainerSnapshot) -> wire::ContainerInfo {
-    let supervised = match (&snapshot.supervised, &snapshot.task) {
-        (Some(supervised), _) => Some(convert::supervised_info(supervised)),
-        (None, Some(task)) => Some(convert::task_info(&snapshot.spec, task)),
-        (None, None) => None,
-    };
-    let spec = snapshot.spec;
-    wire::ContainerInfo {
-        alias: spec.alias.to_string(),
-        name: spec.name,
-        parent: spec.parent.map(|p| p.to_string()).unwrap_or_default(),
-        endpoint: spec.endpoint.unwrap_or_default(),
-        pid: spec.pid.unwrap_or(0),
-        labels: spec.labels.into_iter().collect(),
-        attached: snapshot.attached,
-        registered_at_unix_ms: unix_ms(snapshot.registered_at),
-        envelopes_in: snapshot.envelopes_in,
-        envelopes_out: snapshot.envelopes_out,
-        supervised,
-        queue_depth: snapshot.queued,
-        answered: Some((&snapshot.answered).into()),
-    }
-}
-
-fn container_event(event: RegistryEvent) -> wire::ContainerEvent {
-    let kind = match event.kind {
-        EventKind::Registered => ContainerEventKind::Registered,
-        EventKind::Attached => ContainerEventKind::Attached,
-        EventKind::Detached => ContainerEventKind::Detached,
-        EventKind::Deregistered => ContainerEventKind::Deregistered,
-        EventKind::Create => ContainerEventKind::Create,
-        EventKind::Start => ContainerEventKind::Start,
-        EventKind::Stop => ContainerEventKind::Stop,
-        EventKind::Fail => ContainerEventKind::Fail,
-        EventKind::Destroy => ContainerEventKind::Destroy,
-        EventKind::Restart => ContainerEventKind::Restart,
-        EventKind::Solve => ContainerEventKind::Solve,
-    };
-    let phase = match event.phase {
-        None => LifecyclePhase::Unspecified,
-        Some(Phase::Before) => LifecyclePhase::Before,
-        Some(Phase::On) => LifecyclePhase::On,
-        Some(Phase::After) => LifecyclePhase::After,
-    };
-    wire::ContainerEvent {
-        kind: kind as i32,
-        container: Some(container_info(event.container)),
-        reason: event.reason,
-        at_unix_ms: unix_ms(event.at),
-        phase: phase as i32,
-    }
-}
-
-/// Nests containers under their parents; a container whose parent is not registered is
-/// a root, so nothing is hidden.
-fn build_tree(containers: Vec<ContainerSnapshot>) -> Vec<wire::ContainerNode> {
-    let known: std::collections::HashSet<String> = containers
-        .iter()
-        .map(|c| c.spec.alias.to_string())
-        .collect();
-    let mut children: HashMap<String, Vec<ContainerSnapshot>> = HashMap::new();
-    let mut roots = Vec::new();
-    for container in containers {
-        match &container.spec.parent {
-            Some(parent) if known.contains(parent.as_str()) => children
-                .entry(parent.to_string())
-                .or_default()
-                .push(container),
-            _ => roots.push(container),
-        }
-    }
-    fn nest(
-        container: ContainerSnapshot,
-        children: &mut HashMap<String, Vec<ContainerSnapshot>>,
-    ) -> wire::ContainerNode {
-        let below = children
-            .remove(container.spec.alias.as_str())
-            .unwrap_or_default();
-        wire::ContainerNode {
-            container: Some(container_info(container)),
-            children: below.into_iter().map(|c| nest(c, children)).collect(),
-        }
-    }
-    roots.into_iter().map(|c| nest(c, &mut children)).collect()
 }

@@ -28,7 +28,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::{codegen::http, transport::server::Connected};
 use tower::{Layer, Service};
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// What a connection's client certificate says, read once at accept.
 #[derive(Debug, Clone)]

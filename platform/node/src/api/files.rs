@@ -11,7 +11,8 @@ use reef_proto::{self as wire, files_server, write_file_request::Part};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{error::ApiError, identity};
+use crate::api::error::ApiError;
+use crate::api::identity;
 
 /// The largest chunk a read streams (and a write should send).
 pub const FILE_CHUNK: usize = 256 << 10;

@@ -9,11 +9,11 @@ use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use super::{
+use crate::api::identity;
+use crate::state::{
     Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Outcome, Owners,
     Revision, StateError, StateOp, StateOperations, Txn, TxnOutcome,
 };
-use crate::identity;
 
 /// Trailing metadata on OUT_OF_RANGE for a compacted revision: the oldest revision kept.
 pub const FIRST_REVISION_METADATA: &str = "reef-first-revision";
@@ -195,7 +195,7 @@ impl StateService {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        super::validate_key(&request.key).map_err(status)?;
+        crate::state::validate_key(&request.key).map_err(status)?;
         let (kv, revision) = self
             .backend
             .get(&namespace, &request.key)
@@ -291,7 +291,7 @@ impl StateService {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        super::validate_prefix(&request.prefix).map_err(status)?;
+        crate::state::validate_prefix(&request.prefix).map_err(status)?;
         let limit = match request.limit as usize {
             0 => MAX_PAGE_KEYS,
             limit => limit.min(MAX_PAGE_KEYS),
@@ -384,7 +384,7 @@ impl StateService {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        super::validate_prefix(&request.prefix).map_err(status)?;
+        crate::state::validate_prefix(&request.prefix).map_err(status)?;
         let start = match revision(request.start_revision, "start_revision")? {
             0 => None,
             start => Some(start),

@@ -1,0 +1,251 @@
+//! Create, destroy, start and stop as the node carries them out: here, or forwarded to
+//! the child node below which the container lives.
+
+use super::*;
+
+impl SupervisorService {
+    /// A client for child node `child` at `hop`, presenting this node's certificate.
+    pub(super) async fn child_node(
+        &self,
+        child: &str,
+        hop: &NodeEndpoint,
+    ) -> Result<SupervisorClient<tonic::transport::Channel>, Status> {
+        let identity = Some(self.tls.pki().server().clone());
+        let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, identity, FORWARD_TIMEOUT)
+            .await
+            .map_err(|status| Status::unavailable(format!("node {child}: {}", status.message())))?;
+        Ok(SupervisorClient::new(channel))
+    }
+
+    /// A client for the child node below which container `alias` lives, if it lives
+    /// below this node: lifecycle calls and logs for it go there, hop by hop.
+    pub(super) async fn node_below(
+        &self,
+        alias: &str,
+    ) -> Result<Option<SupervisorClient<tonic::transport::Channel>>, Status> {
+        match self.children.below(&self.registry, alias) {
+            None => Ok(None),
+            Some((child, hop)) => self.child_node(&child, &hop).await.map(Some),
+        }
+    }
+
+    /// Sends `request` for another node down the tree, towards that node.
+    pub(super) async fn forward_create(
+        &self,
+        caller: &Principal,
+        request: wire::CreateRequest,
+    ) -> Result<wire::CreateResponse, Status> {
+        let (child, hop) = self
+            .children
+            .next_hop(&self.registry, &request.node)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no node named {:?} is linked below node {:?}",
+                    request.node, self.node.name
+                ))
+            })?;
+        let mut node = self.child_node(&child, &hop).await?;
+        Ok(node
+            .create(on_behalf_of(caller, request)?)
+            .await?
+            .into_inner())
+    }
+
+    /// Joins a created container to the groups its definition names.
+    pub(super) fn join_groups(&self, alias: &str, groups: &[String]) -> Result<(), Status> {
+        for group in groups {
+            routing_api::join_group(
+                &self.routing,
+                &self.registry,
+                wire::JoinGroupRequest {
+                    group: group.clone(),
+                    aliases: vec![alias.to_owned()],
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create_one(
+        &self,
+        caller: &Principal,
+        request: wire::CreateRequest,
+    ) -> Result<wire::CreateResponse, Status> {
+        if !request.node.is_empty() && request.node != self.node.name {
+            return self.forward_create(caller, request).await;
+        }
+        let raw = request
+            .definition
+            .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
+        let parent = (!raw.parent.is_empty()).then_some(raw.parent.as_str());
+        self.check_subtree(caller, Action::Create, &raw.alias, parent)?;
+        let groups = raw.groups.clone();
+        let alias = raw.alias.clone();
+        let policy = raw.overflow;
+        let created = self.create_container(raw, request.flags).await?;
+        self.join_groups(&alias, &groups)?;
+        if policy != 0 {
+            routing_api::set_overflow(&self.routing, wire::SetOverflowRequest { alias, policy })?;
+        }
+        Ok(created)
+    }
+
+    pub(super) async fn create_container(
+        &self,
+        raw: wire::ContainerDefinition,
+        flags: i32,
+    ) -> Result<wire::CreateResponse, Status> {
+        if let Some(task) = convert::task_definition(&raw)? {
+            let (container, created) =
+                hosting::start_task(&self.registry, self.tls.pki().ca_pem(), task).await?;
+            return Ok(wire::CreateResponse {
+                container: Some(container_info(container)),
+                created,
+            });
+        }
+        let definition = convert::definition(raw)?;
+        let flag = convert::create_flag(flags)?;
+        let (container, created) = self
+            .supervision
+            .create(definition, flag)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(wire::CreateResponse {
+            container: Some(container_info(container)),
+            created,
+        })
+    }
+
+    pub(super) async fn destroy_one(
+        &self,
+        caller: &Principal,
+        request: wire::DestroyRequest,
+    ) -> Result<wire::DestroyResponse, Status> {
+        let alias = parse_alias(&request.alias)?;
+        if let Some(mut node) = self.node_below(alias.as_str()).await? {
+            return Ok(node
+                .destroy(on_behalf_of(caller, request)?)
+                .await?
+                .into_inner());
+        }
+        self.check_subtree(caller, Action::Destroy, alias.as_str(), None)?;
+        let mode = convert::stop_mode(request.flags)?;
+        if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
+            hosting::stop_task(&self.registry, self.tls.pki().ca_pem(), &alias, &task.host).await?;
+            self.routing.forget_member(&alias);
+            return Ok(wire::DestroyResponse {
+                destroyed: vec![alias.to_string()],
+            });
+        }
+        let destroyed = self
+            .supervision
+            .destroy(alias, mode)
+            .await
+            .map_err(ApiError::from)?;
+        for alias in &destroyed {
+            self.routing.forget_member(alias);
+        }
+        Ok(wire::DestroyResponse {
+            destroyed: destroyed.into_iter().map(String::from).collect(),
+        })
+    }
+
+    /// Start, Stop and Restart act on processes; a task's host restarts it.
+    pub(super) fn refuse_task(&self, alias: &Alias, what: &str) -> Result<(), Status> {
+        match self.registry.get(alias.as_str()).and_then(|c| c.task) {
+            Some(task) => Err(Status::failed_precondition(format!(
+                "{alias} is a task container in {}: it cannot be {what} on its own (its host restarts it after a panic); destroy and create it instead",
+                task.host
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks `caller` doing `action` to `alias`, which rules on its supervision
+    /// ancestors cover too (from `parent` on, for one not registered yet).
+    pub(super) fn check_subtree(
+        &self,
+        caller: &Principal,
+        action: Action,
+        alias: &str,
+        parent: Option<&str>,
+    ) -> Result<(), ApiError> {
+        Ok(self
+            .access
+            .check_subtree(&*self.registry, caller, action, alias, parent)?)
+    }
+
+    pub(super) async fn start_one(
+        &self,
+        caller: &Principal,
+        request: wire::StartRequest,
+    ) -> Result<wire::StartResponse, Status> {
+        let alias = parse_alias(&request.alias)?;
+        if let Some(mut node) = self.node_below(alias.as_str()).await? {
+            return Ok(node
+                .start(on_behalf_of(caller, request)?)
+                .await?
+                .into_inner());
+        }
+        self.check_subtree(caller, Action::Start, alias.as_str(), None)?;
+        self.refuse_task(&alias, "started")?;
+        let container = self
+            .supervision
+            .start_container(alias)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(wire::StartResponse {
+            container: Some(container_info(container)),
+        })
+    }
+
+    pub(super) async fn stop_one(
+        &self,
+        caller: &Principal,
+        request: wire::StopRequest,
+    ) -> Result<wire::StopResponse, Status> {
+        let alias = parse_alias(&request.alias)?;
+        if let Some(mut node) = self.node_below(alias.as_str()).await? {
+            return Ok(node
+                .stop(on_behalf_of(caller, request)?)
+                .await?
+                .into_inner());
+        }
+        self.check_subtree(caller, Action::Stop, alias.as_str(), None)?;
+        self.refuse_task(&alias, "stopped")?;
+        let mode = convert::stop_mode(request.flags)?;
+        let container = self
+            .supervision
+            .stop(alias, mode)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(wire::StopResponse {
+            container: Some(container_info(container)),
+        })
+    }
+}
+
+/// One operation's outcome, as Batch and Host report it.
+pub(super) fn batch_result(alias: String, outcome: Result<(), Status>) -> wire::BatchResult {
+    let (code, message) = match outcome {
+        Ok(()) => (0, String::new()),
+        Err(status) => (status.code() as i32, status.message().to_owned()),
+    };
+    wire::BatchResult {
+        alias,
+        code,
+        message,
+    }
+}
+
+/// `message` as a call a node forwards on behalf of `caller`, whose rights the node that
+/// acts checks (see `reef_proto::ON_BEHALF_OF_METADATA`).
+pub(super) fn on_behalf_of<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
+    let acting_for = tonic::metadata::MetadataValue::try_from(caller.to_string())
+        .map_err(|_| Status::invalid_argument(format!("{caller} cannot go in metadata")))?;
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(reef_proto::ON_BEHALF_OF_METADATA, acting_for);
+    Ok(request)
+}

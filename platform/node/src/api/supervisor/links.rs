@@ -1,0 +1,132 @@
+//! Register and Join: containers and child nodes announce themselves; each gets a lease
+//! and, over TLS, the certificate its endpoint serves.
+
+use reef_core::{check_node_name, link_alias, millis};
+use reef_tls::certificate_names;
+
+use super::{snapshots::container_spec, *};
+
+impl SupervisorService {
+    pub(super) async fn serve_join(
+        &self,
+        request: Request<wire::JoinRequest>,
+    ) -> Result<Response<wire::JoinResponse>, Status> {
+        let leaf = identity::peer_leaf(&request);
+        let request = request.into_inner();
+        check_node_name(&request.node).map_err(Status::invalid_argument)?;
+        // Only a node holding a certificate for its name may link under it (the TLS
+        // handshake already checked that the cluster's CA signed it).
+        let identity = reef_tls::node_identity(&request.node);
+        if !self.node.insecure && !leaf.is_some_and(|leaf| certificate_names(&leaf, &identity)) {
+            return Err(Status::permission_denied(format!(
+                "joining as node {:?} needs a client certificate naming {identity} from this cluster's CA (reef ca issue)",
+                request.node
+            )));
+        }
+        if request.node == self.node.name {
+            return Err(Status::invalid_argument(format!(
+                "node {:?} cannot join a node of the same name",
+                request.node
+            )));
+        }
+        if request.session.is_empty() || request.session.len() > 64 {
+            return Err(Status::invalid_argument(
+                "JoinRequest.session must be 1-64 characters, new for each start of the node",
+            ));
+        }
+        let endpoint = match request.endpoint.is_empty() {
+            true => None,
+            false => {
+                endpoint_host(&request.endpoint)?;
+                Some(request.endpoint.clone())
+            }
+        };
+        let alias = Alias::parse(&link_alias(&request.node))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spec = ContainerSpec {
+            alias: alias.clone(),
+            name: "node".to_owned(),
+            parent: None,
+            endpoint: endpoint.clone(),
+            pid: None,
+            labels: [("reef.node".to_owned(), request.node.clone())].into(),
+        };
+        let lease = self
+            .registry
+            .join_link(spec, &request.session)
+            .map_err(ApiError::from)?;
+        if let Some(endpoint) = endpoint {
+            self.children.record(
+                &request.node,
+                NodeEndpoint {
+                    endpoint,
+                    ca_pem: request.ca_pem,
+                },
+            );
+        }
+        tracing::info!(node = %request.node, "a child node joined");
+        Ok(Response::new(wire::JoinResponse {
+            alias: alias.to_string(),
+            lease,
+            node: self.node.name.clone(),
+            session: self.node.session.clone(),
+        }))
+    }
+
+    pub(super) async fn serve_register(
+        &self,
+        request: Request<wire::RegisterRequest>,
+    ) -> Result<Response<wire::RegisterResponse>, Status> {
+        let caller = identity::caller(&request);
+        let request = request.into_inner();
+        let token = (!request.token.is_empty()).then(|| request.token.clone());
+        let spec = container_spec(request)?;
+        reef_access::check_claim(&caller, spec.alias.as_str()).map_err(ApiError::from)?;
+        // A supervised container's alias is claimed with its token (checked by the
+        // registry); any other registration creates a container.
+        if self
+            .registry
+            .get(spec.alias.as_str())
+            .is_none_or(|existing| existing.supervised.is_none())
+        {
+            let parent = spec.parent.as_ref().map(|p| p.as_str());
+            self.check_subtree(&caller, Action::Create, spec.alias.as_str(), parent)?;
+        }
+        let certified = match &spec.endpoint {
+            Some(endpoint) => {
+                let host = endpoint_host(endpoint)?;
+                Some(
+                    self.tls
+                        .pki()
+                        .issue(
+                            spec.alias.as_str(),
+                            &[host],
+                            &reef_tls::container_identity(spec.alias.as_str()),
+                        )
+                        .map_err(ApiError::from)?,
+                )
+            }
+            None => None,
+        };
+        let alias = spec.alias.clone();
+        let lease = self
+            .registry
+            .register(spec, token.as_deref())
+            .map_err(ApiError::from)?;
+        tracing::info!(%alias, "registered");
+        let limits = self.registry.limits();
+        let (endpoint_cert_pem, endpoint_key_pem) =
+            certified.map_or_else(Default::default, |c| (c.cert_pem, c.key_pem));
+        Ok(Response::new(wire::RegisterResponse {
+            lease,
+            heartbeat_interval_ms: millis(limits.heartbeat_interval),
+            heartbeat_timeout_ms: millis(limits.heartbeat_timeout),
+            max_payload_bytes: limits.max_payload_bytes as u32,
+            node: self.node.name.clone(),
+            endpoint_cert_pem,
+            endpoint_key_pem,
+            max_frame_bytes: limits.max_frame_bytes as u32,
+            attach_timeout_ms: millis(limits.attach_timeout),
+        }))
+    }
+}

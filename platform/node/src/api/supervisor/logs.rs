@@ -1,0 +1,66 @@
+//! Supervisor.Logs: a container's log file, from an offset or its tail, followed as it grows.
+
+use super::*;
+
+impl SupervisorService {
+    pub(super) async fn serve_logs(
+        &self,
+        request: Request<wire::LogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let request = request.into_inner();
+        if let Some(mut node) = self.node_below(&request.alias).await? {
+            let chunks = node.logs(request).await?.into_inner();
+            return Ok(Response::new(Box::pin(chunks)));
+        }
+        let path = self.supervision.log_path(&request.alias).ok_or_else(|| {
+            Status::not_found(format!(
+                "no supervised container is called {:?}",
+                request.alias
+            ))
+        })?;
+        let tail = match request.tail_bytes {
+            0 => DEFAULT_LOG_TAIL,
+            bytes => bytes,
+        };
+        let (first, mut offset) = match crate::supervision::tail(&path, tail) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
+            Err(error) => return Err(Status::internal(format!("cannot read the log: {error}"))),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let supervision = self.supervision.clone();
+        let alias = request.alias;
+        tokio::spawn(async move {
+            if !first.is_empty()
+                && tx
+                    .send(Ok(wire::LogChunk { data: first.into() }))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            while request.follow && supervision.log_path(&alias).is_some() {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(LOG_POLL) => {}
+                }
+                let Ok((bytes, next)) = crate::supervision::read_from(&path, offset, LOG_CHUNK)
+                else {
+                    continue;
+                };
+                offset = next;
+                if !bytes.is_empty()
+                    && tx
+                        .send(Ok(wire::LogChunk { data: bytes.into() }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,279 @@
+//! Commands from the handle (`Supervision`): create, destroy, start, stop, restart.
+
+use super::*;
+
+impl Actor {
+    pub(super) fn command(&mut self, command: Command) {
+        match command {
+            Command::Create {
+                definition,
+                flag,
+                reply,
+            } => self.create(*definition, flag, reply),
+            Command::Destroy { alias, mode, reply } => self.destroy(alias, mode, reply),
+            Command::Start { alias, reply } => self.start(alias, reply),
+            Command::Stop { alias, mode, reply } => self.stop(alias, mode, reply),
+            Command::Restart { alias, reply } => self.restart(alias, reply),
+            Command::Fail {
+                alias,
+                failure,
+                reply,
+            } => {
+                let known = self.entries.contains_key(&alias);
+                if known {
+                    self.failure(&alias, failure);
+                }
+                let _ = reply.send(match known {
+                    true => Ok(()),
+                    false => Err(SupervisionError::NotFound(alias.to_string())),
+                });
+            }
+            Command::Shutdown { grace, reply } => {
+                tracing::info!(containers = self.entries.len(), "stopping every container");
+                self.shutdown = Some((Instant::now() + grace, reply));
+            }
+        }
+    }
+
+    pub(super) fn refuse_while_shutting_down<T>(&self, reply: Reply<T>) -> Option<Reply<T>> {
+        if self.shutdown.is_some() {
+            let _ = reply.send(Err(SupervisionError::ShuttingDown));
+            return None;
+        }
+        Some(reply)
+    }
+
+    pub(super) fn create(&mut self, definition: Definition, flag: CreateFlag, reply: Reply<bool>) {
+        let Some(reply) = self.refuse_while_shutting_down(reply) else {
+            return;
+        };
+        if let Some(parent) = &definition.parent
+            && self.entries.contains_key(&definition.alias)
+            && self
+                .subtree_deepest_first(&definition.alias)
+                .contains(parent)
+        {
+            let _ = reply.send(Err(SupervisionError::Invalid(format!(
+                "{} cannot be replaced under {parent}: that is inside its own subtree (a cycle of parents)",
+                definition.alias
+            ))));
+            return;
+        }
+        if let Some(existing) = self.entries.get_mut(&definition.alias) {
+            let mode = match flag {
+                CreateFlag::Default => {
+                    let _ = reply.send(Ok(false));
+                    return;
+                }
+                CreateFlag::ForceSoft => StopMode::Soft,
+                CreateFlag::ForceHard => StopMode::Hard,
+                CreateFlag::Force => StopMode::Force,
+            };
+            if existing.replacement.is_some() {
+                let _ = reply.send(Err(SupervisionError::Aborted(format!(
+                    "{} is already being replaced",
+                    definition.alias
+                ))));
+                return;
+            }
+            existing.want = Want::Destroyed;
+            existing.stop_mode = mode;
+            existing.replacement = Some((definition, reply));
+            return;
+        }
+        if let Err(error) = self.check_new(&definition) {
+            let _ = reply.send(Err(error));
+            return;
+        }
+        self.insert(definition, Some(reply));
+    }
+
+    /// Everything that can be known wrong about a new definition before it runs.
+    pub(super) fn check_new(&self, definition: &Definition) -> Result<(), SupervisionError> {
+        let alias = &definition.alias;
+        if self.reservations.is_registered(alias.as_str()) {
+            return Err(SupervisionError::AlreadyExists(format!(
+                "{alias} is registered by a container the node does not supervise"
+            )));
+        }
+        if let Some(parent) = &definition.parent {
+            match self.entries.get(parent) {
+                None => {
+                    return Err(SupervisionError::Invalid(format!(
+                        "parent {parent} is not a container this node supervises"
+                    )));
+                }
+                Some(entry) if entry.want == Want::Destroyed => {
+                    return Err(SupervisionError::Precondition(format!(
+                        "parent {parent} is being destroyed"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        match &definition.kind {
+            Kind::Process(spec) => {
+                self.os
+                    .resolve(&spec.command, spec.working_dir.as_deref())
+                    .map_err(|e| SupervisionError::Invalid(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn insert(&mut self, definition: Definition, reply: Option<Reply<bool>>) {
+        let alias = definition.alias.clone();
+        let order = self.next_order;
+        self.next_order += 1;
+        let mut entry = Entry::new(definition, order, reef_core::new_lease());
+        if let Err(error) = self.reservations.reserve(entry.snapshot(), &entry.token) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(SupervisionError::AlreadyExists(error.to_string())));
+            }
+            return;
+        }
+        if let Some(reply) = reply {
+            entry.waiters.push(Waiter::Ready(reply));
+        }
+        self.entries.insert(alias.clone(), entry);
+        self.dirty = true;
+        self.lifecycle(&alias, EventKind::Create, Phase::Before, "defined");
+        self.lifecycle(&alias, EventKind::Create, Phase::On, "state CREATED");
+    }
+
+    pub(super) fn destroy(&mut self, alias: Alias, mode: StopMode, reply: Reply<Vec<Alias>>) {
+        let Some(reply) = self.refuse_while_shutting_down(reply) else {
+            return;
+        };
+        if !self.entries.contains_key(&alias) {
+            let _ = reply.send(Err(SupervisionError::NotFound(alias.to_string())));
+            return;
+        }
+        let children = self.children(Some(&alias));
+        if mode == StopMode::Keep && !children.is_empty() {
+            let names: Vec<_> = children.iter().map(|c| c.as_str()).collect();
+            let _ = reply.send(Err(SupervisionError::Precondition(format!(
+                "{alias} has children ({}); destroy them first or use FORCE",
+                names.join(", ")
+            ))));
+            return;
+        }
+        let subtree = self.subtree_deepest_first(&alias);
+        for member in &subtree {
+            if let Some(entry) = self.entries.get_mut(member) {
+                entry.answer_ready(|| {
+                    Err(SupervisionError::Aborted(format!(
+                        "{member} was destroyed before it answered"
+                    )))
+                });
+                entry.want = Want::Destroyed;
+                entry.stop_mode = mode;
+            }
+        }
+        self.lifecycle(
+            &alias,
+            EventKind::Destroy,
+            Phase::Before,
+            "destroy requested",
+        );
+        if let Some(entry) = self.entries.get_mut(&alias) {
+            entry.waiters.push(Waiter::Gone(reply, subtree));
+        }
+    }
+
+    pub(super) fn start(&mut self, alias: Alias, reply: Reply<bool>) {
+        let Some(reply) = self.refuse_while_shutting_down(reply) else {
+            return;
+        };
+        let Some(entry) = self.entries.get(&alias) else {
+            let _ = reply.send(Err(SupervisionError::NotFound(alias.to_string())));
+            return;
+        };
+        if entry.want == Want::Destroyed {
+            let _ = reply.send(Err(SupervisionError::Precondition(format!(
+                "{alias} is being destroyed"
+            ))));
+            return;
+        }
+        if let Some(parent) = &entry.definition.parent
+            && self
+                .entries
+                .get(parent)
+                .is_some_and(|p| p.want != Want::Running)
+        {
+            let _ = reply.send(Err(SupervisionError::Precondition(format!(
+                "its parent {parent} is stopped; start the parent"
+            ))));
+            return;
+        }
+        if entry.want == Want::Running && entry.process.as_ref().is_some_and(|p| p.ready) {
+            let _ = reply.send(Ok(false));
+            return;
+        }
+        for member in self.subtree_deepest_first(&alias) {
+            if let Some(entry) = self.entries.get_mut(&member) {
+                entry.want = Want::Running;
+                entry.failed_by_node = false;
+                entry.not_before = None;
+                entry.consecutive = 0;
+                entry.cycle = None;
+            }
+        }
+        self.dirty = true;
+        if let Some(entry) = self.entries.get_mut(&alias) {
+            entry.waiters.push(Waiter::Ready(reply));
+        }
+    }
+
+    pub(super) fn stop(&mut self, alias: Alias, mode: StopMode, reply: Reply<()>) {
+        let Some(reply) = self.refuse_while_shutting_down(reply) else {
+            return;
+        };
+        if !self.entries.contains_key(&alias) {
+            let _ = reply.send(Err(SupervisionError::NotFound(alias.to_string())));
+            return;
+        }
+        for member in self.subtree_deepest_first(&alias) {
+            if let Some(entry) = self.entries.get_mut(&member) {
+                entry.answer_ready(|| {
+                    Err(SupervisionError::Aborted(format!(
+                        "{member} was stopped before it answered"
+                    )))
+                });
+                if entry.want == Want::Running {
+                    entry.want = Want::Stopped;
+                }
+                entry.stop_mode = mode;
+                entry.cycle = None;
+            }
+        }
+        self.dirty = true;
+        if let Some(entry) = self.entries.get_mut(&alias) {
+            entry.waiters.push(Waiter::Down(reply));
+        }
+    }
+
+    pub(super) fn restart(&mut self, alias: Alias, reply: Reply<bool>) {
+        let running = self
+            .entries
+            .get(&alias)
+            .is_some_and(|e| e.want == Want::Running);
+        if !running {
+            return self.start(alias, reply);
+        }
+        let Some(reply) = self.refuse_while_shutting_down(reply) else {
+            return;
+        };
+        self.begin_cycle(std::slice::from_ref(&alias), None);
+        if let Some(entry) = self.entries.get_mut(&alias) {
+            entry.restarts += 1;
+            entry.waiters.push(Waiter::Ready(reply));
+        }
+        self.lifecycle(
+            &alias,
+            EventKind::Restart,
+            Phase::Before,
+            "restart requested",
+        );
+    }
+}
