@@ -25,6 +25,8 @@ mod holds;
 mod links;
 mod supervised;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 /// What a container says about itself when it claims an alias.
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //!
 //! tonic's own TLS fixes the certificate at start. Here the node accepts TLS itself
 //! (tokio-rustls) with a certificate resolver that reads the current one, and passes
-//! the streams to tonic, which still sees the peer's certificates (`Join` checks them).
+//! the streams on; the node reads each client certificate once, as the stream is accepted.
 //! When `reef ca issue` writes a new intermediate into `DATA/tls`, the node notices
 //! (every [`ROTATION_CHECK`]), loads it, issues itself a new server certificate, and
 //! every later handshake, container certificate and dial to a parent uses it; streams

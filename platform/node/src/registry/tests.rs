@@ -1,0 +1,142 @@
+//! The registry and an attachment's keeper, in memory and on paused time: no streams,
+//! no sockets, no processes. (Registration starts its attach-timeout timer, so even
+//! the synchronous cases run on a runtime.)
+
+use std::{sync::Arc, time::Duration};
+
+use reef_core::Alias;
+
+use crate::{ContainerSpec, EventKind, Limits, NodeStats, Registry, RegistryError, keeper};
+
+fn registry() -> Arc<Registry> {
+    Registry::new(Limits::default(), Arc::new(NodeStats::default()))
+}
+
+fn spec(alias: &str) -> ContainerSpec {
+    ContainerSpec {
+        alias: Alias::parse(alias).unwrap(),
+        name: String::new(),
+        parent: None,
+        endpoint: None,
+        pid: None,
+        labels: Default::default(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_alias_has_one_holder_and_only_its_lease_attaches_or_deregisters() {
+    let registry = registry();
+    let lease = registry.register(spec("echo"), None).unwrap();
+    assert!(matches!(
+        registry.register(spec("echo"), None),
+        Err(RegistryError::AlreadyRegistered(_))
+    ));
+    assert!(matches!(
+        registry.attach("echo", "not the lease", None),
+        Err(RegistryError::LeaseMismatch(_))
+    ));
+    let (attachment, _outbound) = registry.attach("echo", &lease, None).unwrap();
+    assert!(matches!(
+        registry.attach("echo", &lease, None),
+        Err(RegistryError::AlreadyAttached(_))
+    ));
+    assert!(registry.lookup("echo").is_some());
+    assert!(matches!(
+        registry.deregister("echo", "not the lease"),
+        Err(RegistryError::LeaseMismatch(_))
+    ));
+    registry.deregister("echo", &lease).unwrap();
+    assert!(attachment.is_closed(), "deregistering closes the stream");
+    assert!(registry.get("echo").is_none());
+    assert!(registry.lookup("echo").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_is_listed_under_its_parent_and_its_owner_is_itself() {
+    let registry = registry();
+    registry.register(spec("a"), None).unwrap();
+    let mut child = spec("a/b");
+    child.parent = Some(Alias::parse("a").unwrap());
+    registry.register(child, None).unwrap();
+    let listed = registry.get("a/b").unwrap();
+    assert_eq!(listed.spec.parent.as_ref().map(Alias::as_str), Some("a"));
+    assert_eq!(
+        registry.registered_owner("a/b").as_ref().map(Alias::as_str),
+        Some("a/b")
+    );
+    assert_eq!(registry.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_registry_refuses_with_its_bound() {
+    let registry = Registry::new(
+        Limits {
+            max_containers: 2,
+            ..Limits::default()
+        },
+        Arc::new(NodeStats::default()),
+    );
+    registry.register(spec("a"), None).unwrap();
+    registry.register(spec("b"), None).unwrap();
+    assert!(matches!(
+        registry.register(spec("c"), None),
+        Err(RegistryError::Full(2))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_keeper_heartbeats_and_detaches_a_silent_container_after_the_timeout() {
+    let registry = registry();
+    let mut events = registry.subscribe();
+    let lease = registry.register(spec("mute"), None).unwrap();
+    let (attachment, _outbound) = registry.attach("mute", &lease, None).unwrap();
+    let started = tokio::time::Instant::now();
+    let keeper = tokio::spawn(keeper::keep(
+        registry.clone(),
+        Arc::new(NodeStats::default()),
+        attachment.clone(),
+    ));
+    keeper.await.unwrap();
+    let silent_for = started.elapsed();
+    let limits = Limits::default();
+    // Detached at the first heartbeat tick past the timeout, not before.
+    assert!(silent_for > limits.heartbeat_timeout, "{silent_for:?}");
+    assert!(
+        silent_for <= limits.heartbeat_timeout + limits.heartbeat_interval,
+        "{silent_for:?}"
+    );
+    assert!(attachment.is_closed());
+    let detached = loop {
+        let event = events.recv().await.unwrap();
+        if event.kind == EventKind::Detached {
+            break event;
+        }
+    };
+    assert!(
+        detached.reason.contains("missed heartbeats"),
+        "{}",
+        detached.reason
+    );
+    // Not supervised, so nothing holds its alias for it: it is gone.
+    assert!(registry.get("mute").is_none());
+    assert!(registry.lookup("mute").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_is_heard_is_not_detached() {
+    let registry = registry();
+    let lease = registry.register(spec("chatty"), None).unwrap();
+    let (attachment, _outbound) = registry.attach("chatty", &lease, None).unwrap();
+    let keeper = tokio::spawn(keeper::keep(
+        registry.clone(),
+        Arc::new(NodeStats::default()),
+        attachment.clone(),
+    ));
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        attachment.heard(1);
+    }
+    assert!(!attachment.is_closed(), "heard every second for 30 s");
+    attachment.close(None);
+    keeper.await.unwrap();
+}
