@@ -241,22 +241,9 @@ impl Harness {
         policy: Policy,
     ) -> oneshot::Receiver<Result<bool, SupervisionError>> {
         let (reply, answer) = oneshot::channel();
-        let definition = Definition {
-            alias: alias(name),
-            parent: parent.map(alias),
-            name: String::new(),
-            kind: Kind::Process(ProcessSpec {
-                command: "worker".into(),
-                args: Vec::new(),
-                env: Default::default(),
-                working_dir: None,
-            }),
-            policy,
-            labels: Default::default(),
-        };
         self.commands
             .send(actor::Command::Create {
-                definition: Box::new(definition),
+                definition: Box::new(definition(name, parent, "worker", policy)),
                 flag: CreateFlag::Default,
                 reply,
             })
@@ -303,6 +290,23 @@ const PATIENCE: Duration = Duration::from_secs(3600);
 
 fn alias(name: &str) -> Alias {
     Alias::parse(name).unwrap()
+}
+
+/// A process container `name` running `command`.
+fn definition(name: &str, parent: Option<&str>, command: &str, policy: Policy) -> Definition {
+    Definition {
+        alias: alias(name),
+        parent: parent.map(alias),
+        name: String::new(),
+        kind: Kind::Process(ProcessSpec {
+            command: command.into(),
+            args: Vec::new(),
+            env: Default::default(),
+            working_dir: None,
+        }),
+        policy,
+        labels: Default::default(),
+    }
 }
 
 fn policy() -> Policy {
@@ -538,22 +542,9 @@ async fn silence_on_the_attach_stream_is_a_failure_and_restarts_the_container() 
 async fn a_create_of_a_program_that_does_not_exist_is_refused_before_anything_runs() {
     let node = Harness::start(Policy::default());
     let (reply, answer) = oneshot::channel();
-    let definition = Definition {
-        alias: alias("ghost"),
-        parent: None,
-        name: String::new(),
-        kind: Kind::Process(ProcessSpec {
-            command: "missing".into(),
-            args: Vec::new(),
-            env: Default::default(),
-            working_dir: None,
-        }),
-        policy: policy(),
-        labels: Default::default(),
-    };
     node.commands
         .send(actor::Command::Create {
-            definition: Box::new(definition),
+            definition: Box::new(definition("ghost", None, "missing", policy())),
             flag: CreateFlag::Default,
             reply,
         })
