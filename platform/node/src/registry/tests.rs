@@ -132,6 +132,7 @@ async fn a_container_that_is_heard_is_not_detached() {
         Arc::new(NodeStats::default()),
         attachment.clone(),
     ));
+    // Thirty seconds on the paused clock, with the container heard every second.
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         attachment.heard(1);

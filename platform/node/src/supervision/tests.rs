@@ -368,7 +368,9 @@ async fn too_many_restarts_in_the_period_escalate_to_the_node_which_stops_the_co
     node.until(|node| node.reported(EventKind::Solve, "escalated to the node"))
         .await;
     assert!(node.reported(EventKind::Solve, "restart intensity of the node exceeded"));
-    // Stopped for good: no process is started again, however long the node waits.
+    // Stopped for good: no process is started again, however long the node waits. (On
+    // paused time this sleep moves the clock once every task is idle: it is the window
+    // under test, not a wait for another task.)
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert!(node.spawned.try_recv().is_err());
 }
@@ -382,6 +384,7 @@ async fn restarts_older_than_the_period_do_not_count() {
     });
     let mut process = node.create("worker", None, policy()).await;
     for _ in 0..3 {
+        // Past the period on the paused clock, so the last restart no longer counts.
         tokio::time::sleep(Duration::from_secs(11)).await;
         node.os.exit(process.pid, Exit::Code(1));
         process = node.next_started().await;
@@ -465,6 +468,7 @@ async fn a_solver_chain_decides_what_a_failure_of_its_type_does() {
     assert_eq!(node.state("worker"), Some(State::Failed));
     assert!(node.reported(EventKind::Solve, "log applied"));
     assert!(node.reported(EventKind::Solve, "stop applied"));
+    // A minute on the paused clock: no restart in it.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(node.spawned.try_recv().is_err(), "stopped, not restarted");
 }
