@@ -116,12 +116,12 @@ impl Routing {
 
     /// The overflow policy of `alias`'s mailbox.
     pub fn overflow(&self, alias: &Alias) -> Overflow {
-        read(&self.overflow).get(alias).copied().unwrap_or_default()
+        self.overflow.read().get(alias).copied().unwrap_or_default()
     }
 
     /// Sets the overflow policy of `alias`'s mailbox.
     pub fn set_overflow(&self, alias: Alias, policy: Overflow) -> Result<(), RoutingError> {
-        let mut policies = write(&self.overflow);
+        let mut policies = self.overflow.write();
         if policy == Overflow::Block {
             policies.remove(&alias);
         } else if policies.len() >= MAX_GROUPS && !policies.contains_key(&alias) {
@@ -136,12 +136,14 @@ impl Routing {
 
     /// The group called `name`.
     pub fn group(&self, name: &str) -> Option<Arc<Group>> {
-        read(&self.groups).get(name).cloned()
+        self.groups.read().get(name).cloned()
     }
 
     /// Every group, by name.
     pub fn groups(&self) -> Vec<(String, Arc<Group>)> {
-        let mut all: Vec<_> = read(&self.groups)
+        let mut all: Vec<_> = self
+            .groups
+            .read()
             .iter()
             .map(|(name, group)| (name.clone(), group.clone()))
             .collect();
@@ -207,7 +209,7 @@ impl Routing {
 
     /// Removes `alias` from every group (it was destroyed).
     pub fn forget_member(&self, alias: &Alias) {
-        let mut groups = write(&self.groups);
+        let mut groups = self.groups.write();
         for group in groups.values_mut() {
             if group.members.contains(alias) {
                 let members = group
@@ -226,7 +228,7 @@ impl Routing {
         name: &str,
         change: impl FnOnce(&Group) -> Result<Group, RoutingError>,
     ) -> Result<Arc<Group>, RoutingError> {
-        let mut groups = write(&self.groups);
+        let mut groups = self.groups.write();
         if !groups.contains_key(name) && groups.len() >= MAX_GROUPS {
             return Err(RoutingError::Full(format!(
                 "the node holds {MAX_GROUPS} groups already"
@@ -241,7 +243,7 @@ impl Routing {
 
     /// The rules now in force.
     pub fn rules(&self) -> Arc<RuleSet> {
-        read(&self.rules).clone()
+        self.rules.read().clone()
     }
 
     /// Changes whenever the rules do.
@@ -316,7 +318,7 @@ impl Routing {
         &self,
         change: impl FnOnce(&mut RuleSet) -> Result<(), RoutingError>,
     ) -> Result<(), RoutingError> {
-        let mut current = write(&self.rules);
+        let mut current = self.rules.write();
         let mut next = RuleSet {
             rules: current.rules.clone(),
             firewall: current.firewall,
@@ -336,12 +338,4 @@ fn parse_aliases(aliases: &[String]) -> Result<Vec<Alias>, RoutingError> {
         .iter()
         .map(|a| Alias::parse(a).map_err(|e| RoutingError::Invalid(e.to_string())))
         .collect()
-}
-
-fn read<T>(lock: &RwLock<T>) -> parking_lot::RwLockReadGuard<'_, T> {
-    lock.read()
-}
-
-fn write<T>(lock: &RwLock<T>) -> parking_lot::RwLockWriteGuard<'_, T> {
-    lock.write()
 }

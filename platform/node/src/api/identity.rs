@@ -17,7 +17,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use reef_access::{Access, Action, Refused};
+use reef_access::{Access, Action};
 use reef_core::Principal;
 use reef_proto::ON_BEHALF_OF_METADATA;
 use tokio::{
@@ -104,20 +104,14 @@ pub fn peer_leaf<T>(request: &tonic::Request<T>) -> Option<Arc<[u8]>> {
         .and_then(|caller| caller.peer.leaf.clone())
 }
 
-/// Checks the caller of `request` doing `action` to `target`, reading who it is only
-/// when policies are in force (state and file calls are frequent).
+/// Checks the caller of `request` doing `action` to `target` (no scope).
 pub(crate) fn check_caller<T>(
     access: &Access,
     request: &tonic::Request<T>,
     action: Action,
     target: &str,
 ) -> Result<(), ApiError> {
-    match access.policies() {
-        None => Ok(()),
-        Some(policies) => Ok(policies
-            .decide(&caller(request), action, target, &[])
-            .map_err(Refused::Policy)?),
-    }
+    Ok(access.check(&caller(request), action, target, &[])?)
 }
 
 /// A TLS connection the node accepted, with its client's identity read once.
