@@ -33,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // (boxed) and an empty BTreeMap allocates nothing.
         .boxed(".reef.v1.Envelope.error")
         .btree_map(".reef.v1.Envelope.headers")
+        .server_mod_attribute(".reef.v1", r#"#[cfg(feature = "server")]"#)
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -14,9 +14,9 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use reef_node::state::etcd_v3::etcdserverpb as etcd;
 use reef_proto as wire;
 use reef_sdk::{ConnectOptions, state::StateClient};
+use reef_state::etcd_v3::etcdserverpb as etcd;
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;

@@ -1,5 +1,5 @@
 //! The small vocabulary every part of reef shares: aliases, node names, principals,
-//! glob patterns, lease tokens, latency histograms, wire time and the data dir's lock.
+//! glob patterns, lease tokens, lifecycle events, latency histograms, wire time and the data dir's lock.
 //!
 //! It depends on nothing of reef's but the wire types (`reef-proto`), so the SDK, the
 //! CLI, the gateway and the node can all speak it without pulling in one another.
@@ -19,6 +19,7 @@ mod clock;
 mod data_dir;
 pub mod histogram;
 mod lease;
+pub mod lifecycle;
 mod node_name;
 mod pattern;
 mod principal;

@@ -208,4 +208,56 @@ mod tests {
             "numbers are never reused"
         );
     }
+
+    #[test]
+    fn a_refused_envelope_comes_back_unnumbered_and_takes_no_number() {
+        let log = AckLog::new(8);
+        let (full, _rx) = mpsc::channel(1);
+        assert!(log.queue(&full, send(1), true).is_ok());
+        let Err(NotQueued::MailboxFull(back)) = log.queue(&full, send(2), true) else {
+            panic!("a full mailbox refuses");
+        };
+        assert_eq!((back.id, back.sequence), (2, 0));
+        let (closed, rx) = mpsc::channel(1);
+        drop(rx);
+        assert!(matches!(
+            log.queue(&closed, send(3), true),
+            Err(NotQueued::Closed(back)) if back.sequence == 0
+        ));
+        let (open, mut delivered) = mpsc::channel(1);
+        assert!(log.queue(&open, send(4), true).is_ok());
+        assert_eq!(delivered.try_recv().unwrap().sequence, 2);
+        assert_eq!(log.len(), 2);
+    }
+
+    #[test]
+    fn held_envelopes_enter_a_full_log_and_draining_empties_it() {
+        let log = AckLog::new(1);
+        let (mailbox, _rx) = mpsc::channel(8);
+        assert!(log.queue(&mailbox, send(1), true).is_ok());
+        assert!(log.queue(&mailbox, send(2), false).is_ok());
+        assert_eq!(log.len(), 2);
+        let drained: Vec<u64> = log.drain().iter().map(|e| e.id).collect();
+        assert_eq!(drained, [1, 2]);
+        assert!(log.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_waiting_for_room_wakes_on_the_ack_that_makes_it() {
+        let log = std::sync::Arc::new(AckLog::new(1));
+        let (mailbox, _rx) = mpsc::channel(8);
+        assert!(log.queue(&mailbox, send(1), true).is_ok());
+        let waiter = tokio::spawn({
+            let log = log.clone();
+            async move { log.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the log is full");
+        log.ack(7);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "an unknown sequence frees nothing");
+        log.ack(1);
+        waiter.await.unwrap();
+        assert!(log.queue(&mailbox, send(2), true).is_ok());
+    }
 }

@@ -21,7 +21,6 @@ mod acks;
 pub mod api;
 mod attachment;
 mod dead_letters;
-mod hosting;
 mod keeper;
 mod limits;
 pub mod link;
@@ -32,9 +31,7 @@ mod probe;
 mod push;
 mod registry;
 mod router;
-pub mod state;
 mod stats;
-pub mod supervision;
 mod uplink;
 
 pub use self::{

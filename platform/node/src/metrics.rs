@@ -12,10 +12,9 @@ use reef_core::HistogramSnapshot;
 use reef_core::histogram::BOUNDS_US;
 use tokio::net::TcpListener;
 
-use crate::{
-    ContainerSnapshot, NodeStats, Registry,
-    state::{Outcome, StateOp, StateOperations},
-};
+use reef_state::{Outcome, StateOp, StateOperations};
+
+use crate::{ContainerSnapshot, NodeStats, Registry};
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
 pub(crate) async fn serve(

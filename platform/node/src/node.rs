@@ -10,6 +10,8 @@ use reef_proto::{
     supervisor_server::SupervisorServer,
 };
 use reef_routing::Routing;
+use reef_state::{Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError};
+use reef_supervision::{Environment, Policy, Supervision, SupervisionConfig};
 use reef_tls::PkiError;
 use reef_tls::tls::{self, ContainerCredentials, NodeTls};
 use tokio::time::Instant;
@@ -25,8 +27,7 @@ use crate::{
     ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
     Registry, StateService, SupervisorService,
     api::identity::{Authenticated, IdentityLayer},
-    state::{Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError},
-    supervision::{Environment, Policy, Supervision, SupervisionConfig},
+    probe::PingProbe,
     uplink::{self, JoinConfig, Uplink},
 };
 
@@ -311,6 +312,7 @@ impl Node {
                 attach_timeout: config.limits.attach_timeout,
             },
             registry.clone(),
+            Arc::new(PingProbe),
         )
         .map_err(NodeError::Supervision)?;
         let state: Arc<dyn Backend> = match &config.state {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use reef_proto::{self as wire, container_client::ContainerClient};
+use reef_supervision::{Pending, Probe};
 use reef_tls::CertifiedKey;
 use tonic::{
     Status,
@@ -60,4 +61,24 @@ pub(crate) async fn ping_endpoint(
         .ping(wire::PingRequest { nonce: 1 })
         .await?;
     Ok(answer.into_inner())
+}
+
+/// Supervision's [`Probe`]: `Container.Ping` over TLS.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PingProbe;
+
+impl Probe for PingProbe {
+    fn ping(
+        &self,
+        endpoint: String,
+        ca_pem: String,
+        timeout: Duration,
+    ) -> Pending<Result<(), String>> {
+        Box::pin(async move {
+            ping_endpoint(&endpoint, &ca_pem, timeout)
+                .await
+                .map(drop)
+                .map_err(|status| status.message().to_owned())
+        })
+    }
 }

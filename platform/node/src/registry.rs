@@ -16,13 +16,14 @@ use tokio::sync::{broadcast, mpsc, mpsc::error::TrySendError};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::{
-    AckLog, Attachment, Limits, NodeStats, Outbound, link::LinkSession,
-    supervision::SupervisedSnapshot,
-};
+pub use reef_core::lifecycle::{DetachCause, EventKind, Phase};
+use reef_supervision::{Observed, SupervisedSnapshot};
+
+use crate::{AckLog, Attachment, Limits, NodeStats, Outbound, link::LinkSession};
 
 mod holds;
 mod links;
+mod liveness;
 mod supervised;
 mod tasks;
 #[cfg(test)]
@@ -93,74 +94,6 @@ pub struct HostedTask {
     pub restarts: u32,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
-}
-
-/// What happened to a registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// An alias was claimed.
-    Registered,
-    /// Its attach stream opened.
-    Attached,
-    /// Its attach stream closed; the alias is released with it.
-    Detached,
-    /// The alias was released by its holder or expired.
-    Deregistered,
-    /// A supervised container is being created.
-    Create,
-    /// … started.
-    Start,
-    /// … stopped.
-    Stop,
-    /// … failed.
-    Fail,
-    /// … destroyed.
-    Destroy,
-    /// … restarted.
-    Restart,
-    /// A solver action was applied to it.
-    Solve,
-}
-
-/// Where in a lifecycle transition an event is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// About to happen.
-    Before,
-    /// The state changed.
-    On,
-    /// Done.
-    After,
-}
-
-/// What the supervisor hears from the registry about the containers it runs.
-#[derive(Debug, Clone)]
-pub enum Observed {
-    /// A supervised alias attached; `pid` is what its process registered with.
-    Attached {
-        /// The container.
-        alias: Alias,
-        /// The registered process id.
-        pid: Option<u32>,
-    },
-    /// Its attach stream closed.
-    Detached {
-        /// The container.
-        alias: Alias,
-        /// Why.
-        cause: DetachCause,
-    },
-}
-
-/// Why an attach stream was closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DetachCause {
-    /// Nothing was heard for the heartbeat timeout.
-    Silent,
-    /// The stream ended or failed, or the holder deregistered.
-    Ended,
-    /// The node closed it (shutdown, eviction).
-    Closed,
 }
 
 /// Why an envelope for an unattached alias was not held for it.

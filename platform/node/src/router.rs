@@ -38,6 +38,8 @@ mod delivery;
 mod groups;
 mod refusals;
 mod requests;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use self::refusals::{cancel, node_error};
 

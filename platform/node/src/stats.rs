@@ -8,7 +8,9 @@ use std::sync::{
 use reef_core::Histogram;
 use reef_proto::Envelope;
 
-use crate::{DeadLetters, state::StateOperations};
+use reef_state::StateOperations;
+
+use crate::DeadLetters;
 
 /// Counters the node keeps for `Supervisor.Info`, metrics and tests.
 #[derive(Debug, Default)]

@@ -1,5 +1,5 @@
 //! `reefd`, the reef node daemon: parses flags, binds the node, serves until SIGTERM or
-//! Ctrl-C, drains, exits 0. Everything else lives in `reef-platform`.
+//! Ctrl-C, drains, exits 0. Everything else lives in `reef-node`.
 //!
 //! A library with one entry point, [`main`], so that the `reefd` binary and `reef node`
 //! (the CLI, which `reef up` runs) are the same program.
@@ -7,11 +7,9 @@
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use reef_node::{
-    JoinConfig, Limits, Node, NodeConfig, StateBackend,
-    state::{EtcdConfig, EtcdTls},
-    supervision::{Policy, Strategy},
-};
+use reef_node::{JoinConfig, Limits, Node, NodeConfig, StateBackend};
+use reef_state::{EtcdConfig, EtcdTls};
+use reef_supervision::{Policy, Strategy};
 use reef_telemetry as telemetry;
 
 /// The reef node daemon.

@@ -9,10 +9,13 @@ use reef_access::Refused;
 use reef_core::InvalidAlias;
 use reef_proto::POLICY_METADATA;
 use reef_routing::RoutingError;
+use reef_state::StateError;
+use reef_supervision::SupervisionError;
 use reef_tls::PkiError;
 use tonic::{Status, metadata::MetadataValue};
 
-use crate::{RegistryError, supervision::SupervisionError};
+use super::state::{CURRENT_REVISION_METADATA, FIRST_REVISION_METADATA};
+use crate::RegistryError;
 
 /// Why a call failed, before it becomes a status.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,9 @@ pub(crate) enum ApiError {
     /// A supervision command was refused or failed.
     #[error(transparent)]
     Supervision(#[from] SupervisionError),
+    /// A state operation was refused or failed.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The node could not issue or read a certificate.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -75,10 +81,33 @@ impl From<ApiError> for Status {
             ApiError::Supervision(error) => match error {
                 SupervisionError::Invalid(_) => Status::invalid_argument(message),
                 SupervisionError::NotFound(_) => Status::not_found(message),
-                SupervisionError::AlreadyExists(_) => Status::already_exists(message),
-                SupervisionError::Precondition(_) => Status::failed_precondition(message),
-                SupervisionError::Aborted(_) => Status::aborted(message),
+                SupervisionError::AliasTaken(_) => Status::already_exists(message),
+                SupervisionError::WrongState(_) | SupervisionError::DidNotStart(_) => {
+                    Status::failed_precondition(message)
+                }
+                SupervisionError::Overtaken(_) => Status::aborted(message),
                 SupervisionError::ShuttingDown => Status::unavailable(message),
+            },
+            ApiError::State(error) => match error {
+                StateError::Invalid(_) => Status::invalid_argument(message),
+                StateError::Conflict { actual, .. } => {
+                    let mut status = Status::aborted(message);
+                    status
+                        .metadata_mut()
+                        .insert(CURRENT_REVISION_METADATA, MetadataValue::from(actual));
+                    status
+                }
+                StateError::Future { .. } => Status::out_of_range(message),
+                StateError::Compacted { first, .. } => {
+                    let mut status = Status::out_of_range(message);
+                    status
+                        .metadata_mut()
+                        .insert(FIRST_REVISION_METADATA, MetadataValue::from(first));
+                    status
+                }
+                StateError::NoSuchOwner(_) => Status::failed_precondition(message),
+                StateError::Unavailable(_) => Status::unavailable(message),
+                StateError::Internal(_) => Status::internal(message),
             },
             ApiError::Pki(error) => match error {
                 PkiError::Certificate(_) => Status::invalid_argument(format!(

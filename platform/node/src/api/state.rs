@@ -5,15 +5,15 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use reef_access::{Access, Action};
 use reef_proto::{self as wire, state_server::State};
-use tokio::time::Instant;
-use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, metadata::MetadataValue};
-
-use crate::api::identity;
-use crate::state::{
+use reef_state::{
     Backend, Batch, EventKind, KeyValue, ListQuery, MAX_PAGE_KEYS, Namespace, Op, Outcome, Owners,
     Revision, StateError, StateOp, StateOperations, Txn, TxnOutcome,
 };
+use tokio::time::Instant;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Code, Request, Response, Status};
+
+use crate::api::{error::ApiError, identity};
 
 /// Trailing metadata on OUT_OF_RANGE for a compacted revision: the oldest revision kept.
 pub const FIRST_REVISION_METADATA: &str = "reef-first-revision";
@@ -64,7 +64,7 @@ impl StateService {
         let outcome = match &result {
             Ok(response) if response.get_ref().conflicted() => Outcome::Conflict,
             Ok(_) => Outcome::Ok,
-            Err(status) => Outcome::of(status.code()),
+            Err(status) => outcome_of(status.code()),
         };
         self.operations.record(op, outcome, started.elapsed());
         result
@@ -95,29 +95,26 @@ impl StateService {
 }
 
 /// The one mapping of state errors to gRPC statuses.
-fn status(error: StateError) -> Status {
-    let message = error.to_string();
-    match error {
-        StateError::Invalid(_) => Status::invalid_argument(message),
-        StateError::Conflict { actual, .. } => {
-            let mut status = Status::aborted(message);
-            status
-                .metadata_mut()
-                .insert(CURRENT_REVISION_METADATA, MetadataValue::from(actual));
-            status
-        }
-        StateError::Future { .. } => Status::out_of_range(message),
-        StateError::Compacted { first, .. } => {
-            let mut status = Status::out_of_range(message);
-            status
-                .metadata_mut()
-                .insert(FIRST_REVISION_METADATA, MetadataValue::from(first));
-            status
-        }
-        StateError::NoSuchOwner(_) => Status::failed_precondition(message),
-        StateError::Unavailable(_) => Status::unavailable(message),
-        StateError::Internal(_) => Status::internal(message),
+/// The outcome a gRPC status code stands for, as the metrics count it.
+fn outcome_of(code: Code) -> Outcome {
+    match code {
+        Code::Ok => Outcome::Ok,
+        Code::Aborted => Outcome::Conflict,
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::ResourceExhausted => Outcome::Rejected,
+        _ => Outcome::Failed,
     }
+}
+
+/// A state error as its caller sees it (the mapping is `ApiError`'s).
+fn status(error: StateError) -> Status {
+    ApiError::from(error).into()
 }
 
 fn namespace(name: &str) -> Result<Namespace, Status> {
@@ -195,7 +192,7 @@ impl StateService {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        crate::state::validate_key(&request.key).map_err(status)?;
+        reef_state::validate_key(&request.key).map_err(status)?;
         let (kv, revision) = self
             .backend
             .get(&namespace, &request.key)
@@ -291,7 +288,7 @@ impl StateService {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        crate::state::validate_prefix(&request.prefix).map_err(status)?;
+        reef_state::validate_prefix(&request.prefix).map_err(status)?;
         let limit = match request.limit as usize {
             0 => MAX_PAGE_KEYS,
             limit => limit.min(MAX_PAGE_KEYS),
@@ -384,7 +381,7 @@ impl StateService {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        crate::state::validate_prefix(&request.prefix).map_err(status)?;
+        reef_state::validate_prefix(&request.prefix).map_err(status)?;
         let start = match revision(request.start_revision, "start_revision")? {
             0 => None,
             start => Some(start),

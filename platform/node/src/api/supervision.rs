@@ -7,14 +7,12 @@ use reef_core::{Alias, millis};
 use reef_proto as wire;
 use tonic::Status;
 
-use crate::{
-    HostedTask, TaskSnapshot,
-    hosting::TaskDefinition,
-    supervision::{
-        Action, CreateFlag, Definition, Kind, Policy, ProcessSpec, RestartType, Solver, State,
-        StopMode, Strategy, SupervisedSnapshot,
-    },
+use reef_supervision::{
+    Action, CreateFlag, Definition, Kind, Policy, ProcessSpec, RestartType, Solver, State,
+    StopMode, Strategy, SupervisedSnapshot,
 };
+
+use crate::{HostedTask, TaskSnapshot, api::hosting::TaskDefinition};
 
 fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message.into())

@@ -15,21 +15,21 @@ use reef_proto::{
     supervisor_client::SupervisorClient, supervisor_server,
 };
 use reef_routing::Routing;
+use reef_supervision::{Failure, State, Supervision, SupervisionError};
 use reef_tls::tls::NodeTls;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::api::error::ApiError;
-use crate::api::{identity, routing as routing_api, supervision as convert};
+use crate::api::{
+    error::ApiError, hosting, identity, routing as routing_api, supervision as convert,
+};
 use crate::{
     ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Registry, RegistryEvent,
-    hosting,
     link::{ChildNodes, NodeEndpoint},
     probe::{connect_endpoint, endpoint_host, ping_endpoint},
     push::PushTickets,
-    supervision::{Failure, State, Supervision},
 };
 
 mod lifecycle;
@@ -413,13 +413,12 @@ impl supervisor_server::Supervisor for SupervisorService {
         }
         self.check_subtree(&caller, Action::Restart, alias.as_str(), None)?;
         self.refuse_task(&alias, "restarted")?;
-        let container = self
-            .supervision
-            .restart(alias)
+        self.supervision
+            .restart(alias.clone())
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(wire::RestartResponse {
-            container: Some(container_info(container)),
+            container: Some(container_info(self.supervised(&alias)?)),
         }))
     }
 

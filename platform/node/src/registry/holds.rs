@@ -3,6 +3,9 @@
 
 use super::*;
 
+#[cfg(test)]
+mod tests;
+
 impl Registry {
     /// Moves held envelopes into a new attachment, in arrival order, before anything
     /// else can reach it (the caller holds the write lock). Requests keep only the time

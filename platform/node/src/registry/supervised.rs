@@ -1,5 +1,8 @@
 //! The supervision bridge: aliases reserved for the containers the node supervises,
-//! their published state, and the attaches and detaches supervision observes.
+//! their published state, and the attaches and detaches supervision observes: the
+//! registry's side of supervision's [`Reservations`] port.
+
+use reef_supervision::{Reservations, State, Taken};
 
 use super::*;
 
@@ -149,5 +152,53 @@ impl Registry {
             at: SystemTime::now(),
             phase: Some(Phase::After),
         });
+    }
+}
+
+impl Reservations for Registry {
+    fn observe(&self, observer: mpsc::UnboundedSender<Observed>) {
+        self.set_observer(observer);
+    }
+
+    fn is_registered(&self, alias: &str) -> bool {
+        self.get(alias).is_some()
+    }
+
+    fn reserve(&self, info: SupervisedSnapshot, token: &str) -> Result<(), Taken> {
+        Registry::reserve(self, info, token).map_err(|error| Taken(error.to_string()))
+    }
+
+    fn update(&self, info: SupervisedSnapshot, holding: bool) {
+        self.update_supervised(info, holding);
+    }
+
+    fn lifecycle(&self, alias: &Alias, kind: EventKind, phase: Phase, reason: &str) {
+        self.emit_lifecycle(alias, kind, phase, reason);
+    }
+
+    fn evict(&self, alias: &Alias, reason: &str) {
+        Registry::evict(self, alias, reason);
+    }
+
+    fn release_destroyed(&self, alias: &Alias) {
+        let container = self.get(alias.as_str()).map(|mut container| {
+            if let Some(info) = &mut container.supervised {
+                info.state = State::Destroyed;
+            }
+            container
+        });
+        self.release(alias);
+        if let Some(container) = container {
+            self.emit_gone(container, EventKind::Destroy, "state DESTROYED");
+        }
+    }
+
+    fn endpoint(&self, alias: &str) -> Option<String> {
+        self.get(alias)
+            .and_then(|container| container.spec.endpoint)
+    }
+
+    fn supervised(&self, alias: &str) -> Option<SupervisedSnapshot> {
+        self.get(alias).and_then(|container| container.supervised)
     }
 }

@@ -105,13 +105,14 @@ impl SupervisorService {
         }
         let definition = convert::definition(raw)?;
         let flag = convert::create_flag(flags)?;
-        let (container, created) = self
+        let alias = definition.alias.clone();
+        let created = self
             .supervision
             .create(definition, flag)
             .await
             .map_err(ApiError::from)?;
         Ok(wire::CreateResponse {
-            container: Some(container_info(container)),
+            container: Some(container_info(self.supervised(&alias)?)),
             created,
         })
     }
@@ -148,6 +149,13 @@ impl SupervisorService {
         Ok(wire::DestroyResponse {
             destroyed: destroyed.into_iter().map(String::from).collect(),
         })
+    }
+
+    /// The registry's view of a supervised container after a lifecycle call on it.
+    pub(super) fn supervised(&self, alias: &Alias) -> Result<ContainerSnapshot, ApiError> {
+        self.registry
+            .get(alias.as_str())
+            .ok_or_else(|| SupervisionError::NotFound(alias.to_string()).into())
     }
 
     /// Start, Stop and Restart act on processes; a task's host restarts it.
@@ -189,13 +197,12 @@ impl SupervisorService {
         }
         self.check_subtree(caller, Action::Start, alias.as_str(), None)?;
         self.refuse_task(&alias, "started")?;
-        let container = self
-            .supervision
-            .start_container(alias)
+        self.supervision
+            .start_container(alias.clone())
             .await
             .map_err(ApiError::from)?;
         Ok(wire::StartResponse {
-            container: Some(container_info(container)),
+            container: Some(container_info(self.supervised(&alias)?)),
         })
     }
 
@@ -214,13 +221,12 @@ impl SupervisorService {
         self.check_subtree(caller, Action::Stop, alias.as_str(), None)?;
         self.refuse_task(&alias, "stopped")?;
         let mode = convert::stop_mode(request.flags)?;
-        let container = self
-            .supervision
-            .stop(alias, mode)
+        self.supervision
+            .stop(alias.clone(), mode)
             .await
             .map_err(ApiError::from)?;
         Ok(wire::StopResponse {
-            container: Some(container_info(container)),
+            container: Some(container_info(self.supervised(&alias)?)),
         })
     }
 }

@@ -22,7 +22,7 @@ impl SupervisorService {
             0 => DEFAULT_LOG_TAIL,
             bytes => bytes,
         };
-        let (first, mut offset) = match crate::supervision::tail(&path, tail) {
+        let (first, mut offset) = match reef_supervision::tail(&path, tail) {
             Ok(read) => read,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
             Err(error) => return Err(Status::internal(format!("cannot read the log: {error}"))),
@@ -44,7 +44,7 @@ impl SupervisorService {
                     _ = tx.closed() => return,
                     _ = tokio::time::sleep(LOG_POLL) => {}
                 }
-                let Ok((bytes, next)) = crate::supervision::read_from(&path, offset, LOG_CHUNK)
+                let Ok((bytes, next)) = reef_supervision::read_from(&path, offset, LOG_CHUNK)
                 else {
                     continue;
                 };

@@ -152,7 +152,7 @@ impl Actor {
                 if leaving {
                     return;
                 }
-                if cause == crate::DetachCause::Silent {
+                if cause == DetachCause::Silent {
                     self.failure(
                         &alias,
                         Failure {
@@ -194,8 +194,10 @@ impl Actor {
         let alias = alias.clone();
         let timeout = self.entries[&alias].policy().start_timeout;
         // A container without an endpoint proves itself by attaching.
-        let ping =
-            endpoint.map(|endpoint| self.os.ping(endpoint, self.config.ca_pem.clone(), timeout));
+        let ping = endpoint.map(|endpoint| {
+            self.probe
+                .ping(endpoint, self.config.ca_pem.clone(), timeout)
+        });
         tokio::spawn(async move {
             let result = match ping {
                 None => Ok(()),
@@ -228,7 +230,7 @@ impl Actor {
         let events = self.events.clone();
         let alias = alias.clone();
         let ca = self.config.ca_pem.clone();
-        let os = self.os.clone();
+        let probe = self.probe.clone();
         tokio::spawn(async move {
             let mut failures = 0;
             let mut ticks = tokio::time::interval(interval);
@@ -238,7 +240,7 @@ impl Actor {
                     _ = &mut stopped => return,
                     _ = ticks.tick() => {}
                 }
-                match os.ping(endpoint.clone(), ca.clone(), interval).await {
+                match probe.ping(endpoint.clone(), ca.clone(), interval).await {
                     Ok(()) => failures = 0,
                     Err(why) => {
                         failures += 1;

@@ -267,7 +267,7 @@ impl Actor {
                     let _ = reply.send(Ok(subtree));
                 }
                 Waiter::Ready(reply) => {
-                    let _ = reply.send(Err(SupervisionError::Aborted(format!(
+                    let _ = reply.send(Err(SupervisionError::Overtaken(format!(
                         "{alias} was destroyed"
                     ))));
                 }

@@ -1,6 +1,6 @@
-//! What the supervision actor needs from the rest of the node and from the OS, as two
-//! small traits. The node plugs in its registry and real processes; unit tests plug in
-//! fakes and drive the actor on paused time (`supervision/tests.rs`).
+//! What the supervision actor needs from the rest of the node and from the OS, as three
+//! small traits. The node plugs in its registry, real processes and a gRPC ping; unit
+//! tests plug in fakes and drive the actor on paused time (`tests.rs`).
 
 use std::{
     future::Future,
@@ -11,16 +11,40 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use reef_core::Alias;
+use reef_core::{
+    Alias,
+    lifecycle::{DetachCause, EventKind, Phase},
+};
 use tokio::sync::mpsc;
 
-use super::{
-    Environment, Exit, ProcessId, ProcessSpec, SpawnError, State, SupervisedSnapshot, process,
-};
-use crate::{EventKind, Registry, RegistryError, registry::Observed, registry::Phase};
+use super::{Environment, Exit, ProcessId, ProcessSpec, SpawnError, SupervisedSnapshot, process};
 
 /// A future the actor waits on in a task of its own.
 pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the supervisor hears from the registry about the containers it runs.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// A supervised alias attached; `pid` is what its process registered with.
+    Attached {
+        /// The container.
+        alias: Alias,
+        /// The registered process id.
+        pid: Option<u32>,
+    },
+    /// Its attach stream closed.
+    Detached {
+        /// The container.
+        alias: Alias,
+        /// Why.
+        cause: DetachCause,
+    },
+}
+
+/// Why an alias could not be reserved (something else holds it), for humans.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Taken(pub String);
 
 /// The registry as supervision sees it: aliases reserved for supervised containers,
 /// their published state and lifecycle events, and news of their attach streams.
@@ -31,7 +55,7 @@ pub trait Reservations: Send + Sync + 'static {
     fn is_registered(&self, alias: &str) -> bool;
     /// Reserves the alias of `info`: only a process holding `token` may register it, and
     /// envelopes for it are held while it is not attached.
-    fn reserve(&self, info: SupervisedSnapshot, token: &str) -> Result<(), RegistryError>;
+    fn reserve(&self, info: SupervisedSnapshot, token: &str) -> Result<(), Taken>;
     /// Publishes the container's state; `holding` says whether its envelopes are held.
     fn update(&self, info: SupervisedSnapshot, holding: bool);
     /// Reports a lifecycle event of the container.
@@ -42,6 +66,8 @@ pub trait Reservations: Send + Sync + 'static {
     fn release_destroyed(&self, alias: &Alias);
     /// The endpoint the container's process registered, if any.
     fn endpoint(&self, alias: &str) -> Option<String>;
+    /// What the registry publishes of a supervised container, if it holds one.
+    fn supervised(&self, alias: &str) -> Option<SupervisedSnapshot>;
 }
 
 /// What to start: one process of container `alias`.
@@ -62,8 +88,7 @@ pub struct SpawnRequest<'a> {
     pub log: &'a Path,
 }
 
-/// The OS as supervision sees it: processes to start, signal and wait for, and container
-/// endpoints to ping.
+/// The OS as supervision sees it: processes to start, signal and wait for.
 pub trait Processes: Send + Sync + 'static {
     /// Finds the program a definition names (checked at Create, before anything runs).
     fn resolve(&self, command: &str, working_dir: Option<&Path>) -> Result<PathBuf, SpawnError>;
@@ -74,6 +99,11 @@ pub trait Processes: Send + Sync + 'static {
     fn adopt(&self, id: ProcessId) -> Option<Pending<Exit>>;
     /// Signals the process's group.
     fn signal(&self, id: ProcessId, signal: Signal);
+}
+
+/// How supervision asks a container whether it answers: a ping of its endpoint (over
+/// gRPC, in the node).
+pub trait Probe: Send + Sync + 'static {
     /// Pings a container's endpoint; the error says why it did not answer.
     fn ping(
         &self,
@@ -83,51 +113,7 @@ pub trait Processes: Send + Sync + 'static {
     ) -> Pending<Result<(), String>>;
 }
 
-impl Reservations for Registry {
-    fn observe(&self, observer: mpsc::UnboundedSender<Observed>) {
-        self.set_observer(observer);
-    }
-
-    fn is_registered(&self, alias: &str) -> bool {
-        self.get(alias).is_some()
-    }
-
-    fn reserve(&self, info: SupervisedSnapshot, token: &str) -> Result<(), RegistryError> {
-        Registry::reserve(self, info, token)
-    }
-
-    fn update(&self, info: SupervisedSnapshot, holding: bool) {
-        self.update_supervised(info, holding);
-    }
-
-    fn lifecycle(&self, alias: &Alias, kind: EventKind, phase: Phase, reason: &str) {
-        self.emit_lifecycle(alias, kind, phase, reason);
-    }
-
-    fn evict(&self, alias: &Alias, reason: &str) {
-        Registry::evict(self, alias, reason);
-    }
-
-    fn release_destroyed(&self, alias: &Alias) {
-        let container = self.get(alias.as_str()).map(|mut container| {
-            if let Some(info) = &mut container.supervised {
-                info.state = State::Destroyed;
-            }
-            container
-        });
-        self.release(alias);
-        if let Some(container) = container {
-            self.emit_gone(container, EventKind::Destroy, "state DESTROYED");
-        }
-    }
-
-    fn endpoint(&self, alias: &str) -> Option<String> {
-        self.get(alias)
-            .and_then(|container| container.spec.endpoint)
-    }
-}
-
-/// Real processes, in process groups of their own, and pings over TLS.
+/// Real processes, in process groups of their own.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OsProcesses;
 
@@ -163,19 +149,5 @@ impl Processes for OsProcesses {
 
     fn signal(&self, id: ProcessId, signal: Signal) {
         process::signal_group(id.pid, signal);
-    }
-
-    fn ping(
-        &self,
-        endpoint: String,
-        ca_pem: String,
-        timeout: Duration,
-    ) -> Pending<Result<(), String>> {
-        Box::pin(async move {
-            crate::probe::ping_endpoint(&endpoint, &ca_pem, timeout)
-                .await
-                .map(drop)
-                .map_err(|status| status.message().to_owned())
-        })
     }
 }

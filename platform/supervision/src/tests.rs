@@ -13,20 +13,20 @@ use std::{
 
 use nix::sys::signal::Signal;
 use parking_lot::Mutex;
-use reef_core::Alias;
+use reef_core::{
+    Alias,
+    lifecycle::{DetachCause, EventKind, Phase},
+};
 use tokio::{
     sync::{Notify, mpsc, oneshot},
     time::Instant,
 };
 
 use super::{
-    CreateFlag, Definition, Environment, Exit, Kind, LogDir, Pending, Policy, ProcessId,
-    ProcessSpec, Processes, Reservations, Solver, SpawnError, SpawnRequest, State, Strategy,
-    SupervisedSnapshot, SupervisionConfig, SupervisionError, actor, policy::Action,
-};
-use crate::{
-    DetachCause, EventKind, RegistryError,
-    registry::{Observed, Phase},
+    CreateFlag, Definition, Environment, Exit, Kind, LogDir, Observed, Pending, Policy, Probe,
+    ProcessId, ProcessSpec, Processes, Reservations, Solver, SpawnError, SpawnRequest, State,
+    Strategy, SupervisedSnapshot, SupervisionConfig, SupervisionError, Taken, actor,
+    policy::Action,
 };
 
 /// The registry side: what the actor published and reported.
@@ -47,7 +47,7 @@ impl Reservations for FakeRegistry {
         false
     }
 
-    fn reserve(&self, info: SupervisedSnapshot, _: &str) -> Result<(), RegistryError> {
+    fn reserve(&self, info: SupervisedSnapshot, _: &str) -> Result<(), Taken> {
         self.update(info, true);
         Ok(())
     }
@@ -75,6 +75,12 @@ impl Reservations for FakeRegistry {
 
     fn endpoint(&self, _: &str) -> Option<String> {
         None
+    }
+
+    fn supervised(&self, alias: &str) -> Option<SupervisedSnapshot> {
+        Alias::parse(alias)
+            .ok()
+            .and_then(|alias| self.states.lock().get(&alias).cloned())
     }
 }
 
@@ -145,7 +151,9 @@ impl Processes for FakeOs {
         self.signals.lock().push((id.pid, signal));
         self.exit(id.pid, Exit::Signal(signal as i32));
     }
+}
 
+impl Probe for FakeOs {
     fn ping(&self, _: String, _: String, _: Duration) -> Pending<Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
@@ -185,7 +193,8 @@ impl Harness {
             attach_timeout: Duration::from_secs(5),
         };
         let logs = LogDir::new(data.path()).unwrap();
-        let commands = actor::spawn(config, registry.clone(), os.clone(), logs).unwrap();
+        let commands =
+            actor::spawn(config, registry.clone(), os.clone(), os.clone(), logs).unwrap();
         Self {
             commands,
             registry,
@@ -516,10 +525,7 @@ async fn a_process_that_never_attaches_fails_its_create_and_leaves_nothing() {
     let spawned = node.next_spawn().await;
     let created_at = Instant::now();
     let error = answer.await.unwrap().unwrap_err();
-    assert!(
-        matches!(error, SupervisionError::Precondition(_)),
-        "{error}"
-    );
+    assert!(matches!(error, SupervisionError::DidNotStart(_)), "{error}");
     assert!(
         error.to_string().contains("did not answer within 3000 ms"),
         "{error}"

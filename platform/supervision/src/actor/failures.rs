@@ -215,7 +215,7 @@ impl Actor {
                         entry.state = State::Failed;
                         entry.activity = "failed: escalated to the node".to_owned();
                         entry.answer_ready(|| {
-                            Err(SupervisionError::Precondition(format!(
+                            Err(SupervisionError::DidNotStart(format!(
                                 "{member} failed and was stopped by escalation: {reason}"
                             )))
                         });
@@ -240,7 +240,7 @@ impl Actor {
         let waited = entry.waiters.iter().any(|w| matches!(w, Waiter::Ready(_)));
         if waited && !entry.ever_ready {
             let text = format!("{alias} did not start: {message}");
-            entry.answer_ready(|| Err(SupervisionError::Precondition(text.clone())));
+            entry.answer_ready(|| Err(SupervisionError::DidNotStart(text.clone())));
         }
         if !entry.ever_ready {
             // A container that never answered is not kept: Create changes nothing.

@@ -1,6 +1,6 @@
 //! What the State service did: calls per operation and outcome, how long they took, and
-//! how many watches are open. Kept by [`StateService`](super::StateService) at its edge,
-//! rendered by the node's metrics.
+//! how many watches are open. Kept by the node's `StateService` at its edge, rendered by
+//! the node's metrics.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
@@ -8,7 +8,6 @@ use std::{
 };
 
 use reef_core::{Histogram, HistogramSnapshot};
-use tonic::Code;
 
 /// A `reef.v1.State` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,23 +83,6 @@ impl Outcome {
             Outcome::Conflict => "conflict",
             Outcome::Rejected => "rejected",
             Outcome::Failed => "failed",
-        }
-    }
-
-    /// The outcome a gRPC status code stands for.
-    pub fn of(code: Code) -> Self {
-        match code {
-            Code::Ok => Outcome::Ok,
-            Code::Aborted => Outcome::Conflict,
-            Code::InvalidArgument
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::ResourceExhausted => Outcome::Rejected,
-            _ => Outcome::Failed,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Supervision: the node runs containers as OS processes in a tree and puts their
+//! reef's supervision: the node runs containers as OS processes in a tree and puts their
 //! failures right by policy (restart types, strategies, intensity, backoff, solver
 //! chains), keeping the tree on disk so that a restarted node adopts what still runs.
 //!
@@ -24,10 +24,9 @@ pub use self::{
     definition::{Definition, Kind, ProcessSpec, State, SupervisedSnapshot},
     logs::{LogDir, read_from, tail},
     policy::{Action, Intensity, Policy, RestartType, Solver, Strategy, error_type},
-    ports::{OsProcesses, Pending, Processes, Reservations, SpawnRequest},
+    ports::{Observed, OsProcesses, Pending, Probe, Processes, Reservations, SpawnRequest, Taken},
     process::{Environment, Exit, ProcessId, SpawnError},
 };
-use crate::{ContainerSnapshot, Registry};
 use reef_core::Alias;
 
 /// How Create treats an alias that exists.
@@ -67,13 +66,18 @@ pub enum SupervisionError {
     NotFound(String),
     /// The alias is held by a container the node does not supervise.
     #[error("{0}")]
-    AlreadyExists(String),
-    /// The operation does not fit the container's state (or it could not start).
+    AliasTaken(String),
+    /// The operation does not fit the state of the container or of its parent (being
+    /// destroyed, stopped, has children).
     #[error("{0}")]
-    Precondition(String),
-    /// Another operation overtook this one.
+    WrongState(String),
+    /// The container's process did not come up (it exited, did not answer in time, or
+    /// its subtree was stopped by an escalation while it started).
     #[error("{0}")]
-    Aborted(String),
+    DidNotStart(String),
+    /// Another operation on the container overtook this one.
+    #[error("{0}")]
+    Overtaken(String),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -114,29 +118,40 @@ impl std::fmt::Display for Failure {
 }
 
 /// The handle to a node's supervisor.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Supervision {
     commands: mpsc::Sender<actor::Command>,
-    registry: Arc<Registry>,
+    reservations: Arc<dyn Reservations>,
     logs: LogDir,
+}
+
+impl std::fmt::Debug for Supervision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervision").finish_non_exhaustive()
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SupervisionError>>;
 
 impl Supervision {
     /// Loads the durable registry from the data dir, adopts processes that still run,
-    /// and starts the supervisor.
-    pub fn start(config: SupervisionConfig, registry: Arc<Registry>) -> std::io::Result<Self> {
+    /// and starts the supervisor over real processes.
+    pub fn start(
+        config: SupervisionConfig,
+        reservations: Arc<dyn Reservations>,
+        probe: Arc<dyn Probe>,
+    ) -> std::io::Result<Self> {
         let logs = LogDir::new(&config.data_dir)?;
         let commands = actor::spawn(
             config,
-            registry.clone(),
+            reservations.clone(),
             OsProcesses::shared(),
+            probe,
             logs.clone(),
         )?;
         Ok(Self {
             commands,
-            registry,
+            reservations,
             logs,
         })
     }
@@ -153,28 +168,19 @@ impl Supervision {
         answer.await.map_err(|_| SupervisionError::ShuttingDown)?
     }
 
-    fn snapshot(&self, alias: &Alias) -> Result<ContainerSnapshot, SupervisionError> {
-        self.registry
-            .get(alias.as_str())
-            .ok_or_else(|| SupervisionError::NotFound(alias.to_string()))
-    }
-
     /// Creates and starts a container; answers once it answers a ping. `Ok(false)` when
     /// the alias existed and `flag` is Default.
     pub async fn create(
         &self,
         definition: Definition,
         flag: CreateFlag,
-    ) -> Result<(ContainerSnapshot, bool), SupervisionError> {
-        let alias = definition.alias.clone();
-        let created = self
-            .call(|reply| actor::Command::Create {
-                definition: Box::new(definition),
-                flag,
-                reply,
-            })
-            .await?;
-        Ok((self.snapshot(&alias)?, created))
+    ) -> Result<bool, SupervisionError> {
+        self.call(|reply| actor::Command::Create {
+            definition: Box::new(definition),
+            flag,
+            reply,
+        })
+        .await
     }
 
     /// Destroys a container and its subtree; returns the destroyed aliases, deepest first.
@@ -188,41 +194,28 @@ impl Supervision {
     }
 
     /// Starts a stopped or failed container and its subtree.
-    pub async fn start_container(
-        &self,
-        alias: Alias,
-    ) -> Result<ContainerSnapshot, SupervisionError> {
-        let target = alias.clone();
+    pub async fn start_container(&self, alias: Alias) -> Result<(), SupervisionError> {
         self.call(|reply| actor::Command::Start { alias, reply })
-            .await?;
-        self.snapshot(&target)
+            .await
+            .map(drop)
     }
 
     /// Stops a container and its subtree; it stays stopped until started.
-    pub async fn stop(
-        &self,
-        alias: Alias,
-        mode: StopMode,
-    ) -> Result<ContainerSnapshot, SupervisionError> {
-        let target = alias.clone();
+    pub async fn stop(&self, alias: Alias, mode: StopMode) -> Result<(), SupervisionError> {
         self.call(|reply| actor::Command::Stop { alias, mode, reply })
-            .await?;
-        self.snapshot(&target)
+            .await
     }
 
     /// Stops and starts a container and its subtree.
-    pub async fn restart(&self, alias: Alias) -> Result<ContainerSnapshot, SupervisionError> {
-        let target = alias.clone();
+    pub async fn restart(&self, alias: Alias) -> Result<(), SupervisionError> {
         self.call(|reply| actor::Command::Restart { alias, reply })
-            .await?;
-        self.snapshot(&target)
+            .await
+            .map(drop)
     }
 
     /// The state of a supervised container, if the node supervises one by that alias.
     pub fn exists(&self, alias: &str) -> Option<State> {
-        self.registry
-            .get(alias)
-            .and_then(|c| c.supervised.map(|s| s.state))
+        self.reservations.supervised(alias).map(|info| info.state)
     }
 
     /// A failure a container reported about itself.
@@ -245,9 +238,8 @@ impl Supervision {
 
     /// The log file of a supervised container.
     pub fn log_path(&self, alias: &str) -> Option<PathBuf> {
-        self.registry
-            .get(alias)
-            .and_then(|c| c.supervised)
+        self.reservations
+            .supervised(alias)
             .map(|_| self.logs.path(alias))
     }
 }

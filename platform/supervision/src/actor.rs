@@ -10,7 +10,10 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use reef_core::Alias;
+use reef_core::{
+    Alias,
+    lifecycle::{DetachCause, EventKind, Phase},
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -18,11 +21,10 @@ use super::{
     CreateFlag, Definition, Failure, Intensity, Kind, LogDir, Policy, Reply, RestartType, State,
     StopMode, Strategy, SupervisedSnapshot, SupervisionConfig, SupervisionError,
     policy::{Action, error_type},
-    ports::{Processes, Reservations, SpawnRequest},
+    ports::{Observed, Probe, Processes, Reservations, SpawnRequest},
     process::{Exit, ProcessId},
     store::{Store, StoredContainer},
 };
-use crate::{EventKind, registry::Observed, registry::Phase};
 
 mod commands;
 mod durability;
@@ -234,6 +236,7 @@ struct Actor {
     config: SupervisionConfig,
     reservations: Arc<dyn Reservations>,
     os: Arc<dyn Processes>,
+    probe: Arc<dyn Probe>,
     logs: LogDir,
     store: Store,
     entries: BTreeMap<Alias, Entry>,
@@ -250,6 +253,7 @@ pub(super) fn spawn(
     config: SupervisionConfig,
     reservations: Arc<dyn Reservations>,
     os: Arc<dyn Processes>,
+    probe: Arc<dyn Probe>,
     logs: LogDir,
 ) -> std::io::Result<mpsc::Sender<Command>> {
     let store = Store::new(&config.data_dir);
@@ -262,6 +266,7 @@ pub(super) fn spawn(
         config,
         reservations,
         os,
+        probe,
         logs,
         store,
         entries: BTreeMap::new(),

@@ -70,7 +70,7 @@ impl Actor {
                 CreateFlag::Force => StopMode::Force,
             };
             if existing.replacement.is_some() {
-                let _ = reply.send(Err(SupervisionError::Aborted(format!(
+                let _ = reply.send(Err(SupervisionError::Overtaken(format!(
                     "{} is already being replaced",
                     definition.alias
                 ))));
@@ -92,7 +92,7 @@ impl Actor {
     pub(super) fn check_new(&self, definition: &Definition) -> Result<(), SupervisionError> {
         let alias = &definition.alias;
         if self.reservations.is_registered(alias.as_str()) {
-            return Err(SupervisionError::AlreadyExists(format!(
+            return Err(SupervisionError::AliasTaken(format!(
                 "{alias} is registered by a container the node does not supervise"
             )));
         }
@@ -104,7 +104,7 @@ impl Actor {
                     )));
                 }
                 Some(entry) if entry.want == Want::Destroyed => {
-                    return Err(SupervisionError::Precondition(format!(
+                    return Err(SupervisionError::WrongState(format!(
                         "parent {parent} is being destroyed"
                     )));
                 }
@@ -128,7 +128,7 @@ impl Actor {
         let mut entry = Entry::new(definition, order, reef_core::new_lease());
         if let Err(error) = self.reservations.reserve(entry.snapshot(), &entry.token) {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(SupervisionError::AlreadyExists(error.to_string())));
+                let _ = reply.send(Err(SupervisionError::AliasTaken(error.to_string())));
             }
             return;
         }
@@ -152,7 +152,7 @@ impl Actor {
         let children = self.children(Some(&alias));
         if mode == StopMode::Keep && !children.is_empty() {
             let names: Vec<_> = children.iter().map(|c| c.as_str()).collect();
-            let _ = reply.send(Err(SupervisionError::Precondition(format!(
+            let _ = reply.send(Err(SupervisionError::WrongState(format!(
                 "{alias} has children ({}); destroy them first or use FORCE",
                 names.join(", ")
             ))));
@@ -162,7 +162,7 @@ impl Actor {
         for member in &subtree {
             if let Some(entry) = self.entries.get_mut(member) {
                 entry.answer_ready(|| {
-                    Err(SupervisionError::Aborted(format!(
+                    Err(SupervisionError::Overtaken(format!(
                         "{member} was destroyed before it answered"
                     )))
                 });
@@ -190,7 +190,7 @@ impl Actor {
             return;
         };
         if entry.want == Want::Destroyed {
-            let _ = reply.send(Err(SupervisionError::Precondition(format!(
+            let _ = reply.send(Err(SupervisionError::WrongState(format!(
                 "{alias} is being destroyed"
             ))));
             return;
@@ -201,7 +201,7 @@ impl Actor {
                 .get(parent)
                 .is_some_and(|p| p.want != Want::Running)
         {
-            let _ = reply.send(Err(SupervisionError::Precondition(format!(
+            let _ = reply.send(Err(SupervisionError::WrongState(format!(
                 "its parent {parent} is stopped; start the parent"
             ))));
             return;
@@ -236,7 +236,7 @@ impl Actor {
         for member in self.subtree_deepest_first(&alias) {
             if let Some(entry) = self.entries.get_mut(&member) {
                 entry.answer_ready(|| {
-                    Err(SupervisionError::Aborted(format!(
+                    Err(SupervisionError::Overtaken(format!(
                         "{member} was stopped before it answered"
                     )))
                 });

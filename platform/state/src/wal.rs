@@ -126,7 +126,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::state::{Event, EventKind, KeyValue, Namespace};
+    use crate::{Event, EventKind, KeyValue, Namespace};
 
     fn batch(revision: u64) -> Batch {
         Batch {

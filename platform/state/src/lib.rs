@@ -1,10 +1,10 @@
-//! Synchronised state: versioned key-value in namespaces behind one [`Backend`] trait.
+//! reef's synchronised state: versioned key-value in namespaces behind one [`Backend`] trait.
 //!
 //! Every write is a [`Txn`] (a put is a transaction of one operation, a compare-and-set
 //! one with a compare) and takes the next store-wide revision, as in etcd. Two backends:
 //! [`Embedded`] (a redb file in the node's data dir, group-committed) and [`Etcd`]. The
-//! gRPC edge (`reef.v1.State`) is [`StateService`]; [`Owners`] deletes the keys bound to
-//! a container when it is destroyed.
+//! gRPC edge (`reef.v1.State`) is the node's `StateService`; [`Owners`] deletes the keys
+//! bound to a container when it is gone, as a [`Liveness`] port reports it.
 
 mod codec;
 mod embedded;
@@ -22,7 +22,7 @@ pub use self::{
     embedded::{Embedded, EmbeddedConfig},
     etcd::{Etcd, EtcdConfig, EtcdTls, pb as etcd_v3},
     operations::{OpenWatch, Outcome, StateOp, StateOperations},
-    owners::Owners,
+    owners::{Departure, Departures, Liveness, Owners},
 };
 
 /// A store-wide revision: 0 before the first write.
@@ -372,7 +372,8 @@ impl fmt::Debug for Watching {
     }
 }
 
-/// Why a state operation failed. Mapped to a gRPC status once, in [`StateService`].
+/// Why a state operation failed, by cause. The node maps it to a gRPC status once, at its
+/// edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
     /// Bad input.
