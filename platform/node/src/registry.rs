@@ -46,6 +46,21 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+#[cfg(test)]
+impl ContainerSpec {
+    /// A container that says nothing about itself but its alias (unit tests).
+    pub(crate) fn bare(alias: &str) -> Self {
+        Self {
+            alias: Alias::parse(alias).unwrap(),
+            name: String::new(),
+            parent: None,
+            endpoint: None,
+            pid: None,
+            labels: Default::default(),
+        }
+    }
+}
+
 /// A registered container as seen at one moment.
 #[derive(Debug, Clone)]
 pub struct ContainerSnapshot {

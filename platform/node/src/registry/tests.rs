@@ -12,23 +12,14 @@ fn registry() -> Arc<Registry> {
     Registry::new(Limits::default(), Arc::new(NodeStats::default()))
 }
 
-fn spec(alias: &str) -> ContainerSpec {
-    ContainerSpec {
-        alias: Alias::parse(alias).unwrap(),
-        name: String::new(),
-        parent: None,
-        endpoint: None,
-        pid: None,
-        labels: Default::default(),
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_alias_has_one_holder_and_only_its_lease_attaches_or_deregisters() {
     let registry = registry();
-    let lease = registry.register(spec("echo"), None).unwrap();
+    let lease = registry
+        .register(ContainerSpec::bare("echo"), None)
+        .unwrap();
     assert!(matches!(
-        registry.register(spec("echo"), None),
+        registry.register(ContainerSpec::bare("echo"), None),
         Err(RegistryError::AlreadyRegistered(_))
     ));
     assert!(matches!(
@@ -54,8 +45,8 @@ async fn an_alias_has_one_holder_and_only_its_lease_attaches_or_deregisters() {
 #[tokio::test(start_paused = true)]
 async fn a_child_is_listed_under_its_parent_and_its_owner_is_itself() {
     let registry = registry();
-    registry.register(spec("a"), None).unwrap();
-    let mut child = spec("a/b");
+    registry.register(ContainerSpec::bare("a"), None).unwrap();
+    let mut child = ContainerSpec::bare("a/b");
     child.parent = Some(Alias::parse("a").unwrap());
     registry.register(child, None).unwrap();
     let listed = registry.get("a/b").unwrap();
@@ -76,10 +67,10 @@ async fn a_full_registry_refuses_with_its_bound() {
         },
         Arc::new(NodeStats::default()),
     );
-    registry.register(spec("a"), None).unwrap();
-    registry.register(spec("b"), None).unwrap();
+    registry.register(ContainerSpec::bare("a"), None).unwrap();
+    registry.register(ContainerSpec::bare("b"), None).unwrap();
     assert!(matches!(
-        registry.register(spec("c"), None),
+        registry.register(ContainerSpec::bare("c"), None),
         Err(RegistryError::Full(2))
     ));
 }
@@ -88,7 +79,9 @@ async fn a_full_registry_refuses_with_its_bound() {
 async fn the_keeper_heartbeats_and_detaches_a_silent_container_after_the_timeout() {
     let registry = registry();
     let mut events = registry.subscribe();
-    let lease = registry.register(spec("mute"), None).unwrap();
+    let lease = registry
+        .register(ContainerSpec::bare("mute"), None)
+        .unwrap();
     let (attachment, _outbound) = registry.attach("mute", &lease, None).unwrap();
     let started = tokio::time::Instant::now();
     let keeper = tokio::spawn(keeper::keep(
@@ -125,7 +118,9 @@ async fn the_keeper_heartbeats_and_detaches_a_silent_container_after_the_timeout
 #[tokio::test(start_paused = true)]
 async fn a_container_that_is_heard_is_not_detached() {
     let registry = registry();
-    let lease = registry.register(spec("chatty"), None).unwrap();
+    let lease = registry
+        .register(ContainerSpec::bare("chatty"), None)
+        .unwrap();
     let (attachment, _outbound) = registry.attach("chatty", &lease, None).unwrap();
     let keeper = tokio::spawn(keeper::keep(
         registry.clone(),
@@ -134,7 +129,7 @@ async fn a_container_that_is_heard_is_not_detached() {
     ));
     // Thirty seconds on the paused clock, with the container heard every second.
     for _ in 0..30 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
         attachment.heard(1);
     }
     assert!(!attachment.is_closed(), "heard every second for 30 s");

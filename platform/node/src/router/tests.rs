@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use reef_access::Access;
-use reef_core::{Alias, Principal};
+use reef_core::Principal;
 use reef_proto::{Envelope, EnvelopeKind, ErrorCode, Frame};
 use reef_routing::Routing;
 use tokio_stream::StreamExt as _;
@@ -51,14 +51,7 @@ impl Node {
 }
 
 fn attach(registry: &Arc<Registry>, alias: &str) -> (Arc<crate::Attachment>, Outbound) {
-    let spec = ContainerSpec {
-        alias: Alias::parse(alias).unwrap(),
-        name: String::new(),
-        parent: None,
-        endpoint: None,
-        pid: None,
-        labels: Default::default(),
-    };
+    let spec = ContainerSpec::bare(alias);
     let lease = registry.register(spec, None).unwrap();
     registry.attach(alias, &lease, None).unwrap()
 }

@@ -70,14 +70,7 @@ fn request(id: u64, deadline: Duration) -> Envelope {
 
 /// The worker's process registers with the supervisor's token and attaches.
 fn attach(registry: &Arc<Registry>) -> Outbound {
-    let spec = crate::ContainerSpec {
-        alias: Alias::parse("worker").unwrap(),
-        name: String::new(),
-        parent: None,
-        endpoint: None,
-        pid: None,
-        labels: Default::default(),
-    };
+    let spec = crate::ContainerSpec::bare("worker");
     let lease = registry.register(spec, Some(TOKEN)).unwrap();
     registry.attach("worker", &lease, None).unwrap().1
 }
