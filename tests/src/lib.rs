@@ -618,7 +618,7 @@ fn spawn_reefd(
 }
 
 /// reefd's log filter in tests: `warn`, or `REEF_TEST_LOG` when set, to look into a
-/// failing test (`REEF_TEST_LOG=info,reef_node=debug`).
+/// failing test (`REEF_TEST_LOG=info,reef_messaging=debug`).
 fn node_log_filter() -> String {
     std::env::var("REEF_TEST_LOG").unwrap_or_else(|_| "warn".to_owned())
 }

@@ -1,5 +1,5 @@
-//! The reef node: its registry and router, supervision, state, and the gRPC services that
-//! expose them (`reef.v1.Supervisor`, `reef.v1.Channel`, `reef.v1.State`, `reef.v1.Files`).
+//! The reef node: the gRPC services over messaging, supervision and state, and the server that
+//! hosts them (`reef.v1.Supervisor`, `reef.v1.Channel`, `reef.v1.State`, `reef.v1.Files`).
 //!
 //! A node is assembled from a [`NodeConfig`] and served until a shutdown signal:
 //!
@@ -17,41 +17,28 @@
 //! See `docs/architecture.md` for how envelopes flow through the [`Inbound`] router.
 #![warn(missing_docs)]
 
-mod acks;
 pub mod api;
-mod attachment;
-mod dead_letters;
-mod keeper;
-mod limits;
-pub mod link;
+mod children;
+mod liveness;
 pub mod metrics;
 mod node;
-mod pending;
 mod probe;
-mod push;
-mod registry;
-mod router;
-mod stats;
 mod uplink;
 
+pub use reef_messaging::{
+    AckLog, Attachment, ContainerSnapshot, ContainerSpec, DEFAULT_DEAD_LETTER_CAPACITY,
+    DeadLetters, DetachCause, EventKind, HostedTask, Inbound, Limits, NodeStats, Outbound, Pending,
+    PendingError, PendingRequests, Phase, Registry, RegistryError, RegistryEvent, TaskSnapshot,
+    keeper,
+};
+
 pub use self::{
-    acks::AckLog,
     api::{
         channel::ChannelService,
         files::{FILE_CHUNK, FilesBackend, FilesService},
         state::StateService,
         supervisor::{NodeIdentity, SupervisorService},
     },
-    attachment::{Attachment, Outbound},
-    dead_letters::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetters},
-    limits::Limits,
     node::{Node, NodeConfig, NodeError, StateBackend},
-    pending::{Pending, PendingError, PendingRequests},
-    registry::{
-        ContainerSnapshot, ContainerSpec, DetachCause, EventKind, HostedTask, Phase, Registry,
-        RegistryError, RegistryEvent, TaskSnapshot,
-    },
-    router::Inbound,
-    stats::NodeStats,
     uplink::JoinConfig,
 };

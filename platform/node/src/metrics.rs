@@ -20,13 +20,13 @@ use crate::{ContainerSnapshot, NodeStats, Registry};
 pub(crate) async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
-    stats: Arc<NodeStats>,
+    counters: Counters,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let body = render(&registry, &stats);
+            let body = render(&registry, &counters);
             async move {
                 (
                     [(
@@ -44,8 +44,18 @@ pub(crate) async fn serve(
         .await
 }
 
+/// What the node counts: messaging's counters and the State service's operations.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Frames, envelopes, dead letters and request latency.
+    pub messaging: Arc<NodeStats>,
+    /// State operations by kind and outcome.
+    pub state: Arc<StateOperations>,
+}
+
 /// The exposition text for the node's state now.
-pub fn render(registry: &Registry, stats: &NodeStats) -> String {
+pub fn render(registry: &Registry, counters: &Counters) -> String {
+    let stats = &counters.messaging;
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
         family(&mut out, name, "counter", help);
@@ -95,7 +105,7 @@ pub fn render(registry: &Registry, stats: &NodeStats) -> String {
         r#"outcome="error""#,
         &stats.refused().snapshot(),
     );
-    write_state_operations(&mut out, stats.state());
+    write_state_operations(&mut out, &counters.state);
 
     let containers = registry.list();
     family(

@@ -10,23 +10,24 @@ use reef_proto::{
     supervisor_server::SupervisorServer,
 };
 use reef_routing::Routing;
-use reef_state::{Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError};
+use reef_state::{
+    Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateOperations,
+};
 use reef_supervision::{Environment, Policy, Supervision, SupervisionConfig};
 use reef_tls::PkiError;
 use reef_tls::tls::{self, ContainerCredentials, NodeTls};
 use tokio::time::Instant;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::StreamExt as _;
-use tonic::{
-    Status,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
     ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
     Registry, StateService, SupervisorService,
     api::identity::{Authenticated, IdentityLayer},
+    liveness::RegistryLiveness,
+    metrics::Counters,
     probe::PingProbe,
     uplink::{self, JoinConfig, Uplink},
 };
@@ -213,6 +214,8 @@ pub struct Node {
     tls: Arc<NodeTls>,
     registry: Arc<Registry>,
     stats: Arc<NodeStats>,
+    /// What the State service did, for `Supervisor.Info` and metrics.
+    state_operations: Arc<StateOperations>,
     supervision: Supervision,
     routing: Arc<Routing>,
     state: Arc<dyn Backend>,
@@ -340,6 +343,7 @@ impl Node {
             tls,
             registry,
             stats,
+            state_operations: Arc::default(),
             supervision,
             routing: Routing::new(),
             state,
@@ -388,15 +392,23 @@ impl Node {
         &self.supervision
     }
 
+    fn counters(&self) -> Counters {
+        Counters {
+            messaging: self.stats.clone(),
+            state: self.state_operations.clone(),
+        }
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, closes every attach
     /// stream with UNAVAILABLE and waits up to the drain timeout for streams to end.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let listen = self.local_addr();
+        let counters = self.counters();
         let limits = &self.config.limits;
         let (health, health_service) = tonic_health::server::health_reporter();
         let supervisor = SupervisorServer::new(SupervisorService::new(
             self.registry.clone(),
-            self.stats.clone(),
+            counters.clone(),
             self.tls.clone(),
             self.supervision.clone(),
             self.routing.clone(),
@@ -422,13 +434,16 @@ impl Node {
             self.registry.clone(),
             self.config.partition_tolerance,
         ));
-        let owners = Owners::new(self.registry.clone(), self.state.clone());
+        let owners = Owners::new(
+            Arc::new(RegistryLiveness(self.registry.clone())),
+            self.state.clone(),
+        );
         let sweeper = tokio::spawn(owners.clone().run());
         let state = StateServer::new(StateService::new(
             self.state.clone(),
             owners,
             self.access.clone(),
-            self.stats.state().clone(),
+            self.state_operations.clone(),
         ))
         // A transaction's limit (1.25 MiB of keys and values) plus framing.
         .max_decoding_message_size(2 << 20)
@@ -544,7 +559,7 @@ impl Node {
             let served = crate::metrics::serve(
                 listener,
                 self.registry.clone(),
-                self.stats.clone(),
+                counters,
                 until_stopped(stopped.clone()),
             );
             tokio::spawn(async move {
@@ -573,8 +588,7 @@ impl Node {
             .await;
         self.supervision.shutdown(self.config.stop_grace).await;
         let _ = stop.send(true);
-        self.registry
-            .close_all(Status::unavailable("the node is shutting down"));
+        self.registry.close_all();
         let drained = tokio::time::timeout(self.config.drain_timeout, async {
             let _ = (&mut main).await;
             if let Some(health_task) = health_task {

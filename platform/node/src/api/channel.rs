@@ -1,10 +1,16 @@
 //! `reef.v1.Channel`: the data plane.
 
-use std::sync::Arc;
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use reef_access::Access;
+use reef_messaging::CloseReason;
 use reef_proto::{ALIAS_METADATA, CREDIT_METADATA, Frame, LEASE_METADATA, channel_server};
 use reef_routing::Routing;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::error::ApiError;
@@ -53,12 +59,12 @@ fn metadata<'a>(request: &'a Request<Streaming<Frame>>, key: &str) -> Result<&'a
 
 #[tonic::async_trait]
 impl channel_server::Channel for ChannelService {
-    type AttachStream = Outbound;
+    type AttachStream = AttachStream;
 
     async fn attach(
         &self,
         request: Request<Streaming<Frame>>,
-    ) -> Result<Response<Outbound>, Status> {
+    ) -> Result<Response<AttachStream>, Status> {
         let alias = metadata(&request, ALIAS_METADATA)?;
         let caller = identity::caller(&request);
         reef_access::check_claim(&caller, alias).map_err(ApiError::from)?;
@@ -99,36 +105,48 @@ impl channel_server::Channel for ChannelService {
         let max_frame_bytes = registry.limits().max_frame_bytes;
         tokio::spawn(async move {
             let mut closed = attachment.subscribe_closed();
-            let (cause, reason, status) = loop {
+            let (cause, reason, close) = loop {
                 tokio::select! {
                     frame = frames.message() => match frame {
                         Ok(Some(frame)) => inbound.route_frame(frame).await,
                         Ok(None) => break (DetachCause::Ended, "stream closed by the container".to_owned(), None),
                         Err(status) => {
-                            let status = stream_failure(&status, max_frame_bytes);
-                            break (DetachCause::Ended, status.message().to_owned(), Some(status));
+                            let close = stream_failure(&status, max_frame_bytes);
+                            break (DetachCause::Ended, close.to_string(), Some(close));
                         }
                     },
                     _ = closed.changed() => break (DetachCause::Closed, "closed by the node".to_owned(), None),
                 }
             };
-            registry.detach(&attachment, cause, &reason, status);
+            registry.detach(&attachment, cause, &reason, close);
         });
-        Ok(Response::new(outbound))
+        Ok(Response::new(AttachStream(outbound)))
+    }
+}
+
+/// The response side of `Channel.Attach`: messaging's [`Outbound`], whose close reason
+/// becomes the status the container reads at the end of the stream.
+pub struct AttachStream(Outbound);
+
+impl Stream for AttachStream {
+    type Item = Result<Frame, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|item| item.map(|frame| frame.map_err(|reason| ApiError::from(reason).into())))
     }
 }
 
 /// How the node ends an attach stream whose next frame it cannot read. A frame over the
 /// decode limit is refused by its length prefix, before any envelope in it is seen, so
-/// the stream cannot go on; the status names the limit the container missed.
-fn stream_failure(status: &Status, max_frame_bytes: usize) -> Status {
+/// the stream cannot go on; the reason names the limit the container missed.
+fn stream_failure(status: &Status, max_frame_bytes: usize) -> CloseReason {
     match status.code() {
         // tonic's answer to a length prefix above `max_decoding_message_size`.
-        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
-            Status::resource_exhausted(format!(
-                "a frame exceeded the frame limit of {max_frame_bytes} bytes (RegisterResponse.max_frame_bytes): spread envelopes over several frames"
-            ))
-        }
-        _ => Status::invalid_argument(format!("attach stream failed: {}", status.message())),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => CloseReason::FrameTooLarge {
+            limit: max_frame_bytes,
+        },
+        _ => CloseReason::StreamFailed(status.message().to_owned()),
     }
 }

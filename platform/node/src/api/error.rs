@@ -7,7 +7,8 @@
 
 use reef_access::Refused;
 use reef_core::InvalidAlias;
-use reef_proto::POLICY_METADATA;
+use reef_messaging::CloseReason;
+use reef_proto::{CLOSE_REASON_METADATA, POLICY_METADATA};
 use reef_routing::RoutingError;
 use reef_state::StateError;
 use reef_supervision::SupervisionError;
@@ -32,6 +33,9 @@ pub(crate) enum ApiError {
     /// A supervision command was refused or failed.
     #[error(transparent)]
     Supervision(#[from] SupervisionError),
+    /// The node ended an attach stream.
+    #[error(transparent)]
+    Closed(#[from] CloseReason),
     /// A state operation was refused or failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -87,6 +91,24 @@ impl From<ApiError> for Status {
                 }
                 SupervisionError::Overtaken(_) => Status::aborted(message),
                 SupervisionError::ShuttingDown => Status::unavailable(message),
+            },
+            ApiError::Closed(reason) => match reason {
+                CloseReason::Silent(_)
+                | CloseReason::Evicted(_)
+                | CloseReason::Replaced
+                | CloseReason::Destroyed
+                | CloseReason::ShuttingDown => Status::unavailable(message),
+                // A clean end (OK), named in a trailer the holder can read.
+                CloseReason::Deregistered => {
+                    let mut trailers = tonic::metadata::MetadataMap::new();
+                    trailers.insert(
+                        CLOSE_REASON_METADATA,
+                        MetadataValue::from_static("deregistered"),
+                    );
+                    Status::with_metadata(tonic::Code::Ok, message, trailers)
+                }
+                CloseReason::FrameTooLarge { .. } => Status::resource_exhausted(message),
+                CloseReason::StreamFailed(_) => Status::invalid_argument(message),
             },
             ApiError::State(error) => match error {
                 StateError::Invalid(_) => Status::invalid_argument(message),
@@ -152,6 +174,20 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    #[test]
+    fn a_deregistered_stream_ends_cleanly_and_says_why() {
+        let status = Status::from(ApiError::from(CloseReason::Deregistered));
+        assert_eq!(status.code(), Code::Ok);
+        assert_eq!(status.message(), "deregistered by its holder");
+        assert_eq!(
+            status.metadata().get(CLOSE_REASON_METADATA).unwrap(),
+            "deregistered"
+        );
+        let status = Status::from(ApiError::from(CloseReason::FrameTooLarge { limit: 8 }));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("frame limit of 8 bytes"));
     }
 
     #[test]

@@ -26,11 +26,12 @@ use crate::api::{
     error::ApiError, hosting, identity, routing as routing_api, supervision as convert,
 };
 use crate::{
-    ContainerSnapshot, ContainerSpec, EventKind, NodeStats, Phase, Registry, RegistryEvent,
-    link::{ChildNodes, NodeEndpoint},
+    ContainerSnapshot, ContainerSpec, EventKind, Phase, Registry, RegistryEvent,
+    children::{ChildNodes, NodeEndpoint},
+    metrics::Counters,
     probe::{connect_endpoint, endpoint_host, ping_endpoint},
-    push::PushTickets,
 };
+use reef_messaging::PushTickets;
 
 mod lifecycle;
 mod links;
@@ -77,7 +78,7 @@ pub struct NodeIdentity {
 #[derive(Debug, Clone)]
 pub struct SupervisorService {
     registry: Arc<Registry>,
-    stats: Arc<NodeStats>,
+    counters: Counters,
     tls: Arc<NodeTls>,
     supervision: Supervision,
     routing: Arc<Routing>,
@@ -92,7 +93,7 @@ impl SupervisorService {
     /// callers checked against `access`.
     pub fn new(
         registry: Arc<Registry>,
-        stats: Arc<NodeStats>,
+        counters: Counters,
         tls: Arc<NodeTls>,
         supervision: Supervision,
         routing: Arc<Routing>,
@@ -101,7 +102,7 @@ impl SupervisorService {
     ) -> Self {
         Self {
             registry,
-            stats,
+            counters,
             tls,
             supervision,
             routing,
@@ -289,14 +290,14 @@ impl supervisor_server::Supervisor for SupervisorService {
             uptime_ms: self.node.started.elapsed().as_millis() as u64,
             listen: self.node.listen.to_string(),
             containers: self.registry.len() as u32,
-            envelopes_routed: self.stats.routed(),
-            dead_letters: self.stats.dead_letters(),
-            requests_expired: self.stats.requests_expired(),
-            frames_received: self.stats.frames(),
-            frames_sent: self.stats.frames_sent(),
-            replied: Some((&self.stats.replied().snapshot()).into()),
-            refused: Some((&self.stats.refused().snapshot()).into()),
-            state_operations: self.stats.state().total(),
+            envelopes_routed: self.counters.messaging.routed(),
+            dead_letters: self.counters.messaging.dead_letters(),
+            requests_expired: self.counters.messaging.requests_expired(),
+            frames_received: self.counters.messaging.frames(),
+            frames_sent: self.counters.messaging.frames_sent(),
+            replied: Some((&self.counters.messaging.replied().snapshot()).into()),
+            refused: Some((&self.counters.messaging.refused().snapshot()).into()),
+            state_operations: self.counters.state.total(),
         }))
     }
 
@@ -651,9 +652,13 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DeadLettersRequest>,
     ) -> Result<Response<wire::DeadLettersResponse>, Status> {
-        let ring = self.stats.dead_letter_ring();
+        let ring = self.counters.messaging.dead_letter_ring();
         Ok(Response::new(wire::DeadLettersResponse {
-            letters: ring.recent(request.into_inner().limit as usize),
+            letters: ring
+                .recent(request.into_inner().limit as usize)
+                .into_iter()
+                .map(wire_dead_letter)
+                .collect(),
             total: ring.total(),
         }))
     }
@@ -734,5 +739,19 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::LogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         self.serve_logs(request).await
+    }
+}
+
+fn wire_dead_letter(letter: reef_messaging::DeadLetter) -> wire::DeadLetter {
+    wire::DeadLetter {
+        at_ms: reef_core::unix_ms(letter.at),
+        kind: letter.kind,
+        id: letter.id,
+        correlation_id: letter.correlation_id,
+        origin: letter.origin,
+        destination: letter.destination,
+        payload_bytes: u32::try_from(letter.payload_bytes).unwrap_or(u32::MAX),
+        payload_preview: letter.payload_preview,
+        reason: letter.reason,
     }
 }

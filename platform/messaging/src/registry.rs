@@ -14,16 +14,16 @@ use reef_core::{Alias, HistogramSnapshot, InvalidAlias};
 use reef_proto::{Envelope, EnvelopeKind};
 use tokio::sync::{broadcast, mpsc, mpsc::error::TrySendError};
 use tokio::time::Instant;
-use tonic::Status;
 
 pub use reef_core::lifecycle::{DetachCause, EventKind, Phase};
 use reef_supervision::{Observed, SupervisedSnapshot};
 
-use crate::{AckLog, Attachment, Limits, NodeStats, Outbound, link::LinkSession};
+use crate::{
+    AckLog, Attachment, CloseReason, Limits, NodeStats, Outbound, Pending, link::LinkSession,
+};
 
 mod holds;
 mod links;
-mod liveness;
 mod supervised;
 mod tasks;
 #[cfg(test)]
@@ -489,9 +489,9 @@ impl Registry {
         attachment: &Arc<Attachment>,
         cause: DetachCause,
         reason: &str,
-        status: Option<Status>,
+        close: Option<CloseReason>,
     ) {
-        attachment.close(status);
+        attachment.close(close);
         let detached = {
             let mut entries = self.write();
             let alias = attachment.alias();
@@ -556,7 +556,7 @@ impl Registry {
                     &attachment,
                     DetachCause::Ended,
                     "deregistered by its holder",
-                    Some(deregistered()),
+                    Some(CloseReason::Deregistered),
                 ),
                 None => self.with_entry(&alias, |entry| entry.lease = None),
             }
@@ -576,7 +576,7 @@ impl Registry {
         }
         for entry in removed {
             if let Some(attachment) = &entry.attachment {
-                attachment.close(Some(deregistered()));
+                attachment.close(Some(CloseReason::Deregistered));
             }
             self.emit(
                 EventKind::Deregistered,
@@ -635,6 +635,23 @@ impl Registry {
             .filter(|attachment| !attachment.is_closed())
     }
 
+    /// Tells the callee of request `id` that its caller gave up (deadline, CANCEL from the
+    /// caller, or the caller detached). Best effort: behind the request on the callee's data
+    /// lane, or nowhere if the callee is not attached.
+    pub(crate) fn cancel(&self, id: u64, pending: &Pending) {
+        let Some(callee) = self.lookup(pending.callee.as_str()) else {
+            return;
+        };
+        let cancel = Envelope {
+            kind: EnvelopeKind::Cancel as i32,
+            correlation_id: id,
+            origin: pending.origin.to_string(),
+            destination: pending.addressee.to_string(),
+            ..Default::default()
+        };
+        let _ = callee.data().try_send(cancel);
+    }
+
     /// The alias that answers for `alias`: its host for a task, itself otherwise
     /// (`None` when it is not a valid alias).
     pub fn owner(&self, alias: &str) -> Option<Alias> {
@@ -687,15 +704,15 @@ impl Registry {
         self.events.subscribe()
     }
 
-    /// Closes every attach stream with `status` (used when the node shuts down).
-    pub fn close_all(&self, status: Status) {
+    /// Closes every attach stream because the node is shutting down.
+    pub fn close_all(&self) {
         let attachments: Vec<_> = self
             .read()
             .values()
             .filter_map(|entry| entry.attachment.clone())
             .collect();
         for attachment in attachments {
-            attachment.close(Some(status.clone()));
+            attachment.close(Some(CloseReason::ShuttingDown));
         }
     }
 
@@ -732,15 +749,4 @@ impl Registry {
     fn write(&self) -> parking_lot::RwLockWriteGuard<'_, HashMap<Alias, Registration>> {
         self.entries.write()
     }
-}
-
-/// How Deregister ends an attach stream: status OK, so the holder sees a clean end, and
-/// the reason in the message and the `reef-close-reason` trailer.
-fn deregistered() -> Status {
-    let mut trailers = tonic::metadata::MetadataMap::new();
-    trailers.insert(
-        reef_proto::CLOSE_REASON_METADATA,
-        tonic::metadata::MetadataValue::from_static("deregistered"),
-    );
-    Status::with_metadata(tonic::Code::Ok, "deregistered by its holder", trailers)
 }

@@ -61,12 +61,12 @@ impl Registry {
             .filter(|entry| entry.link.is_some())
             .and_then(|entry| entry.attachment.clone());
         if let Some(stale) = stale {
-            let reason = "the node at the other end opened a new stream";
+            let reason = CloseReason::Replaced;
             self.detach(
                 &stale,
                 DetachCause::Closed,
-                reason,
-                Some(Status::unavailable(reason)),
+                &reason.to_string(),
+                Some(reason),
             );
         }
         let lease = reef_core::new_lease();

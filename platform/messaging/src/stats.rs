@@ -1,18 +1,13 @@
-//! Node-wide counters.
+//! The counters of messaging: frames, envelopes routed, dead letters, request latency.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering::Relaxed},
-};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use reef_core::Histogram;
 use reef_proto::Envelope;
 
-use reef_state::StateOperations;
-
 use crate::DeadLetters;
 
-/// Counters the node keeps for `Supervisor.Info`, metrics and tests.
+/// Counters of messaging, for `Supervisor.Info`, metrics and tests.
 #[derive(Debug, Default)]
 pub struct NodeStats {
     frames: AtomicU64,
@@ -22,7 +17,6 @@ pub struct NodeStats {
     requests_expired: AtomicU64,
     replied: Histogram,
     refused: Histogram,
-    state: Arc<StateOperations>,
 }
 
 impl NodeStats {
@@ -79,11 +73,6 @@ impl NodeStats {
     /// The latency of requests answered with an ERROR.
     pub fn refused(&self) -> &Histogram {
         &self.refused
-    }
-
-    /// What the State service did (it shares them).
-    pub fn state(&self) -> &Arc<StateOperations> {
-        &self.state
     }
 
     /// Envelopes accepted so far.

@@ -139,7 +139,7 @@ impl Registry {
                     destination: callee.to_string(),
                     ..Default::default()
                 };
-                let error = crate::router::node_error(
+                let error = crate::raised::node_error(
                     &request,
                     caller.alias(),
                     reef_proto::ErrorCode::Unavailable,

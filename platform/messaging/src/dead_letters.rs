@@ -4,12 +4,12 @@
 use std::{
     collections::VecDeque,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
-    time::{SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use reef_proto::{self as wire, Envelope};
+use reef_proto::Envelope;
 
 /// Payload bytes a dead letter keeps.
 const PREVIEW_BYTES: usize = 256;
@@ -17,10 +17,34 @@ const PREVIEW_BYTES: usize = 256;
 /// Dead letters the ring keeps by default.
 pub const DEFAULT_DEAD_LETTER_CAPACITY: usize = 1024;
 
+/// An envelope the node could not deliver: what it was, and why. The payload is cut to
+/// its first bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// When it was given up on.
+    pub at: SystemTime,
+    /// The envelope's kind, as on the wire.
+    pub kind: i32,
+    /// Its id.
+    pub id: u64,
+    /// The id it answered, if it was an answer.
+    pub correlation_id: u64,
+    /// Who sent it.
+    pub origin: String,
+    /// Where it was going.
+    pub destination: String,
+    /// Its whole payload's size.
+    pub payload_bytes: usize,
+    /// The payload's first bytes (at most 256).
+    pub payload_preview: Bytes,
+    /// Why it was not delivered.
+    pub reason: String,
+}
+
 /// A bounded ring of dead letters and a count of all of them.
 #[derive(Debug)]
 pub struct DeadLetters {
-    ring: Mutex<VecDeque<wire::DeadLetter>>,
+    ring: Mutex<VecDeque<DeadLetter>>,
     capacity: usize,
     total: AtomicU64,
 }
@@ -48,16 +72,14 @@ impl DeadLetters {
             return;
         }
         let preview = envelope.payload.len().min(PREVIEW_BYTES);
-        let letter = wire::DeadLetter {
-            at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+        let letter = DeadLetter {
+            at: SystemTime::now(),
             kind: envelope.kind,
             id: envelope.id,
             correlation_id: envelope.correlation_id,
             origin: envelope.origin.clone(),
             destination: envelope.destination.clone(),
-            payload_bytes: envelope.payload.len() as u32,
+            payload_bytes: envelope.payload.len(),
             payload_preview: Bytes::copy_from_slice(&envelope.payload[..preview]),
             reason: reason.into(),
         };
@@ -69,7 +91,7 @@ impl DeadLetters {
     }
 
     /// The newest `limit` dead letters (all kept when 0), oldest first.
-    pub fn recent(&self, limit: usize) -> Vec<wire::DeadLetter> {
+    pub fn recent(&self, limit: usize) -> Vec<DeadLetter> {
         let ring = self.ring.lock();
         let skip = match limit {
             0 => 0,

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::{
     Attachment, Limits, NodeStats, Pending, PendingError, Registry, acks::NotQueued,
-    registry::HoldRefused,
+    raised::node_error, registry::HoldRefused,
 };
 
 mod delivery;
@@ -40,8 +40,6 @@ mod refusals;
 mod requests;
 #[cfg(test)]
 mod tests;
-
-pub(crate) use self::refusals::{cancel, node_error};
 
 /// Cached routes per inbound stream before the cache is reset.
 const MAX_CACHED_ROUTES: usize = 4096;
@@ -277,7 +275,7 @@ impl Inbound {
                 // Not under the pending lock: `cancel` takes the registry's.
                 let pending = self.from.pending().forget(envelope.correlation_id);
                 if let Some(pending) = pending {
-                    cancel(&self.registry, envelope.correlation_id, &pending);
+                    self.registry.cancel(envelope.correlation_id, &pending);
                 }
                 None
             }

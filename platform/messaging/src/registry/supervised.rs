@@ -91,7 +91,7 @@ impl Registry {
                 &attachment,
                 DetachCause::Closed,
                 reason,
-                Some(Status::unavailable(reason.to_owned())),
+                Some(CloseReason::Evicted(reason.to_owned())),
             );
         }
     }
@@ -111,7 +111,7 @@ impl Registry {
         }
         if let Some(entry) = entry {
             if let Some(attachment) = &entry.attachment {
-                attachment.close(Some(Status::unavailable("the container was destroyed")));
+                attachment.close(Some(CloseReason::Destroyed));
             }
             for (_, envelope) in entry.reservation.iter().flat_map(|r| r.held.iter()) {
                 self.stats.dead_letter(

@@ -6,21 +6,13 @@ use std::sync::Arc;
 use reef_proto::{Envelope, EnvelopeKind, ErrorCode};
 use tokio::time::Instant;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
-use tonic::Status;
 
-use crate::{
-    Attachment, DetachCause, NodeStats, Registry,
-    router::{cancel, node_error},
-};
+use crate::{Attachment, CloseReason, DetachCause, NodeStats, Registry, raised::node_error};
 
 /// Runs until `attachment` closes: sends a HEARTBEAT every interval on the control lane,
 /// detaches the container after the heartbeat timeout of silence, and answers expired
 /// requests with DEADLINE_EXCEEDED.
-pub(crate) async fn keep(
-    registry: Arc<Registry>,
-    stats: Arc<NodeStats>,
-    attachment: Arc<Attachment>,
-) {
+pub async fn keep(registry: Arc<Registry>, stats: Arc<NodeStats>, attachment: Arc<Attachment>) {
     let limits = registry.limits().clone();
     let mut closed = attachment.subscribe_closed();
     let mut heartbeat = interval(limits.heartbeat_interval);
@@ -44,8 +36,8 @@ pub(crate) async fn keep(
             _ = heartbeat.tick() => {
                 let silence = attachment.silent_for();
                 if silence > limits.heartbeat_timeout {
-                    let reason = format!("missed heartbeats: nothing heard for {} ms", silence.as_millis());
-                    registry.detach(&attachment, DetachCause::Silent, &reason, Some(Status::unavailable(reason.clone())));
+                    let reason = CloseReason::Silent(silence);
+                    registry.detach(&attachment, DetachCause::Silent, &reason.to_string(), Some(reason));
                     return;
                 }
                 heartbeat_id += 1;
@@ -79,7 +71,7 @@ async fn expire(
     stats.add_expired(expired.len() as u64);
     for (id, pending) in expired {
         if pending.cancel_on_expiry {
-            cancel(registry, id, &pending);
+            registry.cancel(id, &pending);
         }
         let request = Envelope {
             id,

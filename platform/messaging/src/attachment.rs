@@ -18,11 +18,45 @@ use reef_proto::{Envelope, Frame};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::{Stream, wrappers::WatchStream};
-use tonic::Status;
 
 use crate::{
     AckLog, Limits, NodeStats, PendingRequests, Registry, acks::NotQueued, link::LinkSession,
 };
+
+/// Why the node ended an attach stream. The node's gRPC edge turns each into the status
+/// the container reads at the end of its stream; the text is that status's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    /// Nothing was heard from the container for longer than the heartbeat timeout.
+    #[error("missed heartbeats: nothing heard for {} ms", .0.as_millis())]
+    Silent(Duration),
+    /// Its supervisor took the alias back (the process is being stopped or replaced).
+    #[error("{0}")]
+    Evicted(String),
+    /// The node at the other end of a link opened a new stream.
+    #[error("the node at the other end opened a new stream")]
+    Replaced,
+    /// The supervised container was destroyed.
+    #[error("the container was destroyed")]
+    Destroyed,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Its holder deregistered the alias: a clean end.
+    #[error("deregistered by its holder")]
+    Deregistered,
+    /// A frame was over the frame limit, so the stream cannot be read on.
+    #[error(
+        "a frame exceeded the frame limit of {limit} bytes (RegisterResponse.max_frame_bytes): spread envelopes over several frames"
+    )]
+    FrameTooLarge {
+        /// The limit (`RegisterResponse.max_frame_bytes`).
+        limit: usize,
+    },
+    /// The container's side of the stream failed.
+    #[error("attach stream failed: {0}")]
+    StreamFailed(String),
+}
 
 /// Where the node queues envelopes for one attached container, what that container is
 /// waiting for, and how to close its stream.
@@ -53,7 +87,7 @@ pub struct Attachment {
     pending: Mutex<PendingRequests>,
     /// Wakes the keeper when an earlier deadline was added.
     pending_changed: Notify,
-    closer: Mutex<Option<oneshot::Sender<Option<Status>>>>,
+    closer: Mutex<Option<oneshot::Sender<Option<CloseReason>>>>,
     /// Turns true on close, for the tasks that wait for it.
     closed: watch::Sender<bool>,
     /// The same fact for the router's per-envelope check: reading the watch takes a lock.
@@ -233,17 +267,17 @@ impl Attachment {
     }
 
     /// A receiver that turns true once the attachment is closed.
-    pub(crate) fn subscribe_closed(&self) -> watch::Receiver<bool> {
+    pub fn subscribe_closed(&self) -> watch::Receiver<bool> {
         self.closed.subscribe()
     }
 
-    /// Ends the stream: cleanly with `None`, or with an error status the container sees.
+    /// Ends the stream: cleanly with `None`, or for a reason the container is told.
     /// Only the first call has an effect.
-    pub fn close(&self, status: Option<Status>) {
+    pub fn close(&self, reason: Option<CloseReason>) {
         let closer = self.closer.lock().take();
         if let Some(closer) = closer {
             self.closing.store(true, Relaxed);
-            let _ = closer.send(status);
+            let _ = closer.send(reason);
             self.closed.send_replace(true);
         }
     }
@@ -303,7 +337,7 @@ pub struct Outbound {
     frames: FrameBatcher,
     /// For a link: cumulative ACKs to send, ahead of everything else.
     acknowledgements: Option<WatchStream<u64>>,
-    close: oneshot::Receiver<Option<Status>>,
+    close: oneshot::Receiver<Option<CloseReason>>,
     finished: bool,
     attachment: Arc<Attachment>,
     stats: Arc<NodeStats>,
@@ -311,7 +345,7 @@ pub struct Outbound {
 }
 
 impl Stream for Outbound {
-    type Item = Result<Frame, Status>;
+    type Item = Result<Frame, CloseReason>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -380,7 +414,7 @@ impl Drop for Outbound {
         // Its callers are gone: their callees may stop working for them.
         let abandoned = self.attachment.pending().take_all();
         for (id, pending) in abandoned {
-            crate::router::cancel(&registry, id, &pending);
+            registry.cancel(id, &pending);
         }
     }
 }

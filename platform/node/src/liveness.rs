@@ -1,19 +1,24 @@
 //! The registry as state sees it ([`reef_state::Liveness`]): a container is alive while the
 //! registry knows its alias, and destroys, deregistrations and detaches are departures.
 
+use std::sync::Arc;
+
 use reef_state::{Departure, Departures, Liveness};
 use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
 
-use super::{EventKind, Registry};
+use crate::{EventKind, Registry};
 
-impl Liveness for Registry {
+/// State's [`Liveness`] port, answered by the registry.
+pub(crate) struct RegistryLiveness(pub(crate) Arc<Registry>);
+
+impl Liveness for RegistryLiveness {
     fn is_alive(&self, owner: &str) -> bool {
-        self.get(owner).is_some()
+        self.0.get(owner).is_some()
     }
 
     fn departures(&self) -> Departures {
         Box::pin(
-            BroadcastStream::new(self.subscribe()).filter_map(|event| match event {
+            BroadcastStream::new(self.0.subscribe()).filter_map(|event| match event {
                 Ok(event)
                     if matches!(
                         event.kind,
