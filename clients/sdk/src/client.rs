@@ -23,7 +23,6 @@ use tracing::Instrument as _;
 
 use crate::{
     ConnectOptions, Error, Message, RequestOptions, SendOptions,
-    container::Delivery,
     request::{Admission, ServedRequests, propagate_deadline},
     trace,
 };
@@ -718,3 +717,11 @@ fn ascii(value: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, Error> {
 
 // The wire code numbers are gRPC's; this keeps the two tables from drifting apart.
 const _: () = assert!(ErrorCode::Unauthenticated as i32 == Code::Unauthenticated as i32);
+
+/// What the handler loop takes from its inbox: envelopes from the node's stream
+/// (`answers` = `None`: answers go back through the node, and the node's credit is
+/// returned once they are handled) or from a push stream (answers go back on it).
+pub(crate) struct Delivery {
+    pub envelopes: Vec<Envelope>,
+    pub answers: Option<mpsc::Sender<Envelope>>,
+}

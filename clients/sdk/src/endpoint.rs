@@ -10,7 +10,7 @@ use reef_proto::{self as wire, container_server};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::{Command, HandlerError, Restart, TaskOptions, Tasks, container::Counters};
+use crate::{Command, HandlerError, Restart, TaskOptions, Tasks, handler::Counters};
 
 /// How long an operator command may take before the caller gets DEADLINE_EXCEEDED.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -55,6 +55,7 @@ mod client;
 mod container;
 mod endpoint;
 mod error;
+mod handler;
 mod options;
 mod push;
 mod request;
@@ -65,10 +66,9 @@ mod trace;
 
 pub use self::{
     client::{Client, Registration, Reply},
-    container::{
-        Command, ContainerOptions, Context, DEFAULT_PARENT_TIMEOUT, Handler, Message, run,
-    },
+    container::{ContainerOptions, DEFAULT_PARENT_TIMEOUT, run},
     error::{Error, HandlerError},
+    handler::{Command, Context, Handler, Message},
     options::{ConnectOptions, DEFAULT_CA, DEFAULT_NODE},
     push::Push,
     request::{Cancellation, RequestOptions, SendOptions},

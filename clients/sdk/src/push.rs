@@ -24,8 +24,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::{
     Client, ConnectOptions, Error,
-    client::{error_envelope, remote_error},
-    container::Delivery,
+    client::{Delivery, error_envelope, remote_error},
 };
 
 /// Envelopes a push stream queues before `send` waits.

@@ -26,7 +26,7 @@ use tonic::{Code, Status};
 use crate::{
     Client, Context, Error, Handler,
     client::error_envelope,
-    container::{Counters, handle},
+    handler::{Counters, handle},
 };
 
 mod cell;

@@ -5,14 +5,13 @@ use std::time::Duration;
 use reef_proto::{self as wire, container_client::ContainerClient};
 use reef_supervision::{Pending, Probe};
 use reef_tls::CertifiedKey;
-use tonic::{
-    Status,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::api::error::ApiError;
 
 /// The host part of `host:port` (brackets around IPv6 removed).
-pub(crate) fn endpoint_host(endpoint: &str) -> Result<String, Status> {
-    let invalid = || Status::invalid_argument(format!("endpoint {endpoint:?} is not host:port"));
+pub(crate) fn endpoint_host(endpoint: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::BadRequest(format!("endpoint {endpoint:?} is not host:port"));
     let (host, port) = endpoint.rsplit_once(':').ok_or_else(invalid)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
@@ -28,9 +27,9 @@ pub(crate) async fn connect_endpoint(
     ca_pem: &str,
     identity: Option<CertifiedKey>,
     timeout: Duration,
-) -> Result<Channel, Status> {
+) -> Result<Channel, ApiError> {
     let unreachable = |e: &dyn std::fmt::Display| {
-        Status::unavailable(format!("container endpoint {endpoint} is unreachable: {e}"))
+        ApiError::Unreachable(format!("container endpoint {endpoint} is unreachable: {e}"))
     };
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
@@ -55,11 +54,12 @@ pub(crate) async fn ping_endpoint(
     endpoint: &str,
     ca_pem: &str,
     timeout: Duration,
-) -> Result<wire::PingResponse, Status> {
+) -> Result<wire::PingResponse, ApiError> {
     let channel = connect_endpoint(endpoint, ca_pem, None, timeout).await?;
     let answer = ContainerClient::new(channel)
         .ping(wire::PingRequest { nonce: 1 })
-        .await?;
+        .await
+        .map_err(ApiError::Relayed)?;
     Ok(answer.into_inner())
 }
 
@@ -78,7 +78,7 @@ impl Probe for PingProbe {
             ping_endpoint(&endpoint, &ca_pem, timeout)
                 .await
                 .map(drop)
-                .map_err(|status| status.message().to_owned())
+                .map_err(|error| error.to_string())
         })
     }
 }

@@ -215,7 +215,7 @@ impl Uplink {
             let pki = self.tls.pki();
             let identity = pki.server();
             let ca = self.join.parent_ca_pem.as_deref().unwrap_or_default();
-            let host = endpoint_host(parent).map_err(|status| status.message().to_owned())?;
+            let host = endpoint_host(parent).map_err(|error| error.to_string())?;
             endpoint = endpoint
                 .tls_config(
                     ClientTlsConfig::new()

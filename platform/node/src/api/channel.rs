@@ -44,17 +44,17 @@ impl ChannelService {
     }
 }
 
-fn metadata<'a>(request: &'a Request<Streaming<Frame>>, key: &str) -> Result<&'a str, Status> {
+fn metadata<'a>(request: &'a Request<Streaming<Frame>>, key: &str) -> Result<&'a str, ApiError> {
     request
         .metadata()
         .get(key)
         .ok_or_else(|| {
-            Status::unauthenticated(format!(
+            ApiError::Unregistered(format!(
                 "missing request metadata {key:?}: register first and send the alias and lease"
             ))
         })?
         .to_str()
-        .map_err(|_| Status::invalid_argument(format!("metadata {key:?} is not text")))
+        .map_err(|_| ApiError::BadRequest(format!("metadata {key:?} is not text")))
 }
 
 #[tonic::async_trait]
@@ -75,7 +75,7 @@ impl channel_server::Channel for ChannelService {
                 metadata(&request, CREDIT_METADATA)?
                     .parse::<u32>()
                     .map_err(|_| {
-                        Status::invalid_argument(format!(
+                        ApiError::BadRequest(format!(
                             "metadata {CREDIT_METADATA:?} is not a number of envelopes"
                         ))
                     })?

@@ -48,6 +48,49 @@ pub(crate) enum ApiError {
     /// The request's shape is wrong (a field missing or out of range), found at the edge.
     #[error("{0}")]
     BadRequest(String),
+    /// The call came without the registration it needs (an attach stream without its
+    /// alias and lease).
+    #[error("{0}")]
+    Unregistered(String),
+    /// The caller does not hold what the call needs: the lease, a certificate for the
+    /// name it claims, a push ticket.
+    #[error("{0}")]
+    NotEntitled(String),
+    /// Nothing by that name: no container, task host, child node or log.
+    #[error("{0}")]
+    Unknown(String),
+    /// Something by that name exists, with another definition.
+    #[error("{0}")]
+    Exists(String),
+    /// The target cannot take the call as it is: a task where a process is needed, no
+    /// endpoint, not attached.
+    #[error("{0}")]
+    Unfit(String),
+    /// The node keeps no more of these (push tickets), or a watcher fell behind.
+    #[error("{0}")]
+    Exhausted(String),
+    /// A node or container the call needs could not be reached.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Not tried: an earlier operation of the batch failed and the batch stops on error.
+    #[error("an earlier operation failed")]
+    Skipped,
+    /// The node failed in a way the caller cannot mend (the message says what, without
+    /// the node's paths).
+    #[error("{0}")]
+    Internal(String),
+    /// The file store refused or failed an operation on `path`.
+    #[error("{path:?}: {error}")]
+    Files {
+        /// The file the operation was on.
+        path: String,
+        /// What the store said.
+        error: opendal::Error,
+    },
+    /// A status the node relays as it is: the answer to a call it made for the caller
+    /// (to a child node, a task host), or the failure of the caller's own stream.
+    #[error("{}", .0.message())]
+    Relayed(Status),
 }
 
 impl From<ApiError> for Status {
@@ -143,6 +186,44 @@ impl From<ApiError> for Status {
             ApiError::InvalidAlias(_) | ApiError::BadRequest(_) => {
                 Status::invalid_argument(message)
             }
+            ApiError::Unregistered(_) => Status::unauthenticated(message),
+            ApiError::NotEntitled(_) => Status::permission_denied(message),
+            ApiError::Unknown(_) => Status::not_found(message),
+            ApiError::Exists(_) => Status::already_exists(message),
+            ApiError::Unfit(_) => Status::failed_precondition(message),
+            ApiError::Exhausted(_) => Status::resource_exhausted(message),
+            ApiError::Unreachable(_) => Status::unavailable(message),
+            ApiError::Skipped => Status::aborted(message),
+            ApiError::Internal(_) => Status::internal(message),
+            ApiError::Files { path, error } => files_status(&path, error),
+            ApiError::Relayed(status) => status,
+        }
+    }
+}
+
+/// What a caller of `reef.v1.Files` hears when the store refuses or fails.
+fn files_status(path: &str, error: opendal::Error) -> Status {
+    use opendal::ErrorKind;
+    match error.kind() {
+        ErrorKind::NotFound => Status::not_found(format!("no file or directory at {path:?}")),
+        ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
+            Status::already_exists(format!("{path:?} exists"))
+        }
+        ErrorKind::IsADirectory => Status::failed_precondition(format!("{path:?} is a directory")),
+        ErrorKind::NotADirectory => {
+            Status::failed_precondition(format!("{path:?} is not a directory"))
+        }
+        ErrorKind::IsSameFile => Status::invalid_argument(format!("{path:?}: the same file")),
+        ErrorKind::Unsupported => {
+            Status::unimplemented(format!("the store cannot do that for {path:?}: {error}"))
+        }
+        ErrorKind::PermissionDenied => {
+            Status::permission_denied(format!("the store refused access to {path:?}"))
+        }
+        ErrorKind::RangeNotSatisfied => Status::out_of_range(format!("{path:?}: {error}")),
+        _ => {
+            tracing::warn!(%error, path, "file store failed");
+            Status::internal(format!("the file store failed on {path:?}"))
         }
     }
 }

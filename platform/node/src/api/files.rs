@@ -149,38 +149,34 @@ impl FilesService {
         })
     }
 
-    fn check<T>(&self, request: &Request<T>, action: Action, path: &str) -> Result<(), Status> {
-        Ok(identity::check_caller(
-            &self.access,
-            request,
-            action,
-            &format!("files:{path}"),
-        )?)
+    fn check<T>(&self, request: &Request<T>, action: Action, path: &str) -> Result<(), ApiError> {
+        identity::check_caller(&self.access, request, action, &format!("files:{path}"))
     }
 
-    async fn info(&self, path: &str) -> Result<wire::FileInfo, Status> {
-        let metadata = self.store.stat(path).await.map_err(|e| status(e, path))?;
+    async fn info(&self, path: &str) -> Result<wire::FileInfo, ApiError> {
+        let metadata = self.store.stat(path).await.map_err(store_error(path))?;
         Ok(file_info(path, &metadata))
     }
 
     /// Copies `from` to `to` by streaming, for stores that cannot copy natively.
-    async fn stream_copy(&self, from: &str, to: &str) -> Result<(), Status> {
+    async fn stream_copy(&self, from: &str, to: &str) -> Result<(), ApiError> {
         let mut chunks = self
             .store
             .reader_with(from)
             .chunk(FILE_CHUNK)
             .await
-            .map_err(|e| status(e, from))?
+            .map_err(store_error(from))?
             .into_bytes_stream(..)
             .await
-            .map_err(|e| status(e, from))?;
-        let mut writer = self.store.writer(to).await.map_err(|e| status(e, to))?;
+            .map_err(store_error(from))?;
+        let mut writer = self.store.writer(to).await.map_err(store_error(to))?;
         let copied = async {
             while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(|e| Status::internal(format!("reading {from}: {e}")))?;
-                writer.write(chunk).await.map_err(|e| status(e, to))?;
+                let chunk =
+                    chunk.map_err(|e| ApiError::Internal(format!("reading {from}: {e}")))?;
+                writer.write(chunk).await.map_err(store_error(to))?;
             }
-            writer.close().await.map_err(|e| status(e, to))
+            writer.close().await.map_err(store_error(to))
         }
         .await;
         if copied.is_err() {
@@ -191,10 +187,10 @@ impl FilesService {
 }
 
 /// A file's path inside the store: leading '/' dropped, no way out of the root.
-fn file_path(raw: &str) -> Result<String, Status> {
+fn file_path(raw: &str) -> Result<String, ApiError> {
     let path = confined(raw)?;
     if path.is_empty() || path.ends_with('/') {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::BadRequest(format!(
             "{raw:?} names a directory, not a file"
         )));
     }
@@ -202,7 +198,7 @@ fn file_path(raw: &str) -> Result<String, Status> {
 }
 
 /// A directory's path inside the store, with its trailing '/' ("/" for the root).
-fn dir_path(raw: &str) -> Result<String, Status> {
+fn dir_path(raw: &str) -> Result<String, ApiError> {
     let path = confined(raw)?;
     Ok(match path.is_empty() {
         true => "/".to_owned(),
@@ -212,9 +208,8 @@ fn dir_path(raw: &str) -> Result<String, Status> {
 }
 
 /// Checks a path against the rules in `files.proto` and drops its leading '/'.
-fn confined(raw: &str) -> Result<String, Status> {
-    let invalid =
-        |reason: &str| Status::invalid_argument(format!("invalid path {raw:?}: {reason}"));
+fn confined(raw: &str) -> Result<String, ApiError> {
+    let invalid = |reason: &str| ApiError::BadRequest(format!("invalid path {raw:?}: {reason}"));
     if raw.len() > MAX_PATH {
         return Err(invalid("longer than 1024 bytes"));
     }
@@ -253,29 +248,11 @@ fn file_info(path: &str, metadata: &Metadata) -> wire::FileInfo {
     }
 }
 
-/// The one mapping of store errors to gRPC statuses.
-fn status(error: opendal::Error, path: &str) -> Status {
-    match error.kind() {
-        ErrorKind::NotFound => Status::not_found(format!("no file or directory at {path:?}")),
-        ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
-            Status::already_exists(format!("{path:?} exists"))
-        }
-        ErrorKind::IsADirectory => Status::failed_precondition(format!("{path:?} is a directory")),
-        ErrorKind::NotADirectory => {
-            Status::failed_precondition(format!("{path:?} is not a directory"))
-        }
-        ErrorKind::IsSameFile => Status::invalid_argument(format!("{path:?}: the same file")),
-        ErrorKind::Unsupported => {
-            Status::unimplemented(format!("the store cannot do that for {path:?}: {error}"))
-        }
-        ErrorKind::PermissionDenied => {
-            Status::permission_denied(format!("the store refused access to {path:?}"))
-        }
-        ErrorKind::RangeNotSatisfied => Status::out_of_range(format!("{path:?}: {error}")),
-        _ => {
-            tracing::warn!(%error, path, "file store failed");
-            Status::internal(format!("the file store failed on {path:?}"))
-        }
+/// The store's error on `path`, for the one mapping in `api/error.rs`.
+fn store_error(path: &str) -> impl FnOnce(opendal::Error) -> ApiError + '_ {
+    move |error| ApiError::Files {
+        path: path.to_owned(),
+        error,
     }
 }
 
@@ -292,11 +269,9 @@ impl files_server::Files for FilesService {
         let path = file_path(&request.get_ref().path)?;
         self.check(&request, Action::Read, &path)?;
         let request = request.into_inner();
-        let metadata = self.store.stat(&path).await.map_err(|e| status(e, &path))?;
+        let metadata = self.store.stat(&path).await.map_err(store_error(&path))?;
         if metadata.is_dir() {
-            return Err(Status::failed_precondition(format!(
-                "{path:?} is a directory"
-            )));
+            return Err(ApiError::Unfit(format!("{path:?} is a directory")).into());
         }
         let size = metadata.content_length();
         let start = request.offset.min(size);
@@ -309,13 +284,17 @@ impl files_server::Files for FilesService {
             .reader_with(&path)
             .chunk(FILE_CHUNK)
             .await
-            .map_err(|e| status(e, &path))?
+            .map_err(store_error(&path))?
             .into_bytes_stream(start..end)
             .await
-            .map_err(|e| status(e, &path))?;
+            .map_err(store_error(&path))?;
         let failed = path.clone();
         let chunks = chunks
-            .map_err(move |e| Status::internal(format!("reading {failed:?} failed: {e}")))
+            .map_err(move |e| {
+                Status::from(ApiError::Internal(format!(
+                    "reading {failed:?} failed: {e}"
+                )))
+            })
             // Never more than a chunk per message, whatever the store hands over.
             .map_ok(|bytes| {
                 let pieces: Vec<_> = (0..bytes.len())
@@ -338,14 +317,15 @@ impl files_server::Files for FilesService {
     ) -> Result<Response<wire::FileInfo>, Status> {
         let caller = identity::caller(&request);
         let mut parts = request.into_inner();
-        let start = match parts.message().await? {
+        let start = match parts.message().await.map_err(ApiError::Relayed)? {
             Some(wire::WriteFileRequest {
                 part: Some(Part::Start(start)),
             }) => start,
             _ => {
-                return Err(Status::invalid_argument(
-                    "the first message of a write must be `start`, naming the file",
-                ));
+                return Err(ApiError::BadRequest(
+                    "the first message of a write must be `start`, naming the file".to_owned(),
+                )
+                .into());
             }
         };
         let path = file_path(&start.path)?;
@@ -355,44 +335,40 @@ impl files_server::Files for FilesService {
         let capability = self.store.info().capability();
         if start.if_absent
             && !capability.write_with_if_not_exists
-            && self
-                .store
-                .exists(&path)
-                .await
-                .map_err(|e| status(e, &path))?
+            && self.store.exists(&path).await.map_err(store_error(&path))?
         {
-            return Err(Status::already_exists(format!("{path:?} exists")));
+            return Err(ApiError::Exists(format!("{path:?} exists")).into());
         }
         let mut writer = self
             .store
             .writer_with(&path)
             .if_not_exists(start.if_absent && capability.write_with_if_not_exists)
             .await
-            .map_err(|e| status(e, &path))?;
+            .map_err(store_error(&path))?;
         let mut written = 0u64;
         let outcome = async {
-            while let Some(part) = parts.message().await? {
+            while let Some(part) = parts.message().await.map_err(ApiError::Relayed)? {
                 let Some(Part::Data(data)) = part.part else {
-                    return Err(Status::invalid_argument(
-                        "after `start`, a write carries only `data`",
+                    return Err(ApiError::BadRequest(
+                        "after `start`, a write carries only `data`".to_owned(),
                     ));
                 };
                 written += data.len() as u64;
                 if written > self.max_bytes {
-                    return Err(Status::resource_exhausted(format!(
+                    return Err(ApiError::Exhausted(format!(
                         "{path:?} would be larger than this node's limit of {} bytes (--files-max-bytes)",
                         self.max_bytes
                     )));
                 }
-                writer.write(data).await.map_err(|e| status(e, &path))?;
+                writer.write(data).await.map_err(store_error(&path))?;
             }
-            writer.close().await.map_err(|e| status(e, &path))
+            writer.close().await.map_err(store_error(&path))
         }
         .await;
         if let Err(refused) = outcome {
             // Nothing of a refused or broken write is kept.
             let _ = writer.abort().await;
-            return Err(refused);
+            return Err(refused.into());
         }
         Ok(Response::new(self.info(&path).await?))
     }
@@ -409,12 +385,19 @@ impl files_server::Files for FilesService {
         };
         match self.info(&path).await {
             // A directory is found under its name with or without the '/'.
-            Err(missing) if missing.code() == tonic::Code::NotFound && !path.ends_with('/') => {
-                self.info(&format!("{path}/")).await.map_err(|_| missing)
+            Err(ApiError::Files { error, .. })
+                if error.kind() == ErrorKind::NotFound && !path.ends_with('/') =>
+            {
+                let missing = || ApiError::Files {
+                    path: path.clone(),
+                    error,
+                };
+                self.info(&format!("{path}/")).await.map_err(|_| missing())
             }
             found => found,
         }
         .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn list(
@@ -433,12 +416,12 @@ impl files_server::Files for FilesService {
             .lister_with(&dir)
             .recursive(request.recursive)
             .await
-            .map_err(|e| status(e, &dir))?;
+            .map_err(store_error(&dir))?;
         // Paths as this service names them: without a leading '/'.
         let own = dir.trim_start_matches('/');
         let mut paths = Vec::new();
         while let Some(entry) = lister.next().await {
-            let entry = entry.map_err(|e| status(e, &dir))?;
+            let entry = entry.map_err(store_error(&dir))?;
             let path = entry.path().trim_start_matches('/');
             // The directory itself is listed too.
             if path == own {
@@ -446,9 +429,10 @@ impl files_server::Files for FilesService {
             }
             paths.push(path.to_owned());
             if paths.len() > MAX_LISTED {
-                return Err(Status::resource_exhausted(format!(
+                return Err(ApiError::Exhausted(format!(
                     "more than {MAX_LISTED} entries under {dir:?}: list a narrower directory"
-                )));
+                ))
+                .into());
             }
         }
         paths.sort();
@@ -482,15 +466,15 @@ impl files_server::Files for FilesService {
         let path = confined(&request.get_ref().path)?;
         self.check(&request, Action::Write, &path)?;
         if path.is_empty() {
-            return Err(Status::invalid_argument(
-                "the store's root cannot be deleted",
-            ));
+            return Err(
+                ApiError::BadRequest("the store's root cannot be deleted".to_owned()).into(),
+            );
         }
         let recursive = request.get_ref().recursive;
         let dir = dir_path(&path)?;
         let is_dir = path.ends_with('/') || self.store.exists(&dir).await.unwrap_or(false);
         match (is_dir, recursive) {
-            (true, false) => Err(Status::failed_precondition(format!(
+            (true, false) => Err(ApiError::Unfit(format!(
                 "{dir:?} is a directory: delete it with recursive"
             ))),
             (true, true) => self
@@ -498,8 +482,8 @@ impl files_server::Files for FilesService {
                 .delete_with(&dir)
                 .recursive(true)
                 .await
-                .map_err(|e| status(e, &dir)),
-            (false, _) => self.store.delete(&path).await.map_err(|e| status(e, &path)),
+                .map_err(store_error(&dir)),
+            (false, _) => self.store.delete(&path).await.map_err(store_error(&path)),
         }?;
         Ok(Response::new(wire::DeleteFileResponse {}))
     }
@@ -518,7 +502,7 @@ impl files_server::Files for FilesService {
                 .copy(&from, &to)
                 .await
                 .map(drop)
-                .map_err(|e| status(e, &from))?,
+                .map_err(store_error(&from))?,
             false => self.stream_copy(&from, &to).await?,
         }
         Ok(Response::new(self.info(&to).await?))
@@ -537,13 +521,10 @@ impl files_server::Files for FilesService {
                 .store
                 .rename(&from, &to)
                 .await
-                .map_err(|e| status(e, &from))?,
+                .map_err(store_error(&from))?,
             false => {
                 self.stream_copy(&from, &to).await?;
-                self.store
-                    .delete(&from)
-                    .await
-                    .map_err(|e| status(e, &from))?;
+                self.store.delete(&from).await.map_err(store_error(&from))?;
             }
         }
         Ok(Response::new(self.info(&to).await?))
@@ -581,7 +562,7 @@ mod tests {
         assert_eq!(dir_path("/docs").unwrap(), "docs/");
         for bad in ["../etc/passwd", "a/../../b", "a//b", "./a", "a\\b", "a\0b"] {
             assert_eq!(
-                file_path(bad).unwrap_err().code(),
+                Status::from(file_path(bad).unwrap_err()).code(),
                 tonic::Code::InvalidArgument,
                 "{bad:?}"
             );

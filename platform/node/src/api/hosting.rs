@@ -9,7 +9,7 @@ use reef_core::Alias;
 use reef_proto::{self as wire, container_client::ContainerClient};
 use tonic::{Code, Status};
 
-use crate::{ContainerSnapshot, Registry, probe::connect_endpoint};
+use crate::{ContainerSnapshot, Registry, api::error::ApiError, probe::connect_endpoint};
 
 /// How long the node waits for a host to start or stop a task.
 const HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,13 +34,13 @@ pub(crate) async fn start_task(
     registry: &Registry,
     ca_pem: &str,
     definition: TaskDefinition,
-) -> Result<(ContainerSnapshot, bool), Status> {
+) -> Result<(ContainerSnapshot, bool), ApiError> {
     if let Some(existing) = registry.get(definition.alias.as_str()) {
         return match &existing.task {
             Some(task) if task.host == definition.host && existing.spec.name == definition.name => {
                 Ok((existing, false))
             }
-            _ => Err(Status::already_exists(format!(
+            _ => Err(ApiError::Exists(format!(
                 "{} exists with another definition; destroy it first",
                 definition.alias
             ))),
@@ -64,7 +64,7 @@ pub(crate) async fn start_task(
         .into_inner();
     // The host answers only after the node accepted its announcement.
     let snapshot = registry.get(definition.alias.as_str()).ok_or_else(|| {
-        Status::internal(format!(
+        ApiError::Internal(format!(
             "{} said it started {} but the task is not registered",
             definition.host, definition.alias
         ))
@@ -79,7 +79,7 @@ pub(crate) async fn stop_task(
     ca_pem: &str,
     alias: &Alias,
     host: &Alias,
-) -> Result<(), Status> {
+) -> Result<(), ApiError> {
     let mut client = host_client(registry, ca_pem, host).await?;
     client
         .stop_task(wire::StopTaskRequest {
@@ -94,22 +94,22 @@ async fn host_client(
     registry: &Registry,
     ca_pem: &str,
     host: &Alias,
-) -> Result<ContainerClient<tonic::transport::Channel>, Status> {
+) -> Result<ContainerClient<tonic::transport::Channel>, ApiError> {
     let snapshot = registry
         .get(host.as_str())
-        .ok_or_else(|| Status::not_found(format!("task host {host} is not registered")))?;
+        .ok_or_else(|| ApiError::Unknown(format!("task host {host} is not registered")))?;
     if snapshot.task.is_some() {
-        return Err(Status::failed_precondition(format!(
+        return Err(ApiError::Unfit(format!(
             "{host} is a task; only a process can host tasks"
         )));
     }
     if !snapshot.attached {
-        return Err(Status::unavailable(format!(
+        return Err(ApiError::Unreachable(format!(
             "task host {host} is not attached (starting, restarting or stopped)"
         )));
     }
     let endpoint = snapshot.spec.endpoint.ok_or_else(|| {
-        Status::failed_precondition(format!(
+        ApiError::Unfit(format!(
             "{host} registered no endpoint, so it cannot host tasks"
         ))
     })?;
@@ -118,11 +118,14 @@ async fn host_client(
 }
 
 /// A host's refusal, said from the node's side.
-fn host_refused(host: &Alias, status: Status) -> Status {
+fn host_refused(host: &Alias, status: Status) -> ApiError {
     match status.code() {
-        Code::Unimplemented => Status::failed_precondition(format!(
+        Code::Unimplemented => ApiError::Unfit(format!(
             "{host} cannot host tasks: its SDK does not implement Container.StartTask"
         )),
-        code => Status::new(code, format!("task host {host}: {}", status.message())),
+        code => ApiError::Relayed(Status::new(
+            code,
+            format!("task host {host}: {}", status.message()),
+        )),
     }
 }

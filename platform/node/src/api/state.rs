@@ -76,25 +76,19 @@ impl StateService {
         request: &Request<T>,
         action: Action,
         namespace: &str,
-    ) -> Result<(), Status> {
-        Ok(identity::check_caller(
-            &self.access,
-            request,
-            action,
-            namespace,
-        )?)
+    ) -> Result<(), ApiError> {
+        identity::check_caller(&self.access, request, action, namespace)
     }
 
-    async fn write(&self, txn: Txn) -> Result<TxnOutcome, Status> {
-        txn.validate().map_err(status)?;
+    async fn write(&self, txn: Txn) -> Result<TxnOutcome, ApiError> {
+        txn.validate()?;
         for owner in txn.owners() {
-            self.owners.check(owner).map_err(status)?;
+            self.owners.check(owner)?;
         }
-        self.backend.txn(txn).await.map_err(status)
+        Ok(self.backend.txn(txn).await?)
     }
 }
 
-/// The one mapping of state errors to gRPC statuses.
 /// The outcome a gRPC status code stands for, as the metrics count it.
 fn outcome_of(code: Code) -> Outcome {
     match code {
@@ -117,14 +111,14 @@ fn status(error: StateError) -> Status {
     ApiError::from(error).into()
 }
 
-fn namespace(name: &str) -> Result<Namespace, Status> {
-    Namespace::new(name).map_err(status)
+fn namespace(name: &str) -> Result<Namespace, ApiError> {
+    Ok(Namespace::new(name)?)
 }
 
 /// A wire revision: non-negative.
-fn revision(value: i64, what: &str) -> Result<Revision, Status> {
+fn revision(value: i64, what: &str) -> Result<Revision, ApiError> {
     u64::try_from(value)
-        .map_err(|_| Status::invalid_argument(format!("{what} cannot be negative (got {value})")))
+        .map_err(|_| ApiError::BadRequest(format!("{what} cannot be negative (got {value})")))
 }
 
 /// An empty wire string is "not set".
@@ -249,9 +243,10 @@ impl StateService {
         let namespace = namespace(&request.namespace)?;
         let expected = match request.expected_revision {
             Some(_) if request.prefix => {
-                return Err(Status::invalid_argument(
-                    "expected_revision applies to one key, not to a prefix",
-                ));
+                return Err(ApiError::BadRequest(
+                    "expected_revision applies to one key, not to a prefix".to_owned(),
+                )
+                .into());
             }
             Some(expected) => Some(revision(expected, "expected_revision")?),
             None => None,
@@ -297,10 +292,10 @@ impl StateService {
         if let Some(after) = &after
             && !after.starts_with(&request.prefix)
         {
-            return Err(Status::invalid_argument(format!(
+            return Err(ApiError::BadRequest(format!(
                 "page_token {after:?} is not under the prefix {:?}: pass the next_page_token of the previous page",
                 request.prefix
-            )));
+            )).into());
         }
         let page = self
             .backend
@@ -349,9 +344,10 @@ impl StateService {
                 }
                 Some(wire::txn_op::Op::Delete(delete)) => Op::Delete { key: delete.key },
                 None => {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(ApiError::BadRequest(format!(
                         "operation {index} is neither a put nor a delete"
-                    )));
+                    ))
+                    .into());
                 }
             });
         }

@@ -5,21 +5,23 @@ use std::{path::PathBuf, time::Duration};
 
 use reef_core::{Alias, millis};
 use reef_proto as wire;
-use tonic::Status;
 
 use reef_supervision::{
     Action, CreateFlag, Definition, Kind, Policy, ProcessSpec, RestartType, Solver, State,
     StopMode, Strategy, SupervisedSnapshot,
 };
 
-use crate::{HostedTask, TaskSnapshot, api::hosting::TaskDefinition};
+use crate::{
+    HostedTask, TaskSnapshot,
+    api::{error::ApiError, hosting::TaskDefinition},
+};
 
-fn invalid(message: impl Into<String>) -> Status {
-    Status::invalid_argument(message.into())
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
 }
 
 /// A checked definition: valid aliases, no self-parent, a program, known enums.
-pub(crate) fn definition(raw: wire::ContainerDefinition) -> Result<Definition, Status> {
+pub(crate) fn definition(raw: wire::ContainerDefinition) -> Result<Definition, ApiError> {
     let (alias, parent) = alias_and_parent(&raw)?;
     let kind = match raw.kind {
         Some(wire::container_definition::Kind::Process(process)) => {
@@ -56,7 +58,7 @@ pub(crate) fn definition(raw: wire::ContainerDefinition) -> Result<Definition, S
     })
 }
 
-fn alias_and_parent(raw: &wire::ContainerDefinition) -> Result<(Alias, Option<Alias>), Status> {
+fn alias_and_parent(raw: &wire::ContainerDefinition) -> Result<(Alias, Option<Alias>), ApiError> {
     let alias = Alias::parse(&raw.alias).map_err(|e| invalid(format!("definition.alias: {e}")))?;
     let parent = match raw.parent.as_str() {
         "" => None,
@@ -73,7 +75,7 @@ fn alias_and_parent(raw: &wire::ContainerDefinition) -> Result<(Alias, Option<Al
 /// A checked task definition; `None` when `raw` is not a task.
 pub(crate) fn task_definition(
     raw: &wire::ContainerDefinition,
-) -> Result<Option<TaskDefinition>, Status> {
+) -> Result<Option<TaskDefinition>, ApiError> {
     let Some(wire::container_definition::Kind::Task(task)) = &raw.kind else {
         return Ok(None);
     };
@@ -132,7 +134,7 @@ pub(crate) fn task_info(spec: &crate::ContainerSpec, task: &TaskSnapshot) -> wir
 }
 
 /// A task its host announces (`Supervisor.Host`).
-pub(crate) fn hosted_task(raw: wire::HostedTask) -> Result<HostedTask, Status> {
+pub(crate) fn hosted_task(raw: wire::HostedTask) -> Result<HostedTask, ApiError> {
     let alias = Alias::parse(&raw.alias).map_err(|e| invalid(e.to_string()))?;
     let parent = match raw.parent.as_str() {
         "" => None,
@@ -162,7 +164,7 @@ fn millis_or(value: u32, default: Duration) -> Duration {
     }
 }
 
-fn policy(raw: wire::SupervisionPolicy) -> Result<Policy, Status> {
+fn policy(raw: wire::SupervisionPolicy) -> Result<Policy, ApiError> {
     let defaults = Policy::default();
     let restart = match wire::RestartType::try_from(raw.restart) {
         Ok(wire::RestartType::Unspecified | wire::RestartType::Permanent) => RestartType::Permanent,
@@ -345,7 +347,7 @@ pub(crate) fn supervised_info(info: &SupervisedSnapshot) -> wire::SupervisedInfo
 }
 
 /// Create's flag.
-pub(crate) fn create_flag(raw: i32) -> Result<CreateFlag, Status> {
+pub(crate) fn create_flag(raw: i32) -> Result<CreateFlag, ApiError> {
     match wire::CreateFlag::try_from(raw) {
         Ok(wire::CreateFlag::Default) => Ok(CreateFlag::Default),
         Ok(wire::CreateFlag::ForceSoft) => Ok(CreateFlag::ForceSoft),
@@ -356,7 +358,7 @@ pub(crate) fn create_flag(raw: i32) -> Result<CreateFlag, Status> {
 }
 
 /// Destroy's and Stop's flag.
-pub(crate) fn stop_mode(raw: i32) -> Result<StopMode, Status> {
+pub(crate) fn stop_mode(raw: i32) -> Result<StopMode, ApiError> {
     match wire::DestroyFlag::try_from(raw) {
         Ok(wire::DestroyFlag::Force) => Ok(StopMode::Force),
         Ok(wire::DestroyFlag::Keep) => Ok(StopMode::Keep),

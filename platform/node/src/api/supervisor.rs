@@ -121,7 +121,7 @@ impl SupervisorService {
         caller: &Principal,
         alias: &str,
         timeout: Duration,
-    ) -> Result<ContainerClient<tonic::transport::Channel>, Status> {
+    ) -> Result<ContainerClient<tonic::transport::Channel>, ApiError> {
         let alias = parse_alias(alias)?;
         self.access
             .check(caller, Action::Send, alias.as_str(), &[])
@@ -129,9 +129,9 @@ impl SupervisorService {
         let container = self
             .registry
             .get(alias.as_str())
-            .ok_or_else(|| Status::not_found(format!("no container is registered as {alias:?}")))?;
+            .ok_or_else(|| ApiError::Unknown(format!("no container is registered as {alias:?}")))?;
         if let Some(task) = &container.task {
-            return Err(Status::failed_precondition(format!(
+            return Err(ApiError::Unfit(format!(
                 "{alias} is a task container in {}: its host's endpoint speaks for the host",
                 task.host
             )));
@@ -139,12 +139,12 @@ impl SupervisorService {
         let endpoint = match (container.spec.endpoint, container.attached) {
             (Some(endpoint), true) => endpoint,
             (None, _) => {
-                return Err(Status::failed_precondition(format!(
+                return Err(ApiError::Unfit(format!(
                     "{alias} registered no endpoint to ask"
                 )));
             }
             (Some(_), false) => {
-                return Err(Status::failed_precondition(format!(
+                return Err(ApiError::Unfit(format!(
                     "{alias} is not attached (starting, restarting or stopped)"
                 )));
             }
@@ -156,10 +156,10 @@ impl SupervisorService {
     }
 
     /// Refuses a caller that does not hold `alias`'s lease.
-    fn authenticate(&self, alias: &str, lease: &str) -> Result<(), Status> {
+    fn authenticate(&self, alias: &str, lease: &str) -> Result<(), ApiError> {
         match self.registry.holds_lease(alias, lease) {
             true => Ok(()),
-            false => Err(Status::permission_denied(format!(
+            false => Err(ApiError::NotEntitled(format!(
                 "{alias:?} is not registered with that lease"
             ))),
         }
@@ -172,8 +172,8 @@ impl SupervisorService {
     }
 }
 
-fn parse_alias(raw: &str) -> Result<Alias, Status> {
-    Alias::parse(raw).map_err(|e| Status::invalid_argument(e.to_string()))
+fn parse_alias(raw: &str) -> Result<Alias, ApiError> {
+    Alias::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<wire::LogChunk, Status>> + Send>>;
@@ -265,9 +265,10 @@ impl supervisor_server::Supervisor for SupervisorService {
                 let item = match events.recv().await {
                     Ok(event) => Ok(container_event(event)),
                     Err(RecvError::Closed) => return,
-                    Err(RecvError::Lagged(missed)) => Err(Status::resource_exhausted(format!(
+                    Err(RecvError::Lagged(missed)) => Err(ApiError::Exhausted(format!(
                         "watcher fell {missed} events behind; list again and re-watch"
-                    ))),
+                    ))
+                    .into()),
                 };
                 let stop = item.is_err();
                 if tx.send(item).await.is_err() || stop {
@@ -309,10 +310,11 @@ impl supervisor_server::Supervisor for SupervisorService {
         let container = self
             .registry
             .get(&alias)
-            .ok_or_else(|| Status::not_found(format!("no container is registered as {alias:?}")))?;
-        let endpoint = container.spec.endpoint.ok_or_else(|| {
-            Status::failed_precondition(format!("{alias:?} registered no endpoint to ping"))
-        })?;
+            .ok_or_else(|| ApiError::Unknown(format!("no container is registered as {alias:?}")))?;
+        let endpoint = container
+            .spec
+            .endpoint
+            .ok_or_else(|| ApiError::Unfit(format!("{alias:?} registered no endpoint to ping")))?;
         let started = Instant::now();
         let answer =
             ping_endpoint(&endpoint, self.tls.pki().ca_pem(), Duration::from_secs(5)).await?;
@@ -367,9 +369,9 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::CreateRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
         let caller = identity::caller(&request);
-        self.create_one(&caller, request.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.create_one(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn destroy(
@@ -377,9 +379,9 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::DestroyRequest>,
     ) -> Result<Response<wire::DestroyResponse>, Status> {
         let caller = identity::caller(&request);
-        self.destroy_one(&caller, request.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.destroy_one(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn start(
@@ -387,9 +389,9 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::StartRequest>,
     ) -> Result<Response<wire::StartResponse>, Status> {
         let caller = identity::caller(&request);
-        self.start_one(&caller, request.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.start_one(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn stop(
@@ -397,9 +399,9 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::StopRequest>,
     ) -> Result<Response<wire::StopResponse>, Status> {
         let caller = identity::caller(&request);
-        self.stop_one(&caller, request.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.stop_one(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn restart(
@@ -449,10 +451,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         let mut aborted = false;
         for operation in request.operations {
             let (alias, outcome) = match operation.operation {
-                _ if aborted => (
-                    String::new(),
-                    Err(Status::aborted("an earlier operation failed")),
-                ),
+                _ if aborted => (String::new(), Err(ApiError::Skipped)),
                 Some(Operation::Create(create)) => {
                     let alias = create
                         .definition
@@ -475,7 +474,7 @@ impl supervisor_server::Supervisor for SupervisorService {
                 ),
                 None => (
                     String::new(),
-                    Err(Status::invalid_argument("empty batch operation")),
+                    Err(ApiError::BadRequest("empty batch operation".to_owned())),
                 ),
             };
             aborted |= outcome.is_err() && request.stop_on_error;
@@ -491,12 +490,13 @@ impl supervisor_server::Supervisor for SupervisorService {
         let request = request.into_inner();
         let alias = parse_alias(&request.alias)?;
         if !self.registry.holds_lease(alias.as_str(), &request.lease) {
-            return Err(Status::permission_denied(format!(
+            return Err(ApiError::NotEntitled(format!(
                 "the lease does not match the registration of {alias}"
-            )));
+            ))
+            .into());
         }
         if request.error_type.is_empty() {
-            return Err(Status::invalid_argument("FailRequest.error_type is empty"));
+            return Err(ApiError::BadRequest("FailRequest.error_type is empty".to_owned()).into());
         }
         let failure = Failure {
             error_type: request.error_type,
@@ -551,7 +551,7 @@ impl supervisor_server::Supervisor for SupervisorService {
                         .next()
                         .unwrap_or(Ok(false))
                         .map(drop)
-                        .map_err(|error| ApiError::from(error).into()),
+                        .map_err(ApiError::from),
                 };
                 batch_result(alias, outcome)
             })
@@ -694,24 +694,25 @@ impl supervisor_server::Supervisor for SupervisorService {
         let container = self
             .registry
             .get(peer.as_str())
-            .ok_or_else(|| Status::not_found(format!("no container is registered as {peer}")))?;
+            .ok_or_else(|| ApiError::Unknown(format!("no container is registered as {peer}")))?;
         if container.task.is_some() {
-            return Err(Status::failed_precondition(format!(
+            return Err(ApiError::Unfit(format!(
                 "{peer} is a task container: push to its host's alias or send through the node"
-            )));
+            ))
+            .into());
         }
         let endpoint = match (&container.spec.endpoint, container.attached) {
             (Some(endpoint), true) => endpoint.clone(),
             _ => {
-                return Err(Status::failed_precondition(format!(
-                    "{peer} is not attached with an endpoint"
-                )));
+                return Err(
+                    ApiError::Unfit(format!("{peer} is not attached with an endpoint")).into(),
+                );
             }
         };
         let ticket = self
             .push_tickets
             .issue(origin, peer)
-            .ok_or_else(|| Status::resource_exhausted("too many push tickets outstanding"))?;
+            .ok_or_else(|| ApiError::Exhausted("too many push tickets outstanding".to_owned()))?;
         Ok(Response::new(wire::OpenPushResponse { endpoint, ticket }))
     }
 
@@ -725,7 +726,9 @@ impl supervisor_server::Supervisor for SupervisorService {
             .push_tickets
             .redeem(&request.ticket, &request.alias)
             .ok_or_else(|| {
-                Status::permission_denied("the push ticket is unknown, used, expired or not yours")
+                ApiError::NotEntitled(
+                    "the push ticket is unknown, used, expired or not yours".to_owned(),
+                )
             })?;
         Ok(Response::new(wire::CheckPushResponse {
             origin: origin.to_string(),

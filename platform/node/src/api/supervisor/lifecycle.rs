@@ -9,11 +9,11 @@ impl SupervisorService {
         &self,
         child: &str,
         hop: &NodeEndpoint,
-    ) -> Result<SupervisorClient<tonic::transport::Channel>, Status> {
+    ) -> Result<SupervisorClient<tonic::transport::Channel>, ApiError> {
         let identity = Some(self.tls.pki().server().clone());
         let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, identity, FORWARD_TIMEOUT)
             .await
-            .map_err(|status| Status::unavailable(format!("node {child}: {}", status.message())))?;
+            .map_err(|error| ApiError::Unreachable(format!("node {child}: {error}")))?;
         Ok(SupervisorClient::new(channel))
     }
 
@@ -22,7 +22,7 @@ impl SupervisorService {
     pub(super) async fn node_below(
         &self,
         alias: &str,
-    ) -> Result<Option<SupervisorClient<tonic::transport::Channel>>, Status> {
+    ) -> Result<Option<SupervisorClient<tonic::transport::Channel>>, ApiError> {
         match self.children.below(&self.registry, alias) {
             None => Ok(None),
             Some((child, hop)) => self.child_node(&child, &hop).await.map(Some),
@@ -34,12 +34,12 @@ impl SupervisorService {
         &self,
         caller: &Principal,
         request: wire::CreateRequest,
-    ) -> Result<wire::CreateResponse, Status> {
+    ) -> Result<wire::CreateResponse, ApiError> {
         let (child, hop) = self
             .children
             .next_hop(&self.registry, &request.node)
             .ok_or_else(|| {
-                Status::not_found(format!(
+                ApiError::Unknown(format!(
                     "no node named {:?} is linked below node {:?}",
                     request.node, self.node.name
                 ))
@@ -47,12 +47,13 @@ impl SupervisorService {
         let mut node = self.child_node(&child, &hop).await?;
         Ok(node
             .create(on_behalf_of(caller, request)?)
-            .await?
+            .await
+            .map_err(ApiError::Relayed)?
             .into_inner())
     }
 
     /// Joins a created container to the groups its definition names.
-    pub(super) fn join_groups(&self, alias: &str, groups: &[String]) -> Result<(), Status> {
+    pub(super) fn join_groups(&self, alias: &str, groups: &[String]) -> Result<(), ApiError> {
         for group in groups {
             routing_api::join_group(
                 &self.routing,
@@ -70,13 +71,13 @@ impl SupervisorService {
         &self,
         caller: &Principal,
         request: wire::CreateRequest,
-    ) -> Result<wire::CreateResponse, Status> {
+    ) -> Result<wire::CreateResponse, ApiError> {
         if !request.node.is_empty() && request.node != self.node.name {
             return self.forward_create(caller, request).await;
         }
-        let raw = request
-            .definition
-            .ok_or_else(|| Status::invalid_argument("CreateRequest.definition is missing"))?;
+        let raw = request.definition.ok_or_else(|| {
+            ApiError::BadRequest("CreateRequest.definition is missing".to_owned())
+        })?;
         let parent = (!raw.parent.is_empty()).then_some(raw.parent.as_str());
         self.check_subtree(caller, Action::Create, &raw.alias, parent)?;
         let groups = raw.groups.clone();
@@ -94,7 +95,7 @@ impl SupervisorService {
         &self,
         raw: wire::ContainerDefinition,
         flags: i32,
-    ) -> Result<wire::CreateResponse, Status> {
+    ) -> Result<wire::CreateResponse, ApiError> {
         if let Some(task) = convert::task_definition(&raw)? {
             let (container, created) =
                 hosting::start_task(&self.registry, self.tls.pki().ca_pem(), task).await?;
@@ -121,12 +122,13 @@ impl SupervisorService {
         &self,
         caller: &Principal,
         request: wire::DestroyRequest,
-    ) -> Result<wire::DestroyResponse, Status> {
+    ) -> Result<wire::DestroyResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
             return Ok(node
                 .destroy(on_behalf_of(caller, request)?)
-                .await?
+                .await
+                .map_err(ApiError::Relayed)?
                 .into_inner());
         }
         self.check_subtree(caller, Action::Destroy, alias.as_str(), None)?;
@@ -159,9 +161,9 @@ impl SupervisorService {
     }
 
     /// Start, Stop and Restart act on processes; a task's host restarts it.
-    pub(super) fn refuse_task(&self, alias: &Alias, what: &str) -> Result<(), Status> {
+    pub(super) fn refuse_task(&self, alias: &Alias, what: &str) -> Result<(), ApiError> {
         match self.registry.get(alias.as_str()).and_then(|c| c.task) {
-            Some(task) => Err(Status::failed_precondition(format!(
+            Some(task) => Err(ApiError::Unfit(format!(
                 "{alias} is a task container in {}: it cannot be {what} on its own (its host restarts it after a panic); destroy and create it instead",
                 task.host
             ))),
@@ -187,12 +189,13 @@ impl SupervisorService {
         &self,
         caller: &Principal,
         request: wire::StartRequest,
-    ) -> Result<wire::StartResponse, Status> {
+    ) -> Result<wire::StartResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
             return Ok(node
                 .start(on_behalf_of(caller, request)?)
-                .await?
+                .await
+                .map_err(ApiError::Relayed)?
                 .into_inner());
         }
         self.check_subtree(caller, Action::Start, alias.as_str(), None)?;
@@ -210,12 +213,13 @@ impl SupervisorService {
         &self,
         caller: &Principal,
         request: wire::StopRequest,
-    ) -> Result<wire::StopResponse, Status> {
+    ) -> Result<wire::StopResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
             return Ok(node
                 .stop(on_behalf_of(caller, request)?)
-                .await?
+                .await
+                .map_err(ApiError::Relayed)?
                 .into_inner());
         }
         self.check_subtree(caller, Action::Stop, alias.as_str(), None)?;
@@ -232,8 +236,8 @@ impl SupervisorService {
 }
 
 /// One operation's outcome, as Batch and Host report it.
-pub(super) fn batch_result(alias: String, outcome: Result<(), Status>) -> wire::BatchResult {
-    let (code, message) = match outcome {
+pub(super) fn batch_result(alias: String, outcome: Result<(), ApiError>) -> wire::BatchResult {
+    let (code, message) = match outcome.map_err(Status::from) {
         Ok(()) => (0, String::new()),
         Err(status) => (status.code() as i32, status.message().to_owned()),
     };
@@ -246,9 +250,9 @@ pub(super) fn batch_result(alias: String, outcome: Result<(), Status>) -> wire::
 
 /// `message` as a call a node forwards on behalf of `caller`, whose rights the node that
 /// acts checks (see `reef_proto::ON_BEHALF_OF_METADATA`).
-pub(super) fn on_behalf_of<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
+pub(super) fn on_behalf_of<T>(caller: &Principal, message: T) -> Result<Request<T>, ApiError> {
     let acting_for = tonic::metadata::MetadataValue::try_from(caller.to_string())
-        .map_err(|_| Status::invalid_argument(format!("{caller} cannot go in metadata")))?;
+        .map_err(|_| ApiError::BadRequest(format!("{caller} cannot go in metadata")))?;
     let mut request = Request::new(message);
     request
         .metadata_mut()

@@ -13,26 +13,29 @@ impl SupervisorService {
     ) -> Result<Response<wire::JoinResponse>, Status> {
         let leaf = identity::peer_leaf(&request);
         let request = request.into_inner();
-        check_node_name(&request.node).map_err(Status::invalid_argument)?;
+        check_node_name(&request.node).map_err(ApiError::BadRequest)?;
         // Only a node holding a certificate for its name may link under it (the TLS
         // handshake already checked that the cluster's CA signed it).
         let identity = reef_tls::node_identity(&request.node);
         if !self.node.insecure && !leaf.is_some_and(|leaf| certificate_names(&leaf, &identity)) {
-            return Err(Status::permission_denied(format!(
+            return Err(ApiError::NotEntitled(format!(
                 "joining as node {:?} needs a client certificate naming {identity} from this cluster's CA (reef ca issue)",
                 request.node
-            )));
+            )).into());
         }
         if request.node == self.node.name {
-            return Err(Status::invalid_argument(format!(
+            return Err(ApiError::BadRequest(format!(
                 "node {:?} cannot join a node of the same name",
                 request.node
-            )));
+            ))
+            .into());
         }
         if request.session.is_empty() || request.session.len() > 64 {
-            return Err(Status::invalid_argument(
-                "JoinRequest.session must be 1-64 characters, new for each start of the node",
-            ));
+            return Err(ApiError::BadRequest(
+                "JoinRequest.session must be 1-64 characters, new for each start of the node"
+                    .to_owned(),
+            )
+            .into());
         }
         let endpoint = match request.endpoint.is_empty() {
             true => None,
@@ -42,7 +45,7 @@ impl SupervisorService {
             }
         };
         let alias = Alias::parse(&link_alias(&request.node))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let spec = ContainerSpec {
             alias: alias.clone(),
             name: "node".to_owned(),

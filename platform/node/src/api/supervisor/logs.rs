@@ -13,7 +13,7 @@ impl SupervisorService {
             return Ok(Response::new(Box::pin(chunks)));
         }
         let path = self.supervision.log_path(&request.alias).ok_or_else(|| {
-            Status::not_found(format!(
+            ApiError::Unknown(format!(
                 "no supervised container is called {:?}",
                 request.alias
             ))
@@ -25,7 +25,9 @@ impl SupervisorService {
         let (first, mut offset) = match reef_supervision::tail(&path, tail) {
             Ok(read) => read,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
-            Err(error) => return Err(Status::internal(format!("cannot read the log: {error}"))),
+            Err(error) => {
+                return Err(ApiError::Internal(format!("cannot read the log: {error}")).into());
+            }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let supervision = self.supervision.clone();

@@ -2,15 +2,15 @@
 
 use super::*;
 
-pub(super) fn container_spec(request: wire::RegisterRequest) -> Result<ContainerSpec, Status> {
-    let invalid = |e: reef_core::InvalidAlias| Status::invalid_argument(e.to_string());
+pub(super) fn container_spec(request: wire::RegisterRequest) -> Result<ContainerSpec, ApiError> {
+    let invalid = |e: reef_core::InvalidAlias| ApiError::BadRequest(e.to_string());
     let alias = Alias::parse(&request.alias).map_err(invalid)?;
     let parent = match request.parent.as_str() {
         "" => None,
         raw => Some(Alias::parse(raw).map_err(invalid)?),
     };
     if parent.as_ref() == Some(&alias) {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::BadRequest(format!(
             "{alias} cannot be its own parent"
         )));
     }
