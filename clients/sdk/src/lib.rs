@@ -56,6 +56,7 @@ mod container;
 mod endpoint;
 mod error;
 mod handler;
+mod message;
 mod options;
 mod push;
 mod request;
@@ -68,7 +69,8 @@ pub use self::{
     client::{Client, Registration, Reply},
     container::{ContainerOptions, DEFAULT_PARENT_TIMEOUT, run},
     error::{Error, HandlerError},
-    handler::{Command, Context, Handler, Message},
+    handler::{Command, Context, Handler},
+    message::Message,
     options::{ConnectOptions, DEFAULT_CA, DEFAULT_NODE},
     push::Push,
     request::{Cancellation, RequestOptions, SendOptions},

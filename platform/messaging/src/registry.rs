@@ -555,7 +555,7 @@ impl Registry {
                 Some(attachment) => self.detach(
                     &attachment,
                     DetachCause::Ended,
-                    "deregistered by its holder",
+                    &CloseReason::Deregistered.to_string(),
                     Some(CloseReason::Deregistered),
                 ),
                 None => self.with_entry(&alias, |entry| entry.lease = None),

@@ -33,7 +33,7 @@ use tonic::{
 };
 
 use crate::{
-    ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry, keeper,
+    ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry,
     probe::endpoint_host,
 };
 
@@ -143,7 +143,7 @@ impl Uplink {
             .attach(PARENT_LINK, &local_lease, None)
             .map_err(|e| e.to_string())?;
         tracing::info!(parent = %joined.node, alias = %joined.alias, "linked to the parent node");
-        tokio::spawn(keeper::keep(
+        tokio::spawn(reef_messaging::keeper::keep(
             self.registry.clone(),
             self.stats.clone(),
             attachment.clone(),

@@ -7,7 +7,7 @@ use std::{
 };
 
 use reef_access::Access;
-use reef_messaging::CloseReason;
+use reef_messaging::{CloseReason, keeper};
 use reef_proto::{ALIAS_METADATA, CREDIT_METADATA, Frame, LEASE_METADATA, channel_server};
 use reef_routing::Routing;
 use tokio_stream::Stream;
@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::error::ApiError;
 use crate::api::identity;
-use crate::{DetachCause, Inbound, NodeStats, Outbound, Registry, keeper};
+use crate::{DetachCause, Inbound, NodeStats, Outbound, Registry};
 
 /// Serves `Channel.Attach`: binds a registered alias to a bidirectional stream.
 #[derive(Debug, Clone)]

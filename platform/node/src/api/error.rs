@@ -13,7 +13,7 @@ use reef_routing::RoutingError;
 use reef_state::StateError;
 use reef_supervision::SupervisionError;
 use reef_tls::PkiError;
-use tonic::{Status, metadata::MetadataValue};
+use tonic::{Code, Status, metadata::MetadataValue};
 
 use super::state::{CURRENT_REVISION_METADATA, FIRST_REVISION_METADATA};
 use crate::RegistryError;
@@ -80,7 +80,7 @@ pub(crate) enum ApiError {
     #[error("{0}")]
     Internal(String),
     /// The file store refused or failed an operation on `path`.
-    #[error("{path:?}: {error}")]
+    #[error("{}", files_refusal(path, error).1)]
     Files {
         /// The file the operation was on.
         path: String,
@@ -195,36 +195,43 @@ impl From<ApiError> for Status {
             ApiError::Unreachable(_) => Status::unavailable(message),
             ApiError::Skipped => Status::aborted(message),
             ApiError::Internal(_) => Status::internal(message),
-            ApiError::Files { path, error } => files_status(&path, error),
+            ApiError::Files { path, error } => {
+                let (code, _) = files_refusal(&path, &error);
+                if code == Code::Internal {
+                    tracing::warn!(%error, path, "file store failed");
+                }
+                Status::new(code, message)
+            }
             ApiError::Relayed(status) => status,
         }
     }
 }
 
-/// What a caller of `reef.v1.Files` hears when the store refuses or fails.
-fn files_status(path: &str, error: opendal::Error) -> Status {
+/// What a caller of `reef.v1.Files` hears when the store refuses or fails: the code, and
+/// a message that names the path but not the store's internals.
+fn files_refusal(path: &str, error: &opendal::Error) -> (Code, String) {
     use opendal::ErrorKind;
     match error.kind() {
-        ErrorKind::NotFound => Status::not_found(format!("no file or directory at {path:?}")),
+        ErrorKind::NotFound => (Code::NotFound, format!("no file or directory at {path:?}")),
         ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
-            Status::already_exists(format!("{path:?} exists"))
+            (Code::AlreadyExists, format!("{path:?} exists"))
         }
-        ErrorKind::IsADirectory => Status::failed_precondition(format!("{path:?} is a directory")),
-        ErrorKind::NotADirectory => {
-            Status::failed_precondition(format!("{path:?} is not a directory"))
-        }
-        ErrorKind::IsSameFile => Status::invalid_argument(format!("{path:?}: the same file")),
-        ErrorKind::Unsupported => {
-            Status::unimplemented(format!("the store cannot do that for {path:?}: {error}"))
-        }
-        ErrorKind::PermissionDenied => {
-            Status::permission_denied(format!("the store refused access to {path:?}"))
-        }
-        ErrorKind::RangeNotSatisfied => Status::out_of_range(format!("{path:?}: {error}")),
-        _ => {
-            tracing::warn!(%error, path, "file store failed");
-            Status::internal(format!("the file store failed on {path:?}"))
-        }
+        ErrorKind::IsADirectory => (Code::FailedPrecondition, format!("{path:?} is a directory")),
+        ErrorKind::NotADirectory => (
+            Code::FailedPrecondition,
+            format!("{path:?} is not a directory"),
+        ),
+        ErrorKind::IsSameFile => (Code::InvalidArgument, format!("{path:?}: the same file")),
+        ErrorKind::Unsupported => (
+            Code::Unimplemented,
+            format!("the store cannot do that for {path:?}: {error}"),
+        ),
+        ErrorKind::PermissionDenied => (
+            Code::PermissionDenied,
+            format!("the store refused access to {path:?}"),
+        ),
+        ErrorKind::RangeNotSatisfied => (Code::OutOfRange, format!("{path:?}: {error}")),
+        _ => (Code::Internal, format!("the file store failed on {path:?}")),
     }
 }
 

@@ -72,8 +72,7 @@ pub(crate) async fn start_task(
     Ok((snapshot, answer.created))
 }
 
-/// Stops task `alias` in its host (its `on_stop` runs); `force` forgets it on the node
-/// even when the host cannot be reached.
+/// Stops task `alias` in its host (its `on_stop` runs).
 pub(crate) async fn stop_task(
     registry: &Registry,
     ca_pem: &str,
