@@ -1,251 +1,44 @@
-//! The supervisor actor: owns the tree and reconciles it. Its work is split by job:
-//! `commands` (from the handle), `events` (exits, readiness, attaches), `failures`
-//! (solver chains, intensity, strategies, escalation), `reconcile` (stepping each
-//! container towards what it should be doing) and `durability` (the tree on disk).
+//! The supervisor actor: one task that owns the [`Tree`] and carries out its effects
+//! against the ports. It feeds the tree commands, the reports of its own tasks (exits,
+//! readiness, health) and the registry's news of attach streams, and after each one
+//! steps every container until nothing changes, then stores the tree if it changed.
+//!
+//! An effect with an outcome (a spawn, a reservation, an admission) is answered by
+//! calling back into the tree at once, and what that answer asks for is carried out
+//! before the effects queued after it, so effects happen in the order a transition
+//! would have done them itself.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
-use nix::sys::signal::Signal;
-use reef_core::{
-    Alias,
-    lifecycle::{DetachCause, EventKind, Phase},
-};
+use reef_core::Alias;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 use super::{
-    CreateFlag, Definition, Failure, Intensity, Kind, LogDir, Policy, Reply, RestartType, State,
-    StopMode, Strategy, SupervisedSnapshot, SupervisionConfig, SupervisionError,
-    policy::{Action, error_type},
-    ports::{Observed, Probe, Processes, Reservations, SpawnRequest},
-    process::{Exit, ProcessId},
-    store::{Store, StoredContainer},
+    Definition, LogDir, SupervisionConfig,
+    ports::{Observed, Pending, Probe, Processes, Reservations, SpawnRequest},
+    process::Exit,
+    store::Store,
+    tree::{Admission, Effect, Event, Tree},
 };
 
-mod commands;
-mod durability;
-mod events;
-mod failures;
-mod reconcile;
+pub(super) use super::tree::Command;
 
 /// How often log sizes are checked for rotation.
 const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How much of a log a start failure quotes.
 const LOG_TAIL_BYTES: u64 = 600;
-
-/// What the handle asks of the actor.
-pub(super) enum Command {
-    Create {
-        definition: Box<Definition>,
-        flag: CreateFlag,
-        reply: Reply<bool>,
-    },
-    Destroy {
-        alias: Alias,
-        mode: StopMode,
-        reply: Reply<Vec<Alias>>,
-    },
-    /// Answered like Create, through the container's Ready waiter.
-    Start {
-        alias: Alias,
-        reply: Reply<bool>,
-    },
-    Stop {
-        alias: Alias,
-        mode: StopMode,
-        reply: Reply<()>,
-    },
-    Restart {
-        alias: Alias,
-        reply: Reply<bool>,
-    },
-    Fail {
-        alias: Alias,
-        failure: Failure,
-        reply: Reply<()>,
-    },
-    Shutdown {
-        grace: Duration,
-        reply: Reply<()>,
-    },
-}
-
-/// What the actor's own tasks report.
-enum Event {
-    Exited {
-        alias: Alias,
-        generation: u64,
-        exit: Exit,
-    },
-    Ready {
-        alias: Alias,
-        generation: u64,
-        result: Result<(), String>,
-    },
-    Unhealthy {
-        alias: Alias,
-        generation: u64,
-        message: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Want {
-    Running,
-    Stopped,
-    Destroyed,
-}
-
-struct Process {
-    id: ProcessId,
-    generation: u64,
-    spawned_at: Instant,
-    started_at: SystemTime,
-    attached: bool,
-    ready: bool,
-    /// To be stopped as part of a restart.
-    retiring: bool,
-    term_sent: Option<Instant>,
-    killed: bool,
-    detached_at: Option<Instant>,
-    /// Dropping it ends the health checks of this process.
-    _health: Option<oneshot::Sender<()>>,
-}
-
-impl Process {
-    /// A process that has just been spawned (or adopted) and has not attached yet.
-    fn new(id: ProcessId, generation: u64) -> Self {
-        Self {
-            id,
-            generation,
-            spawned_at: Instant::now(),
-            started_at: SystemTime::now(),
-            attached: false,
-            ready: false,
-            retiring: false,
-            term_sent: None,
-            killed: false,
-            detached_at: None,
-            _health: None,
-        }
-    }
-
-    /// SIGKILL to its whole process group; its exit is then expected.
-    fn kill(&mut self, os: &dyn Processes) {
-        self.killed = true;
-        os.signal(self.id, Signal::SIGKILL);
-    }
-}
-
-enum Waiter {
-    /// Answered when the container answers (Create, Start, Restart).
-    Ready(Reply<bool>),
-    /// Answered when it and its subtree have no processes (Stop).
-    Down(Reply<()>),
-    /// Answered when it is gone, with the subtree destroyed.
-    Gone(Reply<Vec<Alias>>, Vec<Alias>),
-}
-
-struct Entry {
-    definition: Arc<Definition>,
-    order: u64,
-    token: String,
-    state: State,
-    want: Want,
-    stop_mode: StopMode,
-    process: Option<Process>,
-    generation: u64,
-    not_before: Option<Instant>,
-    cycle: Option<u64>,
-    consecutive: u32,
-    restarts: u32,
-    last_ready_at: Option<Instant>,
-    children_intensity: Intensity,
-    last_failure: String,
-    last_exit: String,
-    activity: String,
-    ever_ready: bool,
-    /// Stopped by an escalation to the node: shown as FAILED, not STOPPED.
-    failed_by_node: bool,
-    waiters: Vec<Waiter>,
-    replacement: Option<(Definition, Reply<bool>)>,
-}
-
-impl Entry {
-    fn new(definition: Definition, order: u64, token: String) -> Self {
-        Self {
-            definition: Arc::new(definition),
-            order,
-            token,
-            state: State::Created,
-            want: Want::Running,
-            stop_mode: StopMode::Force,
-            process: None,
-            generation: 0,
-            not_before: None,
-            cycle: None,
-            consecutive: 0,
-            restarts: 0,
-            last_ready_at: None,
-            children_intensity: Intensity::default(),
-            last_failure: String::new(),
-            last_exit: String::new(),
-            activity: String::new(),
-            ever_ready: false,
-            failed_by_node: false,
-            waiters: Vec::new(),
-            replacement: None,
-        }
-    }
-
-    fn policy(&self) -> &Policy {
-        &self.definition.policy
-    }
-
-    fn snapshot(&self) -> SupervisedSnapshot {
-        SupervisedSnapshot {
-            definition: self.definition.clone(),
-            state: self.state,
-            restarts: self.restarts,
-            started_at: self.process.as_ref().map(|p| p.started_at),
-            pid: self.process.as_ref().map(|p| p.id.pid),
-            activity: self.activity.clone(),
-            last_failure: self.last_failure.clone(),
-            last_exit: self.last_exit.clone(),
-        }
-    }
-
-    fn answer_ready(&mut self, result: impl Fn() -> Result<bool, SupervisionError>) {
-        let waiters = std::mem::take(&mut self.waiters);
-        for waiter in waiters {
-            match waiter {
-                Waiter::Ready(reply) => {
-                    let _ = reply.send(result());
-                }
-                other => self.waiters.push(other),
-            }
-        }
-    }
-}
+/// How many rounds of steps a reconciliation may take before it gives up for now.
+const RECONCILE_ROUNDS: usize = 64;
 
 struct Actor {
+    tree: Tree,
     config: SupervisionConfig,
     reservations: Arc<dyn Reservations>,
     os: Arc<dyn Processes>,
     probe: Arc<dyn Probe>,
     logs: LogDir,
     store: Store,
-    entries: BTreeMap<Alias, Entry>,
-    root_intensity: Intensity,
     events: mpsc::UnboundedSender<Event>,
-    next_order: u64,
-    next_cycle: u64,
-    dirty: bool,
-    shutdown: Option<(Instant, Reply<()>)>,
 }
 
 /// Starts the actor with the stored tree and returns its command queue.
@@ -257,27 +50,33 @@ pub(super) fn spawn(
     logs: LogDir,
 ) -> std::io::Result<mpsc::Sender<Command>> {
     let store = Store::new(&config.data_dir);
-    let stored = store.load()?;
+    let mut stored = store.load()?;
     let (commands_tx, commands) = mpsc::channel(256);
     let (events_tx, events) = mpsc::unbounded_channel();
     let (observed_tx, observed) = mpsc::unbounded_channel();
     reservations.observe(observed_tx);
     let mut actor = Actor {
+        tree: Tree::new(config.root_policy.clone(), config.attach_timeout),
         config,
         reservations,
         os,
         probe,
         logs,
         store,
-        entries: BTreeMap::new(),
-        root_intensity: Intensity::default(),
         events: events_tx,
-        next_order: 0,
-        next_cycle: 0,
-        dirty: false,
-        shutdown: None,
     };
-    actor.restore(stored);
+    stored.sort_by_key(|saved| saved.order);
+    for saved in stored {
+        let alias = saved.definition.alias.clone();
+        let adopted = saved.process.and_then(|id| Some((id, actor.os.adopt(id)?)));
+        let (id, exit) = adopted.unzip();
+        if actor.tree.restore(saved, id)
+            && let Some(exit) = exit
+        {
+            actor.watch_exit(&alias, 1, exit);
+        }
+        actor.carry_out();
+    }
     tokio::spawn(actor.run(commands, events, observed));
     Ok(commands_tx)
 }
@@ -293,126 +92,236 @@ impl Actor {
         loop {
             self.reconcile();
             self.persist();
-            if self.shutdown.is_some() && self.entries.values().all(|e| e.process.is_none()) {
-                if let Some((_, reply)) = self.shutdown.take() {
-                    let _ = reply.send(Ok(()));
-                }
+            if self.tree.finish_shutdown() {
                 return;
             }
-            let wake = self.next_wake();
+            let wake = self.tree.next_wake();
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => self.command(command),
+                    Some(command) => self.tree.command(command),
                     None => return,
                 },
-                Some(event) = events.recv() => self.event(event),
-                Some(seen) = observed.recv() => self.observed(seen),
+                Some(event) = events.recv() => self.tree.event(event),
+                Some(seen) = observed.recv() => self.tree.observed(seen),
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = log_check.tick() => self.rotate_logs(),
             }
+            self.carry_out();
         }
     }
 
-    /// Whether envelopes for `entry` are held while it is not attached.
-    fn holding(&self, entry: &Entry) -> bool {
-        entry.want == Want::Running && self.shutdown.is_none()
-    }
-
-    fn children(&self, parent: Option<&Alias>) -> Vec<Alias> {
-        let mut children: Vec<_> = self
-            .entries
-            .values()
-            .filter(|e| e.definition.parent.as_ref() == parent)
-            .map(|e| (e.order, e.definition.alias.clone()))
-            .collect();
-        children.sort();
-        children.into_iter().map(|(_, alias)| alias).collect()
-    }
-
-    /// `alias` and its descendants, deepest (and newest) first.
-    fn subtree_deepest_first(&self, alias: &Alias) -> Vec<Alias> {
-        let mut order = vec![alias.clone()];
-        let mut index = 0;
-        while index < order.len() {
-            let children = self.children(Some(&order[index]));
-            order.extend(children);
-            index += 1;
-        }
-        order.reverse();
-        order
-    }
-
-    /// Parents before children, siblings in creation order.
-    fn tree_order(&self) -> Vec<Alias> {
-        let mut order = Vec::with_capacity(self.entries.len());
-        let mut seen = HashSet::new();
-        let mut queue = self.children(None);
-        // Entries whose parent vanished are roots too.
-        for entry in self.entries.values() {
-            if let Some(parent) = &entry.definition.parent
-                && !self.entries.contains_key(parent)
-            {
-                queue.push(entry.definition.alias.clone());
+    /// Steps every container, parents before children, until nothing changes; each
+    /// step's effects are carried out before the next step looks at the tree.
+    fn reconcile(&mut self) {
+        for _ in 0..RECONCILE_ROUNDS {
+            let mut changed = false;
+            for alias in self.tree.tree_order() {
+                changed |= self.tree.step(&alias);
+                self.carry_out();
+            }
+            for (snapshot, holding) in self.tree.snapshots() {
+                self.reservations.update(snapshot, holding);
+            }
+            if !changed {
+                return;
             }
         }
-        let mut index = 0;
-        while index < queue.len() {
-            let alias = queue[index].clone();
-            index += 1;
-            if seen.insert(alias.clone()) {
-                queue.extend(self.children(Some(&alias)));
-                order.push(alias);
-            }
-        }
-        order
+        tracing::warn!("supervision did not settle in {RECONCILE_ROUNDS} rounds");
     }
 
-    fn next_wake(&self) -> Instant {
-        let now = Instant::now();
-        let mut wake = now + Duration::from_secs(3600);
-        let shutdown = self.shutdown.as_ref().map(|(deadline, _)| *deadline);
-        for entry in self.entries.values() {
-            let policy = entry.policy();
-            match &entry.process {
-                Some(process) => {
-                    if let Some(sent) = process.term_sent
-                        && !process.killed
-                    {
-                        wake = wake.min(sent + policy.stop_grace);
-                        if let Some(deadline) = shutdown {
-                            wake = wake.min(deadline);
+    /// Carries out the effects the tree queued, and what their answers queue, depth
+    /// first.
+    fn carry_out(&mut self) {
+        for effect in self.tree.take_effects() {
+            self.effect(effect);
+            self.carry_out();
+        }
+    }
+
+    fn effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::Signal { id, signal } => self.os.signal(id, signal),
+            Effect::Spawn {
+                definition,
+                generation,
+                token,
+            } => self.start_process(&definition, generation, &token),
+            Effect::Admit { definition, reply } => {
+                let admission = self.admission(&definition);
+                self.tree.admit(*definition, admission, reply);
+            }
+            Effect::Reserve { snapshot, token } => {
+                let alias = snapshot.definition.alias.clone();
+                match self.reservations.reserve(snapshot, &token) {
+                    Ok(()) => self.tree.reserved(&alias),
+                    Err(taken) => self.tree.refused(&alias, taken.to_string()),
+                }
+            }
+            Effect::Publish { snapshot, holding } => self.reservations.update(snapshot, holding),
+            Effect::Lifecycle {
+                alias,
+                kind,
+                phase,
+                reason,
+            } => self.reservations.lifecycle(&alias, kind, phase, &reason),
+            Effect::Evict { alias, reason } => self.reservations.evict(&alias, reason),
+            Effect::Release { alias } => self.reservations.release_destroyed(&alias),
+            Effect::CheckReady {
+                alias,
+                generation,
+                timeout,
+            } => self.check_ready(alias, generation, timeout),
+            Effect::WatchHealth {
+                alias,
+                generation,
+                interval,
+                failures,
+            } => {
+                if let Some(guard) = self.health_checks(&alias, generation, interval, failures) {
+                    self.tree.health_started(&alias, generation, guard);
+                }
+            }
+            Effect::QuoteLog { alias, message } => {
+                let tail = self.log_tail(&alias);
+                self.tree.start_failed(&alias, format!("{message}{tail}"));
+            }
+        }
+    }
+
+    /// What the ports say about a new definition.
+    fn admission(&self, definition: &Definition) -> Admission {
+        let super::Kind::Process(spec) = &definition.kind;
+        Admission {
+            registered: self.reservations.is_registered(definition.alias.as_str()),
+            program: self
+                .os
+                .resolve(&spec.command, spec.working_dir.as_deref())
+                .map(drop)
+                .map_err(|error| error.to_string()),
+        }
+    }
+
+    fn start_process(&mut self, definition: &Definition, generation: u64, token: &str) {
+        let alias = &definition.alias;
+        let super::Kind::Process(spec) = &definition.kind;
+        let credentials = match &self.config.credentials {
+            None => None,
+            Some(credentials) => match credentials.issue(alias.as_str()) {
+                Ok(paths) => Some(paths),
+                Err(error) => {
+                    let reason = format!("cannot issue the container's certificate: {error}");
+                    return self.tree.start_failed(alias, reason);
+                }
+            },
+        };
+        let log = self.logs.path(alias.as_str());
+        let spawned = self.os.spawn(SpawnRequest {
+            spec,
+            alias: alias.as_str(),
+            parent: definition.parent.as_ref().map(|p| p.as_str()),
+            token,
+            credentials: credentials.as_ref(),
+            environment: &self.config.environment,
+            log: &log,
+        });
+        match spawned {
+            Ok((id, exit)) => {
+                self.watch_exit(alias, generation, exit);
+                self.tree.spawned(alias, generation, id);
+            }
+            Err(error) => self.tree.start_failed(alias, error.to_string()),
+        }
+    }
+
+    fn persist(&mut self) {
+        if !self.tree.take_dirty() {
+            return;
+        }
+        if let Err(error) = self.store.save(self.tree.stored()) {
+            tracing::error!(%error, "cannot write the durable registry");
+        }
+    }
+
+    /// Reports the end of process `generation` of `alias` when `exit` resolves.
+    fn watch_exit(&self, alias: &Alias, generation: u64, exit: Pending<Exit>) {
+        let events = self.events.clone();
+        let alias = alias.clone();
+        tokio::spawn(async move {
+            let exit = exit.await;
+            let _ = events.send(Event::Exited {
+                alias,
+                generation,
+                exit,
+            });
+        });
+    }
+
+    /// Reports whether process `generation` answers: a ping of its endpoint, or at once
+    /// for a container without one (it proved itself by attaching).
+    fn check_ready(&self, alias: Alias, generation: u64, timeout: Duration) {
+        let ping = self.reservations.endpoint(alias.as_str()).map(|endpoint| {
+            self.probe
+                .ping(endpoint, self.config.ca_pem.clone(), timeout)
+        });
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = match ping {
+                None => Ok(()),
+                Some(ping) => ping
+                    .await
+                    .map_err(|why| format!("its endpoint did not answer a ping: {why}")),
+            };
+            let _ = events.send(Event::Ready {
+                alias,
+                generation,
+                result,
+            });
+        });
+    }
+
+    /// Pings a ready process's endpoint every `interval` and reports it unhealthy after
+    /// `allowed` failures in a row, until the returned guard is dropped. A container
+    /// without an endpoint has no health checks.
+    fn health_checks(
+        &self,
+        alias: &Alias,
+        generation: u64,
+        interval: Duration,
+        allowed: u32,
+    ) -> Option<oneshot::Sender<()>> {
+        let endpoint = self.reservations.endpoint(alias.as_str())?;
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let events = self.events.clone();
+        let alias = alias.clone();
+        let ca = self.config.ca_pem.clone();
+        let probe = self.probe.clone();
+        tokio::spawn(async move {
+            let mut failures = 0;
+            let mut ticks = tokio::time::interval(interval);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = ticks.tick() => {}
+                }
+                match probe.ping(endpoint.clone(), ca.clone(), interval).await {
+                    Ok(()) => failures = 0,
+                    Err(why) => {
+                        failures += 1;
+                        if failures >= allowed {
+                            let message = format!("{failures} health checks failed, last: {why}");
+                            let _ = events.send(Event::Unhealthy {
+                                alias,
+                                generation,
+                                message,
+                            });
+                            return;
                         }
                     }
-                    if !process.ready {
-                        wake = wake.min(process.spawned_at + policy.start_timeout);
-                    }
-                    if let Some(at) = process.detached_at {
-                        wake = wake.min(at + self.config.attach_timeout);
-                    }
-                }
-                None => {
-                    if let Some(at) = entry.not_before {
-                        wake = wake.min(at);
-                    }
                 }
             }
-        }
-        wake.max(now)
-    }
-
-    fn publish(&self) {
-        for entry in self.entries.values() {
-            self.reservations
-                .update(entry.snapshot(), self.holding(entry));
-        }
-    }
-
-    fn lifecycle(&self, alias: &Alias, kind: EventKind, phase: Phase, reason: &str) {
-        if let Some(entry) = self.entries.get(alias) {
-            self.reservations
-                .update(entry.snapshot(), self.holding(entry));
-        }
-        self.reservations.lifecycle(alias, kind, phase, reason);
+        });
+        Some(stop)
     }
 
     fn log_tail(&self, alias: &Alias) -> String {
@@ -428,7 +337,7 @@ impl Actor {
     }
 
     fn rotate_logs(&self) {
-        for alias in self.entries.keys() {
+        for alias in self.tree.aliases() {
             if let Err(error) = self.logs.rotate_if_large(alias.as_str()) {
                 tracing::warn!(%alias, %error, "cannot rotate the container log");
             }

@@ -2,9 +2,11 @@
 //! failures right by policy (restart types, strategies, intensity, backoff, solver
 //! chains), keeping the tree on disk so that a restarted node adopts what still runs.
 //!
-//! One actor task owns the tree; [`Supervision`] is its handle. The actor reconciles
-//! what each container should be doing (running, stopped, destroyed) with what its
-//! process is doing, after every command, process exit, attach/detach and timer.
+//! The tree (`tree.rs`) is a state machine: its transitions reconcile what each
+//! container should be doing (running, stopped, destroyed) with what its process is
+//! doing, after every command, process exit, attach/detach and timer, and queue the
+//! effects that follow. One actor task (`actor.rs`) owns it and carries the effects out
+//! against the ports; [`Supervision`] is its handle.
 
 mod actor;
 mod definition;
@@ -15,6 +17,7 @@ mod process;
 mod store;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

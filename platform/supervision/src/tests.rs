@@ -297,12 +297,17 @@ impl Harness {
 /// never holds fails instead of spinning through virtual time.
 const PATIENCE: Duration = Duration::from_secs(3600);
 
-fn alias(name: &str) -> Alias {
+pub(crate) fn alias(name: &str) -> Alias {
     Alias::parse(name).unwrap()
 }
 
 /// A process container `name` running `command`.
-fn definition(name: &str, parent: Option<&str>, command: &str, policy: Policy) -> Definition {
+pub(crate) fn definition(
+    name: &str,
+    parent: Option<&str>,
+    command: &str,
+    policy: Policy,
+) -> Definition {
     Definition {
         alias: alias(name),
         parent: parent.map(alias),
@@ -318,7 +323,7 @@ fn definition(name: &str, parent: Option<&str>, command: &str, policy: Policy) -
     }
 }
 
-fn policy() -> Policy {
+pub(crate) fn policy() -> Policy {
     Policy {
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),

@@ -1,10 +1,10 @@
 //! What the actor's own tasks and the registry report: exits, readiness, health,
-//! attaches and detaches; and the tasks that watch for them.
+//! attaches and detaches.
 
 use super::*;
 
-impl Actor {
-    pub(super) fn event(&mut self, event: Event) {
+impl Tree {
+    pub(crate) fn event(&mut self, event: Event) {
         match event {
             Event::Exited {
                 alias,
@@ -51,7 +51,10 @@ impl Actor {
         };
         let process = entry.process.take().expect("current process");
         // Whatever the process left behind in its group goes with it.
-        self.os.signal(process.id, Signal::SIGKILL);
+        self.effects.push(Effect::Signal {
+            id: process.id,
+            signal: Signal::SIGKILL,
+        });
         entry.last_exit = exit.to_string();
         // A restart already scheduled (a failed start kills its process first) stays
         // visible; any other activity was about this process.
@@ -59,7 +62,10 @@ impl Actor {
             entry.activity.clear();
         }
         self.dirty = true;
-        self.reservations.evict(alias, "its process ended");
+        self.effects.push(Effect::Evict {
+            alias: alias.clone(),
+            reason: "its process ended",
+        });
         tracing::info!(%alias, pid = process.id.pid, %exit, "container process ended");
         let expected = process.retiring || process.term_sent.is_some() || process.killed;
         if expected {
@@ -67,8 +73,11 @@ impl Actor {
             return;
         }
         if !process.ready {
-            let tail = self.log_tail(alias);
-            return self.start_failed(alias, format!("exited ({exit}) before it answered{tail}"));
+            self.effects.push(Effect::QuoteLog {
+                alias: alias.clone(),
+                message: format!("exited ({exit}) before it answered"),
+            });
+            return;
         }
         let error_type = match exit {
             Exit::Signal(_) => error_type::SIGNAL,
@@ -92,14 +101,21 @@ impl Actor {
             self.kill(alias);
             return self.start_failed(alias, message);
         }
-        let health = self.health_checks(alias, generation);
         let Some(entry) = self.entries.get_mut(alias) else {
             return;
         };
+        let policy = entry.policy();
+        if !policy.health_interval.is_zero() {
+            self.effects.push(Effect::WatchHealth {
+                alias: alias.clone(),
+                generation,
+                interval: policy.health_interval,
+                failures: policy.health_failures.max(1),
+            });
+        }
         let first = !entry.ever_ready;
         let process = entry.process.as_mut().expect("current process");
         process.ready = true;
-        process._health = health;
         entry.state = State::Started;
         entry.ever_ready = true;
         entry.cycle = None;
@@ -116,7 +132,7 @@ impl Actor {
         }
     }
 
-    pub(super) fn observed(&mut self, seen: Observed) {
+    pub(crate) fn observed(&mut self, seen: Observed) {
         match seen {
             Observed::Attached { alias, pid } => {
                 let Some(entry) = self.entries.get_mut(&alias) else {
@@ -128,14 +144,20 @@ impl Actor {
                         process.attached = true;
                         process.detached_at = None;
                         if !process.ready {
-                            let generation = process.generation;
-                            self.check_ready(&alias, generation);
+                            // A container without an endpoint proves itself by attaching.
+                            self.effects.push(Effect::CheckReady {
+                                generation: process.generation,
+                                timeout: entry.definition.policy.start_timeout,
+                                alias,
+                            });
                         }
                     }
                     _ => {
                         tracing::warn!(%alias, ?pid, ?expected, "an attach from a process the node does not run there; closing it");
-                        self.reservations
-                            .evict(&alias, "this process is not the one the node runs");
+                        self.effects.push(Effect::Evict {
+                            alias,
+                            reason: "this process is not the one the node runs",
+                        });
                     }
                 }
             }
@@ -169,94 +191,18 @@ impl Actor {
         }
     }
 
-    /// Reports the end of process `generation` of `alias` when `exit` resolves.
-    pub(super) fn watch_exit(
-        &self,
+    /// The health checks of process `generation` run until `guard` is dropped: with
+    /// the process, or now if it is no longer the current one.
+    pub(crate) fn health_started(
+        &mut self,
         alias: &Alias,
         generation: u64,
-        exit: impl std::future::Future<Output = Exit> + Send + 'static,
+        guard: oneshot::Sender<()>,
     ) {
-        let events = self.events.clone();
-        let alias = alias.clone();
-        tokio::spawn(async move {
-            let exit = exit.await;
-            let _ = events.send(Event::Exited {
-                alias,
-                generation,
-                exit,
-            });
-        });
-    }
-
-    pub(super) fn check_ready(&self, alias: &Alias, generation: u64) {
-        let endpoint = self.reservations.endpoint(alias.as_str());
-        let events = self.events.clone();
-        let alias = alias.clone();
-        let timeout = self.entries[&alias].policy().start_timeout;
-        // A container without an endpoint proves itself by attaching.
-        let ping = endpoint.map(|endpoint| {
-            self.probe
-                .ping(endpoint, self.config.ca_pem.clone(), timeout)
-        });
-        tokio::spawn(async move {
-            let result = match ping {
-                None => Ok(()),
-                Some(ping) => ping
-                    .await
-                    .map_err(|why| format!("its endpoint did not answer a ping: {why}")),
-            };
-            let _ = events.send(Event::Ready {
-                alias,
-                generation,
-                result,
-            });
-        });
-    }
-
-    /// Starts the health checks of a process that became ready, when its policy asks.
-    pub(super) fn health_checks(
-        &self,
-        alias: &Alias,
-        generation: u64,
-    ) -> Option<oneshot::Sender<()>> {
-        let policy = self.entries.get(alias)?.policy();
-        if policy.health_interval.is_zero() {
-            return None;
+        if let Some(process) = self.entries.get_mut(alias).and_then(|e| e.process.as_mut())
+            && process.generation == generation
+        {
+            process._health = Some(guard);
         }
-        let endpoint = self.reservations.endpoint(alias.as_str())?;
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let interval = policy.health_interval;
-        let allowed = policy.health_failures.max(1);
-        let events = self.events.clone();
-        let alias = alias.clone();
-        let ca = self.config.ca_pem.clone();
-        let probe = self.probe.clone();
-        tokio::spawn(async move {
-            let mut failures = 0;
-            let mut ticks = tokio::time::interval(interval);
-            ticks.tick().await;
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    _ = ticks.tick() => {}
-                }
-                match probe.ping(endpoint.clone(), ca.clone(), interval).await {
-                    Ok(()) => failures = 0,
-                    Err(why) => {
-                        failures += 1;
-                        if failures >= allowed {
-                            let message = format!("{failures} health checks failed, last: {why}");
-                            let _ = events.send(Event::Unhealthy {
-                                alias,
-                                generation,
-                                message,
-                            });
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Some(stop)
     }
 }

@@ -3,23 +3,9 @@
 
 use super::*;
 
-impl Actor {
-    /// Steps every container, parents before children, until nothing changes.
-    pub(super) fn reconcile(&mut self) {
-        for _ in 0..64 {
-            let mut changed = false;
-            for alias in self.tree_order() {
-                changed |= self.step(&alias);
-            }
-            self.publish();
-            if !changed {
-                return;
-            }
-        }
-        tracing::warn!("supervision did not settle in 64 rounds");
-    }
-
-    pub(super) fn step(&mut self, alias: &Alias) -> bool {
+impl Tree {
+    /// Steps one container towards what it should be doing; true if anything changed.
+    pub(crate) fn step(&mut self, alias: &Alias) -> bool {
         let Some(entry) = self.entries.get(alias) else {
             return false;
         };
@@ -106,7 +92,7 @@ impl Actor {
 
     pub(super) fn step_run(&mut self, alias: &Alias) -> bool {
         let now = Instant::now();
-        let attach_timeout = self.config.attach_timeout;
+        let attach_timeout = self.attach_timeout;
         let entry = &self.entries[alias];
         if let Some(process) = &entry.process {
             if process.retiring {
@@ -184,13 +170,16 @@ impl Actor {
             return false;
         }
         if mode == StopMode::Hard {
-            process.kill(&*self.os);
+            self.effects.push(process.kill());
             entry.activity = "killing".to_owned();
             return true;
         }
         let Some(sent) = process.term_sent else {
             process.term_sent = Some(now);
-            self.os.signal(process.id, Signal::SIGTERM);
+            self.effects.push(Effect::Signal {
+                id: process.id,
+                signal: Signal::SIGTERM,
+            });
             entry.activity = "stopping".to_owned();
             self.lifecycle(alias, EventKind::Stop, Phase::Before, "SIGTERM sent");
             return true;
@@ -201,57 +190,39 @@ impl Actor {
             None => sent + grace,
         };
         if now >= deadline {
-            process.kill(&*self.os);
+            self.effects.push(process.kill());
             entry.activity = "killed after the grace period".to_owned();
             return true;
         }
         false
     }
 
-    pub(super) fn spawn(&mut self, alias: &Alias) {
-        let log = self.logs.path(alias.as_str());
+    /// Asks for the next process of `alias`; it counts once [`Tree::spawned`].
+    fn spawn(&mut self, alias: &Alias) {
         let entry = self.entries.get_mut(alias).expect("present");
-        let Kind::Process(spec) = &entry.definition.kind;
         entry.generation += 1;
-        let generation = entry.generation;
-        let parent = entry.definition.parent.as_ref().map(|p| p.as_str());
-        let credentials = match &self.config.credentials {
-            None => None,
-            Some(credentials) => match credentials.issue(alias.as_str()) {
-                Ok(paths) => Some(paths),
-                Err(error) => {
-                    let reason = format!("cannot issue the container's certificate: {error}");
-                    self.start_failed(alias, reason);
-                    return;
-                }
-            },
-        };
-        let spawned = self.os.spawn(SpawnRequest {
-            spec,
-            alias: alias.as_str(),
-            parent,
-            token: &entry.token,
-            credentials: credentials.as_ref(),
-            environment: &self.config.environment,
-            log: &log,
-        });
         self.dirty = true;
-        match spawned {
-            Ok((id, exit)) => {
-                entry.process = Some(Process::new(id, generation));
-                entry.not_before = None;
-                entry.activity = "starting".to_owned();
-                let pid = id.pid;
-                self.watch_exit(alias, generation, exit);
-                self.lifecycle(
-                    alias,
-                    EventKind::Start,
-                    Phase::On,
-                    &format!("spawned pid {pid}"),
-                );
-            }
-            Err(error) => self.start_failed(alias, error.to_string()),
-        }
+        self.effects.push(Effect::Spawn {
+            definition: entry.definition.clone(),
+            generation: entry.generation,
+            token: entry.token.clone(),
+        });
+    }
+
+    /// Process `generation` of `alias` runs as `id`.
+    pub(crate) fn spawned(&mut self, alias: &Alias, generation: u64, id: ProcessId) {
+        let Some(entry) = self.entries.get_mut(alias) else {
+            return;
+        };
+        entry.process = Some(Process::new(id, generation));
+        entry.not_before = None;
+        entry.activity = "starting".to_owned();
+        self.lifecycle(
+            alias,
+            EventKind::Start,
+            Phase::On,
+            &format!("spawned pid {}", id.pid),
+        );
     }
 
     pub(super) fn remove(&mut self, alias: &Alias) {
@@ -259,7 +230,9 @@ impl Actor {
             return;
         };
         self.dirty = true;
-        self.reservations.release_destroyed(alias);
+        self.effects.push(Effect::Release {
+            alias: alias.clone(),
+        });
         tracing::info!(%alias, "container destroyed");
         for waiter in entry.waiters.drain(..) {
             match waiter {
@@ -277,18 +250,16 @@ impl Actor {
             }
         }
         if let Some((definition, reply)) = entry.replacement.take() {
-            match self.check_new(&definition) {
-                Ok(()) => self.insert(definition, Some(reply)),
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                }
-            }
+            self.effects.push(Effect::Admit {
+                definition: Box::new(definition),
+                reply,
+            });
         }
     }
 
     pub(super) fn kill(&mut self, alias: &Alias) {
         if let Some(process) = self.entries.get_mut(alias).and_then(|e| e.process.as_mut()) {
-            process.kill(&*self.os);
+            self.effects.push(process.kill());
         }
     }
 }

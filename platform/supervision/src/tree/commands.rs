@@ -2,8 +2,8 @@
 
 use super::*;
 
-impl Actor {
-    pub(super) fn command(&mut self, command: Command) {
+impl Tree {
+    pub(crate) fn command(&mut self, command: Command) {
         match command {
             Command::Create {
                 definition,
@@ -81,17 +81,35 @@ impl Actor {
             existing.replacement = Some((definition, reply));
             return;
         }
-        if let Err(error) = self.check_new(&definition) {
-            let _ = reply.send(Err(error));
-            return;
-        }
-        self.insert(definition, Some(reply));
+        self.effects.push(Effect::Admit {
+            definition: Box::new(definition),
+            reply,
+        });
     }
 
-    /// Everything that can be known wrong about a new definition before it runs.
-    pub(super) fn check_new(&self, definition: &Definition) -> Result<(), SupervisionError> {
+    /// Admits a new definition, given what the ports said about it ([`Effect::Admit`]):
+    /// everything that can be known wrong about it is refused before it runs.
+    pub(crate) fn admit(
+        &mut self,
+        definition: Definition,
+        admission: Admission,
+        reply: Reply<bool>,
+    ) {
+        match self.check_new(&definition, admission) {
+            Ok(()) => self.insert(definition, reply),
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    fn check_new(
+        &self,
+        definition: &Definition,
+        admission: Admission,
+    ) -> Result<(), SupervisionError> {
         let alias = &definition.alias;
-        if self.reservations.is_registered(alias.as_str()) {
+        if admission.registered {
             return Err(SupervisionError::AliasTaken(format!(
                 "{alias} is registered by a container the node does not supervise"
             )));
@@ -111,34 +129,46 @@ impl Actor {
                 Some(_) => {}
             }
         }
-        match &definition.kind {
-            Kind::Process(spec) => {
-                self.os
-                    .resolve(&spec.command, spec.working_dir.as_deref())
-                    .map_err(|e| SupervisionError::Invalid(e.to_string()))?;
-            }
-        }
-        Ok(())
+        admission.program.map_err(SupervisionError::Invalid)
     }
 
-    pub(super) fn insert(&mut self, definition: Definition, reply: Option<Reply<bool>>) {
+    /// Adds the entry and asks for its alias; it counts once [`Tree::reserved`].
+    fn insert(&mut self, definition: Definition, reply: Reply<bool>) {
         let alias = definition.alias.clone();
         let order = self.next_order;
         self.next_order += 1;
         let mut entry = Entry::new(definition, order, reef_core::new_lease());
-        if let Err(error) = self.reservations.reserve(entry.snapshot(), &entry.token) {
-            if let Some(reply) = reply {
-                let _ = reply.send(Err(SupervisionError::AliasTaken(error.to_string())));
-            }
+        entry.announce = true;
+        entry.waiters.push(Waiter::Ready(reply));
+        self.effects.push(Effect::Reserve {
+            snapshot: entry.snapshot(),
+            token: entry.token.clone(),
+        });
+        self.entries.insert(alias, entry);
+    }
+
+    /// The alias of a new or restored entry is its own.
+    pub(crate) fn reserved(&mut self, alias: &Alias) {
+        let Some(entry) = self.entries.get_mut(alias) else {
             return;
-        }
-        if let Some(reply) = reply {
-            entry.waiters.push(Waiter::Ready(reply));
-        }
-        self.entries.insert(alias.clone(), entry);
+        };
         self.dirty = true;
-        self.lifecycle(&alias, EventKind::Create, Phase::Before, "defined");
-        self.lifecycle(&alias, EventKind::Create, Phase::On, "state CREATED");
+        if std::mem::take(&mut entry.announce) {
+            self.lifecycle(alias, EventKind::Create, Phase::Before, "defined");
+            self.lifecycle(alias, EventKind::Create, Phase::On, "state CREATED");
+        }
+    }
+
+    /// Something else holds the alias of a new or restored entry: it is not kept, and a
+    /// Create waiting for it hears why.
+    pub(crate) fn refused(&mut self, alias: &Alias, reason: String) {
+        let Some(mut entry) = self.entries.remove(alias) else {
+            return;
+        };
+        if entry.waiters.is_empty() {
+            tracing::error!(%alias, %reason, "cannot restore a supervised container");
+        }
+        entry.answer_ready(|| Err(SupervisionError::AliasTaken(reason.clone())));
     }
 
     pub(super) fn destroy(&mut self, alias: Alias, mode: StopMode, reply: Reply<Vec<Alias>>) {

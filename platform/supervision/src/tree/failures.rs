@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Actor {
+impl Tree {
     /// Applies the container's solver chain to `failure`.
     pub(super) fn failure(&mut self, alias: &Alias, failure: Failure) {
         let Some(entry) = self.entries.get_mut(alias) else {
@@ -105,7 +105,7 @@ impl Actor {
                 Some(parent) => self.entries.get(parent).map(|p| p.policy()),
                 None => None,
             }
-            .unwrap_or(&self.config.root_policy);
+            .unwrap_or(&self.root_policy);
             (policy.strategy, policy.max_restarts, policy.period)
         };
         let now = Instant::now();
@@ -134,7 +134,7 @@ impl Actor {
             .is_some_and(|at| at.elapsed() > entry.definition.policy.period);
         entry.consecutive = if stable { 1 } else { entry.consecutive + 1 };
         entry.restarts += 1;
-        let delay = entry.policy().backoff(entry.consecutive, jitter());
+        let delay = entry.policy().backoff(entry.consecutive, (self.jitter)());
         entry.not_before = Some(now + delay);
         entry.activity = format!("restarting in {} ms", delay.as_millis());
         let siblings = self.children(parent.as_ref());
@@ -233,7 +233,7 @@ impl Actor {
 
     /// A process that did not come up. A Create (or Start) waiting for it fails; a
     /// Create leaves nothing behind. Otherwise it is a failure of type "start".
-    pub(super) fn start_failed(&mut self, alias: &Alias, message: String) {
+    pub(crate) fn start_failed(&mut self, alias: &Alias, message: String) {
         let Some(entry) = self.entries.get_mut(alias) else {
             return;
         };
