@@ -10,7 +10,7 @@ use reef_proto::{self as wire, container_server};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::{Command, HandlerError, Restart, TaskOptions, Tasks, handler::Counters};
+use crate::{Command, Error, HandlerError, Restart, TaskOptions, Tasks, handler::Counters};
 
 /// How long an operator command may take before the caller gets DEADLINE_EXCEEDED.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,6 +19,48 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct CommandCall {
     pub command: Command,
     pub reply: oneshot::Sender<Result<Bytes, HandlerError>>,
+}
+
+/// Why the endpoint refuses a call. `From<EndpointError> for Status` below is the one
+/// place its refusals become gRPC codes.
+#[derive(Debug, thiserror::Error)]
+enum EndpointError {
+    #[error("missing metadata {PUSH_TICKET:?}: ask the node for a ticket (Supervisor.OpenPush)")]
+    NoTicket,
+    #[error("not attached to a node yet")]
+    NotAttached,
+    #[error("the container is stopping")]
+    Stopping,
+    #[error("the command took longer than {COMMAND_TIMEOUT:?}")]
+    CommandTimedOut,
+    /// The command handler's own error, with the code it chose.
+    #[error("{}", .0.message)]
+    Command(HandlerError),
+    #[error("unknown restart type {0}")]
+    UnknownRestart(i32),
+    /// The SDK's own error (a task that cannot be stopped, say).
+    #[error("{0}")]
+    Sdk(#[from] Error),
+    /// A refusal from the push path or the task table, passed on as it is.
+    #[error("{}", .0.message())]
+    Relayed(Status),
+}
+
+const PUSH_TICKET: &str = wire::PUSH_TICKET_METADATA;
+
+impl From<EndpointError> for Status {
+    fn from(error: EndpointError) -> Self {
+        let message = error.to_string();
+        match error {
+            EndpointError::NoTicket => Status::unauthenticated(message),
+            EndpointError::NotAttached | EndpointError::Stopping => Status::unavailable(message),
+            EndpointError::CommandTimedOut => Status::deadline_exceeded(message),
+            EndpointError::Command(error) => Status::new(error.code, message),
+            EndpointError::UnknownRestart(_) => Status::invalid_argument(message),
+            EndpointError::Sdk(error) => Status::new(error.code(), message),
+            EndpointError::Relayed(status) => status,
+        }
+    }
 }
 
 pub(crate) struct EndpointService {
@@ -62,20 +104,13 @@ impl container_server::Container for EndpointService {
             .metadata()
             .get(wire::PUSH_TICKET_METADATA)
             .and_then(|value| value.to_str().ok())
-            .ok_or_else(|| {
-                Status::unauthenticated(format!(
-                    "missing metadata {:?}: ask the node for a ticket (Supervisor.OpenPush)",
-                    wire::PUSH_TICKET_METADATA
-                ))
-            })?
+            .ok_or(EndpointError::NoTicket)?
             .to_owned();
-        let client = self
-            .tasks
-            .host_client()
-            .ok_or_else(|| Status::unavailable("not attached to a node yet"))?;
-        crate::push::serve(client, &ticket, request.into_inner())
+        let client = self.tasks.host_client().ok_or(EndpointError::NotAttached)?;
+        let answers = crate::push::serve(client, &ticket, request.into_inner())
             .await
-            .map(Response::new)
+            .map_err(EndpointError::Relayed)?;
+        Ok(Response::new(answers))
     }
 
     async fn ping(
@@ -115,19 +150,20 @@ impl container_server::Container for EndpointService {
             },
             reply,
         };
-        let gone = || Status::unavailable("the container is stopping");
-        self.commands.send(call).await.map_err(|_| gone())?;
-        match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
-            Ok(Ok(Ok(output))) => Ok(Response::new(wire::CommandResponse {
-                output,
-                content_type: "text/plain".to_owned(),
-            })),
-            Ok(Ok(Err(error))) => Err(Status::new(error.code, error.message)),
-            Ok(Err(_)) => Err(gone()),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "the command took longer than {COMMAND_TIMEOUT:?}"
-            ))),
-        }
+        self.commands
+            .send(call)
+            .await
+            .map_err(|_| EndpointError::Stopping)?;
+        let output = match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+            Ok(Ok(Ok(output))) => output,
+            Ok(Ok(Err(error))) => return Err(EndpointError::Command(error).into()),
+            Ok(Err(_)) => return Err(EndpointError::Stopping.into()),
+            Err(_) => return Err(EndpointError::CommandTimedOut.into()),
+        };
+        Ok(Response::new(wire::CommandResponse {
+            output,
+            content_type: "text/plain".to_owned(),
+        }))
     }
 
     async fn start_task(
@@ -139,12 +175,7 @@ impl container_server::Container for EndpointService {
             Ok(wire::RestartType::Unspecified | wire::RestartType::Permanent) => Restart::Permanent,
             Ok(wire::RestartType::Transient) => Restart::Transient,
             Ok(wire::RestartType::Temporary) => Restart::Temporary,
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown restart type {}",
-                    request.restart
-                )));
-            }
+            Err(_) => return Err(EndpointError::UnknownRestart(request.restart).into()),
         };
         let defaults = TaskOptions::new(&request.alias);
         let options = TaskOptions {
@@ -162,7 +193,11 @@ impl container_server::Container for EndpointService {
             },
             labels: request.labels.into_iter().collect(),
         };
-        let created = self.tasks.spawn_defined(options, request.args).await?;
+        let created = self
+            .tasks
+            .spawn_defined(options, request.args)
+            .await
+            .map_err(EndpointError::Relayed)?;
         Ok(Response::new(wire::StartTaskResponse { created }))
     }
 
@@ -171,10 +206,7 @@ impl container_server::Container for EndpointService {
         request: Request<wire::StopTaskRequest>,
     ) -> Result<Response<wire::StopTaskResponse>, Status> {
         let alias = request.into_inner().alias;
-        self.tasks
-            .stop(&alias)
-            .await
-            .map_err(|error| Status::new(error.code(), error.to_string()))?;
+        self.tasks.stop(&alias).await.map_err(EndpointError::from)?;
         Ok(Response::new(wire::StopTaskResponse {}))
     }
 }

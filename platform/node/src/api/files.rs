@@ -1,18 +1,20 @@
 //! `reef.v1.Files`: the node's file store over Apache OpenDAL (a local directory by
 //! default, memory, or an S3-compatible object store). Paths are checked here, once, so nothing reaches OpenDAL that
-//! could leave the store's root; OpenDAL errors become gRPC codes in [`status`].
+//! could leave the store's root; OpenDAL errors become gRPC codes in `api/error.rs`.
 
 use std::{path::PathBuf, pin::Pin, sync::Arc, time::UNIX_EPOCH};
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use opendal::{ErrorKind, Metadata, Operator, services};
-use reef_access::{Access, Action};
+use reef_access::{Access, Action, Principal};
 use reef_proto::{self as wire, files_server, write_file_request::Part};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::error::ApiError;
 use crate::api::identity;
+
+mod operations;
 
 /// The largest chunk a read streams (and a write should send).
 pub const FILE_CHUNK: usize = 256 << 10;
@@ -149,40 +151,11 @@ impl FilesService {
         })
     }
 
-    fn check<T>(&self, request: &Request<T>, action: Action, path: &str) -> Result<(), ApiError> {
-        identity::check_caller(&self.access, request, action, &format!("files:{path}"))
-    }
-
-    async fn info(&self, path: &str) -> Result<wire::FileInfo, ApiError> {
-        let metadata = self.store.stat(path).await.map_err(store_error(path))?;
-        Ok(file_info(path, &metadata))
-    }
-
-    /// Copies `from` to `to` by streaming, for stores that cannot copy natively.
-    async fn stream_copy(&self, from: &str, to: &str) -> Result<(), ApiError> {
-        let mut chunks = self
-            .store
-            .reader_with(from)
-            .chunk(FILE_CHUNK)
-            .await
-            .map_err(store_error(from))?
-            .into_bytes_stream(..)
-            .await
-            .map_err(store_error(from))?;
-        let mut writer = self.store.writer(to).await.map_err(store_error(to))?;
-        let copied = async {
-            while let Some(chunk) = chunks.next().await {
-                let chunk =
-                    chunk.map_err(|e| ApiError::Internal(format!("reading {from}: {e}")))?;
-                writer.write(chunk).await.map_err(store_error(to))?;
-            }
-            writer.close().await.map_err(store_error(to))
-        }
-        .await;
-        if copied.is_err() {
-            let _ = writer.abort().await;
-        }
-        copied.map(drop)
+    /// Checks `caller` doing `action` to the file or directory `path`.
+    fn check(&self, caller: &Principal, action: Action, path: &str) -> Result<(), ApiError> {
+        Ok(self
+            .access
+            .check(caller, action, &format!("files:{path}"), &[])?)
     }
 }
 
@@ -258,6 +231,8 @@ fn store_error(path: &str) -> impl FnOnce(opendal::Error) -> ApiError + '_ {
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<wire::FileChunk, Status>> + Send>>;
 
+/// Each call reads the caller and the message and runs its operation
+/// (`files/operations.rs`), whose `ApiError` becomes the call's status here.
 #[tonic::async_trait]
 impl files_server::Files for FilesService {
     type ReadStream = ReadStream;
@@ -266,49 +241,10 @@ impl files_server::Files for FilesService {
         &self,
         request: Request<wire::ReadFileRequest>,
     ) -> Result<Response<ReadStream>, Status> {
-        let path = file_path(&request.get_ref().path)?;
-        self.check(&request, Action::Read, &path)?;
-        let request = request.into_inner();
-        let metadata = self.store.stat(&path).await.map_err(store_error(&path))?;
-        if metadata.is_dir() {
-            return Err(ApiError::Unfit(format!("{path:?} is a directory")).into());
-        }
-        let size = metadata.content_length();
-        let start = request.offset.min(size);
-        let end = match request.length {
-            0 => size,
-            length => start.saturating_add(length).min(size),
-        };
-        let chunks = self
-            .store
-            .reader_with(&path)
-            .chunk(FILE_CHUNK)
-            .await
-            .map_err(store_error(&path))?
-            .into_bytes_stream(start..end)
-            .await
-            .map_err(store_error(&path))?;
-        let failed = path.clone();
-        let chunks = chunks
-            .map_err(move |e| {
-                Status::from(ApiError::Internal(format!(
-                    "reading {failed:?} failed: {e}"
-                )))
-            })
-            // Never more than a chunk per message, whatever the store hands over.
-            .map_ok(|bytes| {
-                let pieces: Vec<_> = (0..bytes.len())
-                    .step_by(FILE_CHUNK)
-                    .map(|at| {
-                        Ok(wire::FileChunk {
-                            data: bytes.slice(at..(at + FILE_CHUNK).min(bytes.len())),
-                        })
-                    })
-                    .collect();
-                futures_util::stream::iter(pieces)
-            })
-            .try_flatten();
-        Ok(Response::new(Box::pin(chunks)))
+        let caller = identity::caller(&request);
+        Ok(Response::new(
+            self.read_file(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn write(
@@ -316,175 +252,37 @@ impl files_server::Files for FilesService {
         request: Request<Streaming<wire::WriteFileRequest>>,
     ) -> Result<Response<wire::FileInfo>, Status> {
         let caller = identity::caller(&request);
-        let mut parts = request.into_inner();
-        let start = match parts.message().await.map_err(ApiError::Relayed)? {
-            Some(wire::WriteFileRequest {
-                part: Some(Part::Start(start)),
-            }) => start,
-            _ => {
-                return Err(ApiError::BadRequest(
-                    "the first message of a write must be `start`, naming the file".to_owned(),
-                )
-                .into());
-            }
-        };
-        let path = file_path(&start.path)?;
-        self.access
-            .check(&caller, Action::Write, &format!("files:{path}"), &[])
-            .map_err(ApiError::from)?;
-        let capability = self.store.info().capability();
-        if start.if_absent
-            && !capability.write_with_if_not_exists
-            && self.store.exists(&path).await.map_err(store_error(&path))?
-        {
-            return Err(ApiError::Exists(format!("{path:?} exists")).into());
-        }
-        let mut writer = self
-            .store
-            .writer_with(&path)
-            .if_not_exists(start.if_absent && capability.write_with_if_not_exists)
-            .await
-            .map_err(store_error(&path))?;
-        let mut written = 0u64;
-        let outcome = async {
-            while let Some(part) = parts.message().await.map_err(ApiError::Relayed)? {
-                let Some(Part::Data(data)) = part.part else {
-                    return Err(ApiError::BadRequest(
-                        "after `start`, a write carries only `data`".to_owned(),
-                    ));
-                };
-                written += data.len() as u64;
-                if written > self.max_bytes {
-                    return Err(ApiError::Exhausted(format!(
-                        "{path:?} would be larger than this node's limit of {} bytes (--files-max-bytes)",
-                        self.max_bytes
-                    )));
-                }
-                writer.write(data).await.map_err(store_error(&path))?;
-            }
-            writer.close().await.map_err(store_error(&path))
-        }
-        .await;
-        if let Err(refused) = outcome {
-            // Nothing of a refused or broken write is kept.
-            let _ = writer.abort().await;
-            return Err(refused.into());
-        }
-        Ok(Response::new(self.info(&path).await?))
+        Ok(Response::new(
+            self.write_file(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn stat(
         &self,
         request: Request<wire::StatFileRequest>,
     ) -> Result<Response<wire::FileInfo>, Status> {
-        let path = confined(&request.get_ref().path)?;
-        self.check(&request, Action::Read, &path)?;
-        let path = match path.is_empty() {
-            true => "/".to_owned(),
-            false => path,
-        };
-        match self.info(&path).await {
-            // A directory is found under its name with or without the '/'.
-            Err(ApiError::Files { error, .. })
-                if error.kind() == ErrorKind::NotFound && !path.ends_with('/') =>
-            {
-                let missing = || ApiError::Files {
-                    path: path.clone(),
-                    error,
-                };
-                self.info(&format!("{path}/")).await.map_err(|_| missing())
-            }
-            found => found,
-        }
-        .map(Response::new)
-        .map_err(Status::from)
+        let caller = identity::caller(&request);
+        Ok(Response::new(
+            self.stat_file(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn list(
         &self,
         request: Request<wire::ListFilesRequest>,
     ) -> Result<Response<wire::ListFilesResponse>, Status> {
-        let dir = dir_path(&request.get_ref().path)?;
-        self.check(&request, Action::Read, &dir)?;
-        let request = request.into_inner();
-        let limit = match request.limit as usize {
-            0 => MAX_PAGE,
-            limit => limit.min(MAX_PAGE),
-        };
-        let mut lister = self
-            .store
-            .lister_with(&dir)
-            .recursive(request.recursive)
-            .await
-            .map_err(store_error(&dir))?;
-        // Paths as this service names them: without a leading '/'.
-        let own = dir.trim_start_matches('/');
-        let mut paths = Vec::new();
-        while let Some(entry) = lister.next().await {
-            let entry = entry.map_err(store_error(&dir))?;
-            let path = entry.path().trim_start_matches('/');
-            // The directory itself is listed too.
-            if path == own {
-                continue;
-            }
-            paths.push(path.to_owned());
-            if paths.len() > MAX_LISTED {
-                return Err(ApiError::Exhausted(format!(
-                    "more than {MAX_LISTED} entries under {dir:?}: list a narrower directory"
-                ))
-                .into());
-            }
-        }
-        paths.sort();
-        let after = request.page_token;
-        let mut page: Vec<_> = paths
-            .into_iter()
-            .filter(|path| after.is_empty() || *path > after)
-            .take(limit + 1)
-            .collect();
-        let next_page_token = match page.len() > limit {
-            true => {
-                page.truncate(limit);
-                page.last().cloned().unwrap_or_default()
-            }
-            false => String::new(),
-        };
-        let mut entries = Vec::with_capacity(page.len());
-        for path in page {
-            entries.push(self.info(&path).await?);
-        }
-        Ok(Response::new(wire::ListFilesResponse {
-            entries,
-            next_page_token,
-        }))
+        let caller = identity::caller(&request);
+        Ok(Response::new(
+            self.list_files(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn delete(
         &self,
         request: Request<wire::DeleteFileRequest>,
     ) -> Result<Response<wire::DeleteFileResponse>, Status> {
-        let path = confined(&request.get_ref().path)?;
-        self.check(&request, Action::Write, &path)?;
-        if path.is_empty() {
-            return Err(
-                ApiError::BadRequest("the store's root cannot be deleted".to_owned()).into(),
-            );
-        }
-        let recursive = request.get_ref().recursive;
-        let dir = dir_path(&path)?;
-        let is_dir = path.ends_with('/') || self.store.exists(&dir).await.unwrap_or(false);
-        match (is_dir, recursive) {
-            (true, false) => Err(ApiError::Unfit(format!(
-                "{dir:?} is a directory: delete it with recursive"
-            ))),
-            (true, true) => self
-                .store
-                .delete_with(&dir)
-                .recursive(true)
-                .await
-                .map_err(store_error(&dir)),
-            (false, _) => self.store.delete(&path).await.map_err(store_error(&path)),
-        }?;
+        let caller = identity::caller(&request);
+        self.delete_file(&caller, request.into_inner()).await?;
         Ok(Response::new(wire::DeleteFileResponse {}))
     }
 
@@ -492,42 +290,20 @@ impl files_server::Files for FilesService {
         &self,
         request: Request<wire::CopyFileRequest>,
     ) -> Result<Response<wire::FileInfo>, Status> {
-        let from = file_path(&request.get_ref().from)?;
-        let to = file_path(&request.get_ref().to)?;
-        self.check(&request, Action::Read, &from)?;
-        self.check(&request, Action::Write, &to)?;
-        match self.store.info().capability().copy {
-            true => self
-                .store
-                .copy(&from, &to)
-                .await
-                .map(drop)
-                .map_err(store_error(&from))?,
-            false => self.stream_copy(&from, &to).await?,
-        }
-        Ok(Response::new(self.info(&to).await?))
+        let caller = identity::caller(&request);
+        Ok(Response::new(
+            self.copy_file(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn rename(
         &self,
         request: Request<wire::RenameFileRequest>,
     ) -> Result<Response<wire::FileInfo>, Status> {
-        let from = file_path(&request.get_ref().from)?;
-        let to = file_path(&request.get_ref().to)?;
-        self.check(&request, Action::Write, &from)?;
-        self.check(&request, Action::Write, &to)?;
-        match self.store.info().capability().rename {
-            true => self
-                .store
-                .rename(&from, &to)
-                .await
-                .map_err(store_error(&from))?,
-            false => {
-                self.stream_copy(&from, &to).await?;
-                self.store.delete(&from).await.map_err(store_error(&from))?;
-            }
-        }
-        Ok(Response::new(self.info(&to).await?))
+        let caller = identity::caller(&request);
+        Ok(Response::new(
+            self.rename_file(&caller, request.into_inner()).await?,
+        ))
     }
 }
 

@@ -57,10 +57,10 @@ impl StateService {
     async fn measured<T: Settled>(
         &self,
         op: StateOp,
-        call: impl Future<Output = Result<Response<T>, Status>>,
+        call: impl Future<Output = Result<Response<T>, ApiError>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        let result = call.await;
+        let result = call.await.map_err(Status::from);
         let outcome = match &result {
             Ok(response) if response.get_ref().conflicted() => Outcome::Conflict,
             Ok(_) => Outcome::Ok,
@@ -104,11 +104,6 @@ fn outcome_of(code: Code) -> Outcome {
         | Code::ResourceExhausted => Outcome::Rejected,
         _ => Outcome::Failed,
     }
-}
-
-/// A state error as its caller sees it (the mapping is `ApiError`'s).
-fn status(error: StateError) -> Status {
-    ApiError::from(error).into()
 }
 
 fn namespace(name: &str) -> Result<Namespace, ApiError> {
@@ -162,13 +157,13 @@ fn wire_batch(batch: &Batch) -> wire::WatchKeysResponse {
 }
 
 /// A single-key compare-and-set that did not hold, as ABORTED.
-fn conflict(key: String, expected: Revision, current: Vec<Option<KeyValue>>) -> Status {
+fn conflict(key: String, expected: Revision, current: Vec<Option<KeyValue>>) -> ApiError {
     let actual = current
         .into_iter()
         .next()
         .flatten()
         .map_or(0, |kv| kv.mod_revision);
-    status(StateError::Conflict {
+    ApiError::from(StateError::Conflict {
         key,
         expected,
         actual,
@@ -182,16 +177,12 @@ impl StateService {
     async fn serve_get(
         &self,
         request: Request<wire::GetRequest>,
-    ) -> Result<Response<wire::GetResponse>, Status> {
+    ) -> Result<Response<wire::GetResponse>, ApiError> {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        reef_state::validate_key(&request.key).map_err(status)?;
-        let (kv, revision) = self
-            .backend
-            .get(&namespace, &request.key)
-            .await
-            .map_err(status)?;
+        reef_state::validate_key(&request.key)?;
+        let (kv, revision) = self.backend.get(&namespace, &request.key).await?;
         Ok(Response::new(wire::GetResponse {
             kv: kv.map(wire_kv),
             revision: revision as i64,
@@ -201,7 +192,7 @@ impl StateService {
     async fn serve_put(
         &self,
         request: Request<wire::PutRequest>,
-    ) -> Result<Response<wire::PutResponse>, Status> {
+    ) -> Result<Response<wire::PutResponse>, ApiError> {
         self.check(&request, Action::Write, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let mut txn = Txn::new(
@@ -237,7 +228,7 @@ impl StateService {
     async fn serve_delete(
         &self,
         request: Request<wire::DeleteRequest>,
-    ) -> Result<Response<wire::DeleteResponse>, Status> {
+    ) -> Result<Response<wire::DeleteResponse>, ApiError> {
         self.check(&request, Action::Write, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
@@ -245,8 +236,7 @@ impl StateService {
             Some(_) if request.prefix => {
                 return Err(ApiError::BadRequest(
                     "expected_revision applies to one key, not to a prefix".to_owned(),
-                )
-                .into());
+                ));
             }
             Some(expected) => Some(revision(expected, "expected_revision")?),
             None => None,
@@ -279,11 +269,11 @@ impl StateService {
     async fn serve_list(
         &self,
         request: Request<wire::ListKeysRequest>,
-    ) -> Result<Response<wire::ListKeysResponse>, Status> {
+    ) -> Result<Response<wire::ListKeysResponse>, ApiError> {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        reef_state::validate_prefix(&request.prefix).map_err(status)?;
+        reef_state::validate_prefix(&request.prefix)?;
         let limit = match request.limit as usize {
             0 => MAX_PAGE_KEYS,
             limit => limit.min(MAX_PAGE_KEYS),
@@ -295,7 +285,7 @@ impl StateService {
             return Err(ApiError::BadRequest(format!(
                 "page_token {after:?} is not under the prefix {:?}: pass the next_page_token of the previous page",
                 request.prefix
-            )).into());
+            )));
         }
         let page = self
             .backend
@@ -308,8 +298,7 @@ impl StateService {
                     keys_only: request.keys_only,
                 },
             )
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(wire::ListKeysResponse {
             kvs: page.kvs.into_iter().map(wire_kv).collect(),
             next_page_token: page.next.unwrap_or_default(),
@@ -320,7 +309,7 @@ impl StateService {
     async fn serve_txn(
         &self,
         request: Request<wire::TxnRequest>,
-    ) -> Result<Response<wire::TxnResponse>, Status> {
+    ) -> Result<Response<wire::TxnResponse>, ApiError> {
         self.check(&request, Action::Write, &request.get_ref().namespace)?;
         if !request.get_ref().compares.is_empty() {
             // A failed compare answers with the current values.
@@ -346,8 +335,7 @@ impl StateService {
                 None => {
                     return Err(ApiError::BadRequest(format!(
                         "operation {index} is neither a put nor a delete"
-                    ))
-                    .into());
+                    )));
                 }
             });
         }
@@ -373,11 +361,11 @@ impl StateService {
     async fn serve_watch(
         &self,
         request: Request<wire::WatchKeysRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
+    ) -> Result<Response<WatchStream>, ApiError> {
         self.check(&request, Action::Read, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = namespace(&request.namespace)?;
-        reef_state::validate_prefix(&request.prefix).map_err(status)?;
+        reef_state::validate_prefix(&request.prefix)?;
         let start = match revision(request.start_revision, "start_revision")? {
             0 => None,
             start => Some(start),
@@ -385,8 +373,7 @@ impl StateService {
         let watching = self
             .backend
             .watch(&namespace, &request.prefix, start)
-            .await
-            .map_err(status)?;
+            .await?;
         let established = wire::WatchKeysResponse {
             events: Vec::new(),
             revision: watching.revision as i64,
@@ -397,7 +384,7 @@ impl StateService {
             let _open = &open;
             match batch {
                 Ok(batch) => Ok(wire_batch(&batch)),
-                Err(error) => Err(status(error)),
+                Err(error) => Err(ApiError::from(error).into()),
             }
         });
         Ok(Response::new(Box::pin(
@@ -408,11 +395,11 @@ impl StateService {
     async fn serve_compact(
         &self,
         request: Request<wire::CompactRequest>,
-    ) -> Result<Response<wire::CompactResponse>, Status> {
+    ) -> Result<Response<wire::CompactResponse>, ApiError> {
         // Compaction drops history in every namespace.
         self.check(&request, Action::Write, "(all namespaces)")?;
         let target = revision(request.into_inner().revision, "revision")?;
-        let first = self.backend.compact(target).await.map_err(status)?;
+        let first = self.backend.compact(target).await?;
         Ok(Response::new(wire::CompactResponse {
             first_revision: first as i64,
         }))

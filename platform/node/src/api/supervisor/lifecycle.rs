@@ -1,5 +1,6 @@
-//! Create, destroy, start and stop as the node carries them out: here, or forwarded to
-//! the child node below which the container lives.
+//! Create, destroy, start, stop, restart and batches of them as the node carries them
+//! out: here, or forwarded to the child node below which the container lives; and a
+//! container's report of its own failure.
 
 use super::*;
 
@@ -45,11 +46,7 @@ impl SupervisorService {
                 ))
             })?;
         let mut node = self.child_node(&child, &hop).await?;
-        Ok(node
-            .create(on_behalf_of(caller, request)?)
-            .await
-            .map_err(ApiError::Relayed)?
-            .into_inner())
+        relayed(node.create(on_behalf_of(caller, request)?)).await
     }
 
     /// Joins a created container to the groups its definition names.
@@ -125,11 +122,7 @@ impl SupervisorService {
     ) -> Result<wire::DestroyResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return Ok(node
-                .destroy(on_behalf_of(caller, request)?)
-                .await
-                .map_err(ApiError::Relayed)?
-                .into_inner());
+            return relayed(node.destroy(on_behalf_of(caller, request)?)).await;
         }
         self.check_subtree(caller, Action::Destroy, alias.as_str(), None)?;
         let mode = convert::stop_mode(request.flags)?;
@@ -192,11 +185,7 @@ impl SupervisorService {
     ) -> Result<wire::StartResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return Ok(node
-                .start(on_behalf_of(caller, request)?)
-                .await
-                .map_err(ApiError::Relayed)?
-                .into_inner());
+            return relayed(node.start(on_behalf_of(caller, request)?)).await;
         }
         self.check_subtree(caller, Action::Start, alias.as_str(), None)?;
         self.refuse_task(&alias, "started")?;
@@ -216,11 +205,7 @@ impl SupervisorService {
     ) -> Result<wire::StopResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return Ok(node
-                .stop(on_behalf_of(caller, request)?)
-                .await
-                .map_err(ApiError::Relayed)?
-                .into_inner());
+            return relayed(node.stop(on_behalf_of(caller, request)?)).await;
         }
         self.check_subtree(caller, Action::Stop, alias.as_str(), None)?;
         self.refuse_task(&alias, "stopped")?;
@@ -232,6 +217,89 @@ impl SupervisorService {
         Ok(wire::StopResponse {
             container: Some(container_info(self.supervised(&alias)?)),
         })
+    }
+
+    pub(super) async fn restart_one(
+        &self,
+        caller: &Principal,
+        request: wire::RestartRequest,
+    ) -> Result<wire::RestartResponse, ApiError> {
+        let alias = parse_alias(&request.alias)?;
+        if let Some(mut node) = self.node_below(alias.as_str()).await? {
+            return relayed(node.restart(on_behalf_of(caller, request)?)).await;
+        }
+        self.check_subtree(caller, Action::Restart, alias.as_str(), None)?;
+        self.refuse_task(&alias, "restarted")?;
+        self.supervision.restart(alias.clone()).await?;
+        Ok(wire::RestartResponse {
+            container: Some(container_info(self.supervised(&alias)?)),
+        })
+    }
+
+    /// Runs the operations in order, each with its own outcome; after a failure the
+    /// rest are skipped if the batch says so.
+    pub(super) async fn run_batch(
+        &self,
+        caller: &Principal,
+        request: wire::BatchRequest,
+    ) -> wire::BatchResponse {
+        use wire::batch_operation::Operation;
+        let mut results = Vec::with_capacity(request.operations.len());
+        let mut aborted = false;
+        for operation in request.operations {
+            let (alias, outcome) = match operation.operation {
+                _ if aborted => (String::new(), Err(ApiError::Skipped)),
+                Some(Operation::Create(create)) => {
+                    let alias = create
+                        .definition
+                        .as_ref()
+                        .map(|d| d.alias.clone())
+                        .unwrap_or_default();
+                    (alias, self.create_one(caller, create).await.map(drop))
+                }
+                Some(Operation::Destroy(destroy)) => (
+                    destroy.alias.clone(),
+                    self.destroy_one(caller, destroy).await.map(drop),
+                ),
+                Some(Operation::Start(start)) => (
+                    start.alias.clone(),
+                    self.start_one(caller, start).await.map(drop),
+                ),
+                Some(Operation::Stop(stop)) => (
+                    stop.alias.clone(),
+                    self.stop_one(caller, stop).await.map(drop),
+                ),
+                None => (
+                    String::new(),
+                    Err(ApiError::BadRequest("empty batch operation".to_owned())),
+                ),
+            };
+            aborted |= outcome.is_err() && request.stop_on_error;
+            results.push(batch_result(alias, outcome));
+        }
+        wire::BatchResponse { results }
+    }
+
+    /// A supervised container reports a failure of its own, which its solver chain
+    /// then handles.
+    pub(super) async fn fail_container(&self, request: wire::FailRequest) -> Result<(), ApiError> {
+        let alias = parse_alias(&request.alias)?;
+        if !self.registry.holds_lease(alias.as_str(), &request.lease) {
+            return Err(ApiError::NotEntitled(format!(
+                "the lease does not match the registration of {alias}"
+            )));
+        }
+        if request.error_type.is_empty() {
+            return Err(ApiError::BadRequest(
+                "FailRequest.error_type is empty".to_owned(),
+            ));
+        }
+        let failure = Failure {
+            error_type: request.error_type,
+            message: request.message,
+            normal: false,
+        };
+        Ok(self.supervision.fail(alias, failure).await?)
     }
 }
 
@@ -246,6 +314,13 @@ pub(super) fn batch_result(alias: String, outcome: Result<(), ApiError>) -> wire
         code,
         message,
     }
+}
+
+/// The answer of a call forwarded to another node, its refusal passed on as it is.
+async fn relayed<T>(
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, ApiError> {
+    Ok(call.await.map_err(ApiError::Relayed)?.into_inner())
 }
 
 /// `message` as a call a node forwards on behalf of `caller`, whose rights the node that

@@ -1,5 +1,5 @@
-//! Register and Join: containers and child nodes announce themselves; each gets a lease
-//! and, over TLS, the certificate its endpoint serves.
+//! Register, Deregister and Join: containers and child nodes announce themselves; each
+//! gets a lease and, over TLS, the certificate its endpoint serves.
 
 use reef_core::{check_node_name, link_alias, millis};
 use reef_tls::certificate_names;
@@ -7,12 +7,13 @@ use reef_tls::certificate_names;
 use super::{snapshots::container_spec, *};
 
 impl SupervisorService {
-    pub(super) async fn serve_join(
+    /// Links child node `request.node` below this one; `leaf` is the certificate it
+    /// presented.
+    pub(super) fn join_node(
         &self,
-        request: Request<wire::JoinRequest>,
-    ) -> Result<Response<wire::JoinResponse>, Status> {
-        let leaf = identity::peer_leaf(&request);
-        let request = request.into_inner();
+        leaf: Option<Arc<[u8]>>,
+        request: wire::JoinRequest,
+    ) -> Result<wire::JoinResponse, ApiError> {
         check_node_name(&request.node).map_err(ApiError::BadRequest)?;
         // Only a node holding a certificate for its name may link under it (the TLS
         // handshake already checked that the cluster's CA signed it).
@@ -21,21 +22,19 @@ impl SupervisorService {
             return Err(ApiError::NotEntitled(format!(
                 "joining as node {:?} needs a client certificate naming {identity} from this cluster's CA (reef ca issue)",
                 request.node
-            )).into());
+            )));
         }
         if request.node == self.node.name {
             return Err(ApiError::BadRequest(format!(
                 "node {:?} cannot join a node of the same name",
                 request.node
-            ))
-            .into());
+            )));
         }
         if request.session.is_empty() || request.session.len() > 64 {
             return Err(ApiError::BadRequest(
                 "JoinRequest.session must be 1-64 characters, new for each start of the node"
                     .to_owned(),
-            )
-            .into());
+            ));
         }
         let endpoint = match request.endpoint.is_empty() {
             true => None,
@@ -54,10 +53,7 @@ impl SupervisorService {
             pid: None,
             labels: [("reef.node".to_owned(), request.node.clone())].into(),
         };
-        let lease = self
-            .registry
-            .join_link(spec, &request.session)
-            .map_err(ApiError::from)?;
+        let lease = self.registry.join_link(spec, &request.session)?;
         if let Some(endpoint) = endpoint {
             self.children.record(
                 &request.node,
@@ -68,23 +64,22 @@ impl SupervisorService {
             );
         }
         tracing::info!(node = %request.node, "a child node joined");
-        Ok(Response::new(wire::JoinResponse {
+        Ok(wire::JoinResponse {
             alias: alias.to_string(),
             lease,
             node: self.node.name.clone(),
             session: self.node.session.clone(),
-        }))
+        })
     }
 
-    pub(super) async fn serve_register(
+    pub(super) fn register_container(
         &self,
-        request: Request<wire::RegisterRequest>,
-    ) -> Result<Response<wire::RegisterResponse>, Status> {
-        let caller = identity::caller(&request);
-        let request = request.into_inner();
+        caller: &Principal,
+        request: wire::RegisterRequest,
+    ) -> Result<wire::RegisterResponse, ApiError> {
         let token = (!request.token.is_empty()).then(|| request.token.clone());
         let spec = container_spec(request)?;
-        reef_access::check_claim(&caller, spec.alias.as_str()).map_err(ApiError::from)?;
+        reef_access::check_claim(caller, spec.alias.as_str())?;
         // A supervised container's alias is claimed with its token (checked by the
         // registry); any other registration creates a container.
         if self
@@ -93,34 +88,26 @@ impl SupervisorService {
             .is_none_or(|existing| existing.supervised.is_none())
         {
             let parent = spec.parent.as_ref().map(|p| p.as_str());
-            self.check_subtree(&caller, Action::Create, spec.alias.as_str(), parent)?;
+            self.check_subtree(caller, Action::Create, spec.alias.as_str(), parent)?;
         }
         let certified = match &spec.endpoint {
             Some(endpoint) => {
                 let host = endpoint_host(endpoint)?;
-                Some(
-                    self.tls
-                        .pki()
-                        .issue(
-                            spec.alias.as_str(),
-                            &[host],
-                            &reef_tls::container_identity(spec.alias.as_str()),
-                        )
-                        .map_err(ApiError::from)?,
-                )
+                Some(self.tls.pki().issue(
+                    spec.alias.as_str(),
+                    &[host],
+                    &reef_tls::container_identity(spec.alias.as_str()),
+                )?)
             }
             None => None,
         };
         let alias = spec.alias.clone();
-        let lease = self
-            .registry
-            .register(spec, token.as_deref())
-            .map_err(ApiError::from)?;
+        let lease = self.registry.register(spec, token.as_deref())?;
         tracing::info!(%alias, "registered");
         let limits = self.registry.limits();
         let (endpoint_cert_pem, endpoint_key_pem) =
             certified.map_or_else(Default::default, |c| (c.cert_pem, c.key_pem));
-        Ok(Response::new(wire::RegisterResponse {
+        Ok(wire::RegisterResponse {
             lease,
             heartbeat_interval_ms: millis(limits.heartbeat_interval),
             heartbeat_timeout_ms: millis(limits.heartbeat_timeout),
@@ -130,6 +117,16 @@ impl SupervisorService {
             endpoint_key_pem,
             max_frame_bytes: limits.max_frame_bytes as u32,
             attach_timeout_ms: millis(limits.attach_timeout),
-        }))
+        })
+    }
+
+    /// A container gives its alias up; only its own identity and lease may.
+    pub(super) fn deregister_container(
+        &self,
+        caller: &Principal,
+        request: wire::DeregisterRequest,
+    ) -> Result<(), ApiError> {
+        reef_access::check_claim(caller, &request.alias)?;
+        Ok(self.registry.deregister(&request.alias, &request.lease)?)
     }
 }

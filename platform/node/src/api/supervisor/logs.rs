@@ -3,14 +3,17 @@
 use super::*;
 
 impl SupervisorService {
-    pub(super) async fn serve_logs(
+    pub(super) async fn log_stream(
         &self,
-        request: Request<wire::LogsRequest>,
-    ) -> Result<Response<LogStream>, Status> {
-        let request = request.into_inner();
+        request: wire::LogsRequest,
+    ) -> Result<LogStream, ApiError> {
         if let Some(mut node) = self.node_below(&request.alias).await? {
-            let chunks = node.logs(request).await?.into_inner();
-            return Ok(Response::new(Box::pin(chunks)));
+            let chunks = node
+                .logs(request)
+                .await
+                .map_err(ApiError::Relayed)?
+                .into_inner();
+            return Ok(Box::pin(chunks));
         }
         let path = self.supervision.log_path(&request.alias).ok_or_else(|| {
             ApiError::Unknown(format!(
@@ -26,7 +29,7 @@ impl SupervisorService {
             Ok(read) => read,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
             Err(error) => {
-                return Err(ApiError::Internal(format!("cannot read the log: {error}")).into());
+                return Err(ApiError::Internal(format!("cannot read the log: {error}")));
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -61,8 +64,6 @@ impl SupervisorService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }

@@ -1,0 +1,125 @@
+//! What the node shows of its containers: the list, the tree, the stream of their
+//! events, the node's own figures, whether one exists, and recent dead letters.
+
+use super::*;
+
+impl SupervisorService {
+    pub(super) fn containers(&self) -> wire::ListResponse {
+        wire::ListResponse {
+            containers: self
+                .registry
+                .list()
+                .into_iter()
+                .map(container_info)
+                .collect(),
+        }
+    }
+
+    pub(super) fn container_tree(&self) -> wire::TreeResponse {
+        wire::TreeResponse {
+            roots: build_tree(self.registry.list()),
+        }
+    }
+
+    /// Registry events from now on, after a snapshot of every container if asked. A
+    /// watcher that falls behind hears RESOURCE_EXHAUSTED and must list again.
+    pub(super) fn events(&self, snapshot: bool) -> EventStream {
+        // Subscribe before the snapshot so that nothing falls between the two.
+        let mut events = self.registry.subscribe();
+        let snapshot: Vec<_> = if snapshot {
+            self.registry
+                .list()
+                .into_iter()
+                .map(|container| RegistryEvent {
+                    kind: EventKind::Registered,
+                    container,
+                    reason: "snapshot".to_owned(),
+                    at: SystemTime::now(),
+                    phase: None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            for event in snapshot {
+                if tx.send(Ok(container_event(event))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let item = match events.recv().await {
+                    Ok(event) => Ok(container_event(event)),
+                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Lagged(missed)) => Err(ApiError::Exhausted(format!(
+                        "watcher fell {missed} events behind; list again and re-watch"
+                    ))
+                    .into()),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    pub(super) fn node_info(&self) -> wire::NodeInfo {
+        let messaging = &self.counters.messaging;
+        wire::NodeInfo {
+            name: self.node.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: self.node.started.elapsed().as_millis() as u64,
+            listen: self.node.listen.to_string(),
+            containers: self.registry.len() as u32,
+            envelopes_routed: messaging.routed(),
+            dead_letters: messaging.dead_letters(),
+            requests_expired: messaging.requests_expired(),
+            frames_received: messaging.frames(),
+            frames_sent: messaging.frames_sent(),
+            replied: Some((&messaging.replied().snapshot()).into()),
+            refused: Some((&messaging.refused().snapshot()).into()),
+            state_operations: self.counters.state.total(),
+        }
+    }
+
+    /// Whether `alias` is a supervised container, or a task whose host is attached.
+    pub(super) fn existence(&self, alias: &str) -> wire::ExistsResponse {
+        let state = self.supervision.exists(alias).or_else(|| {
+            let task = self.registry.get(alias)?.task?;
+            Some(State::Started).filter(|_| self.registry.lookup(task.host.as_str()).is_some())
+        });
+        wire::ExistsResponse {
+            exists: state.is_some(),
+            state: state.map_or(wire::ContainerState::Unspecified, convert::state_to_wire) as i32,
+        }
+    }
+
+    pub(super) fn recent_dead_letters(&self, limit: u32) -> wire::DeadLettersResponse {
+        let ring = self.counters.messaging.dead_letter_ring();
+        wire::DeadLettersResponse {
+            letters: ring
+                .recent(limit as usize)
+                .into_iter()
+                .map(wire_dead_letter)
+                .collect(),
+            total: ring.total(),
+        }
+    }
+}
+
+fn wire_dead_letter(letter: reef_messaging::DeadLetter) -> wire::DeadLetter {
+    wire::DeadLetter {
+        at_ms: reef_core::unix_ms(letter.at),
+        kind: letter.kind,
+        id: letter.id,
+        correlation_id: letter.correlation_id,
+        origin: letter.origin,
+        destination: letter.destination,
+        payload_bytes: u32::try_from(letter.payload_bytes).unwrap_or(u32::MAX),
+        payload_preview: letter.payload_preview,
+        reason: letter.reason,
+    }
+}
