@@ -22,9 +22,7 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::api::{
-    error::ApiError, hosting, identity, routing as routing_api, supervision as convert,
-};
+use crate::api::{error::ApiError, identity};
 use crate::{
     ContainerSnapshot, ContainerSpec, EventKind, Phase, Registry, RegistryEvent,
     children::{ChildNodes, NodeEndpoint},
@@ -34,9 +32,12 @@ use crate::{
 use reef_messaging::PushTickets;
 
 mod containers;
+mod convert;
+mod hosting;
 mod lifecycle;
 mod links;
 mod logs;
+mod routing;
 mod snapshots;
 mod tasks;
 mod views;
@@ -308,7 +309,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::ConfigureGroupRequest>,
     ) -> Result<Response<wire::ConfigureGroupResponse>, Status> {
         self.check_configure(&request, &format!("group:{}", request.get_ref().name))?;
-        Ok(Response::new(routing_api::configure_group(
+        Ok(Response::new(routing::configure_group(
             &self.routing,
             &self.registry,
             request.into_inner(),
@@ -320,7 +321,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::JoinGroupRequest>,
     ) -> Result<Response<wire::JoinGroupResponse>, Status> {
         self.check_configure(&request, &format!("group:{}", request.get_ref().group))?;
-        Ok(Response::new(routing_api::join_group(
+        Ok(Response::new(routing::join_group(
             &self.routing,
             &self.registry,
             request.into_inner(),
@@ -332,7 +333,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::LeaveGroupRequest>,
     ) -> Result<Response<wire::LeaveGroupResponse>, Status> {
         self.check_configure(&request, &format!("group:{}", request.get_ref().group))?;
-        Ok(Response::new(routing_api::leave_group(
+        Ok(Response::new(routing::leave_group(
             &self.routing,
             &self.registry,
             request.into_inner(),
@@ -343,7 +344,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         _: Request<wire::ListGroupsRequest>,
     ) -> Result<Response<wire::ListGroupsResponse>, Status> {
-        Ok(Response::new(routing_api::list_groups(
+        Ok(Response::new(routing::list_groups(
             &self.routing,
             &self.registry,
         )))
@@ -359,7 +360,7 @@ impl supervisor_server::Supervisor for SupervisorService {
             .as_ref()
             .map_or("", |rule| rule.id.as_str());
         self.check_configure(&request, &format!("rule:{id}"))?;
-        Ok(Response::new(routing_api::put_rule(
+        Ok(Response::new(routing::put_rule(
             &self.routing,
             request.into_inner(),
         )?))
@@ -370,7 +371,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::DeleteRuleRequest>,
     ) -> Result<Response<wire::DeleteRuleResponse>, Status> {
         self.check_configure(&request, &format!("rule:{}", request.get_ref().id))?;
-        Ok(Response::new(routing_api::delete_rule(
+        Ok(Response::new(routing::delete_rule(
             &self.routing,
             request.into_inner(),
         )?))
@@ -380,7 +381,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         _: Request<wire::ListRulesRequest>,
     ) -> Result<Response<wire::ListRulesResponse>, Status> {
-        Ok(Response::new(routing_api::list_rules(&self.routing)))
+        Ok(Response::new(routing::list_rules(&self.routing)))
     }
 
     async fn set_firewall(
@@ -406,7 +407,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         request: Request<wire::SetOverflowRequest>,
     ) -> Result<Response<wire::SetOverflowResponse>, Status> {
         self.check_configure(&request, &request.get_ref().alias)?;
-        Ok(Response::new(routing_api::set_overflow(
+        Ok(Response::new(routing::set_overflow(
             &self.routing,
             request.into_inner(),
         )?))

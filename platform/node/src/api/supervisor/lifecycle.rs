@@ -52,7 +52,7 @@ impl SupervisorService {
     /// Joins a created container to the groups its definition names.
     pub(super) fn join_groups(&self, alias: &str, groups: &[String]) -> Result<(), ApiError> {
         for group in groups {
-            routing_api::join_group(
+            routing::join_group(
                 &self.routing,
                 &self.registry,
                 wire::JoinGroupRequest {
@@ -83,7 +83,7 @@ impl SupervisorService {
         let created = self.create_container(raw, request.flags).await?;
         self.join_groups(&alias, &groups)?;
         if policy != 0 {
-            routing_api::set_overflow(&self.routing, wire::SetOverflowRequest { alias, policy })?;
+            routing::set_overflow(&self.routing, wire::SetOverflowRequest { alias, policy })?;
         }
         Ok(created)
     }

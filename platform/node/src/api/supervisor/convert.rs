@@ -11,10 +11,8 @@ use reef_supervision::{
     StopMode, Strategy, SupervisedSnapshot,
 };
 
-use crate::{
-    HostedTask, TaskSnapshot,
-    api::{error::ApiError, hosting::TaskDefinition},
-};
+use super::hosting::TaskDefinition;
+use crate::{HostedTask, TaskSnapshot, api::error::ApiError};
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
