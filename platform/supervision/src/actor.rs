@@ -6,7 +6,8 @@
 //! An effect with an outcome (a spawn, a reservation, an admission) is answered by
 //! calling back into the tree at once, and what that answer asks for is carried out
 //! before the effects queued after it, so effects happen in the order a transition
-//! would have done them itself.
+//! would have done them itself. Answers to callers are effects too: a caller hears
+//! only after the state before its answer has been published.
 
 use std::{sync::Arc, time::Duration};
 
@@ -181,6 +182,7 @@ impl Actor {
                     self.tree.health_started(&alias, generation, guard);
                 }
             }
+            Effect::Answer(send) => send(),
             Effect::QuoteLog { alias, message } => {
                 let tail = self.log_tail(&alias);
                 self.tree.start_failed(&alias, format!("{message}{tail}"));

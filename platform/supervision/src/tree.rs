@@ -3,7 +3,8 @@
 //! transitions follow commands, process events and time. A transition changes the
 //! tree and queues [`Effect`]s; it does no I/O. The actor (`actor.rs`) carries the
 //! effects out against the ports, and answers the effects that have an outcome (a
-//! spawned process, a reservation) by calling back into the tree.
+//! spawn, an admission, a reservation, a log quoted, health checks started) by calling
+//! back into the tree.
 //!
 //! The transitions are split by job: `commands` (from the handle), `events` (exits,
 //! readiness, attaches), `failures` (solver chains, intensity, strategies,
@@ -11,8 +12,8 @@
 //! and `restore` (the tree as stored, and as read back at start).
 //!
 //! Time is tokio's clock, so that paused time drives backoff, grace periods and
-//! timeouts in tests. Replies to callers are sent from here: answering a oneshot
-//! channel is not I/O.
+//! timeouts in tests. Answers to callers are effects too, so that a caller hears only
+//! after what was published before its answer.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -147,7 +148,8 @@ pub(super) enum Effect {
         generation: u64,
         timeout: Duration,
     },
-    /// Starts the health checks of a ready process; they report an
+    /// Starts the health checks of a ready process that registered an endpoint; they
+    /// report an
     /// [`Event::Unhealthy`], and the guard that ends them goes to
     /// [`Tree::health_started`].
     WatchHealth {
@@ -159,6 +161,16 @@ pub(super) enum Effect {
     /// A process ended before it answered: the actor quotes the end of its log in
     /// `message`, and answers with [`Tree::start_failed`].
     QuoteLog { alias: Alias, message: String },
+    /// Answers a caller. Queued like the rest, so that the caller hears only once the
+    /// effects before it are carried out, and reads the state they published.
+    Answer(Box<dyn FnOnce() + Send>),
+}
+
+/// The effect that answers `reply` with `result`.
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, SupervisionError>) -> Effect {
+    Effect::Answer(Box::new(move || {
+        let _ = reply.send(result);
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,13 +305,15 @@ impl Entry {
         }
     }
 
-    fn answer_ready(&mut self, result: impl Fn() -> Result<bool, SupervisionError>) {
+    fn answer_ready(
+        &mut self,
+        effects: &mut Vec<Effect>,
+        result: impl Fn() -> Result<bool, SupervisionError>,
+    ) {
         let waiters = std::mem::take(&mut self.waiters);
         for waiter in waiters {
             match waiter {
-                Waiter::Ready(reply) => {
-                    let _ = reply.send(result());
-                }
+                Waiter::Ready(reply) => effects.push(answer(reply, result())),
                 other => self.waiters.push(other),
             }
         }

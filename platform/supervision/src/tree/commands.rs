@@ -23,10 +23,13 @@ impl Tree {
                 if known {
                     self.failure(&alias, failure);
                 }
-                let _ = reply.send(match known {
-                    true => Ok(()),
-                    false => Err(SupervisionError::NotFound(alias.to_string())),
-                });
+                self.effects.push(answer(
+                    reply,
+                    match known {
+                        true => Ok(()),
+                        false => Err(SupervisionError::NotFound(alias.to_string())),
+                    },
+                ));
             }
             Command::Shutdown { grace, reply } => {
                 tracing::info!(containers = self.entries.len(), "stopping every container");
@@ -35,9 +38,13 @@ impl Tree {
         }
     }
 
-    pub(super) fn refuse_while_shutting_down<T>(&self, reply: Reply<T>) -> Option<Reply<T>> {
+    pub(super) fn refuse_while_shutting_down<T: Send + 'static>(
+        &mut self,
+        reply: Reply<T>,
+    ) -> Option<Reply<T>> {
         if self.shutdown.is_some() {
-            let _ = reply.send(Err(SupervisionError::ShuttingDown));
+            self.effects
+                .push(answer(reply, Err(SupervisionError::ShuttingDown)));
             return None;
         }
         Some(reply)
@@ -53,16 +60,16 @@ impl Tree {
                 .subtree_deepest_first(&definition.alias)
                 .contains(parent)
         {
-            let _ = reply.send(Err(SupervisionError::Invalid(format!(
+            self.effects.push(answer(reply, Err(SupervisionError::Invalid(format!(
                 "{} cannot be replaced under {parent}: that is inside its own subtree (a cycle of parents)",
                 definition.alias
-            ))));
+            )))));
             return;
         }
         if let Some(existing) = self.entries.get_mut(&definition.alias) {
             let mode = match flag {
                 CreateFlag::Default => {
-                    let _ = reply.send(Ok(false));
+                    self.effects.push(answer(reply, Ok(false)));
                     return;
                 }
                 CreateFlag::ForceSoft => StopMode::Soft,
@@ -70,10 +77,13 @@ impl Tree {
                 CreateFlag::Force => StopMode::Force,
             };
             if existing.replacement.is_some() {
-                let _ = reply.send(Err(SupervisionError::Overtaken(format!(
-                    "{} is already being replaced",
-                    definition.alias
-                ))));
+                self.effects.push(answer(
+                    reply,
+                    Err(SupervisionError::Overtaken(format!(
+                        "{} is already being replaced",
+                        definition.alias
+                    ))),
+                ));
                 return;
             }
             existing.want = Want::Destroyed;
@@ -98,7 +108,7 @@ impl Tree {
         match self.check_new(&definition, admission) {
             Ok(()) => self.insert(definition, reply),
             Err(error) => {
-                let _ = reply.send(Err(error));
+                self.effects.push(answer(reply, Err(error)));
             }
         }
     }
@@ -165,10 +175,12 @@ impl Tree {
         let Some(mut entry) = self.entries.remove(alias) else {
             return;
         };
-        if entry.waiters.is_empty() {
+        if !entry.announce {
             tracing::error!(%alias, %reason, "cannot restore a supervised container");
         }
-        entry.answer_ready(|| Err(SupervisionError::AliasTaken(reason.clone())));
+        entry.answer_ready(&mut self.effects, || {
+            Err(SupervisionError::AliasTaken(reason.clone()))
+        });
     }
 
     pub(super) fn destroy(&mut self, alias: Alias, mode: StopMode, reply: Reply<Vec<Alias>>) {
@@ -176,22 +188,28 @@ impl Tree {
             return;
         };
         if !self.entries.contains_key(&alias) {
-            let _ = reply.send(Err(SupervisionError::NotFound(alias.to_string())));
+            self.effects.push(answer(
+                reply,
+                Err(SupervisionError::NotFound(alias.to_string())),
+            ));
             return;
         }
         let children = self.children(Some(&alias));
         if mode == StopMode::Keep && !children.is_empty() {
             let names: Vec<_> = children.iter().map(|c| c.as_str()).collect();
-            let _ = reply.send(Err(SupervisionError::WrongState(format!(
-                "{alias} has children ({}); destroy them first or use FORCE",
-                names.join(", ")
-            ))));
+            self.effects.push(answer(
+                reply,
+                Err(SupervisionError::WrongState(format!(
+                    "{alias} has children ({}); destroy them first or use FORCE",
+                    names.join(", ")
+                ))),
+            ));
             return;
         }
         let subtree = self.subtree_deepest_first(&alias);
         for member in &subtree {
             if let Some(entry) = self.entries.get_mut(member) {
-                entry.answer_ready(|| {
+                entry.answer_ready(&mut self.effects, || {
                     Err(SupervisionError::Overtaken(format!(
                         "{member} was destroyed before it answered"
                     )))
@@ -216,13 +234,19 @@ impl Tree {
             return;
         };
         let Some(entry) = self.entries.get(&alias) else {
-            let _ = reply.send(Err(SupervisionError::NotFound(alias.to_string())));
+            self.effects.push(answer(
+                reply,
+                Err(SupervisionError::NotFound(alias.to_string())),
+            ));
             return;
         };
         if entry.want == Want::Destroyed {
-            let _ = reply.send(Err(SupervisionError::WrongState(format!(
-                "{alias} is being destroyed"
-            ))));
+            self.effects.push(answer(
+                reply,
+                Err(SupervisionError::WrongState(format!(
+                    "{alias} is being destroyed"
+                ))),
+            ));
             return;
         }
         if let Some(parent) = &entry.definition.parent
@@ -231,13 +255,16 @@ impl Tree {
                 .get(parent)
                 .is_some_and(|p| p.want != Want::Running)
         {
-            let _ = reply.send(Err(SupervisionError::WrongState(format!(
-                "its parent {parent} is stopped; start the parent"
-            ))));
+            self.effects.push(answer(
+                reply,
+                Err(SupervisionError::WrongState(format!(
+                    "its parent {parent} is stopped; start the parent"
+                ))),
+            ));
             return;
         }
         if entry.want == Want::Running && entry.process.as_ref().is_some_and(|p| p.ready) {
-            let _ = reply.send(Ok(false));
+            self.effects.push(answer(reply, Ok(false)));
             return;
         }
         for member in self.subtree_deepest_first(&alias) {
@@ -260,12 +287,15 @@ impl Tree {
             return;
         };
         if !self.entries.contains_key(&alias) {
-            let _ = reply.send(Err(SupervisionError::NotFound(alias.to_string())));
+            self.effects.push(answer(
+                reply,
+                Err(SupervisionError::NotFound(alias.to_string())),
+            ));
             return;
         }
         for member in self.subtree_deepest_first(&alias) {
             if let Some(entry) = self.entries.get_mut(&member) {
-                entry.answer_ready(|| {
+                entry.answer_ready(&mut self.effects, || {
                     Err(SupervisionError::Overtaken(format!(
                         "{member} was stopped before it answered"
                     )))

@@ -128,7 +128,7 @@ impl Tree {
             self.lifecycle(alias, EventKind::Create, Phase::After, "answering");
         }
         if let Some(entry) = self.entries.get_mut(alias) {
-            entry.answer_ready(|| Ok(true));
+            entry.answer_ready(&mut self.effects, || Ok(true));
         }
     }
 

@@ -214,7 +214,7 @@ impl Tree {
                         entry.failed_by_node = true;
                         entry.state = State::Failed;
                         entry.activity = "failed: escalated to the node".to_owned();
-                        entry.answer_ready(|| {
+                        entry.answer_ready(&mut self.effects, || {
                             Err(SupervisionError::DidNotStart(format!(
                                 "{member} failed and was stopped by escalation: {reason}"
                             )))
@@ -240,7 +240,9 @@ impl Tree {
         let waited = entry.waiters.iter().any(|w| matches!(w, Waiter::Ready(_)));
         if waited && !entry.ever_ready {
             let text = format!("{alias} did not start: {message}");
-            entry.answer_ready(|| Err(SupervisionError::DidNotStart(text.clone())));
+            entry.answer_ready(&mut self.effects, || {
+                Err(SupervisionError::DidNotStart(text.clone()))
+            });
         }
         if !entry.ever_ready {
             // A container that never answered is not kept: Create changes nothing.

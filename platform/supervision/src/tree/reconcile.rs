@@ -79,10 +79,11 @@ impl Tree {
         for waiter in waiters {
             match waiter {
                 Waiter::Down(reply) => {
-                    let _ = reply.send(Ok(()));
+                    self.effects.push(answer(reply, Ok(())));
                 }
                 Waiter::Ready(reply) if self.shutdown.is_some() => {
-                    let _ = reply.send(Err(SupervisionError::ShuttingDown));
+                    self.effects
+                        .push(answer(reply, Err(SupervisionError::ShuttingDown)));
                 }
                 other => entry.waiters.push(other),
             }
@@ -237,15 +238,18 @@ impl Tree {
         for waiter in entry.waiters.drain(..) {
             match waiter {
                 Waiter::Gone(reply, subtree) => {
-                    let _ = reply.send(Ok(subtree));
+                    self.effects.push(answer(reply, Ok(subtree)));
                 }
                 Waiter::Ready(reply) => {
-                    let _ = reply.send(Err(SupervisionError::Overtaken(format!(
-                        "{alias} was destroyed"
-                    ))));
+                    self.effects.push(answer(
+                        reply,
+                        Err(SupervisionError::Overtaken(format!(
+                            "{alias} was destroyed"
+                        ))),
+                    ));
                 }
                 Waiter::Down(reply) => {
-                    let _ = reply.send(Ok(()));
+                    self.effects.push(answer(reply, Ok(())));
                 }
             }
         }

@@ -32,11 +32,12 @@ impl Machine {
 
     /// The effects asked for since the last look, as text. Publishes are left out:
     /// they repeat the state the test reads from the tree.
+    /// Answers to callers are sent on the way, as the actor sends them.
     fn effects(&mut self) -> Vec<String> {
         self.tree
             .take_effects()
-            .iter()
-            .filter_map(describe)
+            .into_iter()
+            .filter_map(carry_out)
             .collect()
     }
 
@@ -75,19 +76,22 @@ impl Machine {
             self.tree.step(&alias);
             for effect in self.tree.take_effects() {
                 seen.extend(describe(&effect));
-                if let Effect::Spawn {
-                    definition,
-                    generation,
-                    ..
-                } = effect
-                {
-                    let pid = self.next_pid;
-                    self.next_pid += 1;
-                    let id = ProcessId { pid, start_time: 1 };
-                    self.processes
-                        .insert(definition.alias.clone(), (pid, generation));
-                    self.tree.spawned(&definition.alias, generation, id);
-                    seen.extend(self.effects());
+                match effect {
+                    Effect::Spawn {
+                        definition,
+                        generation,
+                        ..
+                    } => {
+                        let pid = self.next_pid;
+                        self.next_pid += 1;
+                        self.processes
+                            .insert(definition.alias.clone(), (pid, generation));
+                        let id = ProcessId { pid, start_time: 1 };
+                        self.tree.spawned(&definition.alias, generation, id);
+                        seen.extend(self.effects());
+                    }
+                    Effect::Answer(send) => send(),
+                    _ => {}
                 }
             }
         }
@@ -147,6 +151,17 @@ fn replace_reply(reply: &mut Reply<bool>) -> Reply<bool> {
     std::mem::replace(reply, oneshot::channel().0)
 }
 
+/// Sends an answer, and describes any other effect.
+fn carry_out(effect: Effect) -> Option<String> {
+    match effect {
+        Effect::Answer(send) => {
+            send();
+            None
+        }
+        other => describe(&other),
+    }
+}
+
 fn describe(effect: &Effect) -> Option<String> {
     Some(match effect {
         Effect::Signal { id, signal } => format!("{signal} to {}", id.pid),
@@ -173,6 +188,7 @@ fn describe(effect: &Effect) -> Option<String> {
             alias, generation, ..
         } => format!("watch the health of {alias} (generation {generation})"),
         Effect::QuoteLog { alias, message } => format!("quote the log of {alias}: {message}"),
+        Effect::Answer(_) => return None,
     })
 }
 
@@ -224,8 +240,23 @@ async fn a_create_is_admitted_reserved_spawned_and_answered_in_that_order() {
         generation: 1,
         result: Ok(()),
     });
+    // The caller hears only after the new state is published, so that what it reads
+    // next (List, say) shows the container STARTED.
+    let effects = machine.tree.take_effects();
+    let published = effects.iter().position(
+        |e| matches!(e, Effect::Publish { snapshot, .. } if snapshot.state == State::Started),
+    );
+    let answered = effects.iter().position(|e| matches!(e, Effect::Answer(_)));
+    assert!(
+        published.is_some() && published < answered,
+        "published at {published:?}, answered at {answered:?}"
+    );
+    assert!(matches!(answer.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(
-        machine.effects(),
+        effects
+            .into_iter()
+            .filter_map(carry_out)
+            .collect::<Vec<_>>(),
         [
             "worker Start After: answering",
             "worker Create After: answering"
@@ -248,6 +279,11 @@ async fn a_create_whose_alias_is_held_elsewhere_is_refused_and_leaves_nothing() 
         registered,
         reply,
     );
+    assert_eq!(
+        machine.effects(),
+        Vec::<String>::new(),
+        "nothing but the answer"
+    );
     assert!(matches!(
         answer.try_recv().unwrap(),
         Err(SupervisionError::AliasTaken(_))
@@ -265,6 +301,7 @@ async fn a_create_whose_alias_is_held_elsewhere_is_refused_and_leaves_nothing() 
         &alias("raced"),
         "raced is registered by another process".into(),
     );
+    machine.effects();
     match answer.try_recv().unwrap() {
         Err(SupervisionError::AliasTaken(reason)) => assert!(reason.contains("another process")),
         other => panic!("expected AliasTaken, got {other:?}"),
@@ -457,4 +494,82 @@ async fn a_restored_tree_adopts_running_processes_and_kills_those_of_stopped_con
         "{effects:?}"
     );
     assert!(effects.contains(&"SIGKILL to 7".to_owned()), "{effects:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_times_out_kills_the_process_before_the_create_hears_it_failed() {
+    let mut machine = Machine::new();
+    let mut answer = machine.create("worker", None, policy());
+    machine.step();
+    tokio::time::advance(policy().start_timeout).await;
+    machine.tree.step(&alias("worker"));
+    let effects = machine.tree.take_effects();
+    let killed = effects.iter().position(|e| {
+        matches!(
+            e,
+            Effect::Signal {
+                signal: Signal::SIGKILL,
+                ..
+            }
+        )
+    });
+    let answered = effects.iter().position(|e| matches!(e, Effect::Answer(_)));
+    assert!(
+        killed.is_some() && killed < answered,
+        "killed at {killed:?}, answered at {answered:?}"
+    );
+    effects
+        .into_iter()
+        .for_each(|effect| drop(carry_out(effect)));
+    match answer.try_recv().unwrap() {
+        Err(SupervisionError::DidNotStart(reason)) => {
+            assert!(
+                reason.contains("did not answer within 10000 ms"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected DidNotStart, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_create_kills_the_old_container_then_admits_the_new_definition() {
+    let mut machine = Machine::new();
+    machine.running("worker", None, policy());
+    let (reply, mut answer) = oneshot::channel();
+    machine.tree.command(Command::Create {
+        definition: Box::new(definition("worker", None, "other", policy())),
+        flag: CreateFlag::ForceHard,
+        reply,
+    });
+    assert_eq!(machine.effects(), Vec::<String>::new());
+    assert_eq!(machine.step(), ["SIGKILL to 100"]);
+    machine.exit("worker", Exit::Signal(Signal::SIGKILL as i32));
+    let effects = machine.tree.take_effects();
+    assert!(effects.is_empty(), "the exit was expected");
+    machine.tree.step(&alias("worker"));
+    let mut effects = machine.tree.take_effects();
+    assert_eq!(
+        effects.iter().filter_map(describe).collect::<Vec<_>>(),
+        ["release worker", "admit worker"]
+    );
+    let Some(Effect::Admit { definition, reply }) = effects.pop() else {
+        panic!("the replacement is admitted last");
+    };
+    let crate::Kind::Process(spec) = &definition.kind;
+    assert_eq!(spec.command, "other", "the new definition");
+    machine.tree.admit(*definition, admitted(), reply);
+    assert_eq!(machine.effects(), ["reserve worker"]);
+    machine.tree.reserved(&alias("worker"));
+    machine.effects();
+    assert!(
+        machine
+            .step()
+            .contains(&"spawn worker (generation 1)".to_owned())
+    );
+    machine.answer("worker");
+    assert!(
+        answer.try_recv().unwrap().unwrap(),
+        "the new container runs"
+    );
 }
