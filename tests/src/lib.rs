@@ -70,6 +70,7 @@ pub fn demo_process(args: &[&str]) -> Option<reef_proto::container_definition::K
             args: args.iter().map(|s| s.to_string()).collect(),
             env: [("REEF_LOG".to_owned(), "warn".to_owned())].into(),
             working_dir: String::new(),
+            inherit_env: false,
         },
     ))
 }

@@ -142,6 +142,7 @@ async fn a_python_process_container_is_supervised_like_a_rust_one() {
                 ],
                 env: [("PYTHONPATH".to_owned(), python_path)].into(),
                 working_dir: String::new(),
+                inherit_env: false,
             },
         )),
         ..Default::default()

@@ -350,6 +350,7 @@ async fn destroying_a_subtree_stops_it_deepest_first_and_leaves_no_process() {
                 ],
                 env: [("REEF_LOG".to_owned(), "warn".to_owned())].into(),
                 working_dir: String::new(),
+                inherit_env: false,
             },
         )),
         ..Default::default()

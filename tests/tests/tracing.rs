@@ -31,7 +31,9 @@ fn traced_request(node: &TestNode, collector: &Collector, alias: &str) -> std::p
 /// Creates an echo container on `node`, with extra `reef create` flags.
 async fn create_echo(node: &TestNode, extra: &[&str]) {
     let demo = binary("reef-demo").display().to_string();
-    let mut args = vec!["create", "echo"];
+    // A container does not inherit the node's environment: it is told to export soon.
+    let quick = format!("{}={}", QUICK_EXPORT.0, QUICK_EXPORT.1);
+    let mut args = vec!["create", "echo", "--env", &quick];
     args.extend(extra);
     args.extend(["--", &demo, "echo"]);
     let created = node.reef(&args);
@@ -166,8 +168,7 @@ async fn a_node_that_does_not_export_passes_the_trace_context_through() {
     let collector = Collector::start().await;
     let node = TestNode::start_with(&["--name", "quiet"]);
     let endpoint = format!("REEF_OTLP_ENDPOINT={}", collector.endpoint);
-    let quick = format!("{}={}", QUICK_EXPORT.0, QUICK_EXPORT.1);
-    create_echo(&node, &["--env", &endpoint, "--env", &quick]).await;
+    create_echo(&node, &["--env", &endpoint]).await;
 
     let output = traced_request(&node, &collector, "echo");
     assert!(output.status.success(), "{output:?}");

@@ -48,6 +48,7 @@ pub async fn reef(node: &BenchNode, restarts: usize) -> anyhow::Result<Histogram
                 args: vec!["echo".to_owned()],
                 env: [("REEF_LOG".to_owned(), "warn".to_owned())].into(),
                 working_dir: String::new(),
+                inherit_env: false,
             },
         )),
         policy: Some(wire::SupervisionPolicy {

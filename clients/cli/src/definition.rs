@@ -135,6 +135,7 @@ pub fn process_definition(
     parent: Option<&str>,
     command: &[String],
     env: &BTreeMap<String, String>,
+    inherit_env: bool,
     policy: &PolicySpec,
 ) -> anyhow::Result<wire::ContainerDefinition> {
     let Some((program, args)) = command.split_first() else {
@@ -150,6 +151,7 @@ pub fn process_definition(
                 args: args.to_vec(),
                 env: env.clone().into_iter().collect(),
                 working_dir: String::new(),
+                inherit_env,
             },
         )),
         policy: Some(

@@ -79,6 +79,10 @@ pub struct ContainerDef {
     /// program that needs what this machine may lack).
     #[serde(default)]
     pub optional: bool,
+    /// Starts from the environment of the node's process instead of a clean one (PATH,
+    /// `env` and REEF_* only). For trusted programs that need the user's setup.
+    #[serde(default)]
+    pub inherit_env: bool,
 }
 
 impl Project {

@@ -1,5 +1,5 @@
 //! The small vocabulary every part of reef shares: aliases, node names, principals,
-//! glob patterns, lease tokens, lifecycle events, latency histograms, wire time and the data dir's lock.
+//! glob patterns, lease tokens, lifecycle events, latency histograms, wire time, the data dir's lock and private files.
 //!
 //! It depends on nothing of reef's but the wire types (`reef-proto`), so the SDK, the
 //! CLI, the gateway and the node can all speak it without pulling in one another.
@@ -23,6 +23,7 @@ pub mod lifecycle;
 mod node_name;
 mod pattern;
 mod principal;
+mod private_file;
 
 pub use self::{
     alias::{Alias, InvalidAlias, MAX_ALIAS_LEN},
@@ -33,4 +34,5 @@ pub use self::{
     node_name::{LINK_PREFIX, PARENT_LINK, check_node_name, link_alias},
     pattern::Pattern,
     principal::Principal,
+    private_file::write_private,
 };

@@ -52,6 +52,10 @@ pub struct ProcessSpec {
     pub env: BTreeMap<String, String>,
     /// Working directory; `None` = reefd's.
     pub working_dir: Option<PathBuf>,
+    /// Whether it starts from reefd's environment; otherwise from `PATH` alone. `env`
+    /// and the `REEF_*` variables are added either way.
+    #[serde(default)]
+    pub inherit_env: bool,
 }
 
 /// The five lifecycle states.

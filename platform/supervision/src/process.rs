@@ -137,6 +137,9 @@ pub fn resolve(command: &str, working_dir: Option<&Path>) -> Result<PathBuf, Spa
         .ok_or_else(|| SpawnError::NotFound(command.to_owned()))
 }
 
+/// PATH of a container that does not inherit the node's environment (systemd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The environment a spawned container finds (REEF_*).
 #[derive(Debug, Clone)]
 pub struct Environment {
@@ -186,6 +189,11 @@ pub fn spawn(
         source,
     })?;
     let mut command = Command::new(&program);
+    // A container finds only what its definition gives it, not the node's own
+    // environment (cloud credentials, tokens), unless the definition asks to inherit.
+    if !spec.inherit_env {
+        command.env_clear().env("PATH", DEFAULT_PATH);
+    }
     command
         .args(&spec.args)
         .envs(&spec.env)

@@ -68,7 +68,8 @@ impl Store {
         let text = toml::to_string(&File { containers })
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let temporary = self.path.with_extension("toml.tmp");
-        std::fs::write(&temporary, text)?;
+        // Tokens and environments are in it: readable by the node's user alone.
+        reef_core::write_private(&temporary, text.as_bytes())?;
         std::fs::rename(&temporary, &self.path)
     }
 }

@@ -317,6 +317,7 @@ pub(crate) fn definition(
             args: Vec::new(),
             env: Default::default(),
             working_dir: None,
+            inherit_env: false,
         }),
         policy,
         labels: Default::default(),

@@ -385,16 +385,7 @@ fn write_public(path: &Path, text: &str) -> Result<(), PkiError> {
 
 /// Writes a private key readable by its owner only.
 fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io_error(path, e))?;
-    file.write_all(text.as_bytes())
-        .map_err(|e| io_error(path, e))
+    reef_core::write_private(path, text.as_bytes()).map_err(|e| io_error(path, e))
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ use tokio_stream::{
 
 use crate::{
     Dashboard, assets,
-    auth::{self, COOKIE, Refusal, Sessions, Viewer, Writer, refusal},
+    auth::{
+        self, COOKIE, LoginThrottle, Refusal, Sessions, Viewer, WRONG_TOKEN_PAUSE, Writer, refusal,
+    },
     listener::Peer,
     live::Live,
 };
@@ -54,9 +56,8 @@ pub struct AppState {
     pub sessions: Sessions,
     live: Arc<Live>,
     streams: Arc<Semaphore>,
-    /// One login attempt at a time, so that the pause after a wrong token bounds the
-    /// guessing rate for everyone together, not per connection.
-    logins: tokio::sync::Mutex<()>,
+    /// The pause after a wrong token, per client address.
+    logins: LoginThrottle,
 }
 
 impl AppState {
@@ -68,7 +69,7 @@ impl AppState {
             sessions: Sessions::default(),
             live,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
-            logins: tokio::sync::Mutex::new(()),
+            logins: LoginThrottle::default(),
         }
     }
 }
@@ -120,11 +121,13 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let one_at_a_time = state.logins.lock().await;
+    let turn = state.logins.turn(peer.addr.ip());
+    let one_at_a_time = turn.lock().await;
     if !auth::token_matches(&form.token, &state.token) {
         tracing::warn!(peer = %peer.addr, "dashboard login with a wrong token");
-        // Guessing costs time: at most two wrong tokens a second, over all clients.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Guessing costs time: at most two wrong tokens a second from one address.
+        // Another address (the owner's) is not held up by it.
+        tokio::time::sleep(WRONG_TOKEN_PAUSE).await;
         return Redirect::to("/?login=failed").into_response();
     }
     drop(one_at_a_time);

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    io::Write as _,
+    net::IpAddr,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -27,6 +27,11 @@ pub const COOKIE: &str = "reef_session";
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at once; a login beyond that replaces the oldest.
 const MAX_SESSIONS: usize = 256;
+/// How long a wrong token holds its client address's login turn.
+pub const WRONG_TOKEN_PAUSE: Duration = Duration::from_millis(500);
+/// Client addresses that get a login turn of their own; past that, the others share one.
+const TRACKED_ADDRESSES: usize = 4096;
+
 /// The header every write must carry: browsers do not let another site's page set it.
 pub const WRITE_HEADER: &str = "x-reef-dashboard";
 
@@ -39,16 +44,7 @@ pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
         Err(error) => return Err(error),
     }
     let token = random_hex(32)?;
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)?
-    };
-    writeln!(file, "{token}")?;
+    reef_core::write_private(path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
 
@@ -199,9 +195,66 @@ pub fn refusal(status: StatusCode, message: impl Into<String>) -> Refusal {
     }
 }
 
+/// Login turns by client address: one attempt at a time from each address, and a wrong
+/// token keeps its address's turn for [`WRONG_TOKEN_PAUSE`]. A flood of wrong tokens from
+/// one address slows that address alone; the owner, elsewhere, logs in at once. The
+/// tokens are 256 random bits, so the pause only keeps guessing slow and the log quiet.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    turns: Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Shared by the addresses beyond [`TRACKED_ADDRESSES`].
+    crowd: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl LoginThrottle {
+    /// The turn that a login from `address` waits for.
+    pub fn turn(&self, address: IpAddr) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock();
+        if turns.len() >= TRACKED_ADDRESSES && !turns.contains_key(&address) {
+            // Forget the addresses with no login in progress.
+            turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+            if turns.len() >= TRACKED_ADDRESSES {
+                return self.crowd.clone();
+            }
+        }
+        turns.entry(address).or_default().clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_turns_are_per_address_and_bounded() {
+        let throttle = LoginThrottle::default();
+        let owner: IpAddr = "192.0.2.1".parse().unwrap();
+        let held = throttle.turn("198.51.100.7".parse().unwrap());
+        assert!(
+            !Arc::ptr_eq(&held, &throttle.turn(owner)),
+            "an address of its own"
+        );
+        assert!(Arc::ptr_eq(
+            &held,
+            &throttle.turn("198.51.100.7".parse().unwrap())
+        ));
+        // Past the bound, addresses with no login in progress are forgotten...
+        for n in 0..TRACKED_ADDRESSES as u32 {
+            drop(throttle.turn(IpAddr::from(n.to_be_bytes())));
+        }
+        assert!(throttle.turns.lock().len() <= TRACKED_ADDRESSES);
+        assert!(Arc::ptr_eq(
+            &held,
+            &throttle.turn("198.51.100.7".parse().unwrap())
+        ));
+        // ...and while every tracked address is busy, the others share one turn.
+        let busy: Vec<_> = (0..TRACKED_ADDRESSES as u32)
+            .map(|n| throttle.turn(IpAddr::from(((n + 1) << 8).to_be_bytes())))
+            .collect();
+        let late = throttle.turn(owner);
+        assert!(Arc::ptr_eq(&late, &throttle.crowd));
+        drop(busy);
+    }
 
     #[test]
     fn a_token_is_made_once_and_kept_private() {

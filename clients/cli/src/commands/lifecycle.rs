@@ -24,6 +24,10 @@ pub struct CreateArgs {
     /// Environment variable for the process, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Start the process from the node's environment, not from PATH, --env and REEF_*
+    /// alone (the node's credentials then reach it).
+    #[arg(long)]
+    inherit_env: bool,
     /// What to do if the alias exists: DEFAULT (keep it), FORCE_SOFT, FORCE_HARD, FORCE.
     #[arg(long, default_value = "DEFAULT")]
     flags: String,
@@ -108,6 +112,7 @@ pub async fn create(args: CreateArgs, options: ConnectOptions) -> anyhow::Result
             args.parent.as_deref(),
             &args.command,
             &env,
+            args.inherit_env,
             &args.policy,
         )?,
     };

@@ -121,6 +121,7 @@ pub async fn run(args: Args, insecure: bool) -> anyhow::Result<ExitCode> {
             def.parent.as_deref(),
             &def.command,
             &def.env,
+            def.inherit_env,
             &def.policy,
         )?;
         definition.groups.clone_from(&def.groups);

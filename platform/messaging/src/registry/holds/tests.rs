@@ -38,6 +38,7 @@ fn supervised(alias: &str, state: State) -> SupervisedSnapshot {
                 args: Vec::new(),
                 env: Default::default(),
                 working_dir: None,
+                inherit_env: false,
             }),
             policy: Policy::default(),
             labels: Default::default(),

@@ -32,6 +32,7 @@ pub(crate) fn definition(raw: wire::ContainerDefinition) -> Result<Definition, A
                 env: process.env.into_iter().collect(),
                 working_dir: (!process.working_dir.is_empty())
                     .then(|| PathBuf::from(process.working_dir)),
+                inherit_env: process.inherit_env,
             })
         }
         Some(wire::container_definition::Kind::Task(_)) => {
@@ -283,6 +284,7 @@ pub(crate) fn definition_to_wire(definition: &Definition) -> wire::ContainerDefi
                     .as_ref()
                     .map(|d| d.display().to_string())
                     .unwrap_or_default(),
+                inherit_env: spec.inherit_env,
             },
         )),
         policy: Some(wire::SupervisionPolicy {

@@ -1,0 +1,165 @@
+//! What a node keeps from those who can reach it or run inside it, one test per hole
+//! (issue "Secure by default"). So far: a container does not find the node's
+//! environment, the supervision tree on disk is the node's user's alone, and a flood of
+//! wrong dashboard tokens does not lock the owner out.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+};
+
+use reef_proto::{self as wire, container_definition::Kind};
+use reef_tests::{STARTUP, TestNode, demo_process, eventually, tls_connector};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A variable of the node's own environment that no container should see.
+const NODE_SECRET: (&str, &str) = ("AWS_SECRET_ACCESS_KEY", "the-node-s-own-secret");
+
+/// A container `alias` that writes its environment to `out` and exits.
+fn environment_dump(alias: &str, out: &Path, inherit_env: bool) -> wire::ContainerDefinition {
+    wire::ContainerDefinition {
+        alias: alias.to_owned(),
+        kind: Some(Kind::Process(wire::ProcessSpec {
+            command: "/bin/sh".to_owned(),
+            args: vec!["-c".to_owned(), "env > \"$OUT\"; exit 3".to_owned()],
+            env: [("OUT".to_owned(), out.display().to_string())].into(),
+            inherit_env,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_container_finds_none_of_the_nodes_environment_unless_its_definition_asks() {
+    let node = TestNode::start_with_env(&[], &[NODE_SECRET]);
+    let mut supervisor = node.supervisor().await;
+    let dumps = tempfile::tempdir().unwrap();
+    let mut environments = Vec::new();
+    for (alias, inherit) in [("plain", false), ("inheriting", true)] {
+        let out = dumps.path().join(alias);
+        let refused = reef_tests::create(&mut supervisor, environment_dump(alias, &out, inherit))
+            .await
+            .expect_err("it exits before it answers");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        environments.push(std::fs::read_to_string(&out).unwrap());
+    }
+    let [plain, inheriting] = &environments[..] else {
+        unreachable!()
+    };
+    let secret = format!("{}={}", NODE_SECRET.0, NODE_SECRET.1);
+    assert!(!plain.contains(NODE_SECRET.0), "{plain}");
+    assert!(plain.contains("REEF_ALIAS=plain\n"), "{plain}");
+    assert!(plain.contains("REEF_TOKEN="), "{plain}");
+    assert!(
+        plain.contains("\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
+        "{plain}"
+    );
+    assert!(inheriting.contains(&secret), "{inheriting}");
+    assert!(
+        inheriting.contains("REEF_ALIAS=inheriting\n"),
+        "{inheriting}"
+    );
+}
+
+#[tokio::test]
+async fn the_supervision_tree_on_disk_is_for_the_nodes_user_alone() {
+    let node = TestNode::start();
+    let mut supervisor = node.supervisor().await;
+    let echo = wire::ContainerDefinition {
+        alias: "echo".to_owned(),
+        kind: demo_process(&["echo"]),
+        ..Default::default()
+    };
+    reef_tests::create(&mut supervisor, echo).await.unwrap();
+    // It holds each container's token and environment.
+    let tree = std::fs::read_to_string(node.data_dir().join("supervision.toml")).unwrap();
+    assert!(tree.contains("token"), "{tree}");
+    let mode = std::fs::metadata(node.data_dir().join("supervision.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Posts a login with `token` to the dashboard at `dashboard` from the loopback address
+/// `from`; the answer is read with [`redirect`].
+async fn send_login(dashboard: SocketAddr, ca: &Path, from: &str, token: &str) -> Tls {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(dashboard).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tls_connector(ca).connect(name, tcp).await.unwrap();
+    let form = format!("token={token}");
+    let request = format!(
+        "POST /login HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
+        form.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls
+}
+
+/// Where a login's answer redirects: `/` with a session, or `/?login=failed`.
+async fn redirect(mut tls: Tls) -> String {
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response).await;
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("a redirect: {response}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_dashboard_tokens_does_not_lock_the_owner_out() {
+    /// Wrong tokens sent at once from one address: they take turns, 500 ms each.
+    const FLOOD: usize = 20;
+    let node = TestNode::start_with(&["--dashboard-listen", "127.0.0.1:0"]);
+    let dashboard = node.dashboard.unwrap();
+    let token = std::fs::read_to_string(node.data_dir().join("dashboard.token")).unwrap();
+    let (sent, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let (ca, sent, answered) = (node.ca.clone(), sent.clone(), answered.clone());
+            tokio::spawn(async move {
+                let tls = send_login(dashboard, &ca, "127.0.0.2", "wrong").await;
+                sent.fetch_add(1, SeqCst);
+                assert_eq!(redirect(tls).await, "/?login=failed");
+                answered.fetch_add(1, SeqCst);
+            })
+        })
+        .collect();
+    // Every wrong token is in, and the first has been answered: the others wait their
+    // address's turn.
+    eventually(
+        "the flood is in and a wrong token answered",
+        STARTUP,
+        || async { (sent.load(SeqCst) == FLOOD && answered.load(SeqCst) > 0).then_some(()) },
+    )
+    .await;
+
+    let owner = send_login(dashboard, &node.ca, "127.0.0.1", token.trim()).await;
+    let location = redirect(owner).await;
+    assert_eq!(location, "/", "the owner is logged in");
+    let waited_for = answered.load(SeqCst);
+    // Each wrong token holds the turn 500 ms: an owner waiting behind them would hear
+    // only after nearly all of them.
+    assert!(
+        waited_for <= FLOOD / 4,
+        "the owner's login waited for the flood ({waited_for} of {FLOOD} answered first)"
+    );
+    for attempt in flood {
+        attempt.abort();
+    }
+}
