@@ -1,7 +1,8 @@
 //! What a node keeps from those who can reach it or run inside it, one test per hole
 //! (issue "Secure by default"). So far: a container does not find the node's
-//! environment, the supervision tree on disk is the node's user's alone, and a flood of
-//! wrong dashboard tokens does not lock the owner out.
+//! environment, only administrators read the values of a container's environment, the
+//! supervision tree on disk is the node's user's alone, and a flood of wrong dashboard
+//! tokens does not lock the owner out.
 
 use std::{
     net::SocketAddr,
@@ -13,7 +14,7 @@ use std::{
     },
 };
 
-use reef_proto::{self as wire, container_definition::Kind};
+use reef_proto::{self as wire, container_definition::Kind, supervisor_client::SupervisorClient};
 use reef_tests::{STARTUP, TestNode, demo_process, eventually, tls_connector};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -69,6 +70,102 @@ async fn a_container_finds_none_of_the_nodes_environment_unless_its_definition_a
         inheriting.contains("REEF_ALIAS=inheriting\n"),
         "{inheriting}"
     );
+}
+
+/// The environment of container `alias` as `supervisor`'s caller sees it in List, Tree
+/// and a Watch snapshot, which must agree.
+async fn environment_seen(
+    supervisor: &mut SupervisorClient<tonic::transport::Channel>,
+    alias: &str,
+) -> std::collections::HashMap<String, String> {
+    let env_of = |info: &wire::ContainerInfo| {
+        let definition = info.supervised.as_ref()?.definition.as_ref()?;
+        match definition.kind.as_ref()? {
+            Kind::Process(process) => Some(process.env.clone()),
+            Kind::Task(_) => None,
+        }
+    };
+    let listed = supervisor
+        .list(wire::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = listed.containers.iter().find(|c| c.alias == alias).unwrap();
+    let tree = supervisor
+        .tree(wire::TreeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let in_tree = tree
+        .roots
+        .iter()
+        .filter_map(|node| node.container.as_ref())
+        .find(|c| c.alias == alias)
+        .unwrap();
+    let mut watch = supervisor
+        .watch(wire::WatchRequest { snapshot: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let watched = loop {
+        let event = watch.message().await.unwrap().expect("the snapshot");
+        match event.container {
+            Some(info) if info.alias == alias => break info,
+            _ => continue,
+        }
+    };
+    let env = env_of(listed).expect("a process definition");
+    assert_eq!(
+        env_of(in_tree).as_ref(),
+        Some(&env),
+        "Tree agrees with List"
+    );
+    assert_eq!(
+        env_of(&watched).as_ref(),
+        Some(&env),
+        "Watch agrees with List"
+    );
+    env
+}
+
+#[tokio::test]
+async fn only_administrators_read_the_values_of_a_containers_environment() {
+    let node = TestNode::start();
+    let mut admin = node.supervisor().await;
+    let mut echo = wire::ContainerDefinition {
+        alias: "echo".to_owned(),
+        kind: demo_process(&["echo"]),
+        ..Default::default()
+    };
+    if let Some(Kind::Process(process)) = echo.kind.as_mut() {
+        process
+            .env
+            .insert("DB_PASSWORD".to_owned(), "hunter2".to_owned());
+    }
+    reef_tests::create(&mut admin, echo).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("ops.pem"), dir.path().join("ops-key.pem"));
+    reef_tls::issue_client(
+        &node.data_dir().join("tls"),
+        &reef_tls::client_identity("ops"),
+    )
+    .unwrap()
+    .write(&cert, &key)
+    .unwrap();
+    let client = node.options_as(Some((cert, key)));
+    let anonymous = node.options_as(None);
+    for (who, options) in [("a client", client), ("an anonymous caller", anonymous)] {
+        let mut supervisor = SupervisorClient::new(options.connect().await.unwrap());
+        let env = environment_seen(&mut supervisor, "echo").await;
+        assert_eq!(
+            env.get("DB_PASSWORD").map(String::as_str),
+            Some("(redacted)"),
+            "{who} sees the name, not the value"
+        );
+    }
+    let env = environment_seen(&mut admin, "echo").await;
+    assert_eq!(env.get("DB_PASSWORD").map(String::as_str), Some("hunter2"));
 }
 
 #[tokio::test]

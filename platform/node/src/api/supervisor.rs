@@ -44,7 +44,7 @@ mod views;
 
 use self::{
     lifecycle::{batch_result, on_behalf_of},
-    snapshots::{build_tree, container_event, container_info},
+    snapshots::{build_tree, container_event, container_info, seen_by, tree_seen_by},
 };
 
 /// How long a container may take to answer Container.Status for a caller.
@@ -166,16 +166,18 @@ impl supervisor_server::Supervisor for SupervisorService {
 
     async fn list(
         &self,
-        _: Request<wire::ListRequest>,
+        request: Request<wire::ListRequest>,
     ) -> Result<Response<wire::ListResponse>, Status> {
-        Ok(Response::new(self.containers()))
+        Ok(Response::new(self.containers(&identity::caller(&request))))
     }
 
     async fn tree(
         &self,
-        _: Request<wire::TreeRequest>,
+        request: Request<wire::TreeRequest>,
     ) -> Result<Response<wire::TreeResponse>, Status> {
-        Ok(Response::new(self.container_tree()))
+        Ok(Response::new(
+            self.container_tree(&identity::caller(&request)),
+        ))
     }
 
     type WatchStream = EventStream;
@@ -184,7 +186,10 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        Ok(Response::new(self.events(request.into_inner().snapshot)))
+        let caller = identity::caller(&request);
+        Ok(Response::new(
+            self.events(caller, request.into_inner().snapshot),
+        ))
     }
 
     async fn info(

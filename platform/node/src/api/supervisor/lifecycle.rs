@@ -80,7 +80,8 @@ impl SupervisorService {
         let groups = raw.groups.clone();
         let alias = raw.alias.clone();
         let policy = raw.overflow;
-        let created = self.create_container(raw, request.flags).await?;
+        let mut created = self.create_container(raw, request.flags).await?;
+        created.container = created.container.map(|info| seen_by(caller, info));
         self.join_groups(&alias, &groups)?;
         if policy != 0 {
             routing::set_overflow(&self.routing, wire::SetOverflowRequest { alias, policy })?;
@@ -194,7 +195,7 @@ impl SupervisorService {
             .await
             .map_err(ApiError::from)?;
         Ok(wire::StartResponse {
-            container: Some(container_info(self.supervised(&alias)?)),
+            container: Some(seen_by(caller, container_info(self.supervised(&alias)?))),
         })
     }
 
@@ -215,7 +216,7 @@ impl SupervisorService {
             .await
             .map_err(ApiError::from)?;
         Ok(wire::StopResponse {
-            container: Some(container_info(self.supervised(&alias)?)),
+            container: Some(seen_by(caller, container_info(self.supervised(&alias)?))),
         })
     }
 
@@ -232,7 +233,7 @@ impl SupervisorService {
         self.refuse_task(&alias, "restarted")?;
         self.supervision.restart(alias.clone()).await?;
         Ok(wire::RestartResponse {
-            container: Some(container_info(self.supervised(&alias)?)),
+            container: Some(seen_by(caller, container_info(self.supervised(&alias)?))),
         })
     }
 

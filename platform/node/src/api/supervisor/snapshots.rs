@@ -116,3 +116,42 @@ pub(super) fn build_tree(containers: Vec<ContainerSnapshot>) -> Vec<wire::Contai
     }
     roots.into_iter().map(|c| nest(c, &mut children)).collect()
 }
+
+/// What an environment value reads as for a caller who may not see it.
+pub(super) const REDACTED: &str = "(redacted)";
+
+/// `info` as `caller` may see it: a process's environment is where secrets live, so its
+/// values are shown to administrators alone (the names stay).
+pub(super) fn seen_by(caller: &Principal, mut info: wire::ContainerInfo) -> wire::ContainerInfo {
+    if matches!(caller, Principal::Admin(_)) {
+        return info;
+    }
+    let process = info
+        .supervised
+        .as_mut()
+        .and_then(|supervised| supervised.definition.as_mut())
+        .and_then(|definition| match definition.kind.as_mut() {
+            Some(wire::container_definition::Kind::Process(process)) => Some(process),
+            _ => None,
+        });
+    if let Some(process) = process {
+        for value in process.env.values_mut() {
+            REDACTED.clone_into(value);
+        }
+    }
+    info
+}
+
+/// A tree as `caller` may see it ([`seen_by`] for every container in it).
+pub(super) fn tree_seen_by(
+    caller: &Principal,
+    nodes: Vec<wire::ContainerNode>,
+) -> Vec<wire::ContainerNode> {
+    nodes
+        .into_iter()
+        .map(|node| wire::ContainerNode {
+            container: node.container.map(|info| seen_by(caller, info)),
+            children: tree_seen_by(caller, node.children),
+        })
+        .collect()
+}

@@ -4,26 +4,26 @@
 use super::*;
 
 impl SupervisorService {
-    pub(super) fn containers(&self) -> wire::ListResponse {
+    pub(super) fn containers(&self, caller: &Principal) -> wire::ListResponse {
         wire::ListResponse {
             containers: self
                 .registry
                 .list()
                 .into_iter()
-                .map(container_info)
+                .map(|snapshot| seen_by(caller, container_info(snapshot)))
                 .collect(),
         }
     }
 
-    pub(super) fn container_tree(&self) -> wire::TreeResponse {
+    pub(super) fn container_tree(&self, caller: &Principal) -> wire::TreeResponse {
         wire::TreeResponse {
-            roots: build_tree(self.registry.list()),
+            roots: tree_seen_by(caller, build_tree(self.registry.list())),
         }
     }
 
     /// Registry events from now on, after a snapshot of every container if asked. A
     /// watcher that falls behind hears RESOURCE_EXHAUSTED and must list again.
-    pub(super) fn events(&self, snapshot: bool) -> EventStream {
+    pub(super) fn events(&self, caller: Principal, snapshot: bool) -> EventStream {
         // Subscribe before the snapshot so that nothing falls between the two.
         let mut events = self.registry.subscribe();
         let snapshot: Vec<_> = if snapshot {
@@ -42,15 +42,20 @@ impl SupervisorService {
             Vec::new()
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let seen = move |event| {
+            let mut event = container_event(event);
+            event.container = event.container.map(|info| seen_by(&caller, info));
+            event
+        };
         tokio::spawn(async move {
             for event in snapshot {
-                if tx.send(Ok(container_event(event))).await.is_err() {
+                if tx.send(Ok(seen(event))).await.is_err() {
                     return;
                 }
             }
             loop {
                 let item = match events.recv().await {
-                    Ok(event) => Ok(container_event(event)),
+                    Ok(event) => Ok(seen(event)),
                     Err(RecvError::Closed) => return,
                     Err(RecvError::Lagged(missed)) => Err(ApiError::Exhausted(format!(
                         "watcher fell {missed} events behind; list again and re-watch"
