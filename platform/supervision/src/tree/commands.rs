@@ -50,6 +50,20 @@ impl Tree {
         Some(reply)
     }
 
+    /// The reply, if a call on `alias` can go ahead: the node is not shutting down and
+    /// supervises `alias`. Otherwise the caller is answered why not.
+    fn go_ahead<T: Send + 'static>(&mut self, alias: &Alias, reply: Reply<T>) -> Option<Reply<T>> {
+        let reply = self.refuse_while_shutting_down(reply)?;
+        if self.entries.contains_key(alias) {
+            return Some(reply);
+        }
+        self.effects.push(answer(
+            reply,
+            Err(SupervisionError::NotFound(alias.to_string())),
+        ));
+        None
+    }
+
     pub(super) fn create(&mut self, definition: Definition, flag: CreateFlag, reply: Reply<bool>) {
         let Some(reply) = self.refuse_while_shutting_down(reply) else {
             return;
@@ -184,16 +198,9 @@ impl Tree {
     }
 
     pub(super) fn destroy(&mut self, alias: Alias, mode: StopMode, reply: Reply<Vec<Alias>>) {
-        let Some(reply) = self.refuse_while_shutting_down(reply) else {
+        let Some(reply) = self.go_ahead(&alias, reply) else {
             return;
         };
-        if !self.entries.contains_key(&alias) {
-            self.effects.push(answer(
-                reply,
-                Err(SupervisionError::NotFound(alias.to_string())),
-            ));
-            return;
-        }
         let children = self.children(Some(&alias));
         if mode == StopMode::Keep && !children.is_empty() {
             let names: Vec<_> = children.iter().map(|c| c.as_str()).collect();
@@ -230,16 +237,10 @@ impl Tree {
     }
 
     pub(super) fn start(&mut self, alias: Alias, reply: Reply<bool>) {
-        let Some(reply) = self.refuse_while_shutting_down(reply) else {
+        let Some(reply) = self.go_ahead(&alias, reply) else {
             return;
         };
-        let Some(entry) = self.entries.get(&alias) else {
-            self.effects.push(answer(
-                reply,
-                Err(SupervisionError::NotFound(alias.to_string())),
-            ));
-            return;
-        };
+        let entry = &self.entries[&alias];
         if entry.want == Want::Destroyed {
             self.effects.push(answer(
                 reply,
@@ -283,16 +284,9 @@ impl Tree {
     }
 
     pub(super) fn stop(&mut self, alias: Alias, mode: StopMode, reply: Reply<()>) {
-        let Some(reply) = self.refuse_while_shutting_down(reply) else {
+        let Some(reply) = self.go_ahead(&alias, reply) else {
             return;
         };
-        if !self.entries.contains_key(&alias) {
-            self.effects.push(answer(
-                reply,
-                Err(SupervisionError::NotFound(alias.to_string())),
-            ));
-            return;
-        }
         for member in self.subtree_deepest_first(&alias) {
             if let Some(entry) = self.entries.get_mut(&member) {
                 entry.answer_ready(&mut self.effects, || {
