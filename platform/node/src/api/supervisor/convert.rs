@@ -134,10 +134,10 @@ pub(crate) fn task_info(spec: &crate::ContainerSpec, task: &TaskSnapshot) -> wir
 
 /// A task its host announces (`Supervisor.Host`).
 pub(crate) fn hosted_task(raw: wire::HostedTask) -> Result<HostedTask, ApiError> {
-    let alias = Alias::parse(&raw.alias).map_err(|e| invalid(e.to_string()))?;
+    let alias = super::parse_alias(&raw.alias)?;
     let parent = match raw.parent.as_str() {
         "" => None,
-        parent => Some(Alias::parse(parent).map_err(|e| invalid(e.to_string()))?),
+        parent => Some(super::parse_alias(parent)?),
     };
     Ok(HostedTask {
         alias,

@@ -43,8 +43,7 @@ impl SupervisorService {
                 Some(request.endpoint.clone())
             }
         };
-        let alias = Alias::parse(&link_alias(&request.node))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let alias = parse_alias(&link_alias(&request.node))?;
         let spec = ContainerSpec {
             alias: alias.clone(),
             name: "node".to_owned(),
