@@ -514,13 +514,62 @@ impl TestNode {
         .await;
     }
 
+    /// A certificate naming container `alias` (`reef://container/ALIAS`) from the node's
+    /// CA, as the node gives the processes it spawns: its certificate and key files.
+    pub fn container_certificate(&self, alias: &str) -> (PathBuf, PathBuf) {
+        self.certificate(&reef_tls::container_identity(alias))
+    }
+
+    /// A certificate naming `identity` (a `reef://KIND/NAME` URI) from the node's CA:
+    /// its certificate and key files.
+    pub fn certificate(&self, identity: &str) -> (PathBuf, PathBuf) {
+        let tls = self.data_dir().join("tls");
+        let certified = match tls.join("issuer.pem").is_file() {
+            false => reef_tls::issue_client(&tls, identity),
+            // A node of a cluster signs with its intermediate, and presents it too.
+            true => {
+                let issuer = tempfile::tempdir().unwrap();
+                std::fs::copy(tls.join("issuer.pem"), issuer.path().join("ca.pem")).unwrap();
+                std::fs::copy(tls.join("issuer-key.pem"), issuer.path().join("ca-key.pem"))
+                    .unwrap();
+                reef_tls::issue_client(issuer.path(), identity).map(|mut certified| {
+                    let chain = std::fs::read_to_string(tls.join("issuer.pem")).unwrap();
+                    certified.cert_pem.push_str(&chain);
+                    certified
+                })
+            }
+        }
+        .expect("the node's CA issues a certificate");
+        let dir = self.data_dir().join("test-certificates");
+        std::fs::create_dir_all(&dir).unwrap();
+        let stem = identity.trim_start_matches("reef://").replace('/', "~");
+        let (cert, key) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}-key.pem")),
+        );
+        certified.write(&cert, &key).unwrap();
+        (cert, key)
+    }
+
+    /// What a process started outside the node needs to reach it as container `alias`:
+    /// `REEF_NODE`, `REEF_CA`, `REEF_ALIAS`, and the alias's certificate
+    /// ([`TestNode::container_certificate`]) as `REEF_CERT` and `REEF_KEY`.
+    pub fn container_env(&self, alias: &str) -> Vec<(&'static str, std::ffi::OsString)> {
+        let (cert, key) = self.container_certificate(alias);
+        vec![
+            ("REEF_NODE", self.addr.to_string().into()),
+            ("REEF_CA", self.ca.clone().into()),
+            ("REEF_ALIAS", alias.into()),
+            ("REEF_CERT", cert.into()),
+            ("REEF_KEY", key.into()),
+        ]
+    }
+
     /// Starts `reef-demo ARGS…` as container `alias` and waits until it is attached.
     pub async fn spawn_demo(&self, alias: &str, args: &[&str]) -> ChildGuard {
         let child = Command::new(binary("reef-demo"))
             .args(args)
-            .env("REEF_NODE", self.addr.to_string())
-            .env("REEF_CA", &self.ca)
-            .env("REEF_ALIAS", alias)
+            .envs(self.container_env(alias))
             .env("REEF_LOG", "warn")
             .spawn()
             .expect("reef-demo starts");

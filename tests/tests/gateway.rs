@@ -179,8 +179,7 @@ fn a_bad_configuration_is_a_clear_error() {
         let out = Command::new(binary("reef-gateway"))
             .arg("--config")
             .arg(&file)
-            .env("REEF_NODE", node.addr.to_string())
-            .env("REEF_CA", &node.ca)
+            .envs(node.container_env("gateway"))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

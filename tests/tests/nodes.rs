@@ -389,7 +389,7 @@ async fn nodes_prove_their_name_with_a_certificate_from_the_cluster_ca() {
         impersonation.message()
     );
     let anonymous = join(None, "a").await.expect_err("no certificate, no link");
-    assert_eq!(anonymous.code(), tonic::Code::PermissionDenied);
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
     let stranger = identity("a", false);
     let foreign = join(Some(&stranger), "a").await;
     assert!(

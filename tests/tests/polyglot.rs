@@ -70,9 +70,7 @@ async fn a_python_container_and_rust_containers_answer_each_other() {
         .arg(workspace_root().join("clients/python/examples/upper.py"))
         .args(["--ask", "echo:from python"])
         .env("PYTHONPATH", python_path)
-        .env("REEF_NODE", node.addr.to_string())
-        .env("REEF_CA", &node.ca)
-        .env("REEF_ALIAS", "py-upper")
+        .envs(node.container_env("py-upper"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -241,15 +239,18 @@ async fn a_python_process_container_is_supervised_like_a_rust_one() {
 fn grpcurl_lists_and_calls_the_node_through_reflection() {
     let node = TestNode::start();
     // grpcurl [flags] ADDRESS [list | describe X | METHOD]
-    let grpcurl_with = |flags: &[&str], args: &[&str]| {
-        let out = Command::new(venv_bin("grpcurl"))
+    let run = |flags: &[&str], args: &[&str]| {
+        Command::new(venv_bin("grpcurl"))
             .arg("-cacert")
             .arg(&node.ca)
             .args(flags)
             .arg(node.addr.to_string())
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let grpcurl_with = |flags: &[&str], args: &[&str]| {
+        let out = run(flags, args);
         assert!(
             out.status.success(),
             "grpcurl {args:?}: {}",
@@ -272,6 +273,7 @@ fn grpcurl_lists_and_calls_the_node_through_reflection() {
             "{service} missing from:\n{services}"
         );
     }
+    // Listing, describing and Info need no certificate; nothing else answers without one.
     // Only what the node answers: each container serves reef.v1.Container itself.
     assert!(
         !services.lines().any(|l| l == "reef.v1.Container"),
@@ -283,11 +285,20 @@ fn grpcurl_lists_and_calls_the_node_through_reflection() {
     assert!(described.contains("deadline_ms"), "{described}");
     let info = grpcurl(&["reef.v1.Supervisor/Info"]);
     assert!(info.contains("\"name\": \"reef-node\""), "{info}");
+    let write = [
+        "-d",
+        r#"{"namespace": "config", "key": "mode", "value": "ZmFzdA=="}"#,
+    ];
+    let anonymous = run(&write, &["reef.v1.State/Put"]);
+    let refusal = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(!anonymous.status.success(), "an anonymous Put was answered");
+    assert!(
+        refusal.contains("Unauthenticated") && refusal.contains("reef ca client"),
+        "{refusal}"
+    );
+    let [cert, key] = admin_certificate(&node).map(|path| path.display().to_string());
     let put = grpcurl_with(
-        &[
-            "-d",
-            r#"{"namespace": "config", "key": "mode", "value": "ZmFzdA=="}"#,
-        ],
+        &[&write[..], &["-cert", &cert, "-key", &key]].concat(),
         &["reef.v1.State/Put"],
     );
     assert!(put.contains("\"revision\": \"1\""), "{put}");
@@ -303,7 +314,8 @@ async fn python_uses_state_through_generated_stubs() {
     let script = r#"
 import sys, grpc
 from reef.v1 import state_pb2 as pb, state_pb2_grpc
-channel = grpc.secure_channel(sys.argv[1], grpc.ssl_channel_credentials(open(sys.argv[2], "rb").read()))
+channel = grpc.secure_channel(sys.argv[1], grpc.ssl_channel_credentials(
+    open(sys.argv[2], "rb").read(), open(sys.argv[4], "rb").read(), open(sys.argv[3], "rb").read()))
 state = state_pb2_grpc.StateStub(channel)
 first = state.Put(pb.PutRequest(namespace="py", key="leader", value=b"a", expected_revision=0))
 try:
@@ -324,6 +336,7 @@ for response in state.Watch(pb.WatchKeysRequest(namespace="py", start_revision=1
         Command::new(venv_bin("python"))
             .args(["-c", script, &node.addr.to_string()])
             .arg(&node.ca)
+            .args(admin_certificate(&node))
             .env("PYTHONPATH", stubs.path())
             .stdout(Stdio::piped())
             .spawn()
@@ -361,7 +374,8 @@ fn python_uses_files_through_generated_stubs() {
     let script = r#"
 import hashlib, os, sys, grpc
 from reef.v1 import files_pb2 as pb, files_pb2_grpc
-channel = grpc.secure_channel(sys.argv[1], grpc.ssl_channel_credentials(open(sys.argv[2], "rb").read()))
+channel = grpc.secure_channel(sys.argv[1], grpc.ssl_channel_credentials(
+    open(sys.argv[2], "rb").read(), open(sys.argv[4], "rb").read(), open(sys.argv[3], "rb").read()))
 files = files_pb2_grpc.FilesStub(channel)
 body = os.urandom(1_000_000)
 def upload(path):
@@ -383,6 +397,7 @@ except grpc.RpcError as error:
     let out = Command::new(venv_bin("python"))
         .args(["-c", script, &node.addr.to_string()])
         .arg(&node.ca)
+        .args(admin_certificate(&node))
         .env("PYTHONPATH", stubs.path())
         .output()
         .unwrap();
@@ -426,6 +441,7 @@ sys.stdin.read()
         Command::new(venv_bin("python"))
             .args(["-c", script, &node.addr.to_string()])
             .arg(&node.ca)
+            .envs(node.container_env("py-bulk"))
             .env("PYTHONPATH", python_path(stubs.path()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -439,4 +455,11 @@ sys.stdin.read()
         assert_eq!(envelope.payload.len(), (1 << 20) - 4096);
         assert_eq!(envelope.payload[0], b'A' + n, "in order");
     }
+}
+
+/// The node's administrator certificate and key (what the CLI on its machine presents),
+/// for the scripts that call it with bare generated stubs.
+fn admin_certificate(node: &TestNode) -> [std::path::PathBuf; 2] {
+    let (cert, key) = reef_sdk::ConnectOptions::admin_beside(&node.ca).expect("admin.pem");
+    [cert, key]
 }

@@ -1,5 +1,6 @@
 //! What a node keeps from those who can reach it or run inside it, one test per hole
-//! (issue "Secure by default"). So far: a container does not find the node's
+//! (issue "Secure by default"). So far: a caller without a certificate gets nothing but
+//! health, reflection and the node's name, a container does not find the node's
 //! environment, only administrators read the values of a container's environment, the
 //! supervision tree on disk is the node's user's alone, and a flood of wrong dashboard
 //! tokens does not lock the owner out.
@@ -34,6 +35,116 @@ fn environment_dump(alias: &str, out: &Path, inherit_env: bool) -> wire::Contain
         })),
         ..Default::default()
     }
+}
+
+/// Hole 1: a caller that can reach the port but holds no certificate from the node's CA.
+#[tokio::test]
+async fn a_caller_without_a_certificate_runs_nothing_and_learns_only_the_nodes_name() {
+    let node = TestNode::start();
+    let out = tempfile::tempdir().unwrap();
+    let pwned = out.path().join("pwned.txt");
+    let channel = node.options_as(None).connect().await.unwrap();
+    let mut anonymous = SupervisorClient::new(channel.clone());
+    let create = anonymous
+        .create(wire::CreateRequest {
+            definition: Some(wire::ContainerDefinition {
+                alias: "pwn".to_owned(),
+                kind: Some(Kind::Process(wire::ProcessSpec {
+                    command: "/bin/sh".to_owned(),
+                    args: vec!["-c".to_owned(), format!("id > {}", pwned.display())],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an anonymous Create is refused");
+    assert_eq!(create.code(), tonic::Code::Unauthenticated, "{create:?}");
+    assert!(
+        create.message().contains("reef ca client"),
+        "says how to get a certificate: {}",
+        create.message()
+    );
+    let refusals = [
+        anonymous.list(wire::ListRequest::default()).await.err(),
+        anonymous
+            .register(wire::RegisterRequest {
+                alias: "a".to_owned(),
+                endpoint: "127.0.0.1:1".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .err(),
+        wire::state_client::StateClient::new(channel.clone())
+            .put(wire::PutRequest {
+                namespace: "n".to_owned(),
+                key: "k".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .err(),
+        wire::files_client::FilesClient::new(channel.clone())
+            .stat(wire::StatFileRequest {
+                path: "f".to_owned(),
+            })
+            .await
+            .err(),
+        wire::channel_client::ChannelClient::new(channel.clone())
+            .attach(tokio_stream::empty())
+            .await
+            .err(),
+    ];
+    for refusal in refusals {
+        let code = refusal.as_ref().map(tonic::Status::code);
+        assert_eq!(code, Some(tonic::Code::Unauthenticated), "{refusal:?}");
+    }
+    // What anyone may ask: is it a reef node, which one, is it healthy.
+    let info = anonymous
+        .info(wire::InfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "reef-node");
+    assert!(!info.version.is_empty());
+    assert_eq!((info.listen.as_str(), info.uptime_ms), ("", 0), "{info:?}");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+
+    // Nothing ran; the administrator sees no container.
+    let listed = node
+        .supervisor()
+        .await
+        .list(wire::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.containers.is_empty(), "{listed:?}");
+    assert!(!pwned.exists(), "the command ran");
+}
+
+/// The development switch lets callers without a certificate in, and nothing sets it.
+#[tokio::test]
+async fn only_allow_anonymous_lets_callers_without_a_certificate_in() {
+    let node = TestNode::start_with(&["--allow-anonymous"]);
+    let mut anonymous = SupervisorClient::new(node.options_as(None).connect().await.unwrap());
+    let info = anonymous
+        .info(wire::InfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        info.listen,
+        node.addr.to_string(),
+        "the whole Info: {info:?}"
+    );
+    anonymous
+        .list(wire::ListRequest::default())
+        .await
+        .expect("let in");
 }
 
 #[tokio::test]
@@ -154,16 +265,13 @@ async fn only_administrators_read_the_values_of_a_containers_environment() {
     .write(&cert, &key)
     .unwrap();
     let client = node.options_as(Some((cert, key)));
-    let anonymous = node.options_as(None);
-    for (who, options) in [("a client", client), ("an anonymous caller", anonymous)] {
-        let mut supervisor = SupervisorClient::new(options.connect().await.unwrap());
-        let env = environment_seen(&mut supervisor, "echo").await;
-        assert_eq!(
-            env.get("DB_PASSWORD").map(String::as_str),
-            Some("(redacted)"),
-            "{who} sees the name, not the value"
-        );
-    }
+    let mut supervisor = SupervisorClient::new(client.connect().await.unwrap());
+    let env = environment_seen(&mut supervisor, "echo").await;
+    assert_eq!(
+        env.get("DB_PASSWORD").map(String::as_str),
+        Some("(redacted)"),
+        "a client sees the name, not the value"
+    );
     let env = environment_seen(&mut admin, "echo").await;
     assert_eq!(env.get("DB_PASSWORD").map(String::as_str), Some("hunter2"));
 }

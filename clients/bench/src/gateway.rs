@@ -65,15 +65,19 @@ impl GatewayProcess {
             .map(|dir| dir.join("reef-gateway"))
             .filter(|path| path.is_file())
             .context("reef-gateway is not built next to reef-bench")?;
-        let mut child = Command::new(&program)
-            .arg("--config")
-            .arg(&file)
-            .env("REEF_NODE", &node.options.node)
-            .env("REEF_CA", &node.options.ca)
-            .env("REEF_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {}", program.display()))?;
+        let mut child =
+            Command::new(&program)
+                .arg("--config")
+                .arg(&file)
+                .env("REEF_NODE", &node.options.node)
+                .env("REEF_CA", &node.options.ca)
+                .envs(node.options.identity.iter().flat_map(|(cert, key)| {
+                    [("REEF_CERT", cert.clone()), ("REEF_KEY", key.clone())]
+                }))
+                .env("REEF_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot start {}", program.display()))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("gateway stdout")?).read_line(&mut line)?;
         let Some(addr) = line

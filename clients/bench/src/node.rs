@@ -24,8 +24,10 @@ impl BenchNode {
         let config = reef_node::NodeConfig::new("127.0.0.1:0".parse()?, data.path());
         let ca = config.ca_path();
         let node = reef_node::Node::bind(config).await?;
+        // The benchmarks call as the node's administrator, as the CLI on its machine does.
         let options = ConnectOptions {
             node: node.local_addr().to_string(),
+            identity: ConnectOptions::admin_beside(&ca),
             ca,
             ..ConnectOptions::default()
         };
@@ -73,9 +75,11 @@ impl BenchNode {
             let _ = child.kill();
             bail!("reefd did not report ready: {line:?}");
         };
+        let ca = data.path().join("tls/ca.pem");
         let options = ConnectOptions {
             node: grpc.to_owned(),
-            ca: data.path().join("tls/ca.pem"),
+            identity: ConnectOptions::admin_beside(&ca),
+            ca,
             insecure: line.contains("tls=off"),
             ..ConnectOptions::default()
         };

@@ -27,8 +27,10 @@
 //! # let started = reef_node::Node::bind(config).await?;
 //! # let address = started.local_addr().to_string();
 //! # tokio::spawn(started.run(std::future::pending()));
-//! // A node listens at `address`; its CA certificate is the file `ca`.
-//! let node = ConnectOptions { node: address, ca, ..ConnectOptions::default() };
+//! // A node listens at `address`; its CA certificate is the file `ca`. Every caller
+//! // presents a certificate from that CA: here the administrator's, kept beside it.
+//! let identity = ConnectOptions::admin_beside(&ca);
+//! let node = ConnectOptions { node: address, ca, identity, ..ConnectOptions::default() };
 //! let echo = ContainerOptions::new("echo", node.clone());
 //! tokio::spawn(reef_sdk::run(echo, Echo));
 //!

@@ -25,7 +25,7 @@ use tonic_health::ServingStatus;
 use crate::{
     ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
     Registry, StateService, SupervisorService,
-    api::identity::{Authenticated, IdentityLayer},
+    api::identity::{Anonymous, Authenticated, IdentityLayer},
     liveness::RegistryLiveness,
     metrics::Counters,
     probe::PingProbe,
@@ -82,6 +82,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Serve plaintext gRPC instead of TLS. Only for explicit `--insecure`.
     pub insecure: bool,
+    /// Let callers without a client certificate past the door (`--allow-anonymous`, for
+    /// development); they then have what the policies give `anonymous`. Implied by
+    /// `insecure`, where no caller has a certificate.
+    pub allow_anonymous: bool,
     /// Extra DNS names or IPs the server certificate must cover.
     pub tls_names: Vec<String>,
     /// Sizes, queues and timeouts.
@@ -140,6 +144,7 @@ impl NodeConfig {
             trace_export: Default::default(),
             data_dir: data_dir.into(),
             insecure: false,
+            allow_anonymous: false,
             tls_names: Vec::new(),
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(5),
@@ -152,6 +157,14 @@ impl NodeConfig {
             policy: None,
             files: None,
             files_max_bytes: 1 << 30,
+        }
+    }
+
+    /// What the node's door does with callers that present no certificate.
+    pub fn anonymous(&self) -> Anonymous {
+        match self.allow_anonymous || self.insecure {
+            true => Anonymous::Allowed,
+            false => Anonymous::Refused,
         }
     }
 
@@ -265,6 +278,12 @@ impl Node {
         }
         names.extend(config.tls_names.iter().cloned());
         reef_core::check_node_name(&config.name).map_err(NodeError::Name)?;
+        if config.anonymous() == Anonymous::Allowed {
+            tracing::warn!(
+                insecure = config.insecure,
+                "callers without a client certificate may use every RPC (--allow-anonymous or --insecure): for development only"
+            );
+        }
         let access = match &config.policy {
             None => Access::open(),
             // Policies name callers by their certificates: plaintext has none.
@@ -483,7 +502,7 @@ impl Node {
 
         let mut server = Server::builder()
             // First, so that every route sees who is calling (`identity::caller`).
-            .layer(IdentityLayer)
+            .layer(IdentityLayer::new(self.config.anonymous()))
             // Only applies to listeners tonic binds itself: ours get TCP_NODELAY through
             // `TcpIncoming` below, or small writes wait for Nagle and the peer's delayed
             // ACK (40 ms) whenever a unary call shares the connection with a stream.

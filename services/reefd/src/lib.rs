@@ -49,9 +49,15 @@ struct Args {
     /// Where the node keeps its CA, certificates and state.
     #[arg(long, default_value = ".reef", env = "REEF_DATA_DIR")]
     data_dir: PathBuf,
-    /// Serve plaintext gRPC instead of TLS (never in production).
+    /// Serve plaintext gRPC instead of TLS (never in production). No caller can then
+    /// present a certificate, so this implies --allow-anonymous.
     #[arg(long)]
     insecure: bool,
+    /// Let callers without a client certificate use every RPC, with what the policies
+    /// give `anonymous` (for development only: never set by default). Without it only
+    /// health, reflection and a minimal Info answer them.
+    #[arg(long)]
+    allow_anonymous: bool,
     /// The node's name.
     #[arg(long, default_value = "reef-node")]
     name: String,
@@ -179,6 +185,7 @@ impl Args {
         config.metrics_listen = self.metrics_listen;
         config.trace_export = self.trace_export();
         config.insecure = self.insecure;
+        config.allow_anonymous = self.allow_anonymous;
         config.tls_names = self.tls_names.clone();
         // An envelope with a legal payload must fit in a frame, with room for its headers.
         let max_payload = Limits::default().max_frame_bytes / 2;

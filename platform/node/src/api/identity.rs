@@ -9,6 +9,11 @@
 //!
 //! A call forwarded by another node may say whom it acts for (`reef-on-behalf-of`); the
 //! layer believes that only from a caller whose certificate names a node.
+//!
+//! The layer is also the node's door: a caller without a certificate from the node's
+//! trust root is answered UNAUTHENTICATED, except on the few routes anyone may use to
+//! find and probe a node ([`OPEN_ROUTES`]), unless the node was started with
+//! `--allow-anonymous`.
 
 use std::{
     io,
@@ -17,6 +22,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures_util::future::{Either, Ready, ready};
 use reef_access::{Access, Action};
 use reef_core::Principal;
 use reef_proto::ON_BEHALF_OF_METADATA;
@@ -73,6 +79,9 @@ pub struct Caller {
     pub principal: Principal,
     /// The connection's certificate.
     pub peer: Peer,
+    /// Let in only because the route is open to callers without a certificate: such a
+    /// caller learns no more than the route gives everyone.
+    pub open_route_only: bool,
 }
 
 impl Caller {
@@ -83,7 +92,11 @@ impl Caller {
             (Principal::Node(_), Some(acting_for)) => acting_for,
             (certified, _) => certified.clone(),
         };
-        Self { principal, peer }
+        Self {
+            principal,
+            peer,
+            open_route_only: false,
+        }
     }
 }
 
@@ -94,6 +107,16 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Principal {
         .extensions()
         .get::<Caller>()
         .map_or(Principal::Anonymous, |caller| caller.principal.clone())
+}
+
+/// Whether `request`'s caller has no certificate and was let in only because its route
+/// is open to everyone ([`OPEN_ROUTES`]). A request that did not pass the layer was not
+/// let in at all.
+pub fn open_route_only<T>(request: &tonic::Request<T>) -> bool {
+    request
+        .extensions()
+        .get::<Caller>()
+        .is_none_or(|caller| caller.open_route_only)
 }
 
 /// The certificate of the connection `request` came on, if the caller presented one.
@@ -175,15 +198,55 @@ impl AsyncWrite for Authenticated {
     }
 }
 
-/// Puts each call's [`Caller`] into its extensions, from the connection's [`Peer`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct IdentityLayer;
+/// The routes a caller without a certificate may use: health checks, reflection (what
+/// grpcurl needs to describe the API) and the node's name and version (`Info` answers
+/// an anonymous caller with nothing more).
+pub const OPEN_ROUTES: [&str; 4] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/reef.v1.Supervisor/Info",
+];
+
+/// What the node answers a caller without a certificate on a route outside
+/// [`OPEN_ROUTES`].
+pub const UNAUTHENTICATED_MESSAGE: &str = "this node requires a client certificate from its CA: \
+     on the node's machine the CLI presents DATA/tls/admin.pem; elsewhere ask an \
+     administrator for one (`reef ca client NAME --ca-dir DIR --out OUT`) and pass it \
+     with --cert and --key (REEF_CERT and REEF_KEY for the SDKs)";
+
+/// Whether callers without a certificate get past the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anonymous {
+    /// Only to [`OPEN_ROUTES`]: the default.
+    Refused,
+    /// Everywhere, with what the policies give `anonymous` (`reefd --allow-anonymous`, for
+    /// development; implied by `--insecure`, where no caller has a certificate).
+    Allowed,
+}
+
+/// Puts each call's [`Caller`] into its extensions, from the connection's [`Peer`], and
+/// refuses callers without a certificate where [`Anonymous`] says so.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityLayer {
+    anonymous: Anonymous,
+}
+
+impl IdentityLayer {
+    /// The layer of a node that treats callers without a certificate as `anonymous` says.
+    pub fn new(anonymous: Anonymous) -> Self {
+        Self { anonymous }
+    }
+}
 
 impl<S> Layer<S> for IdentityLayer {
     type Service = Identify<S>;
 
     fn layer(&self, inner: S) -> Identify<S> {
-        Identify { inner }
+        Identify {
+            inner,
+            anonymous: self.anonymous,
+        }
     }
 }
 
@@ -191,40 +254,57 @@ impl<S> Layer<S> for IdentityLayer {
 #[derive(Debug, Clone)]
 pub struct Identify<S> {
     inner: S,
+    anonymous: Anonymous,
 }
 
-impl<S, B> Service<http::Request<B>> for Identify<S>
+impl<S, B, R> Service<http::Request<B>> for Identify<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> S::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let peer = request
             .extensions()
             .get::<Peer>()
             .cloned()
             .unwrap_or_else(Peer::anonymous);
+        let open_route_only =
+            peer.principal == Principal::Anonymous && self.anonymous == Anonymous::Refused;
+        if open_route_only && !is_open(request.uri().path()) {
+            let refusal = tonic::Status::unauthenticated(UNAUTHENTICATED_MESSAGE);
+            return Either::Left(ready(Ok(refusal.into_http())));
+        }
         let acting_for = request
             .headers()
             .get(ON_BEHALF_OF_METADATA)
             .and_then(|value| value.to_str().ok());
-        let caller = Caller::new(peer, acting_for);
+        let caller = Caller {
+            open_route_only,
+            ..Caller::new(peer, acting_for)
+        };
         request.extensions_mut().insert(caller);
-        self.inner.call(request)
+        Either::Right(self.inner.call(request))
     }
+}
+
+/// Whether `path` (`/package.Service/Method`) is one of the [`OPEN_ROUTES`].
+fn is_open(path: &str) -> bool {
+    OPEN_ROUTES.iter().any(|open| match open.ends_with('/') {
+        true => path.starts_with(open),
+        false => path == *open,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::future::{Ready, ready};
-
     use super::*;
 
     fn peer(principal: Principal) -> Peer {
@@ -234,13 +314,13 @@ mod tests {
         }
     }
 
-    /// Answers with the principal the layer put in the request.
+    /// Answers with the principal the layer put in the request, as text.
     struct Echo;
 
     impl Service<http::Request<()>> for Echo {
-        type Response = Principal;
+        type Response = http::Response<String>;
         type Error = std::convert::Infallible;
-        type Future = Ready<Result<Principal, Self::Error>>;
+        type Future = Ready<Result<Self::Response, Self::Error>>;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
@@ -248,12 +328,19 @@ mod tests {
 
         fn call(&mut self, request: http::Request<()>) -> Self::Future {
             let caller = request.extensions().get::<Caller>().expect("a caller");
-            ready(Ok(caller.principal.clone()))
+            ready(Ok(http::Response::new(caller.principal.to_string())))
         }
     }
 
-    async fn principal_of(peer: Option<Peer>, acting_for: Option<&str>) -> Principal {
-        let mut request = http::Request::new(());
+    /// What a call to `path` on `peer`'s connection, acting for `acting_for`, gets:
+    /// the principal it ran as, or the gRPC status code it was refused with.
+    async fn answer(
+        anonymous: Anonymous,
+        path: &str,
+        peer: Option<Peer>,
+        acting_for: Option<&str>,
+    ) -> Result<String, String> {
+        let mut request = http::Request::builder().uri(path).body(()).unwrap();
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
@@ -262,27 +349,47 @@ mod tests {
                 .headers_mut()
                 .insert(ON_BEHALF_OF_METADATA, acting_for.parse().unwrap());
         }
-        let Ok(principal) = IdentityLayer.layer(Echo).call(request).await;
-        principal
+        let Ok(response) = IdentityLayer::new(anonymous)
+            .layer(Echo)
+            .call(request)
+            .await;
+        match response.headers().get("grpc-status") {
+            Some(code) => Err(code.to_str().unwrap().to_owned()),
+            None => Ok(response.into_body()),
+        }
+    }
+
+    async fn principal_of(peer: Option<Peer>, acting_for: Option<&str>) -> String {
+        answer(
+            Anonymous::Allowed,
+            "/reef.v1.Supervisor/List",
+            peer,
+            acting_for,
+        )
+        .await
+        .expect("let in")
     }
 
     #[tokio::test]
     async fn a_call_is_its_certificate_unless_a_node_acts_for_someone() {
         let ops = Principal::Client("ops".into());
         let node = peer(Principal::Node("edge".into()));
-        assert_eq!(principal_of(Some(peer(ops.clone())), None).await, ops);
+        assert_eq!(
+            principal_of(Some(peer(ops.clone())), None).await,
+            "client:ops"
+        );
         assert_eq!(
             principal_of(Some(node.clone()), Some("client:ops")).await,
-            ops
+            "client:ops"
         );
         assert_eq!(
             principal_of(Some(node), Some("not a principal")).await,
-            Principal::Node("edge".into())
+            "node:edge"
         );
         // Only nodes may say whom they act for.
         assert_eq!(
             principal_of(Some(peer(ops.clone())), Some("admin:root")).await,
-            ops
+            "client:ops"
         );
         assert_eq!(
             principal_of(
@@ -290,18 +397,55 @@ mod tests {
                 Some("admin:root")
             )
             .await,
-            Principal::Container("a".into())
+            "container:a"
         );
     }
 
     #[tokio::test]
     async fn a_connection_without_a_certificate_is_anonymous() {
-        assert_eq!(principal_of(None, None).await, Principal::Anonymous);
-        assert_eq!(
-            principal_of(None, Some("admin:root")).await,
-            Principal::Anonymous
-        );
+        assert_eq!(principal_of(None, None).await, "anonymous");
+        assert_eq!(principal_of(None, Some("admin:root")).await, "anonymous");
         let request = tonic::Request::new(());
         assert_eq!(caller(&request), Principal::Anonymous);
+    }
+
+    #[tokio::test]
+    async fn without_a_certificate_only_the_open_routes_answer() {
+        let unauthenticated = Err((tonic::Code::Unauthenticated as i32).to_string());
+        for path in [
+            "/reef.v1.Supervisor/Create",
+            "/reef.v1.Supervisor/InfoX",
+            "/reef.v1.Channel/Attach",
+            "/reef.v1.State/Get",
+            "/grpc.health.v1.HealthX/Check",
+        ] {
+            assert_eq!(
+                answer(Anonymous::Refused, path, None, None).await,
+                unauthenticated,
+                "{path}"
+            );
+            // Saying whom one acts for does not help either.
+            assert_eq!(
+                answer(Anonymous::Refused, path, None, Some("admin:root")).await,
+                unauthenticated,
+                "{path}"
+            );
+        }
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/reef.v1.Supervisor/Info",
+        ] {
+            assert_eq!(
+                answer(Anonymous::Refused, path, None, None).await,
+                Ok("anonymous".to_owned()),
+                "{path}"
+            );
+        }
+        let ops = Some(peer(Principal::Client("ops".into())));
+        assert_eq!(
+            answer(Anonymous::Refused, "/reef.v1.Supervisor/Create", ops, None).await,
+            Ok("client:ops".to_owned())
+        );
     }
 }
