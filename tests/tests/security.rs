@@ -368,3 +368,133 @@ async fn a_flood_of_wrong_dashboard_tokens_does_not_lock_the_owner_out() {
         attempt.abort();
     }
 }
+
+/// Runs `reef --cert … --key … ARGS…` against `node` as `identity`; returns whether it
+/// succeeded and what it said on stderr.
+fn reef_as(
+    node: &TestNode,
+    identity: &(std::path::PathBuf, std::path::PathBuf),
+    args: &[&str],
+) -> (bool, String) {
+    let mut all = vec![
+        "--cert".to_owned(),
+        identity.0.display().to_string(),
+        "--key".to_owned(),
+        identity.1.display().to_string(),
+    ];
+    all.extend(args.iter().map(|arg| arg.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let output = node.reef(&all);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// What each kind of caller may do under the built-in policy: the same on a node
+/// without `--policy` and on one given `reef policy default` as its file.
+async fn check_the_builtin_policy(node: &TestNode) {
+    let demo = reef_tests::binary("reef-demo").display().to_string();
+    assert!(
+        node.reef(&["create", "echo", "--", &demo, "echo"])
+            .status
+            .success()
+    );
+    let ops = node.certificate(&reef_tls::client_identity("ops"));
+    let web = node.container_certificate("web");
+    let denied = |(ok, stderr): (bool, String), what: &str| {
+        assert!(!ok, "{what} was allowed");
+        assert!(
+            stderr.contains("denied by policy \"default\""),
+            "{what}: {stderr}"
+        );
+    };
+    let allowed = |(ok, stderr): (bool, String), what: &str| assert!(ok, "{what}: {stderr}");
+
+    // A client sends, requests and reads state; nothing else.
+    allowed(
+        reef_as(node, &ops, &["request", "echo", "hi"]),
+        "a client's request",
+    );
+    allowed(
+        reef_as(node, &ops, &["state", "ls", "config"]),
+        "a client's read",
+    );
+    denied(
+        reef_as(node, &ops, &["state", "put", "config", "k", "v"]),
+        "a client's write",
+    );
+    denied(
+        reef_as(node, &ops, &["create", "evil", "--", &demo, "echo"]),
+        "a client's create",
+    );
+    denied(reef_as(node, &ops, &["stop", "echo"]), "a client's stop");
+    denied(
+        reef_as(node, &ops, &["firewall", "off"]),
+        "a client's configure",
+    );
+    denied(
+        reef_as(node, &ops, &["files", "ls"]),
+        "a client's file listing",
+    );
+
+    // A container manages its own subtree only, and uses state.
+    allowed(
+        reef_as(node, &web, &["create", "web/worker", "--", &demo, "echo"]),
+        "a container's child in its subtree",
+    );
+    allowed(reef_as(node, &web, &["stop", "web/worker"]), "stopping it");
+    denied(
+        reef_as(
+            node,
+            &web,
+            &["create", "payments", "--parent", "web", "--", &demo, "echo"],
+        ),
+        "a container's child outside its subtree",
+    );
+    denied(
+        reef_as(node, &web, &["destroy", "echo"]),
+        "a container destroying another",
+    );
+    allowed(
+        reef_as(node, &web, &["state", "put", "sessions", "k", "v"]),
+        "a container's write",
+    );
+    denied(
+        reef_as(node, &web, &["files", "ls"]),
+        "a container's file listing",
+    );
+
+    // A node's certificate carries envelopes, and does nothing itself.
+    let edge = node.certificate(&reef_tls::node_identity("edge"));
+    denied(
+        reef_as(
+            node,
+            &edge,
+            &["create", "nodes-do-not-create", "--", &demo, "echo"],
+        ),
+        "a node's create",
+    );
+    denied(
+        reef_as(node, &edge, &["state", "ls", "config"]),
+        "a node's read",
+    );
+}
+
+#[tokio::test]
+async fn without_a_policy_file_the_builtin_policy_decides() {
+    check_the_builtin_policy(&TestNode::start()).await;
+}
+
+#[tokio::test]
+async fn the_printed_builtin_policy_used_as_a_file_decides_the_same() {
+    let printed = std::process::Command::new(reef_tests::binary("reef"))
+        .args(["policy", "default"])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, &printed.stdout).unwrap();
+    check_the_builtin_policy(&TestNode::start_with(&["--policy", file.to_str().unwrap()])).await;
+}

@@ -13,6 +13,7 @@ mod lifecycle;
 mod logs;
 mod messaging;
 mod ping;
+mod policy;
 mod ps;
 mod request;
 mod send;
@@ -80,6 +81,9 @@ pub enum Command {
     /// A cluster CA for a tree of nodes: init, issue (files only; no node is called).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// The built-in policy (`reef policy default`).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Project files: check (no node is called).
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -90,6 +94,7 @@ pub async fn run(command: Command, options: ConnectOptions) -> anyhow::Result<Ex
     match command {
         Command::Up(args) => up::run(args, options.insecure).await,
         Command::Ca(command) => ca::run(command),
+        Command::Policy(command) => policy::run(command),
         Command::Config(command) => config::run(command),
         Command::Ps => ps::run(options).await,
         Command::Top(args) => top::run(args, options).await,

@@ -1,11 +1,12 @@
 //! Access control: who a caller is (its certificate), and what the node's policies let
 //! it do.
 //!
-//! Without a policy file every authenticated caller may do everything (a development
-//! node); only impersonation is refused: a certificate that names a container or node
-//! binds its holder to that alias. With `reefd --policy FILE`, every send, management
-//! call, state read or write and routing change is checked against the file's rules
-//! (see `policy`), and the file is read again when it changes.
+//! Every send, management call, state read or write and routing change is checked
+//! against ordered rules (see `policy`): a policy file's (`reefd --policy FILE`, read
+//! again when it changes), or else the built-in [`DEFAULT_POLICY`]. A development node
+//! that lets anonymous callers in has none ([`Access::open`]): everything is allowed but
+//! impersonation. Always, a certificate that names a container or node binds its holder
+//! to that alias.
 //!
 //! This crate decides; it does not know gRPC. The node's service edge turns a
 //! [`Refused`] into PERMISSION_DENIED.
@@ -35,7 +36,7 @@ use std::{
 
 use parking_lot::{Mutex, RwLock};
 
-pub use self::policy::{Action, Denial, Policies, PolicyError};
+pub use self::policy::{Action, DEFAULT_POLICY, Denial, Policies, PolicyError, SELF};
 pub use reef_core::Principal;
 
 /// The policies in force on a node, replaceable while it runs.
@@ -49,9 +50,19 @@ pub struct Access {
 }
 
 impl Access {
-    /// No policies: everything is allowed but impersonation.
+    /// No policies: everything is allowed but impersonation (a development node that
+    /// lets anonymous callers in).
     pub fn open() -> Arc<Self> {
         Arc::default()
+    }
+
+    /// The built-in policy ([`DEFAULT_POLICY`]): a node without a policy file.
+    pub fn builtin() -> Arc<Self> {
+        Arc::new(Self {
+            policies: RwLock::new(Some(Arc::new(Policies::builtin()))),
+            version: AtomicU64::new(1),
+            ..Self::default()
+        })
     }
 
     /// The policies of `file`, read now and again whenever it changes.

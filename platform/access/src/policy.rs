@@ -140,8 +140,26 @@ struct Rule {
     allow: bool,
     who: Vec<Pattern>,
     may: u16,
-    on: Vec<Pattern>,
+    on: Vec<Target>,
 }
+
+/// What a rule's `on` entry names.
+#[derive(Debug)]
+enum Target {
+    /// Aliases, namespaces or names matching a glob, or with an ancestor that does.
+    Matching(Pattern),
+    /// A glob with [`SELF`] in it, the caller's own name put in at each decision. It is
+    /// matched against the target alone, not its ancestors: `{self}` lets a container
+    /// manage itself, not everything it parents.
+    OfCaller(String),
+}
+
+/// In a rule's `on`: the caller's name (the part of `kind:name` after the colon).
+pub const SELF: &str = "{self}";
+
+/// The built-in policy, in force when a node has no policy file: the text of a policy
+/// file, so that it can be printed, edited and used as one.
+pub const DEFAULT_POLICY: &str = include_str!("default.toml");
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -220,10 +238,16 @@ impl Policies {
                 allow,
                 who: raw.who.iter().map(|p| Pattern::parse(p)).collect(),
                 may,
-                on: raw.on.iter().map(|p| Pattern::parse(p)).collect(),
+                on: raw.on.iter().map(|raw| Target::parse(raw)).collect(),
             });
         }
         Ok(Self { rules })
+    }
+
+    /// The built-in policy ([`DEFAULT_POLICY`]).
+    pub fn builtin() -> Self {
+        // Checked by the tests: the text is part of the build.
+        Self::parse(DEFAULT_POLICY).expect("the built-in policy parses")
     }
 
     /// Whether `principal` may do `action` to `target`. `scope` is what else a rule may
@@ -250,8 +274,14 @@ impl Policies {
         target: &str,
         scope: &[String],
     ) -> Result<(), Denial> {
-        let covers = |pattern: &Pattern| {
-            pattern.matches(target) || scope.iter().any(|ancestor| pattern.matches(ancestor))
+        let name = who.split_once(':').map(|(_, name)| name);
+        let covers = |on: &Target| match on {
+            Target::Matching(pattern) => {
+                pattern.matches(target) || scope.iter().any(|ancestor| pattern.matches(ancestor))
+            }
+            Target::OfCaller(raw) => {
+                name.is_some_and(|name| Pattern::parse(&raw.replace(SELF, name)).matches(target))
+            }
         };
         let rule = self.rules.iter().find(|rule| {
             rule.may & action.bit() != 0
@@ -273,6 +303,15 @@ impl Policies {
                     "denied by policy \"default\": no policy lets {who} {action} {target:?}"
                 ),
             }),
+        }
+    }
+}
+
+impl Target {
+    fn parse(raw: &str) -> Self {
+        match raw.contains(SELF) {
+            true => Self::OfCaller(raw.to_owned()),
+            false => Self::Matching(Pattern::parse(raw)),
         }
     }
 }
@@ -386,5 +425,51 @@ mod tests {
             let error = Policies::parse(text).unwrap_err();
             assert!(error.contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn the_builtin_policy_lets_each_kind_do_its_own_work_only() {
+        let policies = Policies::builtin();
+        let container = Principal::Container("web".into());
+        let allowed = |who: &Principal, action, target: &str, scope: &[String]| {
+            policies.decide(who, action, target, scope).is_ok()
+        };
+        assert!(allowed(&container, Action::Send, "api", &[]));
+        assert!(allowed(&container, Action::Write, "sessions", &[]));
+        assert!(!allowed(&container, Action::Write, "files:x", &[]));
+        assert!(allowed(&container, Action::Create, "web", &[]));
+        assert!(allowed(&container, Action::Create, "web/worker-1", &[]));
+        assert!(allowed(&container, Action::Stop, "web/worker-1", &[]));
+        // Not a name outside its subtree, even as its child; not a sibling's subtree.
+        let under_web = ["web".to_owned()];
+        assert!(!allowed(&container, Action::Create, "payments", &under_web));
+        assert!(!allowed(&container, Action::Create, "webx/1", &[]));
+        assert!(!allowed(&container, Action::Configure, "group:web", &[]));
+
+        let client = Principal::Client("ops".into());
+        assert!(allowed(&client, Action::Send, "api", &[]));
+        assert!(allowed(&client, Action::Read, "config", &[]));
+        assert!(allowed(&client, Action::Create, "client/42-1f", &[]));
+        for action in [
+            Action::Write,
+            Action::Create,
+            Action::Stop,
+            Action::Configure,
+        ] {
+            assert!(!allowed(&client, action, "api", &[]), "{action}");
+        }
+
+        let node = Principal::Node("edge".into());
+        assert!(allowed(&node, Action::Send, "api", &[]));
+        assert!(!allowed(&node, Action::Create, "api", &[]));
+        assert!(!allowed(&node, Action::Read, "config", &[]));
+        for action in Action::ALL {
+            assert!(
+                !allowed(&Principal::Anonymous, action, "x", &[]),
+                "{action}"
+            );
+        }
+        let admin = Principal::Admin("root".into());
+        assert!(allowed(&admin, Action::Configure, "firewall", &[]));
     }
 }

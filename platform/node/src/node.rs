@@ -107,7 +107,9 @@ pub struct NodeConfig {
     /// How long envelopes wait for a link to another node that is down before they
     /// become dead letters.
     pub partition_tolerance: Duration,
-    /// The policy file (`None`: every caller may do everything but impersonate).
+    /// The policy file (`None`: the built-in policy, `reef_access::DEFAULT_POLICY`; on a
+    /// node that lets anonymous callers in, every caller may do everything but
+    /// impersonate).
     pub policy: Option<PathBuf>,
     /// Where `reef.v1.Files` keeps files (`None`: `DATA/files`).
     pub files: Option<FilesBackend>,
@@ -285,7 +287,9 @@ impl Node {
             );
         }
         let access = match &config.policy {
-            None => Access::open(),
+            // A development node, open to everyone: nothing to decide by.
+            None if config.anonymous() == Anonymous::Allowed => Access::open(),
+            None => Access::builtin(),
             // Policies name callers by their certificates: plaintext has none.
             Some(file) if config.insecure => {
                 return Err(NodeError::Policy(PolicyError {

@@ -53,9 +53,10 @@ struct Args {
     /// present a certificate, so this implies --allow-anonymous.
     #[arg(long)]
     insecure: bool,
-    /// Let callers without a client certificate use every RPC, with what the policies
-    /// give `anonymous` (for development only: never set by default). Without it only
-    /// health, reflection and a minimal Info answer them.
+    /// Let callers without a client certificate use every RPC (for development only:
+    /// never set by default). Without --policy every caller may then do everything;
+    /// with one, anonymous callers have what it gives `anonymous`. Without this flag
+    /// only health, reflection and a minimal Info answer them.
     #[arg(long)]
     allow_anonymous: bool,
     /// The node's name.
@@ -138,9 +139,9 @@ struct Args {
     /// dead letters, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     partition_tolerance_ms: u64,
-    /// A policy file (TOML, `[[policy]]` rules): who may send to whom, manage which
-    /// subtree, read or write which state namespace. Read again when it changes. Without
-    /// one, every caller may do everything but impersonate a container.
+    /// A policy file (TOML, `[[policy]]` rules) in place of the built-in policy (`reef
+    /// policy default` prints it): who may send to whom, manage which subtree, read or
+    /// write which state namespace. Read again when it changes.
     #[arg(long, env = "REEF_POLICY")]
     policy: Option<PathBuf>,
     /// Where reef.v1.Files keeps files: a directory, `memory`, or an S3-compatible bucket,
