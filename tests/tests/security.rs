@@ -3,7 +3,8 @@
 //! health, reflection and the node's name, a container does not find the node's
 //! environment, only administrators read the values of a container's environment, the
 //! supervision tree on disk is the node's user's alone, and a flood of wrong dashboard
-//! tokens does not lock the owner out.
+//! tokens does not lock the owner out, and a host announces no task outside the subtree
+//! its certificate may create in.
 
 use std::{
     net::SocketAddr,
@@ -497,4 +498,67 @@ async fn the_printed_builtin_policy_used_as_a_file_decides_the_same() {
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, &printed.stdout).unwrap();
     check_the_builtin_policy(&TestNode::start_with(&["--policy", file.to_str().unwrap()])).await;
+}
+
+/// Hole 5: a task host announces only aliases it is entitled to. Before, any alias it
+/// named became its task: it could squat `payments` before it was created, or send as
+/// one a policy trusts.
+#[tokio::test]
+async fn a_host_announces_no_task_outside_its_subtree() {
+    let node = TestNode::start();
+    let channel = node
+        .options_as(Some(node.container_certificate("h")))
+        .connect()
+        .await
+        .unwrap();
+    let mut host = SupervisorClient::new(channel);
+    let lease = host
+        .register(wire::RegisterRequest {
+            alias: "h".to_owned(),
+            name: "host".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("a container registers as itself")
+        .into_inner()
+        .lease;
+    let task = |alias: &str| wire::HostedTask {
+        alias: alias.to_owned(),
+        name: "worker".to_owned(),
+        ..Default::default()
+    };
+    let answer = host
+        .host(wire::HostRequest {
+            alias: "h".to_owned(),
+            lease,
+            upsert: vec![task("payments"), task("h/worker")],
+            ..Default::default()
+        })
+        .await
+        .expect("the announcement is answered")
+        .into_inner();
+    let [squat, own] = &answer.results[..] else {
+        panic!("one result per task: {answer:?}");
+    };
+    assert_eq!(
+        squat.code,
+        tonic::Code::PermissionDenied as i32,
+        "{squat:?}"
+    );
+    assert!(
+        squat.message.contains("container:h") && squat.message.contains("payments"),
+        "{squat:?}"
+    );
+    assert_eq!(own.code, 0, "{own:?}");
+
+    let listed = node
+        .supervisor()
+        .await
+        .list(wire::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.iter().any(|c| c.alias == "h/worker"));
+    assert!(!listed.iter().any(|c| c.alias == "payments"), "{listed:?}");
 }

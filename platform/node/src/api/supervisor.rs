@@ -90,6 +90,7 @@ pub struct SupervisorService {
     node: NodeIdentity,
     children: Arc<ChildNodes>,
     access: Arc<Access>,
+    task_grants: Arc<hosting::TaskGrants>,
 }
 
 impl SupervisorService {
@@ -114,6 +115,7 @@ impl SupervisorService {
             node,
             children: Arc::default(),
             access,
+            task_grants: Arc::default(),
         }
     }
 

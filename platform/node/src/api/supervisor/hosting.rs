@@ -2,9 +2,18 @@
 //! asks the host to start or stop one through the host's endpoint
 //! (`Container.StartTask` / `StopTask`); the host restarts a panicking task itself and
 //! announces its tasks with `Supervisor.Host`, so their aliases route to its stream.
+//!
+//! A host may announce only tasks it is entitled to: its own subtree (or what the
+//! policies let it create), and the tasks the node asked it to start for a caller whose
+//! Create passed the checks ([`TaskGrants`]).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
+use parking_lot::Mutex;
 use reef_core::Alias;
 use reef_proto::{self as wire, container_client::ContainerClient};
 use tonic::{Code, Status};
@@ -28,10 +37,48 @@ pub(crate) struct TaskDefinition {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The tasks the node is asking hosts to start right now, each for a Create that passed
+/// its checks: while the host's StartTask call runs, its announcement of that task is
+/// the node's own doing, whatever the policies let the host create by itself.
+#[derive(Debug, Default)]
+pub(crate) struct TaskGrants {
+    /// Task alias → the host asked to start it.
+    started: Mutex<HashMap<Alias, Alias>>,
+}
+
+impl TaskGrants {
+    /// Whether the node is asking `host` to start `task`.
+    pub(crate) fn allows(&self, task: &Alias, host: &Alias) -> bool {
+        self.started.lock().get(task) == Some(host)
+    }
+
+    /// Grants `host` the announcement of `task` until the returned guard drops.
+    fn grant(self: &Arc<Self>, task: Alias, host: Alias) -> GrantGuard {
+        self.started.lock().insert(task.clone(), host);
+        GrantGuard {
+            grants: self.clone(),
+            task,
+        }
+    }
+}
+
+/// Takes a [`TaskGrants`] grant back when the StartTask call ends, however it ends.
+struct GrantGuard {
+    grants: Arc<TaskGrants>,
+    task: Alias,
+}
+
+impl Drop for GrantGuard {
+    fn drop(&mut self) {
+        self.grants.started.lock().remove(&self.task);
+    }
+}
+
 /// Starts `definition` in its host. Idempotent: a task that runs there already under
 /// the same behaviour is returned with `false`.
 pub(crate) async fn start_task(
     registry: &Registry,
+    grants: &Arc<TaskGrants>,
     ca_pem: &str,
     definition: TaskDefinition,
 ) -> Result<(ContainerSnapshot, bool), ApiError> {
@@ -57,6 +104,7 @@ pub(crate) async fn start_task(
         period_ms: definition.period_ms,
         labels: definition.labels.into_iter().collect(),
     };
+    let _granted = grants.grant(definition.alias.clone(), definition.host.clone());
     let answer = host
         .start_task(request)
         .await

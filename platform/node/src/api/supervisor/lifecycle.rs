@@ -95,8 +95,13 @@ impl SupervisorService {
         flags: i32,
     ) -> Result<wire::CreateResponse, ApiError> {
         if let Some(task) = convert::task_definition(&raw)? {
-            let (container, created) =
-                hosting::start_task(&self.registry, self.tls.pki().ca_pem(), task).await?;
+            let (container, created) = hosting::start_task(
+                &self.registry,
+                &self.task_grants,
+                self.tls.pki().ca_pem(),
+                task,
+            )
+            .await?;
             return Ok(wire::CreateResponse {
                 container: Some(container_info(container)),
                 created,

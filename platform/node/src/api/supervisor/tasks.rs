@@ -1,7 +1,9 @@
 //! Supervisor.Host: a host process announces the task containers it runs, so that
-//! their aliases route to its stream.
+//! their aliases route to its stream. A task is an alias like any container's: the host
+//! must be entitled to each one it announces (see [`SupervisorService::may_host`]).
 
 use super::*;
+use crate::HostedTask;
 
 impl SupervisorService {
     /// Each task's outcome in the order the request named them: refused here (a bad
@@ -18,7 +20,10 @@ impl SupervisorService {
         let mut upsert = Vec::with_capacity(request.upsert.len());
         for task in request.upsert {
             let alias = task.alias.clone();
-            match convert::hosted_task(task) {
+            match convert::hosted_task(task).and_then(|task| {
+                self.may_host(caller, &host, &task)?;
+                Ok(task)
+            }) {
                 Ok(task) => {
                     upsert.push(task);
                     order.push((alias, None));
@@ -51,5 +56,33 @@ impl SupervisorService {
             })
             .collect();
         Ok(wire::HostResponse { results })
+    }
+
+    /// Whether `caller`, announcing as `host`, may run `task`: one it hosts already, one
+    /// the node is asking it to start (a Create that passed its checks), or one the
+    /// policies let it create under the parent it names (by default its own subtree,
+    /// `HOST/…`). Without this a container could squat an alias before it is created,
+    /// or send as one a policy trusts.
+    ///
+    /// A child node announces the aliases of its own tree; those are not created here.
+    fn may_host(
+        &self,
+        caller: &Principal,
+        host: &Alias,
+        task: &HostedTask,
+    ) -> Result<(), ApiError> {
+        if matches!(caller, Principal::Node(_))
+            || self.registry.is_hosted_by(task.alias.as_str(), host)
+            || self.task_grants.allows(&task.alias, host)
+        {
+            return Ok(());
+        }
+        let parent = task.parent.as_ref().unwrap_or(host);
+        self.check_subtree(
+            caller,
+            Action::Create,
+            task.alias.as_str(),
+            Some(parent.as_str()),
+        )
     }
 }
