@@ -3,8 +3,8 @@
 //! health, reflection and the node's name, a container does not find the node's
 //! environment, only administrators read the values of a container's environment, the
 //! supervision tree on disk is the node's user's alone, and a flood of wrong dashboard
-//! tokens does not lock the owner out, and a host announces no task outside the subtree
-//! its certificate may create in.
+//! tokens does not lock the owner out, a host announces no task outside the subtree its
+//! certificate may create in, and what the node shows of its containers needs `read`.
 
 use std::{
     net::SocketAddr,
@@ -242,7 +242,15 @@ async fn environment_seen(
 
 #[tokio::test]
 async fn only_administrators_read_the_values_of_a_containers_environment() {
-    let node = TestNode::start();
+    // A client that may see every container still reads no value.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[policy]]\nname = \"ops-inspect\"\nwho = [\"client:ops\"]\nmay = [\"read\"]\non = [\"inspect:*\"]\n",
+    )
+    .unwrap();
+    let node = TestNode::start_with(&["--policy", policy.to_str().unwrap()]);
     let mut admin = node.supervisor().await;
     let mut echo = wire::ContainerDefinition {
         alias: "echo".to_owned(),
@@ -256,16 +264,7 @@ async fn only_administrators_read_the_values_of_a_containers_environment() {
     }
     reef_tests::create(&mut admin, echo).await.unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("ops.pem"), dir.path().join("ops-key.pem"));
-    reef_tls::issue_client(
-        &node.data_dir().join("tls"),
-        &reef_tls::client_identity("ops"),
-    )
-    .unwrap()
-    .write(&cert, &key)
-    .unwrap();
-    let client = node.options_as(Some((cert, key)));
+    let client = node.options_as(Some(node.certificate(&reef_tls::client_identity("ops"))));
     let mut supervisor = SupervisorClient::new(client.connect().await.unwrap());
     let env = environment_seen(&mut supervisor, "echo").await;
     assert_eq!(
@@ -438,6 +437,10 @@ async fn check_the_builtin_policy(node: &TestNode) {
         reef_as(node, &ops, &["files", "ls"]),
         "a client's file listing",
     );
+    denied(
+        reef_as(node, &ops, &["logs", "echo"]),
+        "a client's look at a log",
+    );
 
     // A container manages its own subtree only, and uses state.
     allowed(
@@ -464,6 +467,10 @@ async fn check_the_builtin_policy(node: &TestNode) {
     denied(
         reef_as(node, &web, &["files", "ls"]),
         "a container's file listing",
+    );
+    denied(
+        reef_as(node, &web, &["logs", "echo"]),
+        "a container's look at another's log",
     );
 
     // A node's certificate carries envelopes, and does nothing itself.
@@ -561,4 +568,149 @@ async fn a_host_announces_no_task_outside_its_subtree() {
         .containers;
     assert!(listed.iter().any(|c| c.alias == "h/worker"));
     assert!(!listed.iter().any(|c| c.alias == "payments"), "{listed:?}");
+}
+
+/// Hole 7: what the node shows of its containers (List, Tree, Watch, Logs, Ping, dead
+/// letters) needs `read` on `inspect:ALIAS`. Under the built-in policy a container sees
+/// its own subtree and a client sees nothing; before, anyone saw everything.
+#[tokio::test]
+async fn inspection_shows_a_caller_only_the_containers_it_may_read() {
+    let node = TestNode::start();
+    let demo = reef_tests::binary("reef-demo").display().to_string();
+    let web = node.container_certificate("web");
+    for (who, alias) in [(None, "echo"), (Some(&web), "web/worker")] {
+        let args = ["create", alias, "--", &demo, "echo"];
+        let (ok, stderr) = match who {
+            None => {
+                let out = node.reef(&args);
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+            Some(identity) => reef_as(&node, identity, &args),
+        };
+        assert!(ok, "create {alias}: {stderr}");
+        node.wait_attached(alias).await;
+    }
+    // Dead letters: one for the container's subtree, one for no one's.
+    for to in ["web/ghost", "nobody"] {
+        // Refused (no such alias), and kept as a dead letter.
+        node.reef(&["send", to, "lost"]);
+    }
+    let admin = node.supervisor().await;
+    eventually("both dead letters", STARTUP, || {
+        let admin = admin.clone();
+        async move { (reef_tests::dead_letters(&admin).await.letters.len() >= 2).then_some(()) }
+    })
+    .await;
+
+    let as_client = SupervisorClient::new(
+        node.options_as(Some(node.certificate(&reef_tls::client_identity("ops"))))
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let as_web = SupervisorClient::new(node.options_as(Some(web)).connect().await.unwrap());
+    let listed = |supervisor: &SupervisorClient<tonic::transport::Channel>| {
+        let mut supervisor = supervisor.clone();
+        async move {
+            let list = supervisor.list(wire::ListRequest {}).await.unwrap();
+            let mut aliases: Vec<String> = list
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| c.alias)
+                .collect();
+            aliases.sort();
+            let tree = supervisor.tree(wire::TreeRequest {}).await.unwrap();
+            let roots: Vec<String> = tree
+                .into_inner()
+                .roots
+                .into_iter()
+                .filter_map(|root| root.container.map(|c| c.alias))
+                .collect();
+            let letters: Vec<String> = reef_tests::dead_letters(&supervisor)
+                .await
+                .letters
+                .into_iter()
+                .map(|letter| letter.destination)
+                .collect();
+            (aliases, roots, letters)
+        }
+    };
+    let (aliases, roots, letters) = listed(&as_client).await;
+    assert!(aliases.is_empty(), "a client lists {aliases:?}");
+    assert!(roots.is_empty(), "a client sees the tree {roots:?}");
+    assert!(
+        letters.is_empty(),
+        "a client reads dead letters {letters:?}"
+    );
+    let (aliases, roots, letters) = listed(&as_web).await;
+    assert_eq!(aliases, ["web/worker"]);
+    assert_eq!(roots, ["web/worker"]);
+    assert_eq!(letters, ["web/ghost"]);
+    let (aliases, _, letters) = listed(&admin).await;
+    assert!(aliases.contains(&"echo".to_owned()) && letters.len() >= 2);
+
+    for (who, alias, allowed) in [
+        (&as_client, "echo", false),
+        (&as_web, "echo", false),
+        (&as_web, "web/worker", true),
+    ] {
+        let logs = who
+            .clone()
+            .logs(wire::LogsRequest {
+                alias: alias.to_owned(),
+                ..Default::default()
+            })
+            .await;
+        let ping = who
+            .clone()
+            .ping_container(wire::PingContainerRequest {
+                alias: alias.to_owned(),
+            })
+            .await;
+        for (what, code) in [
+            ("Logs", logs.err().map(|e| e.code())),
+            ("PingContainer", ping.err().map(|e| e.code())),
+        ] {
+            match allowed {
+                true => assert_eq!(code, None, "{what} {alias}"),
+                false => assert_eq!(code, Some(tonic::Code::PermissionDenied), "{what} {alias}"),
+            }
+        }
+    }
+
+    // Watching, the container hears of its subtree alone: the snapshot and what follows.
+    let mut events = as_web
+        .clone()
+        .watch(wire::WatchRequest { snapshot: true })
+        .await
+        .unwrap()
+        .into_inner();
+    for (who, alias) in [
+        (None, "echo2"),
+        (Some(&node.container_certificate("web")), "web/second"),
+    ] {
+        let args = ["create", alias, "--", &demo, "echo"];
+        let ok = match who {
+            None => node.reef(&args).status.success(),
+            Some(identity) => reef_as(&node, identity, &args).0,
+        };
+        assert!(ok, "create {alias}");
+    }
+    let mut heard = Vec::new();
+    while !heard.iter().any(|alias: &String| alias == "web/second") {
+        let event = tokio::time::timeout(STARTUP, events.message())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .expect("the watch stays open");
+        heard.extend(event.container.map(|c| c.alias));
+    }
+    assert!(
+        heard.iter().all(|alias| alias.starts_with("web/")),
+        "a container hears of others: {heard:?}"
+    );
 }

@@ -1,12 +1,12 @@
 //! Access control: who a caller is (its certificate), and what the node's policies let
 //! it do.
 //!
-//! Every send, management call, state read or write and routing change is checked
-//! against ordered rules (see `policy`): a policy file's (`reefd --policy FILE`, read
-//! again when it changes), or else the built-in [`DEFAULT_POLICY`]. A development node
-//! that lets anonymous callers in has none ([`Access::open`]): everything is allowed but
-//! impersonation. Always, a certificate that names a container or node binds its holder
-//! to that alias.
+//! Every send, management call, look at a container, state read or write and routing
+//! change is checked against ordered rules (see `policy`): a policy file's (`reefd
+//! --policy FILE`, read again when it changes), or else the built-in [`DEFAULT_POLICY`].
+//! A development node that lets anonymous callers in has none ([`Access::open`]):
+//! everything is allowed but impersonation. Always, a certificate that names a container
+//! or node binds its holder to that alias.
 //!
 //! This crate decides; it does not know gRPC. The node's service edge turns a
 //! [`Refused`] into PERMISSION_DENIED.
@@ -132,30 +132,64 @@ impl Access {
         alias: &str,
         parent: Option<&str>,
     ) -> Result<(), Refused> {
+        self.check_in_tree(ancestry, principal, action, "", alias, parent)
+    }
+
+    /// Whether `principal` may see container `alias` (listed, in the tree, in events,
+    /// its log, dead letters to or from it): `read` on [`INSPECT`]`ALIAS`, which a rule
+    /// on `inspect:ANCESTOR` covers too. `parent` is for a container the registry no
+    /// longer knows (an event about its removal).
+    pub fn check_inspect(
+        &self,
+        ancestry: &impl Ancestry,
+        principal: &Principal,
+        alias: &str,
+        parent: Option<&str>,
+    ) -> Result<(), Refused> {
+        self.check_in_tree(ancestry, principal, Action::Read, INSPECT, alias, parent)
+    }
+
+    /// `action` on `prefix` + `alias`, with its ancestors (each with `prefix`) as scope.
+    fn check_in_tree(
+        &self,
+        ancestry: &impl Ancestry,
+        principal: &Principal,
+        action: Action,
+        prefix: &str,
+        alias: &str,
+        parent: Option<&str>,
+    ) -> Result<(), Refused> {
         let Some(policies) = self.policies() else {
             return Ok(());
         };
         if matches!(principal, Principal::Admin(_)) {
             return Ok(());
         }
-        let mut scope = Vec::new();
+        let mut ancestors = Vec::new();
         let mut next = match parent {
             Some(parent) => Some(parent.to_owned()),
             None => ancestry.parent_of(alias),
         };
         // Bounded: the registry refuses parent cycles, but a bound costs nothing.
         while let Some(ancestor) = next.take() {
-            if scope.len() >= 64 || scope.contains(&ancestor) {
+            if ancestors.len() >= 64 || ancestors.contains(&ancestor) {
                 break;
             }
             next = ancestry.parent_of(&ancestor);
-            scope.push(ancestor);
+            ancestors.push(ancestor);
         }
+        let scope: Vec<String> = match prefix {
+            "" => ancestors,
+            _ => ancestors.iter().map(|a| format!("{prefix}{a}")).collect(),
+        };
         policies
-            .decide(principal, action, alias, &scope)
+            .decide(principal, action, &format!("{prefix}{alias}"), &scope)
             .map_err(Refused::Policy)
     }
 }
+
+/// The prefix of the policy target for seeing a container: `read` on `inspect:ALIAS`.
+pub const INSPECT: &str = "inspect:";
 
 /// Where access finds a container's supervision parent (the node's registry).
 pub trait Ancestry {
@@ -203,4 +237,46 @@ pub fn check_claim(principal: &Principal, alias: &str) -> Result<(), Refused> {
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Parents(HashMap<&'static str, &'static str>);
+
+    impl Ancestry for Parents {
+        fn parent_of(&self, alias: &str) -> Option<String> {
+            self.0.get(alias).map(|parent| parent.to_string())
+        }
+    }
+
+    #[test]
+    fn a_rule_on_inspecting_a_container_covers_what_it_supervises() {
+        let access = Access::builtin();
+        *access.policies.write() = Some(Arc::new(
+            Policies::parse(
+                "[[policy]]\nname='ops-see-workers'\nwho=['client:ops']\nmay=['read']\non=['inspect:workers']",
+            )
+            .unwrap(),
+        ));
+        let tree = Parents([("w1", "workers"), ("db", "infra")].into());
+        let ops = Principal::Client("ops".into());
+        assert!(access.check_inspect(&tree, &ops, "workers", None).is_ok());
+        assert!(access.check_inspect(&tree, &ops, "w1", None).is_ok());
+        // A container the registry no longer knows, by the parent its event names.
+        assert!(
+            access
+                .check_inspect(&tree, &ops, "gone", Some("workers"))
+                .is_ok()
+        );
+        assert!(access.check_inspect(&tree, &ops, "db", None).is_err());
+        // Inspecting is not managing: the same rule grants no stop.
+        let stop = access.check_subtree(&tree, &ops, Action::Stop, "w1", None);
+        assert!(stop.is_err());
+        let admin = Principal::Admin("root".into());
+        assert!(access.check_inspect(&tree, &admin, "db", None).is_ok());
+    }
 }

@@ -6,7 +6,8 @@
 //! who = ["container:worker*"]      # principals: admin:, client:, container:, node:, anonymous
 //! may = ["send"]                   # send, create, destroy, start, stop, restart, manage,
 //!                                  # read, write, configure, or "*"
-//! on = ["db"]                      # aliases, state keys, or group:/rule: names
+//! on = ["db"]                      # aliases, state namespaces, files:PATH, or
+//!                                  # group:/rule:/inspect: names
 //!
 //! [[policy]]
 //! name = "no-secrets"
@@ -44,7 +45,9 @@ pub enum Action {
     Stop,
     /// Restart a container.
     Restart,
-    /// Read state keys (get, list, watch, compare).
+    /// Read state keys (get, list, watch, compare), and see containers (`inspect:ALIAS`:
+    /// list, tree, watch, logs, ping, dead letters), groups (`group:NAME`) and rules
+    /// (`rule:ID`).
     Read,
     /// Write state keys (put, delete, compact).
     Write,
@@ -445,11 +448,29 @@ mod tests {
         assert!(!allowed(&container, Action::Create, "payments", &under_web));
         assert!(!allowed(&container, Action::Create, "webx/1", &[]));
         assert!(!allowed(&container, Action::Configure, "group:web", &[]));
+        // It sees its own subtree, and no other container, group or rule.
+        assert!(allowed(&container, Action::Read, "inspect:web", &[]));
+        assert!(allowed(
+            &container,
+            Action::Read,
+            "inspect:web/worker-1",
+            &[]
+        ));
+        for other in [
+            "inspect:api",
+            "inspect:webx",
+            "group:web",
+            "rule:r",
+            "files:x",
+        ] {
+            assert!(!allowed(&container, Action::Read, other, &[]), "{other}");
+        }
 
         let client = Principal::Client("ops".into());
         assert!(allowed(&client, Action::Send, "api", &[]));
         assert!(allowed(&client, Action::Read, "config", &[]));
         assert!(allowed(&client, Action::Create, "client/42-1f", &[]));
+        assert!(!allowed(&client, Action::Read, "inspect:api", &[]));
         for action in [
             Action::Write,
             Action::Create,

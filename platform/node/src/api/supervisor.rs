@@ -124,6 +124,11 @@ impl SupervisorService {
     fn check_configure<T>(&self, request: &Request<T>, what: &str) -> Result<(), ApiError> {
         identity::check_caller(&self.access, request, Action::Configure, what)
     }
+
+    /// Whether `caller` may see `what` (`group:NAME`, `rule:ID`).
+    fn may_read(&self, caller: &Principal, what: &str) -> bool {
+        self.access.check(caller, Action::Read, what, &[]).is_ok()
+    }
 }
 
 fn parse_alias(raw: &str) -> Result<Alias, ApiError> {
@@ -214,8 +219,9 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::PingContainerRequest>,
     ) -> Result<Response<wire::PingContainerResponse>, Status> {
+        let caller = identity::caller(&request);
         Ok(Response::new(
-            self.ping_one(&request.into_inner().alias).await?,
+            self.ping_one(&caller, &request.into_inner().alias).await?,
         ))
     }
 
@@ -358,12 +364,14 @@ impl supervisor_server::Supervisor for SupervisorService {
 
     async fn list_groups(
         &self,
-        _: Request<wire::ListGroupsRequest>,
+        request: Request<wire::ListGroupsRequest>,
     ) -> Result<Response<wire::ListGroupsResponse>, Status> {
-        Ok(Response::new(routing::list_groups(
-            &self.routing,
-            &self.registry,
-        )))
+        let caller = identity::caller(&request);
+        let mut listed = routing::list_groups(&self.routing, &self.registry);
+        listed
+            .groups
+            .retain(|group| self.may_read(&caller, &format!("group:{}", group.name)));
+        Ok(Response::new(listed))
     }
 
     async fn put_rule(
@@ -395,9 +403,14 @@ impl supervisor_server::Supervisor for SupervisorService {
 
     async fn list_rules(
         &self,
-        _: Request<wire::ListRulesRequest>,
+        request: Request<wire::ListRulesRequest>,
     ) -> Result<Response<wire::ListRulesResponse>, Status> {
-        Ok(Response::new(routing::list_rules(&self.routing)))
+        let caller = identity::caller(&request);
+        let mut listed = routing::list_rules(&self.routing);
+        listed
+            .rules
+            .retain(|rule| self.may_read(&caller, &format!("rule:{}", rule.id)));
+        Ok(Response::new(listed))
     }
 
     async fn set_firewall(
@@ -413,8 +426,9 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DeadLettersRequest>,
     ) -> Result<Response<wire::DeadLettersResponse>, Status> {
+        let caller = identity::caller(&request);
         Ok(Response::new(
-            self.recent_dead_letters(request.into_inner().limit),
+            self.recent_dead_letters(&caller, request.into_inner().limit),
         ))
     }
 
@@ -451,6 +465,9 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::LogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
-        Ok(Response::new(self.log_stream(request.into_inner()).await?))
+        let caller = identity::caller(&request);
+        Ok(Response::new(
+            self.log_stream(&caller, request.into_inner()).await?,
+        ))
     }
 }

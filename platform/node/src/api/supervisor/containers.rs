@@ -57,8 +57,10 @@ impl SupervisorService {
 
     pub(super) async fn ping_one(
         &self,
+        caller: &Principal,
         alias: &str,
     ) -> Result<wire::PingContainerResponse, ApiError> {
+        self.check_inspect(caller, alias)?;
         let container = self
             .registry
             .get(alias)

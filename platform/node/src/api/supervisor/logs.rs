@@ -5,11 +5,13 @@ use super::*;
 impl SupervisorService {
     pub(super) async fn log_stream(
         &self,
+        caller: &Principal,
         request: wire::LogsRequest,
     ) -> Result<LogStream, ApiError> {
+        self.check_inspect(caller, &request.alias)?;
         if let Some(mut node) = self.node_below(&request.alias).await? {
             let chunks = node
-                .logs(request)
+                .logs(on_behalf_of(caller, request)?)
                 .await
                 .map_err(ApiError::Relayed)?
                 .into_inner();

@@ -7,18 +7,33 @@ impl SupervisorService {
     pub(super) fn containers(&self, caller: &Principal) -> wire::ListResponse {
         wire::ListResponse {
             containers: self
-                .registry
-                .list()
+                .visible_to(caller)
                 .into_iter()
                 .map(|snapshot| seen_by(caller, container_info(snapshot)))
                 .collect(),
         }
     }
 
+    /// The containers `caller` may see; one whose parent it may not see is a root of
+    /// its tree.
     pub(super) fn container_tree(&self, caller: &Principal) -> wire::TreeResponse {
         wire::TreeResponse {
-            roots: tree_seen_by(caller, build_tree(self.registry.list())),
+            roots: tree_seen_by(caller, build_tree(self.visible_to(caller))),
         }
+    }
+
+    /// The registered containers `caller` may inspect.
+    fn visible_to(&self, caller: &Principal) -> Vec<ContainerSnapshot> {
+        let mut containers = self.registry.list();
+        containers.retain(|container| may_see(&self.access, &self.registry, caller, container));
+        containers
+    }
+
+    /// Refuses `caller` looking at container `alias` (its log, a ping).
+    pub(super) fn check_inspect(&self, caller: &Principal, alias: &str) -> Result<(), ApiError> {
+        Ok(self
+            .access
+            .check_inspect(&*self.registry, caller, alias, None)?)
     }
 
     /// Registry events from now on, after a snapshot of every container if asked. A
@@ -42,20 +57,28 @@ impl SupervisorService {
             Vec::new()
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let seen = move |event| {
+        let (access, registry) = (self.access.clone(), self.registry.clone());
+        // Events about containers the caller may not see are left out.
+        let seen = move |event: RegistryEvent| {
+            if !may_see(&access, &registry, &caller, &event.container) {
+                return None;
+            }
             let mut event = container_event(event);
             event.container = event.container.map(|info| seen_by(&caller, info));
-            event
+            Some(event)
         };
         tokio::spawn(async move {
-            for event in snapshot {
-                if tx.send(Ok(seen(event))).await.is_err() {
+            for event in snapshot.into_iter().filter_map(&seen) {
+                if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
             loop {
                 let item = match events.recv().await {
-                    Ok(event) => Ok(seen(event)),
+                    Ok(event) => match seen(event) {
+                        Some(event) => Ok(event),
+                        None => continue,
+                    },
                     Err(RecvError::Closed) => return,
                     Err(RecvError::Lagged(missed)) => Err(ApiError::Exhausted(format!(
                         "watcher fell {missed} events behind; list again and re-watch"
@@ -102,17 +125,47 @@ impl SupervisorService {
         }
     }
 
-    pub(super) fn recent_dead_letters(&self, limit: u32) -> wire::DeadLettersResponse {
+    /// The newest `limit` dead letters (all kept when 0) that `caller` may see: those to
+    /// or from a container it may inspect.
+    pub(super) fn recent_dead_letters(
+        &self,
+        caller: &Principal,
+        limit: u32,
+    ) -> wire::DeadLettersResponse {
         let ring = self.counters.messaging.dead_letter_ring();
+        let may_see = |alias: &str| {
+            self.access
+                .check_inspect(&*self.registry, caller, alias, None)
+                .is_ok()
+        };
+        let mut letters: Vec<_> = ring
+            .recent(0)
+            .into_iter()
+            .filter(|letter| may_see(&letter.destination) || may_see(&letter.origin))
+            .map(wire_dead_letter)
+            .collect();
+        if limit != 0 {
+            letters.drain(..letters.len().saturating_sub(limit as usize));
+        }
         wire::DeadLettersResponse {
-            letters: ring
-                .recent(limit as usize)
-                .into_iter()
-                .map(wire_dead_letter)
-                .collect(),
+            letters,
             total: ring.total(),
         }
     }
+}
+
+/// Whether `caller` may see `container` (its parent is in the snapshot: an event may be
+/// about one the registry no longer holds).
+fn may_see(
+    access: &Access,
+    registry: &Registry,
+    caller: &Principal,
+    container: &ContainerSnapshot,
+) -> bool {
+    let parent = container.spec.parent.as_ref().map(Alias::as_str);
+    access
+        .check_inspect(registry, caller, container.spec.alias.as_str(), parent)
+        .is_ok()
 }
 
 fn wire_dead_letter(letter: reef_messaging::DeadLetter) -> wire::DeadLetter {
