@@ -28,7 +28,9 @@ pub use gateway::{Gateway, start_gateway, start_gateway_in};
 pub use netns::NetLab;
 pub use otlp::{CollectedSpan, Collector};
 pub use raw::RawAttach;
-use reef_proto::{ListRequest, supervisor_client::SupervisorClient};
+use reef_proto::{
+    ListRequest, container_client::ContainerClient, supervisor_client::SupervisorClient,
+};
 use reef_sdk::ConnectOptions;
 pub use s3::LocalS3;
 use tempfile::TempDir;
@@ -494,6 +496,23 @@ impl TestNode {
     /// The node's process.
     pub fn process(&mut self) -> &mut ChildGuard {
         &mut self.process
+    }
+
+    /// A client for container `alias`'s own endpoint (`reef.v1.Container`), presenting
+    /// `identity`: a caller that goes around the node.
+    pub async fn endpoint_as(
+        &self,
+        alias: &str,
+        identity: Option<(PathBuf, PathBuf)>,
+    ) -> ContainerClient<Channel> {
+        let supervisor = self.supervisor().await;
+        let info = wait_for_container(&supervisor, alias, "attached", |c| c.attached).await;
+        let channel = self
+            .options_as(identity)
+            .connect_to_peer(&info.endpoint, &reef_tls::container_identity(alias))
+            .await
+            .expect("connect to the endpoint");
+        ContainerClient::new(channel)
     }
 
     /// The node's control plane.

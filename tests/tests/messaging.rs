@@ -686,12 +686,12 @@ async fn direct_push_reaches_the_peer_in_order_with_a_verified_origin() {
     );
 
     // A stream without a valid ticket is refused by the peer.
-    let endpoint = reef_sdk::ConnectOptions {
-        node: peer.endpoint.clone(),
-        ..node.options()
-    };
-    let mut raw =
-        reef_proto::container_client::ContainerClient::new(endpoint.connect().await.unwrap());
+    let channel = node
+        .options()
+        .connect_to_peer(&peer.endpoint, &reef_tls::container_identity("peer"))
+        .await
+        .unwrap();
+    let mut raw = reef_proto::container_client::ContainerClient::new(channel);
     let mut forged = tonic::Request::new(tokio_stream::iter(Vec::<wire::Frame>::new()));
     forged
         .metadata_mut()

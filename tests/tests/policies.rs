@@ -342,23 +342,22 @@ async fn attach(
 #[tokio::test]
 async fn a_certificate_binds_its_holder_to_its_alias() {
     let node = TestNode::start();
-    let mut admin = node.supervisor().await;
-    // A container endpoint's certificate names its alias (reef://container/mallory).
-    let registered = admin
+    // The certificate the node gives a process it spawns (reef://container/mallory).
+    let mallory = node
+        .options_as(Some(node.container_certificate("mallory")))
+        .connect()
+        .await
+        .unwrap();
+    let registered = SupervisorClient::new(mallory.clone())
         .register(RegisterRequest {
             alias: "mallory".into(),
             name: "raw".into(),
-            endpoint: "127.0.0.1:9".into(),
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("m.pem"), dir.path().join("m-key.pem"));
-    std::fs::write(&cert, &registered.endpoint_cert_pem).unwrap();
-    std::fs::write(&key, &registered.endpoint_key_pem).unwrap();
-    let mallory = node.options_as(Some((cert, key))).connect().await.unwrap();
     let _victim = RawAttach::open(&node, "victim").await;
 
     let impersonation = |status: tonic::Status| {

@@ -188,6 +188,29 @@ async fn a_python_process_container_is_supervised_like_a_rust_one() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+    // Asked directly, not through the node, it refuses even an administrator (and a
+    // caller without a certificate does not get through the handshake).
+    let tls = node.data_dir().join("tls");
+    for identity in [
+        node.certificate(&reef_tls::client_identity("ops")),
+        (tls.join("admin.pem"), tls.join("admin-key.pem")),
+    ] {
+        let mut endpoint = node.endpoint_as("py", Some(identity)).await;
+        let direct = endpoint
+            .command(reef_proto::CommandRequest {
+                command: "shout".to_owned(),
+                args: vec!["x".to_owned()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(direct.code(), tonic::Code::PermissionDenied, "{direct:?}");
+        assert!(direct.message().contains("reef://node/"), "{direct:?}");
+        let status = endpoint
+            .status(reef_proto::StatusRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    }
 
     // A retry of a request it already answered gets the same answer, without running
     // the handler again (the handler counts what it answers, in state).

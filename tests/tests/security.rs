@@ -4,7 +4,9 @@
 //! environment, only administrators read the values of a container's environment, the
 //! supervision tree on disk is the node's user's alone, and a flood of wrong dashboard
 //! tokens does not lock the owner out, a host announces no task outside the subtree its
-//! certificate may create in, and what the node shows of its containers needs `read`.
+//! certificate may create in, what the node shows of its containers needs `read`, a
+//! container's endpoint takes control calls from its node alone, and the certificate
+//! Register issues passes for no address and authenticates no caller.
 
 use std::{
     net::SocketAddr,
@@ -713,4 +715,176 @@ async fn inspection_shows_a_caller_only_the_containers_it_may_read() {
         heard.iter().all(|alias| alias.starts_with("web/")),
         "a container hears of others: {heard:?}"
     );
+}
+
+/// Hole 8: a container's endpoint takes its control calls (Status, Command, StartTask,
+/// StopTask) from its node alone, which checked the caller first. Before, anyone who
+/// could reach the port could run a command or start a task in it.
+#[tokio::test]
+async fn a_containers_endpoint_takes_control_calls_from_its_node_alone() {
+    let node = TestNode::start();
+    node.create_demo("counter", &["counter"]).await;
+    assert!(node.reef(&["send", "counter", "one"]).status.success());
+    let tls = node.data_dir().join("tls");
+    let callers = [
+        ("no certificate", None),
+        ("a container", Some(node.container_certificate("mallory"))),
+        (
+            "a client",
+            Some(node.certificate(&reef_tls::client_identity("ops"))),
+        ),
+        (
+            "an administrator",
+            Some((tls.join("admin.pem"), tls.join("admin-key.pem"))),
+        ),
+    ];
+    for (who, identity) in callers {
+        let mut endpoint = node.endpoint_as("counter", identity).await;
+        let refusals = [
+            (
+                "Command",
+                endpoint
+                    .command(wire::CommandRequest {
+                        command: "reset".to_owned(),
+                        args: Vec::new(),
+                    })
+                    .await
+                    .err(),
+            ),
+            (
+                "Status",
+                endpoint.status(wire::StatusRequest {}).await.err(),
+            ),
+            (
+                "StartTask",
+                endpoint
+                    .start_task(wire::StartTaskRequest {
+                        alias: "counter/implant".to_owned(),
+                        name: "implant".to_owned(),
+                        ..Default::default()
+                    })
+                    .await
+                    .err(),
+            ),
+            (
+                "StopTask",
+                endpoint
+                    .stop_task(wire::StopTaskRequest {
+                        alias: "counter/implant".to_owned(),
+                    })
+                    .await
+                    .err(),
+            ),
+        ];
+        for (call, refused) in refusals {
+            let status = refused.unwrap_or_else(|| panic!("{who}'s {call} was answered"));
+            assert_eq!(
+                status.code(),
+                tonic::Code::PermissionDenied,
+                "{who}'s {call}: {status:?}"
+            );
+            assert!(status.message().contains("reef://node/"), "{status:?}");
+        }
+        // A ping proves the endpoint answers, and is anyone's.
+        endpoint
+            .ping(wire::PingRequest { nonce: 7 })
+            .await
+            .unwrap_or_else(|e| panic!("{who}'s ping: {e}"));
+    }
+    // The command did not run, and through the node the same calls work.
+    let count = node.reef(&["request", "counter", "count"]);
+    assert_eq!(String::from_utf8_lossy(&count.stdout), "1\n");
+    let reset = node.reef(&["command", "counter", "reset"]);
+    assert_eq!(String::from_utf8_lossy(&reset.stdout), "0\n", "{reset:?}");
+}
+
+/// Hole 4: Register gives the registrant a certificate for its endpoint. It used to name
+/// the host the registrant chose and serve as a client certificate too, so a client
+/// could pass for the node at that address, or for a container. Now it names the alias
+/// alone, and only for serving: the node checks endpoints by that identity.
+#[tokio::test]
+async fn register_issues_no_certificate_that_passes_for_an_address_or_a_caller() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
+    let node = TestNode::start();
+    let ops = node.certificate(&reef_tls::client_identity("ops"));
+    let mut client = SupervisorClient::new(node.options_as(Some(ops)).connect().await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let granted = client
+        .register(wire::RegisterRequest {
+            alias: "client/x".to_owned(),
+            name: "x".to_owned(),
+            endpoint: address.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("a client registers a client/… alias")
+        .into_inner();
+    assert!(!granted.endpoint_cert_pem.is_empty());
+
+    // Served at the address the registrant named, it does not pass for that address.
+    let chain = CertificateDer::pem_slice_iter(granted.endpoint_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(granted.endpoint_key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = acceptor.accept(tcp).await;
+    });
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let handshake = reef_tests::tls_connector(&node.ca).connect(name, tcp).await;
+    let error = handshake.expect_err("the endpoint's certificate passed for 127.0.0.1");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    server.abort();
+
+    // Nor does it authenticate its holder: as a client certificate it is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("x.pem"), dir.path().join("x-key.pem"));
+    std::fs::write(&cert, &granted.endpoint_cert_pem).unwrap();
+    std::fs::write(&key, &granted.endpoint_key_pem).unwrap();
+    let refused = match node.options_as(Some((cert, key))).connect().await {
+        Err(_) => true,
+        Ok(channel) => SupervisorClient::new(channel)
+            .list(wire::ListRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "the endpoint's certificate authenticated a caller");
+
+    // The node checks an endpoint by the alias its certificate names: one that points
+    // at another container's endpoint does not answer for it.
+    let echo = node.create_demo("echo", &["echo"]).await;
+    let mut liar = SupervisorClient::new(
+        node.options_as(Some(node.container_certificate("liar")))
+            .connect()
+            .await
+            .unwrap(),
+    );
+    liar.register(wire::RegisterRequest {
+        alias: "liar".to_owned(),
+        name: "liar".to_owned(),
+        endpoint: echo.endpoint,
+        ..Default::default()
+    })
+    .await
+    .expect("a container registers as itself");
+    let ping = node
+        .supervisor()
+        .await
+        .ping_container(wire::PingContainerRequest {
+            alias: "liar".to_owned(),
+        })
+        .await
+        .expect_err("echo's endpoint answered for liar");
+    assert!(ping.message().contains("reef://container/liar"), "{ping:?}");
 }

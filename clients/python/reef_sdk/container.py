@@ -87,10 +87,24 @@ class _Endpoint(container_pb2_grpc.ContainerServicer):
     def __init__(self, container):
         self.container = container
 
+    def _check_node(self, context, call):
+        # The node checks its callers (policies, on-behalf-of) before it asks a container
+        # anything; a direct call would skip that. Its certificate names reef://node/NAME.
+        node = f"reef://node/{self.container.node}"
+        uris = [uri.decode() for uri in context.auth_context().get("peer_uri", [])]
+        if node not in uris:
+            caller = ", ".join(uris) or "a caller without a certificate"
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"Container.{call} is for the node {node} alone, not {caller}: ask the node"
+                " (Supervisor.GetContainerStatus, CommandContainer)",
+            )
+
     def Ping(self, request, context):
         return container_pb2.PingResponse(nonce=request.nonce, alias=self.container.alias)
 
     def Status(self, request, context):
+        self._check_node(context, "Status")
         container = self.container
         return supervisor_pb2.ContainerStatus(
             alias=container.alias,
@@ -102,6 +116,7 @@ class _Endpoint(container_pb2_grpc.ContainerServicer):
         )
 
     def Command(self, request, context):
+        self._check_node(context, "Command")
         container = self.container
         if container.on_command is None:
             context.abort(
@@ -202,9 +217,14 @@ class Container:
             timeout=10,
         )
         self.lease = granted.lease
+        self.node = granted.node
         self.max_frame_bytes = granted.max_frame_bytes or DEFAULT_MAX_FRAME_BYTES
+        # Callers present a certificate from the node's CA (grpcio cannot ask for one
+        # without requiring it), and Status and Command check that it is the node's.
         credentials = grpc.ssl_server_credentials(
-            [(granted.endpoint_key_pem.encode(), granted.endpoint_cert_pem.encode())]
+            [(granted.endpoint_key_pem.encode(), granted.endpoint_cert_pem.encode())],
+            root_certificates=self.ca,
+            require_client_auth=True,
         )
         self.server.add_secure_port(f"127.0.0.1:{self._port}", credentials)
         self.server.start()

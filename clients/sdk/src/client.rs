@@ -62,6 +62,8 @@ pub struct Registration {
 pub(crate) struct EndpointCertificate {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The node that issued it, the only caller of the endpoint's control calls.
+    pub node: String,
 }
 
 /// A request's answer with its headers ([`Client::call`]).
@@ -229,6 +231,7 @@ impl Client {
         let certificate = (!granted.endpoint_cert_pem.is_empty()).then_some(EndpointCertificate {
             cert_pem: granted.endpoint_cert_pem,
             key_pem: granted.endpoint_key_pem,
+            node: granted.node,
         });
         let client = Self {
             shared: Arc::new(Shared {

@@ -8,10 +8,11 @@ use std::{
 };
 
 use reef_proto::container_server::ContainerServer;
+use reef_tls::node_identity;
 use tokio::{net::TcpListener, sync::mpsc};
 use tonic::{
     Code,
-    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 
 use crate::{
@@ -116,15 +117,29 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
         counters.clone(),
         commands_tx,
         tasks.clone(),
+        certificate.as_ref().map(|c| node_identity(&c.node)),
     );
     // Small answers (pings) must not wait for Nagle and the peer's delayed ACK (40 ms).
     let mut server = Server::builder().tcp_nodelay(true);
     if let Some(certificate) = certificate {
-        server = server
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(
+        // A caller's certificate is asked for and checked against the node's CA, but not
+        // required: a pusher proves itself with a ticket, a ping needs no one. The
+        // control calls check that it is the node's (`EndpointService`).
+        let ca = std::fs::read(&options.connect.ca).map_err(|e| {
+            Error::Config(format!(
+                "cannot read the CA {}: {e}",
+                options.connect.ca.display()
+            ))
+        })?;
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
                 certificate.cert_pem,
                 certificate.key_pem,
-            )))
+            ))
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(true);
+        server = server
+            .tls_config(tls)
             .map_err(|e| Error::Config(format!("container endpoint TLS: {e}")))?;
     }
     let (stop_endpoint, endpoint_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -27,6 +27,14 @@ pub(crate) struct CommandCall {
 enum EndpointError {
     #[error("missing metadata {PUSH_TICKET:?}: ask the node for a ticket (Supervisor.OpenPush)")]
     NoTicket,
+    #[error(
+        "Container.{call} is for the node {node} alone, not {caller}: ask the node (Supervisor.GetContainerStatus, CommandContainer, Create)"
+    )]
+    NotTheNode {
+        call: &'static str,
+        node: String,
+        caller: String,
+    },
     #[error("not attached to a node yet")]
     NotAttached,
     #[error("the container is stopping")]
@@ -53,6 +61,7 @@ impl From<EndpointError> for Status {
         let message = error.to_string();
         match error {
             EndpointError::NoTicket => Status::unauthenticated(message),
+            EndpointError::NotTheNode { .. } => Status::permission_denied(message),
             EndpointError::NotAttached | EndpointError::Stopping => Status::unavailable(message),
             EndpointError::CommandTimedOut => Status::deadline_exceeded(message),
             EndpointError::Command(error) => Status::new(error.code, message),
@@ -70,6 +79,9 @@ pub(crate) struct EndpointService {
     counters: Arc<Counters>,
     commands: mpsc::Sender<CommandCall>,
     tasks: Tasks,
+    /// The identity (`reef://node/NAME`) that alone may make control calls, `None` when
+    /// the endpoint serves plaintext (an `--insecure` node): then no caller is known.
+    node: Option<String>,
 }
 
 impl EndpointService {
@@ -80,6 +92,7 @@ impl EndpointService {
         counters: Arc<Counters>,
         commands: mpsc::Sender<CommandCall>,
         tasks: Tasks,
+        node: Option<String>,
     ) -> Self {
         Self {
             alias: alias.to_owned(),
@@ -88,6 +101,29 @@ impl EndpointService {
             counters,
             commands,
             tasks,
+            node,
+        }
+    }
+
+    /// Refuses a control call (`call`) that does not come from the node: the node checks
+    /// its callers (policies, on-behalf-of) before it asks a container anything, so a
+    /// direct call would skip that.
+    fn check_node<T>(&self, request: &Request<T>, call: &'static str) -> Result<(), EndpointError> {
+        let Some(node) = &self.node else {
+            return Ok(());
+        };
+        let caller = request.peer_certs().and_then(|chain| {
+            chain
+                .first()
+                .and_then(|leaf| reef_tls::certificate_identity(leaf))
+        });
+        match caller {
+            Some(caller) if caller == *node => Ok(()),
+            caller => Err(EndpointError::NotTheNode {
+                call,
+                node: node.clone(),
+                caller: caller.unwrap_or_else(|| "a caller without a certificate".to_owned()),
+            }),
         }
     }
 }
@@ -125,8 +161,9 @@ impl container_server::Container for EndpointService {
 
     async fn status(
         &self,
-        _: Request<wire::StatusRequest>,
+        request: Request<wire::StatusRequest>,
     ) -> Result<Response<wire::ContainerStatus>, Status> {
+        self.check_node(&request, "Status")?;
         Ok(Response::new(wire::ContainerStatus {
             alias: self.alias.clone(),
             name: self.name.clone(),
@@ -141,6 +178,7 @@ impl container_server::Container for EndpointService {
         &self,
         request: Request<wire::CommandRequest>,
     ) -> Result<Response<wire::CommandResponse>, Status> {
+        self.check_node(&request, "Command")?;
         let request = request.into_inner();
         let (reply, answer) = oneshot::channel();
         let call = CommandCall {
@@ -170,6 +208,7 @@ impl container_server::Container for EndpointService {
         &self,
         request: Request<wire::StartTaskRequest>,
     ) -> Result<Response<wire::StartTaskResponse>, Status> {
+        self.check_node(&request, "StartTask")?;
         let request = request.into_inner();
         let restart = match wire::RestartType::try_from(request.restart) {
             Ok(wire::RestartType::Unspecified | wire::RestartType::Permanent) => Restart::Permanent,
@@ -205,6 +244,7 @@ impl container_server::Container for EndpointService {
         &self,
         request: Request<wire::StopTaskRequest>,
     ) -> Result<Response<wire::StopTaskResponse>, Status> {
+        self.check_node(&request, "StopTask")?;
         let alias = request.into_inner().alias;
         self.tasks.stop(&alias).await.map_err(EndpointError::from)?;
         Ok(Response::new(wire::StopTaskResponse {}))

@@ -81,6 +81,44 @@ impl ConnectOptions {
         }
     }
 
+    /// Opens one HTTP/2 connection to a container's endpoint at `address`
+    /// (`ContainerInfo.endpoint`), which must present a certificate from the CA naming
+    /// `identity` (`reef_tls::container_identity(ALIAS)`): endpoint certificates name
+    /// their alias, not a host. Presents this client's own certificate, if any.
+    pub async fn connect_to_peer(&self, address: &str, identity: &str) -> Result<Channel, Error> {
+        if self.insecure {
+            let plain = Self {
+                node: address.to_owned(),
+                ..self.clone()
+            };
+            return plain.connect().await;
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+        };
+        let ca = read(&self.ca)?;
+        let client = match &self.identity {
+            Some((cert, key)) => Some(reef_tls::CertifiedKey {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            }),
+            None => None,
+        };
+        reef_tls::dial::peer_channel(
+            address,
+            &ca,
+            identity,
+            client.as_ref(),
+            self.connect_timeout,
+        )
+        .await
+        .map_err(|e| Error::Connect {
+            node: address.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Opens one HTTP/2 connection to the node (TLS unless `insecure`).
     pub async fn connect(&self) -> Result<Channel, Error> {
         let uri = self.uri();
@@ -122,22 +160,6 @@ impl ConnectOptions {
         endpoint
             .connect()
             .await
-            .map_err(|e| connect_error(error_chain(&e)))
+            .map_err(|e| connect_error(reef_tls::dial::error_chain(&e)))
     }
-}
-
-/// An error and its causes on one line: transport errors hide the useful part
-/// ("connection refused", "invalid peer certificate") in their sources.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -23,7 +23,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Status, Streaming};
 
 use crate::{
-    Client, ConnectOptions, Error,
+    Client, Error,
     client::{Delivery, error_envelope, remote_error},
 };
 
@@ -66,11 +66,10 @@ impl Client {
             .await
             .map_err(Error::Rejected)?
             .into_inner();
-        let options = ConnectOptions {
-            node: opened.endpoint.clone(),
-            ..self.connect_options().clone()
-        };
-        let channel = options.connect().await?;
+        let channel = self
+            .connect_options()
+            .connect_to_peer(&opened.endpoint, &reef_tls::container_identity(peer))
+            .await?;
         let (data, data_rx) = mpsc::channel(PUSH_OUTBOX);
         let (_control, control_rx) = mpsc::channel(1);
         let mut request = tonic::Request::new(FrameBatcher::new(

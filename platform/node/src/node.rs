@@ -338,7 +338,7 @@ impl Node {
                 attach_timeout: config.limits.attach_timeout,
             },
             registry.clone(),
-            Arc::new(PingProbe),
+            Arc::new(PingProbe(tls.clone())),
         )
         .map_err(NodeError::Supervision)?;
         let state: Arc<dyn Backend> = match &config.state {

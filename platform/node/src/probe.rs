@@ -1,11 +1,12 @@
 //! Calling a container's own endpoint (`reef.v1.Container`) from the node.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use reef_core::Alias;
 use reef_proto::{self as wire, container_client::ContainerClient};
 use reef_supervision::{Pending, Probe};
-use reef_tls::CertifiedKey;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use reef_tls::{CertifiedKey, tls::NodeTls};
+use tonic::transport::Channel;
 
 use crate::api::error::ApiError;
 
@@ -20,42 +21,33 @@ pub(crate) fn endpoint_host(endpoint: &str) -> Result<String, ApiError> {
     Ok(host.to_owned())
 }
 
-/// A TLS channel to a container's (or node's) `endpoint`, trusting `ca_pem` and
-/// presenting `identity` if given; calls time out after `timeout`.
+/// A TLS channel to a container's (or node's) `endpoint`, trusting `ca_pem` for a
+/// server whose certificate names `peer` (`reef://container/ALIAS`, `reef://node/NAME`)
+/// at whatever address, presenting `identity` if given; calls time out after `timeout`.
 pub(crate) async fn connect_endpoint(
     endpoint: &str,
     ca_pem: &str,
+    peer: &str,
     identity: Option<CertifiedKey>,
     timeout: Duration,
 ) -> Result<Channel, ApiError> {
-    let unreachable = |e: &dyn std::fmt::Display| {
-        ApiError::Unreachable(format!("container endpoint {endpoint} is unreachable: {e}"))
-    };
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(endpoint_host(endpoint)?);
-    if let Some(identity) = identity {
-        tls = tls.identity(Identity::from_pem(identity.cert_pem, identity.key_pem));
-    }
-    Endpoint::from_shared(format!("https://{endpoint}"))
-        .map_err(|e| unreachable(&e))?
-        .tls_config(tls)
-        .map_err(|e| unreachable(&e))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
+    endpoint_host(endpoint)?;
+    reef_tls::dial::peer_channel(endpoint, ca_pem, peer, identity.as_ref(), timeout)
         .await
-        .map_err(|e| unreachable(&e))
+        .map_err(|error| ApiError::Unreachable(format!("{peer} at {endpoint}: {error}")))
 }
 
-/// Calls `Container.Ping` on `endpoint` over TLS trusting `ca_pem`, within `timeout`.
+/// Calls `Container.Ping` on container `alias` at `endpoint` over TLS trusting `ca_pem`, as the node
+/// (`identity`: an endpoint may take only certified callers), within `timeout`.
 pub(crate) async fn ping_endpoint(
+    alias: &str,
     endpoint: &str,
     ca_pem: &str,
+    identity: CertifiedKey,
     timeout: Duration,
 ) -> Result<wire::PingResponse, ApiError> {
-    let channel = connect_endpoint(endpoint, ca_pem, None, timeout).await?;
+    let peer = reef_tls::container_identity(alias);
+    let channel = connect_endpoint(endpoint, ca_pem, &peer, Some(identity), timeout).await?;
     let answer = ContainerClient::new(channel)
         .ping(wire::PingRequest { nonce: 1 })
         .await
@@ -63,19 +55,23 @@ pub(crate) async fn ping_endpoint(
     Ok(answer.into_inner())
 }
 
-/// Supervision's [`Probe`]: `Container.Ping` over TLS.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PingProbe;
+/// Supervision's [`Probe`]: `Container.Ping` over TLS, presenting the node's
+/// certificate as it is now (it may have been re-issued).
+#[derive(Debug, Clone)]
+pub(crate) struct PingProbe(pub Arc<NodeTls>);
 
 impl Probe for PingProbe {
     fn ping(
         &self,
+        alias: &Alias,
         endpoint: String,
         ca_pem: String,
         timeout: Duration,
     ) -> Pending<Result<(), String>> {
+        let identity = self.0.pki().server().clone();
+        let alias = alias.clone();
         Box::pin(async move {
-            ping_endpoint(&endpoint, &ca_pem, timeout)
+            ping_endpoint(alias.as_str(), &endpoint, &ca_pem, identity, timeout)
                 .await
                 .map(drop)
                 .map_err(|error| error.to_string())

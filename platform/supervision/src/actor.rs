@@ -263,7 +263,7 @@ impl Actor {
     fn check_ready(&self, alias: Alias, generation: u64, timeout: Duration) {
         let ping = self.reservations.endpoint(alias.as_str()).map(|endpoint| {
             self.probe
-                .ping(endpoint, self.config.ca_pem.clone(), timeout)
+                .ping(&alias, endpoint, self.config.ca_pem.clone(), timeout)
         });
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -306,7 +306,10 @@ impl Actor {
                     _ = &mut stopped => return,
                     _ = ticks.tick() => {}
                 }
-                match probe.ping(endpoint.clone(), ca.clone(), interval).await {
+                match probe
+                    .ping(&alias, endpoint.clone(), ca.clone(), interval)
+                    .await
+                {
                     Ok(()) => failures = 0,
                     Err(why) => {
                         failures += 1;

@@ -104,9 +104,11 @@ pub trait Processes: Send + Sync + 'static {
 /// How supervision asks a container whether it answers: a ping of its endpoint (over
 /// gRPC, in the node).
 pub trait Probe: Send + Sync + 'static {
-    /// Pings a container's endpoint; the error says why it did not answer.
+    /// Pings container `alias`'s endpoint (its certificate must name the alias); the
+    /// error says why it did not answer.
     fn ping(
         &self,
+        alias: &Alias,
         endpoint: String,
         ca_pem: String,
         timeout: Duration,

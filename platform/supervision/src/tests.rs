@@ -154,7 +154,7 @@ impl Processes for FakeOs {
 }
 
 impl Probe for FakeOs {
-    fn ping(&self, _: String, _: String, _: Duration) -> Pending<Result<(), String>> {
+    fn ping(&self, _: &Alias, _: String, _: String, _: Duration) -> Pending<Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -1,6 +1,8 @@
 //! reef's certificates and its TLS server side: the node's CA and the certificates it
 //! issues ([`Pki`]), the identities they carry (`reef://KIND/NAME` URI SANs), and an
-//! acceptor whose certificate can be replaced while the node runs ([`tls::NodeTls`]).
+//! acceptor whose certificate can be replaced while the node runs ([`tls::NodeTls`]),
+//! and the client side towards a container or node trusted for its identity
+//! ([`dial::peer_channel`]).
 //!
 //! The CLI (`reef ca`), the dashboard and the tests use the same functions the node
 //! does, without depending on the node.
@@ -10,6 +12,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod dial;
 mod pki;
 pub mod tls;
 

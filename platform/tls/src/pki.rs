@@ -210,9 +210,41 @@ impl Pki {
         names: &[String],
         identity: &str,
     ) -> Result<CertifiedKey, PkiError> {
-        issue_leaf(&self.issuer, &self.chain_pem, common_name, names, identity)
+        issue_leaf(
+            &self.issuer,
+            &self.chain_pem,
+            common_name,
+            names,
+            identity,
+            BOTH_WAYS,
+        )
+    }
+
+    /// Issues the certificate a container serves its endpoint with: its identity
+    /// (`reef://container/ALIAS`) and no host name or address, for server use only. Its
+    /// clients check the identity ([`crate::dial`]), so whatever address a registrant
+    /// names, the certificate passes for nothing but its own alias's endpoint, and it
+    /// authenticates no caller.
+    pub fn issue_endpoint(&self, alias: &str) -> Result<CertifiedKey, PkiError> {
+        let identity = container_identity(alias);
+        issue_leaf(
+            &self.issuer,
+            &self.chain_pem,
+            alias,
+            &[],
+            &identity,
+            SERVER_ONLY,
+        )
     }
 }
+
+/// What most leaves are for: serving, and presenting as a client.
+const BOTH_WAYS: &[ExtendedKeyUsagePurpose] = &[
+    ExtendedKeyUsagePurpose::ServerAuth,
+    ExtendedKeyUsagePurpose::ClientAuth,
+];
+/// A container endpoint's leaf: serving only.
+const SERVER_ONLY: &[ExtendedKeyUsagePurpose] = &[ExtendedKeyUsagePurpose::ServerAuth];
 
 /// A leaf certificate signed by `issuer`, with `chain_pem` (the issuer's own chain, if
 /// any) appended; see [`Pki::issue`].
@@ -222,6 +254,7 @@ fn issue_leaf(
     common_name: &str,
     names: &[String],
     identity: &str,
+    usages: &[ExtendedKeyUsagePurpose],
 ) -> Result<CertifiedKey, PkiError> {
     let mut params = CertificateParams::new(names.to_vec())?;
     params
@@ -234,10 +267,7 @@ fn issue_leaf(
     params.not_after = date_time_ymd(2125, 1, 1);
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = usages.to_vec();
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     Ok(CertifiedKey {
@@ -304,7 +334,7 @@ pub fn issue_client(ca_dir: &Path, identity: &str) -> Result<CertifiedKey, PkiEr
         )));
     };
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?)?;
-    issue_leaf(&issuer, "", "reef client", &[], identity)
+    issue_leaf(&issuer, "", "reef client", &[], identity, BOTH_WAYS)
 }
 
 /// The reef identity (`reef://…` URI SAN) that certificate `der` names, if any.

@@ -231,6 +231,6 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn invalid(error: impl std::fmt::Display) -> PkiError {
+pub(crate) fn invalid(error: impl std::fmt::Display) -> PkiError {
     PkiError::Incomplete(format!("TLS setup: {error}"))
 }

@@ -39,9 +39,10 @@ impl SupervisorService {
                 )));
             }
         };
-        let identity = Some(self.tls.pki().server().clone());
-        let channel =
-            connect_endpoint(&endpoint, self.tls.pki().ca_pem(), identity, timeout).await?;
+        let pki = self.tls.pki();
+        let peer = reef_tls::container_identity(alias.as_str());
+        let identity = Some(pki.server().clone());
+        let channel = connect_endpoint(&endpoint, pki.ca_pem(), &peer, identity, timeout).await?;
         Ok(ContainerClient::new(channel))
     }
 
@@ -70,8 +71,15 @@ impl SupervisorService {
             .endpoint
             .ok_or_else(|| ApiError::Unfit(format!("{alias:?} registered no endpoint to ping")))?;
         let started = Instant::now();
-        let answer =
-            ping_endpoint(&endpoint, self.tls.pki().ca_pem(), Duration::from_secs(5)).await?;
+        let pki = self.tls.pki();
+        let answer = ping_endpoint(
+            alias,
+            &endpoint,
+            pki.ca_pem(),
+            pki.server().clone(),
+            Duration::from_secs(5),
+        )
+        .await?;
         Ok(wire::PingContainerResponse {
             alias: answer.alias,
             round_trip_us: started.elapsed().as_micros() as u64,

@@ -16,6 +16,7 @@ use std::{
 use parking_lot::Mutex;
 use reef_core::Alias;
 use reef_proto::{self as wire, container_client::ContainerClient};
+use reef_tls::Pki;
 use tonic::{Code, Status};
 
 use crate::{ContainerSnapshot, Registry, api::error::ApiError, probe::connect_endpoint};
@@ -42,22 +43,27 @@ pub(crate) struct TaskDefinition {
 /// the node's own doing, whatever the policies let the host create by itself.
 #[derive(Debug, Default)]
 pub(crate) struct TaskGrants {
-    /// Task alias → the host asked to start it.
-    started: Mutex<HashMap<Alias, Alias>>,
+    /// (task alias, the host asked to start it) → how many StartTask calls for that
+    /// pair are running: two Creates of the same task may overlap, and the first to end
+    /// must not take the other's grant back.
+    started: Mutex<HashMap<(Alias, Alias), usize>>,
 }
 
 impl TaskGrants {
     /// Whether the node is asking `host` to start `task`.
     pub(crate) fn allows(&self, task: &Alias, host: &Alias) -> bool {
-        self.started.lock().get(task) == Some(host)
+        self.started
+            .lock()
+            .contains_key(&(task.clone(), host.clone()))
     }
 
     /// Grants `host` the announcement of `task` until the returned guard drops.
     fn grant(self: &Arc<Self>, task: Alias, host: Alias) -> GrantGuard {
-        self.started.lock().insert(task.clone(), host);
+        let pair = (task, host);
+        *self.started.lock().entry(pair.clone()).or_default() += 1;
         GrantGuard {
             grants: self.clone(),
-            task,
+            pair,
         }
     }
 }
@@ -65,12 +71,18 @@ impl TaskGrants {
 /// Takes a [`TaskGrants`] grant back when the StartTask call ends, however it ends.
 struct GrantGuard {
     grants: Arc<TaskGrants>,
-    task: Alias,
+    pair: (Alias, Alias),
 }
 
 impl Drop for GrantGuard {
     fn drop(&mut self) {
-        self.grants.started.lock().remove(&self.task);
+        let mut started = self.grants.started.lock();
+        if let Some(running) = started.get_mut(&self.pair) {
+            *running -= 1;
+            if *running == 0 {
+                started.remove(&self.pair);
+            }
+        }
     }
 }
 
@@ -79,7 +91,7 @@ impl Drop for GrantGuard {
 pub(crate) async fn start_task(
     registry: &Registry,
     grants: &Arc<TaskGrants>,
-    ca_pem: &str,
+    pki: &Pki,
     definition: TaskDefinition,
 ) -> Result<(ContainerSnapshot, bool), ApiError> {
     if let Some(existing) = registry.get(definition.alias.as_str()) {
@@ -93,7 +105,7 @@ pub(crate) async fn start_task(
             ))),
         };
     }
-    let mut host = host_client(registry, ca_pem, &definition.host).await?;
+    let mut host = host_client(registry, pki, &definition.host).await?;
     let request = wire::StartTaskRequest {
         alias: definition.alias.to_string(),
         name: definition.name,
@@ -123,11 +135,11 @@ pub(crate) async fn start_task(
 /// Stops task `alias` in its host (its `on_stop` runs).
 pub(crate) async fn stop_task(
     registry: &Registry,
-    ca_pem: &str,
+    pki: &Pki,
     alias: &Alias,
     host: &Alias,
 ) -> Result<(), ApiError> {
-    let mut client = host_client(registry, ca_pem, host).await?;
+    let mut client = host_client(registry, pki, host).await?;
     client
         .stop_task(wire::StopTaskRequest {
             alias: alias.to_string(),
@@ -137,9 +149,11 @@ pub(crate) async fn stop_task(
     Ok(())
 }
 
+/// A client for `host`'s endpoint, as the node: only the node may start and stop a
+/// host's tasks.
 async fn host_client(
     registry: &Registry,
-    ca_pem: &str,
+    pki: &Pki,
     host: &Alias,
 ) -> Result<ContainerClient<tonic::transport::Channel>, ApiError> {
     let snapshot = registry
@@ -160,7 +174,10 @@ async fn host_client(
             "{host} registered no endpoint, so it cannot host tasks"
         ))
     })?;
-    let channel = connect_endpoint(&endpoint, ca_pem, None, HOST_CALL_TIMEOUT).await?;
+    let identity = Some(pki.server().clone());
+    let peer = reef_tls::container_identity(host.as_str());
+    let channel =
+        connect_endpoint(&endpoint, pki.ca_pem(), &peer, identity, HOST_CALL_TIMEOUT).await?;
     Ok(ContainerClient::new(channel))
 }
 
@@ -174,5 +191,33 @@ fn host_refused(host: &Alias, status: Status) -> ApiError {
             code,
             format!("task host {host}: {}", status.message()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alias(raw: &str) -> Alias {
+        Alias::parse(raw).unwrap()
+    }
+
+    #[test]
+    fn overlapping_grants_for_one_task_end_separately() {
+        let grants = Arc::new(TaskGrants::default());
+        let (task, a, b) = (alias("t"), alias("host-a"), alias("host-b"));
+        let first = grants.grant(task.clone(), a.clone());
+        let second = grants.grant(task.clone(), b.clone());
+        let again = grants.grant(task.clone(), a.clone());
+        assert!(grants.allows(&task, &a) && grants.allows(&task, &b));
+        drop(first);
+        assert!(
+            grants.allows(&task, &a),
+            "another call for host-a still runs"
+        );
+        drop(second);
+        assert!(!grants.allows(&task, &b) && grants.allows(&task, &a));
+        drop(again);
+        assert!(!grants.allows(&task, &a));
     }
 }

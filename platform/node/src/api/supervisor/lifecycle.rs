@@ -12,9 +12,11 @@ impl SupervisorService {
         hop: &NodeEndpoint,
     ) -> Result<SupervisorClient<tonic::transport::Channel>, ApiError> {
         let identity = Some(self.tls.pki().server().clone());
-        let channel = connect_endpoint(&hop.endpoint, &hop.ca_pem, identity, FORWARD_TIMEOUT)
-            .await
-            .map_err(|error| ApiError::Unreachable(format!("node {child}: {error}")))?;
+        let peer = reef_tls::node_identity(child);
+        let channel =
+            connect_endpoint(&hop.endpoint, &hop.ca_pem, &peer, identity, FORWARD_TIMEOUT)
+                .await
+                .map_err(|error| ApiError::Unreachable(format!("node {child}: {error}")))?;
         Ok(SupervisorClient::new(channel))
     }
 
@@ -95,13 +97,9 @@ impl SupervisorService {
         flags: i32,
     ) -> Result<wire::CreateResponse, ApiError> {
         if let Some(task) = convert::task_definition(&raw)? {
-            let (container, created) = hosting::start_task(
-                &self.registry,
-                &self.task_grants,
-                self.tls.pki().ca_pem(),
-                task,
-            )
-            .await?;
+            let (container, created) =
+                hosting::start_task(&self.registry, &self.task_grants, &self.tls.pki(), task)
+                    .await?;
             return Ok(wire::CreateResponse {
                 container: Some(container_info(container)),
                 created,
@@ -133,7 +131,7 @@ impl SupervisorService {
         self.check_subtree(caller, Action::Destroy, alias.as_str(), None)?;
         let mode = convert::stop_mode(request.flags)?;
         if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
-            hosting::stop_task(&self.registry, self.tls.pki().ca_pem(), &alias, &task.host).await?;
+            hosting::stop_task(&self.registry, &self.tls.pki(), &alias, &task.host).await?;
             self.routing.forget_member(&alias);
             return Ok(wire::DestroyResponse {
                 destroyed: vec![alias.to_string()],

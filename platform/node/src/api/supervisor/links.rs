@@ -89,14 +89,13 @@ impl SupervisorService {
             let parent = spec.parent.as_ref().map(|p| p.as_str());
             self.check_subtree(caller, Action::Create, spec.alias.as_str(), parent)?;
         }
+        // The endpoint's certificate names the alias, not the host it registered: a
+        // registrant chooses that, and must not get a certificate that passes for the
+        // node (or anyone) there.
         let certified = match &spec.endpoint {
             Some(endpoint) => {
-                let host = endpoint_host(endpoint)?;
-                Some(self.tls.pki().issue(
-                    spec.alias.as_str(),
-                    &[host],
-                    &reef_tls::container_identity(spec.alias.as_str()),
-                )?)
+                endpoint_host(endpoint)?;
+                Some(self.tls.pki().issue_endpoint(spec.alias.as_str())?)
             }
             None => None,
         };
