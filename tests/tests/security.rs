@@ -5,8 +5,9 @@
 //! supervision tree on disk is the node's user's alone, and a flood of wrong dashboard
 //! tokens does not lock the owner out, a host announces no task outside the subtree its
 //! certificate may create in, what the node shows of its containers needs `read`, a
-//! container's endpoint takes control calls from its node alone, and the certificate
-//! Register issues passes for no address and authenticates no caller.
+//! container's endpoint takes control calls from its node alone, the certificate
+//! Register issues passes for no address and authenticates no caller, and only the
+//! parent node speaks for someone else.
 
 use std::{
     net::SocketAddr,
@@ -887,4 +888,47 @@ async fn register_issues_no_certificate_that_passes_for_an_address_or_a_caller()
         .await
         .expect_err("echo's endpoint answered for liar");
     assert!(ping.message().contains("reef://container/liar"), "{ping:?}");
+}
+
+/// Hole 2: `reef-on-behalf-of` is believed only from the node this node joined (calls are
+/// forwarded down the tree). Before, any node certificate could say it acted for an
+/// administrator and run anything.
+#[tokio::test]
+async fn a_node_that_is_not_the_parent_speaks_for_no_one() {
+    let node = TestNode::start();
+    let out = tempfile::tempdir().unwrap();
+    let pwned = out.path().join("pwned.txt");
+    let edge = node.certificate(&reef_tls::node_identity("edge"));
+    let mut as_edge = SupervisorClient::new(node.options_as(Some(edge)).connect().await.unwrap());
+    let mut create = tonic::Request::new(wire::CreateRequest {
+        definition: Some(wire::ContainerDefinition {
+            alias: "pwn".to_owned(),
+            kind: Some(Kind::Process(wire::ProcessSpec {
+                command: "/bin/sh".to_owned(),
+                args: vec!["-c".to_owned(), format!("id > {}", pwned.display())],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    create.metadata_mut().insert(
+        reef_proto::ON_BEHALF_OF_METADATA,
+        "admin:x".parse().unwrap(),
+    );
+    let refused = as_edge
+        .create(create)
+        .await
+        .expect_err("node:edge acted as admin:x");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("node:edge"), "{refused:?}");
+    assert!(!pwned.exists());
+    let listed = node
+        .supervisor()
+        .await
+        .list(wire::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!listed.containers.iter().any(|c| c.alias == "pwn"));
 }

@@ -25,7 +25,7 @@ use tonic_health::ServingStatus;
 use crate::{
     ChannelService, FILE_CHUNK, FilesBackend, FilesService, Limits, NodeIdentity, NodeStats,
     Registry, StateService, SupervisorService,
-    api::identity::{Anonymous, Authenticated, IdentityLayer},
+    api::identity::{Anonymous, Authenticated, IdentityLayer, ParentNode},
     liveness::RegistryLiveness,
     metrics::Counters,
     probe::PingProbe,
@@ -504,9 +504,11 @@ impl Node {
         health.set_serving::<StateServer<StateService>>().await;
         health.set_serving::<FilesServer<FilesService>>().await;
 
+        // Learned by the uplink when the parent answers; until then no node acts for anyone.
+        let parent = ParentNode::default();
         let mut server = Server::builder()
             // First, so that every route sees who is calling (`identity::caller`).
-            .layer(IdentityLayer::new(self.config.anonymous()))
+            .layer(IdentityLayer::new(self.config.anonymous(), parent.clone()))
             // Only applies to listeners tonic binds itself: ours get TCP_NODELAY through
             // `TcpIncoming` below, or small writes wait for Nagle and the peer's delayed
             // ACK (40 ms) whenever a unary call shares the connection with a stream.
@@ -546,6 +548,7 @@ impl Node {
                 stats: self.stats.clone(),
                 routing: self.routing.clone(),
                 access: self.access.clone(),
+                parent,
             };
             tokio::spawn(uplink.run(stopped.clone()));
         }

@@ -34,7 +34,7 @@ use tonic::{
 
 use crate::{
     ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry,
-    probe::endpoint_host,
+    api::identity::ParentNode, probe::endpoint_host,
 };
 
 /// First pause before dialling the parent again; doubled up to [`MAX_BACKOFF`].
@@ -72,6 +72,9 @@ pub(crate) struct Uplink {
     pub stats: Arc<NodeStats>,
     pub routing: Arc<Routing>,
     pub access: Arc<Access>,
+    /// Told the parent's name when it answers the Join: the node whose forwarded calls
+    /// (`reef-on-behalf-of`) are believed.
+    pub parent: ParentNode,
 }
 
 /// The registration that stands for the parent, made before the first dial so that
@@ -143,6 +146,7 @@ impl Uplink {
             .attach(PARENT_LINK, &local_lease, None)
             .map_err(|e| e.to_string())?;
         tracing::info!(parent = %joined.node, alias = %joined.alias, "linked to the parent node");
+        self.parent.set(&joined.node);
         tokio::spawn(reef_messaging::keeper::keep(
             self.registry.clone(),
             self.stats.clone(),

@@ -8,7 +8,9 @@
 //! [`caller`] and never look at certificates themselves.
 //!
 //! A call forwarded by another node may say whom it acts for (`reef-on-behalf-of`); the
-//! layer believes that only from a caller whose certificate names a node.
+//! layer believes that only from the node this node joined ([`ParentNode`]): calls are
+//! forwarded down the tree, so no other node, a child or a sibling, speaks for anyone
+//! here.
 //!
 //! The layer is also the node's door: a caller without a certificate from the node's
 //! trust root is answered UNAUTHENTICATED, except on the few routes anyone may use to
@@ -86,10 +88,10 @@ pub struct Caller {
 
 impl Caller {
     /// The caller of a call on `peer`'s connection that says it acts for `acting_for`
-    /// (the `reef-on-behalf-of` value), believed only from a node.
-    pub fn new(peer: Peer, acting_for: Option<&str>) -> Self {
+    /// (the `reef-on-behalf-of` value), believed only from `parent`.
+    pub fn new(peer: Peer, acting_for: Option<&str>, parent: &ParentNode) -> Self {
         let principal = match (&peer.principal, acting_for.and_then(Principal::parse)) {
-            (Principal::Node(_), Some(acting_for)) => acting_for,
+            (Principal::Node(node), Some(acting_for)) if parent.is(node) => acting_for,
             (certified, _) => certified.clone(),
         };
         Self {
@@ -225,17 +227,37 @@ pub enum Anonymous {
     Allowed,
 }
 
+/// The node this node joined (`reefd --join`), once the parent has said its name: the
+/// one node whose `reef-on-behalf-of` is believed. Shared by the uplink, which learns
+/// the name, and the [`IdentityLayer`].
+#[derive(Debug, Clone, Default)]
+pub struct ParentNode(Arc<parking_lot::RwLock<Option<String>>>);
+
+impl ParentNode {
+    /// The parent answered a Join as `name`.
+    pub fn set(&self, name: &str) {
+        *self.0.write() = Some(name.to_owned());
+    }
+
+    /// Whether `node` is the parent.
+    pub fn is(&self, node: &str) -> bool {
+        self.0.read().as_deref() == Some(node)
+    }
+}
+
 /// Puts each call's [`Caller`] into its extensions, from the connection's [`Peer`], and
 /// refuses callers without a certificate where [`Anonymous`] says so.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IdentityLayer {
     anonymous: Anonymous,
+    parent: ParentNode,
 }
 
 impl IdentityLayer {
-    /// The layer of a node that treats callers without a certificate as `anonymous` says.
-    pub fn new(anonymous: Anonymous) -> Self {
-        Self { anonymous }
+    /// The layer of a node that treats callers without a certificate as `anonymous` says
+    /// and believes whom `parent` says it acts for.
+    pub fn new(anonymous: Anonymous, parent: ParentNode) -> Self {
+        Self { anonymous, parent }
     }
 }
 
@@ -246,6 +268,7 @@ impl<S> Layer<S> for IdentityLayer {
         Identify {
             inner,
             anonymous: self.anonymous,
+            parent: self.parent.clone(),
         }
     }
 }
@@ -255,6 +278,7 @@ impl<S> Layer<S> for IdentityLayer {
 pub struct Identify<S> {
     inner: S,
     anonymous: Anonymous,
+    parent: ParentNode,
 }
 
 impl<S, B, R> Service<http::Request<B>> for Identify<S>
@@ -288,7 +312,7 @@ where
             .and_then(|value| value.to_str().ok());
         let caller = Caller {
             open_route_only,
-            ..Caller::new(peer, acting_for)
+            ..Caller::new(peer, acting_for, &self.parent)
         };
         request.extensions_mut().insert(caller);
         Either::Right(self.inner.call(request))
@@ -349,7 +373,10 @@ mod tests {
                 .headers_mut()
                 .insert(ON_BEHALF_OF_METADATA, acting_for.parse().unwrap());
         }
-        let Ok(response) = IdentityLayer::new(anonymous)
+        // This node joined `edge`.
+        let parent = ParentNode::default();
+        parent.set("edge");
+        let Ok(response) = IdentityLayer::new(anonymous, parent)
             .layer(Echo)
             .call(request)
             .await;
@@ -371,7 +398,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_call_is_its_certificate_unless_a_node_acts_for_someone() {
+    async fn only_the_parent_node_acts_for_someone() {
+        // A child or sibling node, or one this node never joined, acts as itself.
+        let other = peer(Principal::Node("child".into()));
+        assert_eq!(
+            principal_of(Some(other), Some("admin:root")).await,
+            "node:child"
+        );
+        let unjoined = ParentNode::default();
+        assert!(!unjoined.is("edge"));
+    }
+
+    #[tokio::test]
+    async fn a_call_is_its_certificate_unless_the_parent_acts_for_someone() {
         let ops = Principal::Client("ops".into());
         let node = peer(Principal::Node("edge".into()));
         assert_eq!(
