@@ -185,6 +185,26 @@ async fn a_container_finds_none_of_the_nodes_environment_unless_its_definition_a
         inheriting.contains("REEF_ALIAS=inheriting\n"),
         "{inheriting}"
     );
+
+    // Only an administrator may ask: a container that may create in its subtree cannot
+    // read the node's environment through a child that inherits it.
+    let web = node.options_as(Some(node.container_certificate("web")));
+    let mut as_web = SupervisorClient::new(web.connect().await.unwrap());
+    let out = dumps.path().join("leak");
+    let refused = reef_tests::create(&mut as_web, environment_dump("web/leak", &out, true))
+        .await
+        .expect_err("a container's child inherited the node's environment");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("inherit_env"), "{refused:?}");
+    assert!(!out.exists(), "the child ran");
+    reef_tests::create(&mut as_web, environment_dump("web/plain", &out, false))
+        .await
+        .expect_err("it exits before it answers");
+    assert!(
+        !std::fs::read_to_string(&out)
+            .unwrap()
+            .contains(NODE_SECRET.0)
+    );
 }
 
 /// The environment of container `alias` as `supervisor`'s caller sees it in List, Tree

@@ -79,6 +79,7 @@ impl SupervisorService {
         })?;
         let parent = (!raw.parent.is_empty()).then_some(raw.parent.as_str());
         self.check_subtree(caller, Action::Create, &raw.alias, parent)?;
+        self.check_inherit_env(caller, &raw)?;
         let groups = raw.groups.clone();
         let alias = raw.alias.clone();
         let policy = raw.overflow;
@@ -89,6 +90,28 @@ impl SupervisorService {
             routing::set_overflow(&self.routing, wire::SetOverflowRequest { alias, policy })?;
         }
         Ok(created)
+    }
+
+    /// Refuses a definition that inherits reefd's own environment (cloud credentials,
+    /// say) unless an administrator asks: whoever may create a container could otherwise
+    /// read the node's secrets through it. A node without policies (a development node
+    /// open to anonymous callers) refuses nothing.
+    fn check_inherit_env(
+        &self,
+        caller: &Principal,
+        definition: &wire::ContainerDefinition,
+    ) -> Result<(), ApiError> {
+        let inherits = matches!(
+            &definition.kind,
+            Some(wire::container_definition::Kind::Process(process)) if process.inherit_env
+        );
+        if !inherits || matches!(caller, Principal::Admin(_)) || self.access.policies().is_none() {
+            return Ok(());
+        }
+        Err(ApiError::NotEntitled(format!(
+            "{caller} may not create {:?} with inherit_env: only an administrator may give a container the node's own environment",
+            definition.alias
+        )))
     }
 
     pub(super) async fn create_container(
