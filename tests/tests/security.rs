@@ -6,13 +6,14 @@
 //! tokens does not lock the owner out, a host announces no task outside the subtree its
 //! certificate may create in, what the node shows of its containers needs `read`, a
 //! container's endpoint takes control calls from its node alone, the certificate
-//! Register issues passes for no address and authenticates no caller, and only the
-//! parent node speaks for someone else.
+//! Register issues passes for no address and authenticates no caller, only the parent
+//! node speaks for someone else, and a node's CA vouches for no one on another node but
+//! that node.
 
 use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering::SeqCst},
@@ -951,4 +952,100 @@ async fn a_node_that_is_not_the_parent_speaks_for_no_one() {
         .unwrap()
         .into_inner();
     assert!(!listed.containers.iter().any(|c| c.alias == "pwn"));
+}
+
+/// Writes `certified` as `DIR/NAME.pem` and `NAME-key.pem`, for a client to present.
+fn write_identity(
+    dir: &Path,
+    name: &str,
+    certified: &reef_tls::CertifiedKey,
+) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    certified.write(&cert, &key).unwrap();
+    (cert, key)
+}
+
+/// Hole 2: in a cluster every node signs with an intermediate under one root, so before,
+/// node b's `admin.pem` was an administrator of node a, and b's CA could mint a's own
+/// identity or a container of a's. A node's CA now vouches for that node everywhere and
+/// for what else it issues on that node alone.
+#[tokio::test]
+async fn a_nodes_ca_vouches_for_no_one_on_another_node_but_that_node() {
+    let cluster = tempfile::tempdir().unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
+    let node = TestNode::start_prepared(None, "127.0.0.1", &["--name", "a"], |data| {
+        reef_tls::issue_node_ca(cluster.path(), "a", &data.join("tls")).unwrap();
+    });
+    // Node b's identity, as `reef ca issue b` and its first start leave it.
+    let b = tempfile::tempdir().unwrap();
+    reef_tls::issue_node_ca(cluster.path(), "b", b.path()).unwrap();
+    let b_ca = reef_tls::Pki::load_or_create(b.path(), "b", &[]).unwrap();
+    let minted = |name: &str, identity: &str| {
+        write_identity(
+            b.path(),
+            name,
+            &b_ca.issue("minted", &[], identity).unwrap(),
+        )
+    };
+    let refused = [
+        (
+            (b.path().join("admin.pem"), b.path().join("admin-key.pem")),
+            "node b alone",
+        ),
+        (
+            minted("as-a", &reef_tls::node_identity("a")),
+            "no node but b",
+        ),
+        (
+            minted("a-container", &reef_tls::container_identity("web")),
+            "node b alone",
+        ),
+    ];
+    let out = tempfile::tempdir().unwrap();
+    let pwned = out.path().join("pwned.txt");
+    let create = || wire::CreateRequest {
+        definition: Some(wire::ContainerDefinition {
+            alias: "pwn".to_owned(),
+            kind: Some(Kind::Process(wire::ProcessSpec {
+                command: "/bin/sh".to_owned(),
+                args: vec!["-c".to_owned(), format!("id > {}", pwned.display())],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    for (identity, why) in refused {
+        let channel = node.options_as(Some(identity)).connect().await.unwrap();
+        let status = SupervisorClient::new(channel)
+            .create(create())
+            .await
+            .expect_err("a certificate from node b's CA was believed on node a");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains(why), "{status:?}");
+    }
+    assert!(!pwned.exists());
+
+    // b's own certificate is node b's, here too (a node that is not the parent may do
+    // nothing much, but it is believed as itself).
+    let as_b = (b.path().join("node.pem"), b.path().join("node-key.pem"));
+    let channel = node.options_as(Some(as_b)).connect().await.unwrap();
+    let status = SupervisorClient::new(channel)
+        .create(create())
+        .await
+        .expect_err("node:b may not create on a");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("node:b"), "{status:?}");
+    // And the cluster's operator is an administrator everywhere.
+    let operator =
+        reef_tls::issue_client(cluster.path(), &reef_tls::admin_identity("ops")).unwrap();
+    let operator = write_identity(out.path(), "ops", &operator);
+    let channel = node.options_as(Some(operator)).connect().await.unwrap();
+    SupervisorClient::new(channel)
+        .list(wire::ListRequest {})
+        .await
+        .expect("the cluster CA's administrator lists node a");
 }

@@ -8,7 +8,6 @@ use std::{
 };
 
 use reef_proto::container_server::ContainerServer;
-use reef_tls::node_identity;
 use tokio::{net::TcpListener, sync::mpsc};
 use tonic::{
     Code,
@@ -18,7 +17,7 @@ use tonic::{
 use crate::{
     Client, ConnectOptions, Error, Handler, Tasks,
     client::{Delivery, EndpointCertificate, Registration},
-    endpoint::{CommandCall, EndpointService},
+    endpoint::{CommandCall, EndpointService, TheNode},
     handler::{Context, Counters, handle},
 };
 
@@ -110,6 +109,21 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
     let tasks = Tasks::new(counters.clone());
     tasks.attached(client.clone());
     let (commands_tx, mut commands) = mpsc::channel::<CommandCall>(16);
+    // The CA the node's certificate chains to: what a caller of the endpoint is checked
+    // against, and what tells which CA signed it.
+    let ca = match &certificate {
+        None => None,
+        Some(_) => Some(std::fs::read(&options.connect.ca).map_err(|e| {
+            Error::Config(format!(
+                "cannot read the CA {}: {e}",
+                options.connect.ca.display()
+            ))
+        })?),
+    };
+    let node = match (&certificate, &ca) {
+        (Some(certificate), Some(ca)) => Some(TheNode::new(&certificate.node, ca)?),
+        _ => None,
+    };
     let service = EndpointService::new(
         client.alias(),
         &options.name,
@@ -117,20 +131,14 @@ pub async fn run<H: Handler>(options: ContainerOptions, mut handler: H) -> Resul
         counters.clone(),
         commands_tx,
         tasks.clone(),
-        certificate.as_ref().map(|c| node_identity(&c.node)),
+        node,
     );
     // Small answers (pings) must not wait for Nagle and the peer's delayed ACK (40 ms).
     let mut server = Server::builder().tcp_nodelay(true);
-    if let Some(certificate) = certificate {
+    if let (Some(certificate), Some(ca)) = (certificate, ca) {
         // A caller's certificate is asked for and checked against the node's CA, but not
         // required: a pusher proves itself with a ticket, a ping needs no one. The
         // control calls check that it is the node's (`EndpointService`).
-        let ca = std::fs::read(&options.connect.ca).map_err(|e| {
-            Error::Config(format!(
-                "cannot read the CA {}: {e}",
-                options.connect.ca.display()
-            ))
-        })?;
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(
                 certificate.cert_pem,

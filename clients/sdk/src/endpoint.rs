@@ -79,9 +79,29 @@ pub(crate) struct EndpointService {
     counters: Arc<Counters>,
     commands: mpsc::Sender<CommandCall>,
     tasks: Tasks,
-    /// The identity (`reef://node/NAME`) that alone may make control calls, `None` when
-    /// the endpoint serves plaintext (an `--insecure` node): then no caller is known.
-    node: Option<String>,
+    /// The node that alone may make control calls, `None` when the endpoint serves
+    /// plaintext (an `--insecure` node): then no caller is known.
+    node: Option<TheNode>,
+}
+
+/// The node a container's endpoint takes control calls from: its identity, and the trust
+/// root its certificate chains to (which tells whether the CA that signed a caller's
+/// certificate may vouch for that identity, see [`reef_tls::vouch`]).
+pub(crate) struct TheNode {
+    identity: String,
+    root: Vec<u8>,
+}
+
+impl TheNode {
+    /// Node `name`, under the CA `ca_pem` (its first certificate is the root).
+    pub fn new(name: &str, ca_pem: &[u8]) -> Result<Self, crate::Error> {
+        let root = reef_tls::vouch::root_der(ca_pem)
+            .ok_or_else(|| crate::Error::Config("the CA file holds no certificate".to_owned()))?;
+        Ok(Self {
+            identity: reef_tls::node_identity(name),
+            root,
+        })
+    }
 }
 
 impl EndpointService {
@@ -92,7 +112,7 @@ impl EndpointService {
         counters: Arc<Counters>,
         commands: mpsc::Sender<CommandCall>,
         tasks: Tasks,
-        node: Option<String>,
+        node: Option<TheNode>,
     ) -> Self {
         Self {
             alias: alias.to_owned(),
@@ -112,17 +132,21 @@ impl EndpointService {
         let Some(node) = &self.node else {
             return Ok(());
         };
-        let caller = request.peer_certs().and_then(|chain| {
-            chain
-                .first()
-                .and_then(|leaf| reef_tls::certificate_identity(leaf))
-        });
-        match caller {
-            Some(caller) if caller == *node => Ok(()),
-            caller => Err(EndpointError::NotTheNode {
+        let chain = request.peer_certs();
+        let chain = chain.as_deref().map_or(&[][..], Vec::as_slice);
+        // The node's identity is believed only from the cluster's root or the node's own
+        // CA: another node's CA could sign a certificate naming it.
+        let caller = match reef_tls::vouch::vouched_identity(chain, &node.root, "") {
+            Ok(Some(caller)) => caller,
+            Ok(None) => "a caller without a certificate".to_owned(),
+            Err(disbelieved) => disbelieved,
+        };
+        match caller == node.identity {
+            true => Ok(()),
+            false => Err(EndpointError::NotTheNode {
                 call,
-                node: node.clone(),
-                caller: caller.unwrap_or_else(|| "a caller without a certificate".to_owned()),
+                node: node.identity.clone(),
+                caller,
             }),
         }
     }

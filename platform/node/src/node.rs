@@ -561,14 +561,14 @@ impl Node {
                 until_stopped(stopped.clone()),
             )),
             // TLS terminated here, with certificates that may change while serving.
-            false => tokio::spawn(
-                router.serve_with_incoming_shutdown(
-                    // Each connection's client identity is read once, here.
-                    tls::incoming(self.listener, self.tls.acceptor()?)
-                        .map(|stream| stream.map(Authenticated::from)),
-                    until_stopped(stopped.clone()),
-                ),
-            ),
+            false => tokio::spawn(router.serve_with_incoming_shutdown(
+                // Each connection's client identity is read once, here.
+                tls::incoming(self.listener, self.tls.acceptor()?).map({
+                    let tls = self.tls.clone();
+                    move |stream| stream.map(|stream| Authenticated::new(stream, &tls))
+                }),
+                until_stopped(stopped.clone()),
+            )),
         };
         let rotation = tokio::spawn(watch_files(self.tls.clone(), self.access.clone()));
         let health_task = self.health_listener.map(|listener| {

@@ -89,6 +89,8 @@ pub fn peer_config(
     let provider = Arc::new(default_provider());
     let verifier = Arc::new(NamesIdentity {
         roots,
+        root: crate::vouch::root_der(ca_pem.as_bytes())
+            .ok_or_else(|| invalid("the CA holds no certificate"))?,
         identity: identity.to_owned(),
         provider: provider.clone(),
     });
@@ -112,10 +114,13 @@ pub fn peer_config(
 }
 
 /// Accepts a server certificate for server use that chains to `roots` and carries
-/// `identity` as a URI SAN, at any address.
+/// `identity` as a URI SAN, at any address; a node's identity only from the root or
+/// that node's own CA ([`crate::vouch`]).
 #[derive(Debug)]
 struct NamesIdentity {
     roots: RootCertStore,
+    /// The trust root (DER), which tells who signed the certificate.
+    root: Vec<u8>,
     identity: String,
     provider: Arc<CryptoProvider>,
 }
@@ -137,13 +142,24 @@ impl ServerCertVerifier for NamesIdentity {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        match certificate_names(end_entity, &self.identity) {
-            true => Ok(ServerCertVerified::assertion()),
-            false => Err(rustls::Error::General(format!(
+        if !certificate_names(end_entity, &self.identity) {
+            return Err(rustls::Error::General(format!(
                 "the peer's certificate does not name {}",
                 self.identity
-            ))),
+            )));
         }
+        if self.identity.starts_with("reef://node/") {
+            let mut chain = vec![end_entity.as_ref()];
+            chain.extend(intermediates.iter().map(|ca| ca.as_ref()));
+            let signer = crate::vouch::signer(&chain, &self.root).ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the peer's certificate naming {} was signed by a CA that names no node",
+                    self.identity
+                ))
+            })?;
+            crate::vouch::vouches(&signer, &self.identity, "").map_err(rustls::Error::General)?;
+        }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

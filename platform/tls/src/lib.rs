@@ -1,8 +1,9 @@
 //! reef's certificates and its TLS server side: the node's CA and the certificates it
 //! issues ([`Pki`]), the identities they carry (`reef://KIND/NAME` URI SANs), and an
 //! acceptor whose certificate can be replaced while the node runs ([`tls::NodeTls`]),
-//! and the client side towards a container or node trusted for its identity
-//! ([`dial::peer_channel`]).
+//! the client side towards a container or node trusted for its identity
+//! ([`dial::peer_channel`]), and which identities each issuer of a cluster may vouch for
+//! ([`vouch`]).
 //!
 //! The CLI (`reef ca`), the dashboard and the tests use the same functions the node
 //! does, without depending on the node.
@@ -15,6 +16,7 @@
 pub mod dial;
 mod pki;
 pub mod tls;
+pub mod vouch;
 
 pub use self::pki::{
     CertifiedKey, Pki, PkiError, admin_identity, certificate_identity, certificate_names,

@@ -309,6 +309,10 @@ pub fn issue_node_ca(ca_dir: &Path, node: &str, tls_dir: &Path) -> Result<(), Pk
     let common_name = format!("reef node CA {node}");
     let mut params = ca_params(&common_name, Some(0));
     params.use_authority_key_identifier_extension = true;
+    // The node it belongs to: what its leaves are believed for (see `crate::vouch`).
+    params
+        .subject_alt_names
+        .push(SanType::URI(node_identity(node).try_into()?));
     let cert = params.signed_by(&key, &root)?.pem();
     fs::create_dir_all(tls_dir).map_err(|source| io_error(tls_dir, source))?;
     write_private(&tls_dir.join(ISSUER_KEY_FILE), &key.serialize_pem())?;

@@ -49,6 +49,8 @@ pub struct NodeTls {
 struct Current {
     pki: Arc<Pki>,
     served: Arc<sign::CertifiedKey>,
+    /// The trust root's certificate (DER), for [`NodeTls::vouched_identity`].
+    root: Vec<u8>,
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -76,6 +78,12 @@ impl NodeTls {
     /// The certificates in force.
     pub fn pki(&self) -> Arc<Pki> {
         self.read().pki.clone()
+    }
+
+    /// The identity a client's verified certificate `chain` is believed for on this
+    /// node; see [`crate::vouch`].
+    pub fn vouched_identity(&self, chain: &[impl AsRef<[u8]>]) -> Result<Option<String>, String> {
+        crate::vouch::vouched_identity(chain, &self.read().root, &self.node)
     }
 
     /// Loads the identity again if `issuer.pem` changed since it was last loaded.
@@ -136,9 +144,12 @@ impl Current {
             .map_err(invalid)?;
         let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).map_err(invalid)?;
         let key = any_supported_type(&key).map_err(invalid)?;
+        let root = crate::vouch::root_der(pki.ca_pem().as_bytes())
+            .ok_or_else(|| invalid("ca.pem holds no certificate"))?;
         Ok(Self {
             pki: Arc::new(pki),
             served: Arc::new(sign::CertifiedKey::new(chain, key)),
+            root,
         })
     }
 }

@@ -19,6 +19,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use axum::{body::Body, extract::ConnectInfo};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use reef_sdk::ConnectOptions;
+use reef_tls::tls::NodeTls;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
@@ -44,7 +45,11 @@ pub struct Dashboard {
 
 /// Serves the dashboard on `listener` (over TLS with `tls`; plaintext only for a node
 /// that is itself `--insecure`). It runs until dropped, which closes every connection.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, dashboard: Dashboard) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<(TlsAcceptor, Arc<NodeTls>)>,
+    dashboard: Dashboard,
+) {
     let mut listener = PeerListener::new(listener, tls);
     let (live, _running) = live::Live::start(dashboard.node.clone());
     let app = api::router(Arc::new(api::AppState::new(dashboard, live)));

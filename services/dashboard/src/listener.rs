@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use reef_tls::{certificate_identity, tls};
+use reef_tls::tls::{self, NodeTls};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
@@ -39,7 +39,8 @@ pub struct Peer {
     /// Its address.
     pub addr: SocketAddr,
     /// Whether it presented a certificate naming an administrator (`reef://admin/…`),
-    /// verified against the node's CA during the handshake.
+    /// verified against the node's CA during the handshake, from an issuer that may
+    /// vouch for an administrator of this node (see [`reef_tls::vouch`]).
     pub admin: bool,
 }
 
@@ -53,8 +54,9 @@ pub struct PeerListener {
 }
 
 impl PeerListener {
-    /// Accepts on `listener`, over TLS when `tls` is given.
-    pub fn new(listener: TcpListener, tls: Option<TlsAcceptor>) -> Self {
+    /// Accepts on `listener`, over TLS when `tls` is given (the acceptor, and the node's
+    /// certificates, which decide whom a client certificate is believed for).
+    pub fn new(listener: TcpListener, tls: Option<(TlsAcceptor, Arc<NodeTls>)>) -> Self {
         Self::with_limits(listener, tls, MAX_CONNECTIONS, IDLE_TIMEOUT)
     }
 
@@ -62,24 +64,25 @@ impl PeerListener {
     /// without traffic.
     pub fn with_limits(
         listener: TcpListener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<(TlsAcceptor, Arc<NodeTls>)>,
         limit: usize,
         idle: Duration,
     ) -> Self {
         let accepted: Accepted = match tls {
-            Some(acceptor) => Box::pin(tls::incoming(listener, acceptor).map(|stream| {
-                let stream = stream?;
-                let (tcp, session) = stream.get_ref();
-                let peer = Peer {
-                    addr: tcp.peer_addr()?,
-                    admin: session
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .and_then(|leaf| certificate_identity(leaf))
-                        .is_some_and(|identity| identity.starts_with("reef://admin/")),
-                };
-                Ok((Box::new(stream) as Box<dyn Io>, peer))
-            })),
+            Some((acceptor, node)) => {
+                Box::pin(tls::incoming(listener, acceptor).map(move |stream| {
+                    let stream = stream?;
+                    let (tcp, session) = stream.get_ref();
+                    let peer = Peer {
+                        addr: tcp.peer_addr()?,
+                        admin: session
+                            .peer_certificates()
+                            .and_then(|chain| node.vouched_identity(chain).ok().flatten())
+                            .is_some_and(|identity| identity.starts_with("reef://admin/")),
+                    };
+                    Ok((Box::new(stream) as Box<dyn Io>, peer))
+                }))
+            }
             None => Box::pin(
                 tokio_stream::wrappers::TcpListenerStream::new(listener).map(|tcp| {
                     let tcp = tcp?;

@@ -356,7 +356,10 @@ async fn start_dashboard(
         .map_err(|e| format!("token {}: {e}", token_path.display()))?;
     let tls = match args.insecure {
         true => None,
-        false => Some(node.tls().https_acceptor().map_err(|e| e.to_string())?),
+        false => {
+            let acceptor = node.tls().https_acceptor().map_err(|e| e.to_string())?;
+            Some((acceptor, node.tls().clone()))
+        }
     };
     // The node as its own clients reach it: loopback when it listens on every address.
     let mut grpc = node.local_addr();

@@ -28,6 +28,7 @@ use futures_util::future::{Either, Ready, ready};
 use reef_access::{Access, Action};
 use reef_core::Principal;
 use reef_proto::ON_BEHALF_OF_METADATA;
+use reef_tls::tls::NodeTls;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -41,10 +42,14 @@ use crate::api::error::ApiError;
 /// What a connection's client certificate says, read once at accept.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    /// The principal the certificate names ([`Principal::Anonymous`] without one).
+    /// The principal the certificate names ([`Principal::Anonymous`] without one, or
+    /// with one that is not believed here).
     pub principal: Principal,
     /// The client's leaf certificate (DER), for checks beyond its identity (`Join`).
     pub leaf: Option<Arc<[u8]>>,
+    /// Why the identity the certificate names is not believed on this node: its issuer
+    /// may not vouch for it here (see [`reef_tls::vouch`]).
+    pub disbelieved: Option<String>,
 }
 
 impl Peer {
@@ -53,23 +58,30 @@ impl Peer {
         Self {
             principal: Principal::Anonymous,
             leaf: None,
+            disbelieved: None,
         }
     }
 
-    /// The peer of a handshaken TLS stream.
-    fn of(stream: &TlsStream<TcpStream>) -> Self {
-        let leaf = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first());
-        let Some(leaf) = leaf else {
+    /// The peer of a handshaken TLS stream, whose certificate chain `tls` verified.
+    fn of(stream: &TlsStream<TcpStream>, tls: &NodeTls) -> Self {
+        let Some(chain) = stream.get_ref().1.peer_certificates() else {
             return Self::anonymous();
         };
-        let identity = reef_tls::certificate_identity(leaf);
-        Self {
-            principal: Principal::from_identity(identity.as_deref()),
-            leaf: Some(Arc::from(leaf.as_ref())),
+        let Some(leaf) = chain.first() else {
+            return Self::anonymous();
+        };
+        let leaf = Some(Arc::from(leaf.as_ref()));
+        match tls.vouched_identity(chain) {
+            Ok(identity) => Self {
+                principal: Principal::from_identity(identity.as_deref()),
+                leaf,
+                disbelieved: None,
+            },
+            Err(reason) => Self {
+                principal: Principal::Anonymous,
+                leaf,
+                disbelieved: Some(reason),
+            },
         }
     }
 }
@@ -145,9 +157,13 @@ pub struct Authenticated {
     peer: Peer,
 }
 
-impl From<TlsStream<TcpStream>> for Authenticated {
-    fn from(stream: TlsStream<TcpStream>) -> Self {
-        let peer = Peer::of(&stream);
+impl Authenticated {
+    /// `stream`, whose client certificate is believed for what `tls` says it vouches.
+    pub fn new(stream: TlsStream<TcpStream>, tls: &NodeTls) -> Self {
+        let peer = Peer::of(&stream, tls);
+        if let Some(reason) = &peer.disbelieved {
+            tracing::warn!(%reason, "a client's certificate is not believed");
+        }
         Self { stream, peer }
     }
 }
@@ -302,9 +318,19 @@ where
             .unwrap_or_else(Peer::anonymous);
         let open_route_only =
             peer.principal == Principal::Anonymous && self.anonymous == Anonymous::Refused;
-        if open_route_only && !is_open(request.uri().path()) {
-            let refusal = tonic::Status::unauthenticated(UNAUTHENTICATED_MESSAGE);
-            return Either::Left(ready(Ok(refusal.into_http())));
+        if !is_open(request.uri().path()) {
+            // A certificate that names someone it may not vouch for is refused even where
+            // anonymous callers are let in: its holder claimed to be someone.
+            let refusal = match &peer.disbelieved {
+                Some(reason) => Some(tonic::Status::unauthenticated(reason.clone())),
+                None if open_route_only => {
+                    Some(tonic::Status::unauthenticated(UNAUTHENTICATED_MESSAGE))
+                }
+                None => None,
+            };
+            if let Some(refusal) = refusal {
+                return Either::Left(ready(Ok(refusal.into_http())));
+            }
         }
         let acting_for = request
             .headers()
@@ -335,6 +361,7 @@ mod tests {
         Peer {
             principal,
             leaf: None,
+            disbelieved: None,
         }
     }
 
@@ -486,5 +513,36 @@ mod tests {
             answer(Anonymous::Refused, "/reef.v1.Supervisor/Create", ops, None).await,
             Ok("client:ops".to_owned())
         );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_not_believed_here_is_refused_even_where_anonymous_callers_are_not() {
+        let disbelieved = Peer {
+            disbelieved: Some("issued by node b's CA".to_owned()),
+            ..Peer::anonymous()
+        };
+        for anonymous in [Anonymous::Refused, Anonymous::Allowed] {
+            assert_eq!(
+                answer(
+                    anonymous,
+                    "/reef.v1.Supervisor/List",
+                    Some(disbelieved.clone()),
+                    None
+                )
+                .await,
+                Err((tonic::Code::Unauthenticated as i32).to_string())
+            );
+            // It still finds and probes the node, as anyone may.
+            assert_eq!(
+                answer(
+                    anonymous,
+                    "/reef.v1.Supervisor/Info",
+                    Some(disbelieved.clone()),
+                    None
+                )
+                .await,
+                Ok("anonymous".to_owned())
+            );
+        }
     }
 }
