@@ -7,8 +7,8 @@
 //! certificate may create in, what the node shows of its containers needs `read`, a
 //! container's endpoint takes control calls from its node alone, the certificate
 //! Register issues passes for no address and authenticates no caller, only the parent
-//! node speaks for someone else, and a node's CA vouches for no one on another node but
-//! that node.
+//! node speaks for someone else, a node's CA vouches for no one on another node but
+//! that node, and a child node takes no alias that lives above its parent.
 
 use std::{
     net::SocketAddr,
@@ -21,7 +21,7 @@ use std::{
 };
 
 use reef_proto::{self as wire, container_definition::Kind, supervisor_client::SupervisorClient};
-use reef_tests::{STARTUP, TestNode, demo_process, eventually, tls_connector};
+use reef_tests::{STARTUP, TestNode, demo_process, eventually, tls_connector, wait_for_container};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A variable of the node's own environment that no container should see.
@@ -1048,4 +1048,79 @@ async fn a_nodes_ca_vouches_for_no_one_on_another_node_but_that_node() {
         .list(wire::ListRequest {})
         .await
         .expect("the cluster CA's administrator lists node a");
+}
+
+/// Hole 6: a node knows its own subtree, not the tree above it, so before, it took any
+/// alias a child announced that it had not seen itself, even one living on its parent,
+/// and routed that alias's messages down to the child. Now it claims a child's new alias
+/// at its parent first (up to the root), and refuses what the tree above holds elsewhere.
+#[tokio::test]
+async fn a_child_node_takes_no_alias_that_lives_above_its_parent() {
+    let cluster = tempfile::tempdir().unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
+    let start = |name: &str, parent: Option<&TestNode>| {
+        let mut flags = vec!["--name".to_owned(), name.to_owned()];
+        flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
+            reef_tls::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
+        })
+    };
+    let root = start("root", None);
+    let a = start("a", Some(&root));
+    let b = start("b", Some(&a));
+    let on_root = root.supervisor().await;
+    let on_a = a.supervisor().await;
+    wait_for_container(&on_root, "nodes/b", "announced by a", |c| c.attached).await;
+    let create = |alias: &str, behaviour: &str| wire::CreateRequest {
+        definition: Some(wire::ContainerDefinition {
+            alias: alias.to_owned(),
+            kind: demo_process(&[behaviour]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    on_root
+        .clone()
+        .create(create("payments", "echo"))
+        .await
+        .unwrap();
+    wait_for_container(&on_root, "payments", "attached", |c| c.attached).await;
+    // b's administrator (or b's key in the wrong hands) runs a payments of its own, and
+    // then a container that is b's alone: once a routes that one, it has heard b's claim.
+    let on_b = b.supervisor().await;
+    on_b.clone()
+        .create(create("payments", "counter"))
+        .await
+        .unwrap();
+    wait_for_container(&on_b, "payments", "attached", |c| c.attached).await;
+    on_b.clone()
+        .create(create("b-only", "counter"))
+        .await
+        .unwrap();
+    wait_for_container(&on_a, "b-only", "announced by b", |c| c.attached).await;
+
+    let listed = on_a
+        .clone()
+        .list(wire::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let payments_on_a = listed.containers.iter().find(|c| c.alias == "payments");
+    assert!(
+        payments_on_a.is_none(),
+        "a routes payments down to b: {payments_on_a:?}"
+    );
+    // A request from a's side of the tree reaches root's payments (an echo), not b's (a
+    // counter, which answers with a number).
+    let client = reef_sdk::Client::connect(&a.options()).await.unwrap();
+    let answer = client
+        .request(
+            "payments",
+            "to the real payments",
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .expect("payments answers");
+    assert_eq!(&answer[..], b"to the real payments");
 }

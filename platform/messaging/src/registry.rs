@@ -168,6 +168,11 @@ pub enum RegistryError {
         "alias {0:?} belongs to a container the node supervises; only its process (with REEF_TOKEN) may register it"
     )]
     Reserved(String),
+    /// A child node claimed an alias that the tree above this node holds elsewhere.
+    #[error(
+        "alias {0:?} belongs to another part of the tree (the parent node refused it), so it is not routed to this link"
+    )]
+    HeldElsewhere(String),
 }
 
 /// Policies may name a container's supervision ancestors.
@@ -201,6 +206,9 @@ struct LinkEntry {
     session: Arc<LinkSession>,
     /// When its last stream closed, while it has none.
     down_since: Option<Instant>,
+    /// Aliases the child at the other end claimed and the tree above holds elsewhere
+    /// (see [`Registry::refuse_route`]); forgotten when that node restarts.
+    held_elsewhere: HashSet<Alias>,
 }
 
 /// An alias the supervisor keeps for a container it runs, across restarts.

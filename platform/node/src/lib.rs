@@ -24,6 +24,7 @@ pub mod metrics;
 mod node;
 mod probe;
 mod uplink;
+mod upstream;
 
 pub use reef_messaging::{
     AckLog, Attachment, ContainerSnapshot, ContainerSpec, DEFAULT_DEAD_LETTER_CAPACITY,

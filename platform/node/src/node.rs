@@ -30,6 +30,7 @@ use crate::{
     metrics::Counters,
     probe::PingProbe,
     uplink::{self, JoinConfig, Uplink},
+    upstream::Upstream,
 };
 
 /// Picks up a new identity written by `reef ca issue`, and a changed policy file, while
@@ -429,21 +430,26 @@ impl Node {
         let counters = self.counters();
         let limits = &self.config.limits;
         let (health, health_service) = tonic_health::server::health_reporter();
-        let supervisor = SupervisorServer::new(SupervisorService::new(
-            self.registry.clone(),
-            counters.clone(),
-            self.tls.clone(),
-            self.supervision.clone(),
-            self.routing.clone(),
-            NodeIdentity {
-                name: self.config.name.clone(),
-                listen,
-                started: Instant::now(),
-                session: self.session.clone(),
-                insecure: self.config.insecure,
-            },
-            self.access.clone(),
-        ))
+        // A child node claims its children's aliases at its parent (crate::upstream).
+        let upstream = self.config.join.is_some().then(Upstream::default);
+        let supervisor = SupervisorServer::new(
+            SupervisorService::new(
+                self.registry.clone(),
+                counters.clone(),
+                self.tls.clone(),
+                self.supervision.clone(),
+                self.routing.clone(),
+                NodeIdentity {
+                    name: self.config.name.clone(),
+                    listen,
+                    started: Instant::now(),
+                    session: self.session.clone(),
+                    insecure: self.config.insecure,
+                },
+                self.access.clone(),
+            )
+            .with_upstream(upstream.clone()),
+        )
         .max_decoding_message_size(1 << 20);
         let channel = ChannelServer::new(ChannelService::new(
             self.registry.clone(),
@@ -549,6 +555,7 @@ impl Node {
                 routing: self.routing.clone(),
                 access: self.access.clone(),
                 parent,
+                upstream: upstream.clone().unwrap_or_default(),
             };
             tokio::spawn(uplink.run(stopped.clone()));
         }

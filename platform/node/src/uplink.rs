@@ -34,7 +34,7 @@ use tonic::{
 
 use crate::{
     ContainerSnapshot, ContainerSpec, DetachCause, Inbound, NodeStats, Registry,
-    api::identity::ParentNode, probe::endpoint_host,
+    api::identity::ParentNode, probe::endpoint_host, upstream::Upstream,
 };
 
 /// First pause before dialling the parent again; doubled up to [`MAX_BACKOFF`].
@@ -75,6 +75,9 @@ pub(crate) struct Uplink {
     /// Told the parent's name when it answers the Join: the node whose forwarded calls
     /// (`reef-on-behalf-of`) are believed.
     pub parent: ParentNode,
+    /// Told this node's link at the parent while linked: where a child's new aliases are
+    /// claimed.
+    pub upstream: Upstream,
 }
 
 /// The registration that stands for the parent, made before the first dial so that
@@ -147,6 +150,8 @@ impl Uplink {
             .map_err(|e| e.to_string())?;
         tracing::info!(parent = %joined.node, alias = %joined.alias, "linked to the parent node");
         self.parent.set(&joined.node);
+        self.upstream
+            .linked(supervisor.clone(), &joined.alias, &joined.lease);
         tokio::spawn(reef_messaging::keeper::keep(
             self.registry.clone(),
             self.stats.clone(),
@@ -196,6 +201,7 @@ impl Uplink {
             }
         };
         let outcome = relayed.await;
+        self.upstream.unlinked();
         announcer.abort();
         let reason = match &outcome {
             Ok(()) => "the parent closed the link".to_owned(),
@@ -286,9 +292,9 @@ async fn announce(
         };
         match parent.host(request).await {
             Ok(answer) => {
-                let refused: Vec<_> = answer
-                    .into_inner()
-                    .results
+                let results = answer.into_inner().results;
+                forget_held_elsewhere(&registry, &results);
+                let refused: Vec<_> = results
                     .into_iter()
                     .filter(|result| result.code != 0)
                     .map(|result| format!("{}: {}", result.alias, result.message))
@@ -310,6 +316,31 @@ async fn announce(
         }
         tokio::time::sleep(ANNOUNCE_COALESCE).await;
         while events.try_recv().is_ok() {}
+    }
+}
+
+/// Drops the routes to a child of this node for aliases the parent says belong to
+/// another part of the tree: learned from the child's traffic, or taken while the link to
+/// the parent was down (see [`crate::upstream`]). This node's own containers stay: they
+/// are reachable from its subtree, and the warning says the rest of the tree cannot
+/// reach them.
+fn forget_held_elsewhere(registry: &Registry, results: &[wire::BatchResult]) {
+    let held_elsewhere = results
+        .iter()
+        .filter(|result| result.code == tonic::Code::AlreadyExists as i32);
+    for result in held_elsewhere {
+        let Some(host) = registry
+            .get(&result.alias)
+            .and_then(|c| c.task)
+            .map(|t| t.host)
+        else {
+            continue;
+        };
+        if host.as_str() != PARENT_LINK
+            && let Ok(alias) = Alias::parse(&result.alias)
+        {
+            registry.refuse_route(&host, &alias);
+        }
     }
 }
 

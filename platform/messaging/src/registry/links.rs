@@ -23,6 +23,43 @@ impl Registry {
         }
     }
 
+    /// Records that the tree above this node holds `alias` elsewhere, so it does not live
+    /// behind child link `link`: a route to it there goes, and neither the child's
+    /// announcements nor its traffic make one again until that node restarts. Nothing
+    /// happens if `link` is not a link.
+    pub fn refuse_route(&self, link: &Alias, alias: &Alias) {
+        let removed = {
+            let mut entries = self.write();
+            let max_held = self.limits.max_containers;
+            let Some(entry) = entries.get_mut(link) else {
+                return;
+            };
+            let Some(link_entry) = &mut entry.link else {
+                return;
+            };
+            // Bounded: a hostile child could name any number of aliases.
+            if link_entry.held_elsewhere.len() < max_held {
+                link_entry.held_elsewhere.insert(alias.clone());
+            }
+            entry.tasks.remove(alias);
+            let hosted_here = entries
+                .get(alias)
+                .and_then(|entry| entry.task.as_ref())
+                .is_some_and(|task| &task.host == link);
+            match hosted_here {
+                true => entries.remove(alias),
+                false => None,
+            }
+        };
+        if let Some(entry) = removed {
+            self.emit(
+                EventKind::Deregistered,
+                entry.snapshot(),
+                "held elsewhere in the tree",
+            );
+        }
+    }
+
     /// The node's name, for the origin of the errors it raises (see
     /// [`Registry::node_origin`]).
     pub fn set_node_name(&self, name: &str) {
@@ -74,11 +111,12 @@ impl Registry {
             let mut entries = self.write();
             match entries.get_mut(&alias) {
                 Some(entry) => {
-                    let Some(link) = &entry.link else {
+                    let Some(link) = &mut entry.link else {
                         return Err(RegistryError::AlreadyRegistered(alias.to_string()));
                     };
                     if link.session.meet(session) {
                         tracing::info!(%alias, "the node at the other end of the link restarted");
+                        link.held_elsewhere.clear();
                     }
                     entry.spec.endpoint = spec.endpoint;
                     entry.spec.labels = spec.labels;
@@ -101,6 +139,7 @@ impl Registry {
                     registration.link = Some(LinkEntry {
                         session: session_state,
                         down_since: Some(Instant::now()),
+                        held_elsewhere: HashSet::new(),
                     });
                     let snapshot = registration.snapshot();
                     entries.insert(alias, registration);

@@ -77,6 +77,13 @@ impl Registry {
         host: &Alias,
         task: HostedTask,
     ) -> Result<(bool, ContainerSnapshot), RegistryError> {
+        let held_elsewhere = entries
+            .get(host)
+            .and_then(|h| h.link.as_ref())
+            .is_some_and(|link| link.held_elsewhere.contains(&task.alias));
+        if held_elsewhere {
+            return Err(RegistryError::HeldElsewhere(task.alias.to_string()));
+        }
         let host_pid = entries.get(host).and_then(|h| h.spec.pid);
         let parent = task.parent.clone().unwrap_or_else(|| host.clone());
         let parent_allowed = !ancestors_include(entries, &parent, &task.alias);

@@ -136,3 +136,55 @@ async fn a_container_that_is_heard_is_not_detached() {
     attachment.close(None);
     keeper.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_alias_held_elsewhere_in_the_tree_is_routed_to_no_child_until_it_restarts() {
+    let registry = registry();
+    let link = Alias::parse("nodes/b").unwrap();
+    let payments = Alias::parse("payments").unwrap();
+    let lease = registry
+        .join_link(ContainerSpec::bare("nodes/b"), "session-1")
+        .unwrap();
+    // Learned from the child's traffic, then refused by the tree above.
+    registry.learn_route("payments", &link);
+    assert_eq!(registry.owner("payments").as_ref(), Some(&link));
+    registry.refuse_route(&link, &payments);
+    assert!(registry.get("payments").is_none());
+    // Neither its traffic nor its announcements bring the route back.
+    registry.learn_route("payments", &link);
+    assert!(registry.get("payments").is_none());
+    let announced = crate::HostedTask {
+        alias: payments.clone(),
+        name: "counter".to_owned(),
+        parent: None,
+        restarts: 0,
+        labels: Default::default(),
+    };
+    let outcome = registry
+        .host_tasks(&link, &lease, vec![announced.clone()], Vec::new(), true)
+        .unwrap();
+    assert!(
+        matches!(&outcome[..], [Err(RegistryError::HeldElsewhere(alias))] if alias == "payments"),
+        "{outcome:?}"
+    );
+    // The same node linking again remembers; a restarted one starts afresh.
+    let lease = registry
+        .join_link(ContainerSpec::bare("nodes/b"), "session-1")
+        .unwrap();
+    registry.learn_route("payments", &link);
+    assert!(registry.get("payments").is_none());
+    let lease_after_restart = registry
+        .join_link(ContainerSpec::bare("nodes/b"), "session-2")
+        .unwrap();
+    assert_ne!(lease, lease_after_restart);
+    let outcome = registry
+        .host_tasks(
+            &link,
+            &lease_after_restart,
+            vec![announced],
+            Vec::new(),
+            true,
+        )
+        .unwrap();
+    assert!(matches!(&outcome[..], [Ok(true)]), "{outcome:?}");
+}

@@ -116,9 +116,9 @@ impl From<ApiError> for Status {
                 RegistryError::InvalidAlias(_) | RegistryError::ParentCycle(_) => {
                     Status::invalid_argument(message)
                 }
-                RegistryError::AlreadyRegistered(_) | RegistryError::AlreadyAttached(_) => {
-                    Status::already_exists(message)
-                }
+                RegistryError::AlreadyRegistered(_)
+                | RegistryError::AlreadyAttached(_)
+                | RegistryError::HeldElsewhere(_) => Status::already_exists(message),
                 RegistryError::NotRegistered(_) => Status::not_found(message),
                 RegistryError::LeaseMismatch(_) | RegistryError::Reserved(_) => {
                     Status::permission_denied(message)

@@ -28,6 +28,7 @@ use crate::{
     children::{ChildNodes, NodeEndpoint},
     metrics::Counters,
     probe::{connect_endpoint, endpoint_host, ping_endpoint},
+    upstream::Upstream,
 };
 use reef_messaging::PushTickets;
 
@@ -91,6 +92,9 @@ pub struct SupervisorService {
     children: Arc<ChildNodes>,
     access: Arc<Access>,
     task_grants: Arc<hosting::TaskGrants>,
+    /// On a child node, where a child's new aliases are claimed before they are routed
+    /// here (`None` on a root: it decides alone).
+    upstream: Option<Upstream>,
 }
 
 impl SupervisorService {
@@ -116,7 +120,13 @@ impl SupervisorService {
             children: Arc::default(),
             access,
             task_grants: Arc::default(),
+            upstream: None,
         }
+    }
+
+    /// The same on a child node, whose link at its parent `upstream` holds.
+    pub(crate) fn with_upstream(self, upstream: Option<Upstream>) -> Self {
+        Self { upstream, ..self }
     }
 
     /// Checks `caller` changing routing (`what`: `group:NAME`, `rule:ID`, `firewall`, an
@@ -322,7 +332,7 @@ impl supervisor_server::Supervisor for SupervisorService {
     ) -> Result<Response<wire::HostResponse>, Status> {
         let caller = identity::caller(&request);
         Ok(Response::new(
-            self.host_tasks(&caller, request.into_inner())?,
+            self.host_tasks(&caller, request.into_inner()).await?,
         ))
     }
 

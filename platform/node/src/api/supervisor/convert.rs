@@ -148,6 +148,21 @@ pub(crate) fn hosted_task(raw: wire::HostedTask) -> Result<HostedTask, ApiError>
     })
 }
 
+/// A task as a host announces it: what a node passes on to its parent.
+pub(crate) fn hosted_task_to_wire(task: &HostedTask) -> wire::HostedTask {
+    wire::HostedTask {
+        alias: task.alias.to_string(),
+        name: task.name.clone(),
+        parent: task
+            .parent
+            .as_ref()
+            .map(Alias::to_string)
+            .unwrap_or_default(),
+        restarts: task.restarts,
+        labels: task.labels.clone().into_iter().collect(),
+    }
+}
+
 fn restart_to_wire(restart: RestartType) -> wire::RestartType {
     match restart {
         RestartType::Permanent => wire::RestartType::Permanent,

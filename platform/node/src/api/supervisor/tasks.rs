@@ -1,14 +1,16 @@
 //! Supervisor.Host: a host process announces the task containers it runs, so that
 //! their aliases route to its stream. A task is an alias like any container's: the host
-//! must be entitled to each one it announces (see [`SupervisorService::may_host`]).
+//! must be entitled to each one it announces (see [`SupervisorService::may_host`]). A
+//! child node announces its tree's aliases the same way; on a node that has a parent,
+//! those new here are claimed in the tree above first ([`crate::upstream`]).
 
 use super::*;
-use crate::HostedTask;
+use crate::{HostedTask, upstream::Claimed};
 
 impl SupervisorService {
     /// Each task's outcome in the order the request named them: refused here (a bad
     /// definition) or by the registry.
-    pub(super) fn host_tasks(
+    pub(super) async fn host_tasks(
         &self,
         caller: &Principal,
         request: wire::HostRequest,
@@ -36,6 +38,9 @@ impl SupervisorService {
             .iter()
             .map(|alias| parse_alias(alias))
             .collect::<Result<Vec<_>, _>>()?;
+        if let (Principal::Node(_), Some(upstream)) = (caller, &self.upstream) {
+            self.claim_above(upstream, &host, &upsert).await;
+        }
         let mut outcomes = self
             .registry
             .host_tasks(&host, &request.lease, upsert, remove, request.replace)?
@@ -56,6 +61,31 @@ impl SupervisorService {
             })
             .collect();
         Ok(wire::HostResponse { results })
+    }
+
+    /// Claims in the tree above the tasks child link `link` announces that are new here.
+    /// Those held elsewhere are recorded so (see [`Registry::refuse_route`]), and the
+    /// registry refuses them. Unlinked from the parent, the new ones are taken for now:
+    /// the parent's answer to this node's next announcement decides (see the uplink).
+    async fn claim_above(&self, upstream: &Upstream, link: &Alias, tasks: &[HostedTask]) {
+        let new: Vec<_> = tasks
+            .iter()
+            .filter(|task| !self.registry.is_hosted_by(task.alias.as_str(), link))
+            .map(convert::hosted_task_to_wire)
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let Claimed::Refused(refused) = upstream.claim(new).await else {
+            return;
+        };
+        for (alias, reason) in refused {
+            let Ok(alias) = Alias::parse(&alias) else {
+                continue;
+            };
+            tracing::info!(%alias, %link, %reason, "a child claimed an alias the tree above holds elsewhere");
+            self.registry.refuse_route(link, &alias);
+        }
     }
 
     /// Whether `caller`, announcing as `host`, may run `task`: one it hosts already, one
