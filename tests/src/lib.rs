@@ -436,6 +436,23 @@ impl TestNode {
         self.metrics = metrics;
     }
 
+    /// Starts node `name` on loopback with an identity from the cluster CA in `cluster`
+    /// (as `reef ca issue` leaves it), joined to `parent` if given, with extra flags.
+    pub fn start_in_cluster(
+        cluster: &Path,
+        name: &str,
+        parent: Option<&TestNode>,
+        extra: &[&str],
+    ) -> Self {
+        let mut flags = vec!["--name".to_owned(), name.to_owned()];
+        flags.extend(extra.iter().map(|flag| flag.to_string()));
+        flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Self::start_prepared(None, "127.0.0.1", &flags, |data| {
+            reef_tls::issue_node_ca(cluster, name, &data.join("tls")).unwrap();
+        })
+    }
+
     /// The reefd flags that make a node join this one as its child.
     pub fn join_flags(&self) -> Vec<String> {
         vec![

@@ -415,21 +415,13 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         "[[policy]]\nname = \"ops-on-b\"\nwho = [\"client:ops\"]\nmay = [\"create\"]\non = [\"ops-*\"]\n",
     )
     .unwrap();
+    let policy = policy.display().to_string();
     let start = |name: &str, parent: Option<&TestNode>| {
-        let mut flags = vec![
-            "--name".to_owned(),
-            name.to_owned(),
-            "--mailbox-capacity".to_owned(),
-            "256".to_owned(),
-        ];
+        let mut flags = vec!["--mailbox-capacity", "256"];
         if name == "b" {
-            flags.extend(["--policy".to_owned(), policy.display().to_string()]);
+            flags.extend(["--policy", policy.as_str()]);
         }
-        flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
-            reef_tls::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
-        })
+        TestNode::start_in_cluster(cluster.path(), name, parent, &flags)
     };
     let root = start("root", None);
     let a = start("a", Some(&root));

@@ -42,6 +42,19 @@ fn environment_dump(alias: &str, out: &Path, inherit_env: bool) -> wire::Contain
     }
 }
 
+/// A container `pwn` that proves it ran by writing `pwned`: what an attacker asks for.
+fn pwn(pwned: &Path) -> wire::ContainerDefinition {
+    wire::ContainerDefinition {
+        alias: "pwn".to_owned(),
+        kind: Some(Kind::Process(wire::ProcessSpec {
+            command: "/bin/sh".to_owned(),
+            args: vec!["-c".to_owned(), format!("id > {}", pwned.display())],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 /// Hole 1: a caller that can reach the port but holds no certificate from the node's CA.
 #[tokio::test]
 async fn a_caller_without_a_certificate_runs_nothing_and_learns_only_the_nodes_name() {
@@ -52,15 +65,7 @@ async fn a_caller_without_a_certificate_runs_nothing_and_learns_only_the_nodes_n
     let mut anonymous = SupervisorClient::new(channel.clone());
     let create = anonymous
         .create(wire::CreateRequest {
-            definition: Some(wire::ContainerDefinition {
-                alias: "pwn".to_owned(),
-                kind: Some(Kind::Process(wire::ProcessSpec {
-                    command: "/bin/sh".to_owned(),
-                    args: vec!["-c".to_owned(), format!("id > {}", pwned.display())],
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }),
+            definition: Some(pwn(&pwned)),
             ..Default::default()
         })
         .await
@@ -922,15 +927,7 @@ async fn a_node_that_is_not_the_parent_speaks_for_no_one() {
     let edge = node.certificate(&reef_tls::node_identity("edge"));
     let mut as_edge = SupervisorClient::new(node.options_as(Some(edge)).connect().await.unwrap());
     let mut create = tonic::Request::new(wire::CreateRequest {
-        definition: Some(wire::ContainerDefinition {
-            alias: "pwn".to_owned(),
-            kind: Some(Kind::Process(wire::ProcessSpec {
-                command: "/bin/sh".to_owned(),
-                args: vec!["-c".to_owned(), format!("id > {}", pwned.display())],
-                ..Default::default()
-            })),
-            ..Default::default()
-        }),
+        definition: Some(pwn(&pwned)),
         ..Default::default()
     });
     create.metadata_mut().insert(
@@ -976,9 +973,7 @@ fn write_identity(
 async fn a_nodes_ca_vouches_for_no_one_on_another_node_but_that_node() {
     let cluster = tempfile::tempdir().unwrap();
     reef_tls::init_cluster_ca(cluster.path()).unwrap();
-    let node = TestNode::start_prepared(None, "127.0.0.1", &["--name", "a"], |data| {
-        reef_tls::issue_node_ca(cluster.path(), "a", &data.join("tls")).unwrap();
-    });
+    let node = TestNode::start_in_cluster(cluster.path(), "a", None, &[]);
     // Node b's identity, as `reef ca issue b` and its first start leave it.
     let b = tempfile::tempdir().unwrap();
     reef_tls::issue_node_ca(cluster.path(), "b", b.path()).unwrap();
@@ -1007,15 +1002,7 @@ async fn a_nodes_ca_vouches_for_no_one_on_another_node_but_that_node() {
     let out = tempfile::tempdir().unwrap();
     let pwned = out.path().join("pwned.txt");
     let create = || wire::CreateRequest {
-        definition: Some(wire::ContainerDefinition {
-            alias: "pwn".to_owned(),
-            kind: Some(Kind::Process(wire::ProcessSpec {
-                command: "/bin/sh".to_owned(),
-                args: vec!["-c".to_owned(), format!("id > {}", pwned.display())],
-                ..Default::default()
-            })),
-            ..Default::default()
-        }),
+        definition: Some(pwn(&pwned)),
         ..Default::default()
     };
     for (identity, why) in refused {
@@ -1059,12 +1046,7 @@ async fn a_child_node_takes_no_alias_that_lives_above_its_parent() {
     let cluster = tempfile::tempdir().unwrap();
     reef_tls::init_cluster_ca(cluster.path()).unwrap();
     let start = |name: &str, parent: Option<&TestNode>| {
-        let mut flags = vec!["--name".to_owned(), name.to_owned()];
-        flags.extend(parent.map(TestNode::join_flags).unwrap_or_default());
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        TestNode::start_prepared(None, "127.0.0.1", &flags, |data| {
-            reef_tls::issue_node_ca(cluster.path(), name, &data.join("tls")).unwrap();
-        })
+        TestNode::start_in_cluster(cluster.path(), name, parent, &[])
     };
     let root = start("root", None);
     let a = start("a", Some(&root));
