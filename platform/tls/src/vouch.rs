@@ -34,7 +34,8 @@ pub enum Signer {
 }
 
 /// The identity the verified `chain` (leaf first, as presented) may be believed for on
-/// node `here`, whose trust root has the DER certificate `root`. `Ok(None)` for a
+/// node `here`, whose trust root has the DER certificate `root`. Outside a node (`here`
+/// empty) only node identities, and what the root signed, are believed. `Ok(None)` for a
 /// certificate that names no reef identity; `Err` says why an identity it names is not
 /// believed.
 pub fn vouched_identity(

@@ -70,18 +70,14 @@ impl Peer {
         let Some(leaf) = chain.first() else {
             return Self::anonymous();
         };
-        let leaf = Some(Arc::from(leaf.as_ref()));
-        match tls.vouched_identity(chain) {
-            Ok(identity) => Self {
-                principal: Principal::from_identity(identity.as_deref()),
-                leaf,
-                disbelieved: None,
-            },
-            Err(reason) => Self {
-                principal: Principal::Anonymous,
-                leaf,
-                disbelieved: Some(reason),
-            },
+        let (principal, disbelieved) = match tls.vouched_identity(chain) {
+            Ok(identity) => (Principal::from_identity(identity.as_deref()), None),
+            Err(reason) => (Principal::Anonymous, Some(reason)),
+        };
+        Self {
+            principal,
+            leaf: Some(Arc::from(leaf.as_ref())),
+            disbelieved,
         }
     }
 }
@@ -318,19 +314,18 @@ where
             .unwrap_or_else(Peer::anonymous);
         let open_route_only =
             peer.principal == Principal::Anonymous && self.anonymous == Anonymous::Refused;
-        if !is_open(request.uri().path()) {
-            // A certificate that names someone it may not vouch for is refused even where
-            // anonymous callers are let in: its holder claimed to be someone.
-            let refusal = match &peer.disbelieved {
-                Some(reason) => Some(tonic::Status::unauthenticated(reason.clone())),
-                None if open_route_only => {
-                    Some(tonic::Status::unauthenticated(UNAUTHENTICATED_MESSAGE))
-                }
-                None => None,
-            };
-            if let Some(refusal) = refusal {
-                return Either::Left(ready(Ok(refusal.into_http())));
-            }
+        // A certificate that names someone its issuer may not vouch for is refused even
+        // where anonymous callers are let in: its holder claimed to be someone.
+        let refusal = match &peer.disbelieved {
+            Some(reason) => Some(reason.as_str()),
+            None if open_route_only => Some(UNAUTHENTICATED_MESSAGE),
+            None => None,
+        };
+        if let Some(reason) = refusal
+            && !is_open(request.uri().path())
+        {
+            let refusal = tonic::Status::unauthenticated(reason);
+            return Either::Left(ready(Ok(refusal.into_http())));
         }
         let acting_for = request
             .headers()
