@@ -8,6 +8,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, mpsc},
@@ -265,6 +266,17 @@ pub struct TestNode {
     data: TempDir,
     /// The network namespace it runs in, if not the test's own.
     netns: Option<String>,
+    /// Who reefd runs as, if not the test's user, and the executable it runs from.
+    user: Option<NodeUser>,
+}
+
+/// An unprivileged user a node runs as: a copy of reefd it may execute (the build
+/// directory may sit where it cannot), and the uid and gid.
+struct NodeUser {
+    uid: u32,
+    gid: u32,
+    binary: PathBuf,
+    _dir: TempDir,
 }
 
 impl Drop for TestNode {
@@ -367,12 +379,12 @@ impl TestNode {
         extra: &[&str],
         prepare: impl FnOnce(&Path),
     ) -> Self {
-        Self::start_full(netns, ip, extra, &[], prepare)
+        Self::start_full(netns, None, ip, extra, &[], prepare)
     }
 
     /// Starts a node with extra reefd flags and environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_full(None, "127.0.0.1", extra, env, |_| {})
+        Self::start_full(None, None, "127.0.0.1", extra, env, |_| {})
     }
 
     /// [`TestNode::start_prepared`] on loopback, with environment variables too.
@@ -381,11 +393,12 @@ impl TestNode {
         env: &[(&str, &str)],
         prepare: impl FnOnce(&Path),
     ) -> Self {
-        Self::start_full(None, "127.0.0.1", extra, env, prepare)
+        Self::start_full(None, None, "127.0.0.1", extra, env, prepare)
     }
 
     fn start_full(
         netns: Option<&str>,
+        user: Option<NodeUser>,
         ip: &str,
         extra: &[&str],
         env: &[(&str, &str)],
@@ -401,6 +414,7 @@ impl TestNode {
         let netns = netns.map(str::to_owned);
         let (process, addr, health, metrics, dashboard) = spawn_reefd(
             netns.as_deref(),
+            user.as_ref(),
             data.path(),
             &format!("{ip}:0"),
             "127.0.0.1:0",
@@ -418,7 +432,31 @@ impl TestNode {
             env,
             data,
             netns,
+            user,
         }
+    }
+
+    /// Starts a node as user `uid` (group `gid`), which owns its data directory: what
+    /// an operator gets who does not run reefd as root.
+    pub fn start_as_user(uid: u32, gid: u32, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let binary = dir.path().join("reefd");
+        std::fs::copy(self::binary("reefd"), &binary).expect("copy reefd");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let user = NodeUser {
+            uid,
+            gid,
+            binary,
+            _dir: dir,
+        };
+        Self::start_full(None, Some(user), "127.0.0.1", extra, &[], |data| {
+            std::os::unix::fs::chown(data, Some(uid), Some(gid)).expect("chown data dir");
+        })
+    }
+
+    /// The pid of reefd itself.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Starts reefd again on the same addresses and data dir, after the test stopped
@@ -426,6 +464,7 @@ impl TestNode {
     pub fn restart(&mut self) {
         let (process, _, _, metrics, _) = spawn_reefd(
             self.netns.as_deref(),
+            self.user.as_ref(),
             self.data.path(),
             &self.addr.to_string(),
             &self.health.to_string(),
@@ -656,6 +695,7 @@ pub async fn wait_for_container(
 
 fn spawn_reefd(
     netns: Option<&str>,
+    user: Option<&NodeUser>,
     data: &Path,
     listen: &str,
     health: &str,
@@ -675,7 +715,14 @@ fn spawn_reefd(
             command.args(["netns", "exec", netns]).arg(binary("reefd"));
             command
         }
-        None => Command::new(binary("reefd")),
+        None => match user {
+            None => Command::new(binary("reefd")),
+            Some(user) => {
+                let mut command = Command::new(&user.binary);
+                command.uid(user.uid).gid(user.gid);
+                command
+            }
+        },
     };
     // The dashboard only where a test asks for it: its default port is fixed.
     if !extra.iter().any(|flag| flag == "--dashboard-listen") {

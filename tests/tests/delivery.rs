@@ -31,7 +31,9 @@ fn recorded_lines(path: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_five_sigkills_exactly_once_in_order() {
     let node = TestNode::start();
-    let ledger_file = node.data_dir().join("ledger.txt");
+    // Not in DATA: the node's sandbox keeps its containers out of there.
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger_file = ledger_dir.path().join("ledger.txt");
     let mut supervisor = node.supervisor().await;
     let definition = wire::ContainerDefinition {
         alias: "ledger".into(),

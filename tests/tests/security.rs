@@ -8,7 +8,8 @@
 //! container's endpoint takes control calls from its node alone, the certificate
 //! Register issues passes for no address and authenticates no caller, only the parent
 //! node speaks for someone else, a node's CA vouches for no one on another node but
-//! that node, and a child node takes no alias that lives above its parent.
+//! that node, a child node takes no alias that lives above its parent, and a container
+//! reads no key of the node and rewrites no policy, whoever reefd runs as.
 
 use std::{
     net::SocketAddr,
@@ -1105,4 +1106,188 @@ async fn a_child_node_takes_no_alias_that_lives_above_its_parent() {
         .await
         .expect("payments answers");
     assert_eq!(&answer[..], b"to the real payments");
+}
+
+/// What a container `probe` could do to the node's files: the report it writes to a
+/// file in `out` (a directory it may write), line by line. It tries to read and to
+/// write every file under DATA (but its own certificate and key, and the CA, which it
+/// needs) and `others`, to plant a file in DATA, and to signal reefd; and it says
+/// which user it is and whether it read what it needs, so that a probe that ran
+/// nothing cannot pass. Nor may it hold a capability (root's would reach under the
+/// files: the disk, modules, another user).
+async fn probe_the_nodes_files(node: &TestNode, others: &[&Path], out: &Path) -> String {
+    let mut supervisor = node.supervisor().await;
+    // Another container's certificate and key must be among the files tried. A shell,
+    // not a demo binary: the build directory may be out of a container user's reach.
+    let web = wire::ContainerDefinition {
+        alias: "web".to_owned(),
+        kind: Some(Kind::Process(wire::ProcessSpec {
+            command: "/bin/sh".to_owned(),
+            args: vec!["-c".to_owned(), "exit 3".to_owned()],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    reef_tests::create(&mut supervisor, web)
+        .await
+        .expect_err("it exits before it answers");
+    let own = ["probe.pem", "probe-key.pem", "ca.pem"];
+    let mut files: Vec<PathBuf> = walk(node.data_dir())
+        .into_iter()
+        .filter(|file| {
+            !own.iter()
+                .any(|name| file.ends_with(Path::new("tls").join(name)))
+        })
+        .filter(|file| !file.ends_with(Path::new("containers").join(own[0])))
+        .filter(|file| !file.ends_with(Path::new("containers").join(own[1])))
+        .collect();
+    files.extend(others.iter().map(|path| path.to_path_buf()));
+    for needed in [
+        "tls/ca-key.pem",
+        "tls/admin-key.pem",
+        "tls/containers/web-key.pem",
+        "supervision.toml",
+    ] {
+        assert!(
+            files.contains(&node.data_dir().join(needed)),
+            "{needed} in {files:?}"
+        );
+    }
+    let report = out.join("report");
+    let script = r#"
+        for f in $FILES; do cat "$f" >/dev/null 2>&1 && echo "read $f"; done
+        for f in $FILES; do (: >> "$f") 2>/dev/null && echo "wrote $f"; done
+        (: > "$DATA/planted") 2>/dev/null && echo "planted a file in DATA"
+        kill -0 "$REEFD_PID" 2>/dev/null && echo "signalled reefd"
+        grep -q '^CapEff:[[:space:]]*0*$' /proc/self/status || echo "holds capabilities"
+        cat "$REEF_KEY" "$REEF_CERT" "$REEF_CA" >/dev/null && echo "read what it needs"
+        echo "uid $(id -u)"
+    "#;
+    let probe = wire::ContainerDefinition {
+        alias: "probe".to_owned(),
+        kind: Some(Kind::Process(wire::ProcessSpec {
+            command: "/bin/sh".to_owned(),
+            args: vec![
+                "-c".to_owned(),
+                format!("({script}) > \"$OUT\" 2>&1; exit 3"),
+            ],
+            env: [
+                ("OUT", report.display().to_string()),
+                ("DATA", node.data_dir().display().to_string()),
+                ("REEFD_PID", node.pid().to_string()),
+                (
+                    "FILES",
+                    files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+            ]
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    reef_tests::create(&mut supervisor, probe)
+        .await
+        .expect_err("it exits before it answers");
+    std::fs::read_to_string(&report).unwrap()
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|entry| match entry.file_type().unwrap().is_dir() {
+            true => walk(&entry.path()),
+            false => vec![entry.path()],
+        })
+        .collect()
+}
+
+/// A directory any user may write, for the report of a probe that runs as another.
+fn report_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// The policy file of a node, in a directory of its own: the built-in policy, printed.
+fn policy_file(dir: &Path) -> PathBuf {
+    let printed = std::process::Command::new(reef_tests::binary("reef"))
+        .args(["policy", "default"])
+        .output()
+        .unwrap();
+    let file = dir.join("policy.toml");
+    std::fs::write(&file, &printed.stdout).unwrap();
+    file
+}
+
+/// Hole 3: a container ran as reefd's user with the whole file system open to it, so it
+/// could read the node's keys and every other container's, rewrite the policy file
+/// (reloaded within 2 s) and the supervision tree, and signal reefd. Now Landlock hides
+/// DATA and the policy file from it but for its own credentials and the CA.
+#[tokio::test]
+async fn a_container_reads_no_key_of_the_node_and_rewrites_no_policy() {
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_file(policy_dir.path());
+    // A key mounted beside the node (the cluster CA's, in Kubernetes).
+    let mounted = tempfile::tempdir().unwrap();
+    let mounted_key = mounted.path().join("ca-key.pem");
+    std::fs::write(&mounted_key, "the cluster CA's key").unwrap();
+    let node = TestNode::start_with(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--hide-from-containers",
+        mounted.path().to_str().unwrap(),
+    ]);
+    let out = report_dir();
+    let report = probe_the_nodes_files(&node, &[&policy, &mounted_key], out.path()).await;
+    assert_eq!(
+        report,
+        format!("read what it needs\nuid {}\n", reef_sandbox_uid()),
+        "the container reached the node's files"
+    );
+    assert!(!node.data_dir().join("planted").exists());
+}
+
+/// As root, reefd can also run containers as an unprivileged user, who then owns the
+/// container's certificate and key and nothing else of the node's.
+#[tokio::test]
+async fn as_root_a_node_runs_containers_as_the_user_it_is_told() {
+    if reef_sandbox_uid() != 0 {
+        eprintln!("skipped: the tests do not run as root, so reefd cannot switch user");
+        return;
+    }
+    let node = TestNode::start_with(&["--container-user", "nobody"]);
+    let out = report_dir();
+    let report = probe_the_nodes_files(&node, &[], out.path()).await;
+    assert_eq!(report, "read what it needs\nuid 65534\n", "{report}");
+}
+
+/// reefd as an unprivileged user: the containers run as that same user, so file
+/// permissions keep nothing from them, and Landlock alone hides DATA.
+#[tokio::test]
+async fn under_an_unprivileged_node_a_container_reads_no_key_either() {
+    if reef_sandbox_uid() != 0 {
+        eprintln!("skipped: creating a node of another user needs root");
+        return;
+    }
+    let policy_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(policy_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = policy_file(policy_dir.path());
+    std::os::unix::fs::chown(&policy, Some(65534), Some(65534)).unwrap();
+    let node = TestNode::start_as_user(65534, 65534, &["--policy", policy.to_str().unwrap()]);
+    let out = report_dir();
+    let report = probe_the_nodes_files(&node, &[&policy], out.path()).await;
+    assert_eq!(report, "read what it needs\nuid 65534\n", "{report}");
+}
+
+/// The test's own uid.
+fn reef_sandbox_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }

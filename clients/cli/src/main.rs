@@ -90,6 +90,9 @@ const BUILT_IN: &[(&str, BuiltIn)] = &[
 ];
 
 fn main() -> ExitCode {
+    // `reef node` and `reef up` run a node, which starts this executable to confine its
+    // containers.
+    reefd::run_if_launcher();
     // Before clap: the programs parse their own flags, and build their own runtimes.
     let mut args = std::env::args_os();
     let program = args.next().unwrap_or_else(|| "reef".into());

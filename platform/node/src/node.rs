@@ -13,7 +13,7 @@ use reef_routing::Routing;
 use reef_state::{
     Backend, Embedded, EmbeddedConfig, Etcd, EtcdConfig, Owners, StateError, StateOperations,
 };
-use reef_supervision::{Environment, Policy, Supervision, SupervisionConfig};
+use reef_supervision::{Environment, Policy, Sandbox, Supervision, SupervisionConfig};
 use reef_tls::PkiError;
 use reef_tls::tls::{self, ContainerCredentials, NodeTls};
 use tokio::time::Instant;
@@ -116,6 +116,14 @@ pub struct NodeConfig {
     pub files: Option<FilesBackend>,
     /// The largest file `reef.v1.Files` accepts, in bytes.
     pub files_max_bytes: u64,
+    /// The executable that confines process containers (reefd or reef itself, see
+    /// [`reef_sandbox`]); `None`: they run unconfined (`--unconfined-containers`).
+    pub sandbox_launcher: Option<PathBuf>,
+    /// Who process containers run as (`--container-user`); `None`: the node's user.
+    pub container_user: Option<reef_sandbox::RunAs>,
+    /// What the sandbox hides besides what the node knows to be its own
+    /// (`--hide-from-containers`).
+    pub hidden_from_containers: Vec<PathBuf>,
 }
 
 /// The store behind `reef.v1.State`.
@@ -160,7 +168,39 @@ impl NodeConfig {
             policy: None,
             files: None,
             files_max_bytes: 1 << 30,
+            sandbox_launcher: None,
+            container_user: None,
+            hidden_from_containers: Vec::new(),
         }
+    }
+
+    /// How containers are confined: kept out of everything the node keeps secret or
+    /// trusts (its data, the policy file, the files directory, etcd's credentials).
+    fn sandbox(&self) -> Option<Sandbox> {
+        let launcher = self.sandbox_launcher.clone()?;
+        let mut hidden = vec![self.data_dir.clone()];
+        hidden.extend(self.hidden_from_containers.iter().cloned());
+        hidden.extend(self.policy.clone());
+        if let Some(FilesBackend::Dir(dir)) = &self.files {
+            hidden.push(dir.clone());
+            hidden.push(PathBuf::from(format!("{}.partial", dir.display())));
+        }
+        if let StateBackend::Etcd(EtcdConfig { tls: Some(tls), .. }) = &self.state {
+            hidden.extend(
+                tls.identity
+                    .iter()
+                    .flat_map(|(cert, key)| [cert.clone(), key.clone()]),
+            );
+        }
+        let hidden = hidden
+            .into_iter()
+            .map(|path| std::path::absolute(&path).unwrap_or(path))
+            .collect();
+        Some(Sandbox {
+            launcher,
+            hidden,
+            run_as: self.container_user,
+        })
     }
 
     /// What the node's door does with callers that present no certificate.
@@ -327,6 +367,7 @@ impl Node {
                     ca: ca_path,
                     insecure: config.insecure,
                     trace_export: config.trace_export.clone(),
+                    sandbox: config.sandbox(),
                 },
                 ca_pem: tls.pki().ca_pem().to_owned(),
                 credentials: (!config.insecure).then(|| {

@@ -28,7 +28,7 @@ pub use self::{
     logs::{LogDir, read_from, tail},
     policy::{Action, Intensity, Policy, RestartType, Solver, Strategy, error_type},
     ports::{Observed, OsProcesses, Pending, Probe, Processes, Reservations, SpawnRequest, Taken},
-    process::{Environment, Exit, ProcessId, SpawnError},
+    process::{Environment, Exit, ProcessId, Sandbox, SpawnError},
 };
 use reef_core::Alias;
 

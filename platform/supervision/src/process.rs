@@ -99,6 +99,14 @@ pub enum SpawnError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The container's certificate could not be handed to its user.
+    #[error("cannot give the container's user its certificate {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The log file could not be opened.
     #[error("cannot open the log file {path}: {source}")]
     Log {
@@ -151,6 +159,20 @@ pub struct Environment {
     pub insecure: bool,
     /// REEF_OTLP_ENDPOINT and REEF_OTLP_CA, when the node exports traces.
     pub trace_export: reef_telemetry::Export,
+    /// How containers are confined; `None`: not at all (`--unconfined-containers`, and
+    /// nodes run inside a test binary, which cannot be the launcher).
+    pub sandbox: Option<Sandbox>,
+}
+
+/// How the node confines its process containers (see [`reef_sandbox`]).
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// The launcher: the node's own executable.
+    pub launcher: PathBuf,
+    /// What every container is kept out of: the node's data, its policy file.
+    pub hidden: Vec<PathBuf>,
+    /// Who containers run as; `None`: the node's user.
+    pub run_as: Option<reef_sandbox::RunAs>,
 }
 
 /// A process the node spawned; `wait` reports its end and reaps it.
@@ -188,14 +210,17 @@ pub fn spawn(
         path: log.to_owned(),
         source,
     })?;
-    let mut command = Command::new(&program);
+    let mut command = match &environment.sandbox {
+        None => Command::new(&program),
+        Some(sandbox) => confined(sandbox, &program, credentials, environment)?,
+    };
+    command.args(&spec.args);
     // A container finds only what its definition gives it, not the node's own
     // environment (cloud credentials, tokens), unless the definition asks to inherit.
     if !spec.inherit_env {
         command.env_clear().env("PATH", DEFAULT_PATH);
     }
     command
-        .args(&spec.args)
         .envs(&spec.env)
         .env("REEF_ALIAS", alias)
         .env("REEF_PARENT", parent.unwrap_or(""))
@@ -235,6 +260,40 @@ pub fn spawn(
         id: ProcessId { pid, start_time },
         wait: child,
     })
+}
+
+/// The launcher that confines `program` (its arguments still to add): it hides the
+/// node's data but for what the container needs to call the node, which becomes the
+/// container user's own to read.
+fn confined(
+    sandbox: &Sandbox,
+    program: &Path,
+    credentials: Option<&(PathBuf, PathBuf)>,
+    environment: &Environment,
+) -> Result<Command, SpawnError> {
+    let mut readable = vec![environment.ca.clone()];
+    readable.extend(environment.trace_export.ca.clone());
+    if let Some((cert, key)) = credentials {
+        for file in [cert, key] {
+            if let Some(user) = sandbox.run_as {
+                std::os::unix::fs::chown(file, Some(user.uid), Some(user.gid)).map_err(
+                    |source| SpawnError::Credentials {
+                        path: file.clone(),
+                        source,
+                    },
+                )?;
+            }
+            readable.push(file.clone());
+        }
+    }
+    let confinement = reef_sandbox::Confinement {
+        hidden: sandbox.hidden.clone(),
+        readable,
+        run_as: sandbox.run_as,
+    };
+    let mut command = Command::new(&sandbox.launcher);
+    command.args(confinement.launcher_args(program));
+    Ok(command)
 }
 
 /// Waits for a spawned process to end and reaps it.

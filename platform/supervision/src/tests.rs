@@ -186,6 +186,7 @@ impl Harness {
                 ca: data.path().join("ca.pem"),
                 insecure: true,
                 trace_export: reef_telemetry::Export::default(),
+                sandbox: None,
             },
             ca_pem: String::new(),
             credentials: None,

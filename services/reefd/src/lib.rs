@@ -12,6 +12,10 @@ use reef_state::{EtcdConfig, EtcdTls};
 use reef_supervision::{Policy, Strategy};
 use reef_telemetry as telemetry;
 
+/// First thing in `main` of every executable that runs a node (`reefd`, `reef`): the
+/// node starts its own executable to confine a container (see [`reef_sandbox`]).
+pub use reef_sandbox::run_if_launcher;
+
 /// The reef node daemon.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -59,6 +63,18 @@ struct Args {
     /// only health, reflection and a minimal Info answer them.
     #[arg(long)]
     allow_anonymous: bool,
+    /// Run process containers without the sandbox that keeps them out of DATA and the
+    /// policy file (for kernels without Landlock only). Logs a warning at start.
+    #[arg(long)]
+    unconfined_containers: bool,
+    /// Hide this path from process containers too, as DATA and the policy file are
+    /// (repeatable): a CA key mounted beside the node, say.
+    #[arg(long = "hide-from-containers", value_name = "PATH")]
+    hide_from_containers: Vec<PathBuf>,
+    /// Run process containers as this user (a name or a uid; reefd must be root).
+    /// Without it they run as reefd's user, inside the sandbox.
+    #[arg(long, env = "REEF_CONTAINER_USER")]
+    container_user: Option<String>,
     /// The node's name.
     #[arg(long, default_value = "reef-node")]
     name: String,
@@ -234,6 +250,7 @@ impl Args {
         config.policy = self.policy.clone();
         config.files = self.files.as_deref().map(str::parse).transpose()?;
         config.files_max_bytes = self.files_max_bytes;
+        self.sandbox(&mut config)?;
         config.partition_tolerance = Duration::from_millis(self.partition_tolerance_ms.max(1));
         if let Some(parent) = &self.join {
             let parent_ca_pem = match (&self.join_ca, self.insecure) {
@@ -256,6 +273,51 @@ impl Args {
             });
         }
         Ok(config)
+    }
+}
+
+impl Args {
+    /// Confines the node's process containers with its own executable as the launcher,
+    /// unless told not to; refuses to start where the sandbox cannot be had.
+    fn sandbox(&self, config: &mut NodeConfig) -> Result<(), String> {
+        if self.unconfined_containers {
+            if self.container_user.is_some() || !self.hide_from_containers.is_empty() {
+                return Err(
+                    "--container-user and --hide-from-containers need the sandbox: \
+                     drop --unconfined-containers"
+                        .into(),
+                );
+            }
+            tracing::warn!(
+                "--unconfined-containers: process containers can read and write everything \
+                 reefd's user can, DATA's keys and the policy file included"
+            );
+            return Ok(());
+        }
+        if !reef_sandbox::landlock_available() {
+            return Err(
+                "this kernel does not enforce Landlock, which keeps containers out of DATA; \
+                 start with --unconfined-containers to run them anyway"
+                    .into(),
+            );
+        }
+        config.hidden_from_containers = self.hide_from_containers.clone();
+        config.sandbox_launcher = Some(
+            std::env::current_exe()
+                .map_err(|e| format!("cannot find reefd's own executable: {e}"))?,
+        );
+        if let Some(user) = &self.container_user {
+            let run_as =
+                reef_sandbox::RunAs::lookup(user).map_err(|e| format!("--container-user: {e}"))?;
+            let uid = reef_sandbox::effective_uid();
+            if uid != 0 && uid != run_as.uid {
+                return Err(format!(
+                    "--container-user {user}: reefd runs as uid {uid}, not root, and cannot switch user"
+                ));
+            }
+            config.container_user = Some(run_as);
+        }
+        Ok(())
     }
 }
 
