@@ -9,7 +9,8 @@
 //! Register issues passes for no address and authenticates no caller, only the parent
 //! node speaks for someone else, a node's CA vouches for no one on another node but
 //! that node, a child node takes no alias that lives above its parent, and a container
-//! reads no key of the node and rewrites no policy, whoever reefd runs as.
+//! reads no key of the node and rewrites no policy, whoever reefd runs as, and a
+//! destroyed container's certificate authenticates no one.
 
 use std::{
     net::SocketAddr,
@@ -1290,4 +1291,82 @@ async fn under_an_unprivileged_node_a_container_reads_no_key_either() {
 /// The test's own uid.
 fn reef_sandbox_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
+}
+
+/// Whether a caller holding `identity` gets past the node's door: an RPC that needs a
+/// certificate answers it (List: a container sees its own subtree), or the door says
+/// why not.
+async fn door_answers(node: &TestNode, identity: &(PathBuf, PathBuf)) -> Result<(), tonic::Status> {
+    let channel = node
+        .options_as(Some(identity.clone()))
+        .connect()
+        .await
+        .expect("TLS connects: the door answers per call");
+    SupervisorClient::new(channel)
+        .list(wire::ListRequest::default())
+        .await
+        .map(drop)
+}
+
+/// Hole 10: a destroyed container's certificate still authenticated its alias, so a
+/// copy of it (in a backup, a log, a leaked container image) outlived the container.
+/// Now the node records the destruction durably and refuses what it issued before, also
+/// after its own restart; the alias created again gets a certificate that works.
+#[tokio::test]
+async fn a_destroyed_containers_certificate_authenticates_no_one() {
+    let mut node = TestNode::start();
+    let mut supervisor = node.supervisor().await;
+    let web = || wire::ContainerDefinition {
+        alias: "web".to_owned(),
+        kind: demo_process(&["echo"]),
+        ..Default::default()
+    };
+    reef_tests::create(&mut supervisor, web()).await.unwrap();
+    // What an attacker copied while web ran.
+    let copies = tempfile::tempdir().unwrap();
+    let copy = |name: &str| {
+        let to = copies.path().join(name);
+        std::fs::copy(node.data_dir().join("tls/containers").join(name), &to).unwrap();
+        to
+    };
+    let copied = (copy("web.pem"), copy("web-key.pem"));
+    door_answers(&node, &copied)
+        .await
+        .expect("web's certificate works while web lives");
+
+    supervisor
+        .destroy(wire::DestroyRequest {
+            alias: "web".into(),
+            flags: 0,
+        })
+        .await
+        .expect("destroy");
+    let refused = door_answers(&node, &copied)
+        .await
+        .expect_err("a destroyed container's certificate");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("destroyed"), "{refused:?}");
+    assert!(!node.data_dir().join("tls/containers/web-key.pem").exists());
+
+    node.process().0.kill().unwrap();
+    node.process().0.wait().unwrap();
+    node.restart();
+    let refused = door_answers(&node, &copied)
+        .await
+        .expect_err("after the node's restart");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    let mut supervisor = node.supervisor().await;
+    reef_tests::create(&mut supervisor, web()).await.unwrap();
+    let reissued = (
+        node.data_dir().join("tls/containers/web.pem"),
+        node.data_dir().join("tls/containers/web-key.pem"),
+    );
+    door_answers(&node, &reissued)
+        .await
+        .expect("web created again has a certificate that works");
+    assert!(
+        door_answers(&node, &copied).await.is_err(),
+        "and the old one stays refused"
+    );
 }

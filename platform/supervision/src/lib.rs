@@ -126,6 +126,7 @@ pub struct Supervision {
     commands: mpsc::Sender<actor::Command>,
     reservations: Arc<dyn Reservations>,
     logs: LogDir,
+    credentials: Option<reef_tls::tls::ContainerCredentials>,
 }
 
 impl std::fmt::Debug for Supervision {
@@ -145,6 +146,7 @@ impl Supervision {
         probe: Arc<dyn Probe>,
     ) -> std::io::Result<Self> {
         let logs = LogDir::new(&config.data_dir)?;
+        let credentials = config.credentials.clone();
         let commands = actor::spawn(
             config,
             reservations.clone(),
@@ -156,6 +158,7 @@ impl Supervision {
             commands,
             reservations,
             logs,
+            credentials,
         })
     }
 
@@ -192,8 +195,18 @@ impl Supervision {
         alias: Alias,
         mode: StopMode,
     ) -> Result<Vec<Alias>, SupervisionError> {
-        self.call(|reply| actor::Command::Destroy { alias, mode, reply })
-            .await
+        let destroyed = self
+            .call(|reply| actor::Command::Destroy { alias, mode, reply })
+            .await?;
+        // Their certificates stop authenticating, whoever kept a copy.
+        if let Some(credentials) = &self.credentials {
+            for alias in &destroyed {
+                if let Err(error) = credentials.destroyed(alias.as_str()) {
+                    tracing::error!(%alias, %error, "cannot end a destroyed container's certificates");
+                }
+            }
+        }
+        Ok(destroyed)
     }
 
     /// Starts a stopped or failed container and its subtree.

@@ -13,6 +13,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod destroyed;
 pub mod dial;
 mod pki;
 pub mod tls;

@@ -217,6 +217,21 @@ impl Pki {
             names,
             identity,
             BOTH_WAYS,
+            None,
+        )
+    }
+
+    /// Issues container `alias` its certificate, with the serial `serial` (see
+    /// [`crate::tls::NodeTls::issue_container`]).
+    pub fn issue_container(&self, alias: &str, serial: u64) -> Result<CertifiedKey, PkiError> {
+        issue_leaf(
+            &self.issuer,
+            &self.chain_pem,
+            alias,
+            &[],
+            &container_identity(alias),
+            BOTH_WAYS,
+            Some(serial),
         )
     }
 
@@ -234,6 +249,7 @@ impl Pki {
             &[],
             &identity,
             SERVER_ONLY,
+            None,
         )
     }
 }
@@ -255,8 +271,10 @@ fn issue_leaf(
     names: &[String],
     identity: &str,
     usages: &[ExtendedKeyUsagePurpose],
+    serial: Option<u64>,
 ) -> Result<CertifiedKey, PkiError> {
     let mut params = CertificateParams::new(names.to_vec())?;
+    params.serial_number = serial.map(rcgen::SerialNumber::from);
     params
         .subject_alt_names
         .push(SanType::URI(identity.try_into()?));
@@ -338,7 +356,7 @@ pub fn issue_client(ca_dir: &Path, identity: &str) -> Result<CertifiedKey, PkiEr
         )));
     };
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?)?;
-    issue_leaf(&issuer, "", "reef client", &[], identity, BOTH_WAYS)
+    issue_leaf(&issuer, "", "reef client", &[], identity, BOTH_WAYS, None)
 }
 
 /// The reef identity (`reef://…` URI SAN) that certificate `der` names, if any.

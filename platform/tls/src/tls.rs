@@ -27,7 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 
-use crate::{Pki, PkiError};
+use crate::{
+    Pki, PkiError,
+    destroyed::{Destroyed, short_serial},
+};
 
 /// How often the TLS directory is checked for a new identity.
 pub const ROTATION_CHECK: Duration = Duration::from_secs(2);
@@ -44,6 +47,8 @@ pub struct NodeTls {
     current: RwLock<Current>,
     /// When `issuer.pem` last changed, as last seen.
     issuer_changed: Mutex<Option<SystemTime>>,
+    /// Containers destroyed: the certificates issued them before then are refused.
+    destroyed: Mutex<Destroyed>,
 }
 
 struct Current {
@@ -72,7 +77,21 @@ impl NodeTls {
             names: names.to_vec(),
             current: RwLock::new(Current::new(pki)?),
             issuer_changed: Mutex::new(issuer_changed),
+            destroyed: Mutex::new(Destroyed::load(dir)?),
         }))
+    }
+
+    /// Issues container `alias` a certificate: its serial is the time of issue, so
+    /// that [`Self::container_destroyed`] can end it.
+    pub fn issue_container(&self, alias: &str) -> Result<crate::CertifiedKey, PkiError> {
+        let serial = self.destroyed.lock().next_serial(alias);
+        self.pki().issue_container(alias, serial)
+    }
+
+    /// Records, durably, that container `alias` is destroyed: no certificate issued it
+    /// until now authenticates anyone any more.
+    pub fn container_destroyed(&self, alias: &str) -> Result<(), PkiError> {
+        self.destroyed.lock().destroy(alias)
     }
 
     /// The certificates in force.
@@ -83,7 +102,21 @@ impl NodeTls {
     /// The identity a client's verified certificate `chain` is believed for on this
     /// node; see [`crate::vouch`].
     pub fn vouched_identity(&self, chain: &[impl AsRef<[u8]>]) -> Result<Option<String>, String> {
-        crate::vouch::vouched_identity(chain, &self.read().root, &self.node)
+        let identity = crate::vouch::vouched_identity(chain, &self.read().root, &self.node)?;
+        let destroyed_container = identity
+            .as_deref()
+            .and_then(|identity| identity.strip_prefix("reef://container/"))
+            .filter(|alias| {
+                let serial = chain.first().and_then(|leaf| short_serial(leaf.as_ref()));
+                self.destroyed.lock().refuses(alias, serial)
+            });
+        match destroyed_container {
+            Some(alias) => Err(format!(
+                "the certificate naming container {alias} was issued before {alias} was \
+                 destroyed: it authenticates no one"
+            )),
+            None => Ok(identity),
+        }
     }
 
     /// Loads the identity again if `issuer.pem` changed since it was last loaded.
@@ -172,20 +205,38 @@ impl ContainerCredentials {
     /// Issues container `alias` a certificate and writes it with its key (readable by
     /// the node's user only). Returns the two paths.
     pub fn issue(&self, alias: &str) -> Result<(PathBuf, PathBuf), PkiError> {
-        let certified = self
-            .tls
-            .pki()
-            .issue(alias, &[], &crate::container_identity(alias))?;
+        let certified = self.tls.issue_container(alias)?;
         std::fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io {
             path: self.dir.clone(),
             source,
         })?;
-        // '~' is not an alias character: nested aliases stay one flat file each.
-        let stem = alias.replace('/', "~");
-        let cert = self.dir.join(format!("{stem}.pem"));
-        let key = self.dir.join(format!("{stem}-key.pem"));
+        let (cert, key) = self.paths(alias);
         certified.write(&cert, &key)?;
         Ok((cert, key))
+    }
+
+    /// Container `alias` is destroyed: the certificates issued it stop authenticating
+    /// (durably, before this returns), and its files go.
+    pub fn destroyed(&self, alias: &str) -> Result<(), PkiError> {
+        self.tls.container_destroyed(alias)?;
+        let (cert, key) = self.paths(alias);
+        for file in [cert, key] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(PkiError::Io { path: file, source }),
+            }
+        }
+        Ok(())
+    }
+
+    fn paths(&self, alias: &str) -> (PathBuf, PathBuf) {
+        // '~' is not an alias character: nested aliases stay one flat file each.
+        let stem = alias.replace('/', "~");
+        (
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}-key.pem")),
+        )
     }
 }
 
