@@ -454,6 +454,13 @@ impl TestNode {
         })
     }
 
+    /// The executable reefd runs from: a copy of its own for [`Self::start_as_user`].
+    pub fn executable(&self) -> PathBuf {
+        self.user
+            .as_ref()
+            .map_or_else(|| binary("reefd"), |user| user.binary.clone())
+    }
+
     /// The pid of reefd itself.
     pub fn pid(&self) -> u32 {
         self.process.pid()

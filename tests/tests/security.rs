@@ -1370,3 +1370,18 @@ async fn a_destroyed_containers_certificate_authenticates_no_one() {
         "and the old one stays refused"
     );
 }
+
+/// The sandbox's launcher is the node's own executable: a rebuild or an upgrade that
+/// replaces the file while the node runs must not keep its containers from starting.
+#[tokio::test]
+async fn containers_start_in_the_sandbox_after_the_nodes_executable_is_gone() {
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let node = TestNode::start_as_user(uid, gid, &[]);
+    std::fs::remove_file(node.executable()).unwrap();
+    let out = report_dir();
+    let report = probe_the_nodes_files(&node, &[], out.path()).await;
+    assert_eq!(report, format!("read what it needs\nuid {uid}\n"));
+}

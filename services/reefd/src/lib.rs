@@ -302,10 +302,10 @@ impl Args {
             );
         }
         config.hidden_from_containers = self.hide_from_containers.clone();
-        config.sandbox_launcher = Some(
-            std::env::current_exe()
-                .map_err(|e| format!("cannot find reefd's own executable: {e}"))?,
-        );
+        // Not the path of the executable: a rebuild or an upgrade replaces that file
+        // while the node runs, and its containers must still start. A forked child's
+        // /proc/self/exe is the running executable, deleted or not.
+        config.sandbox_launcher = Some(PathBuf::from("/proc/self/exe"));
         if let Some(user) = &self.container_user {
             let run_as =
                 reef_sandbox::RunAs::lookup(user).map_err(|e| format!("--container-user: {e}"))?;
