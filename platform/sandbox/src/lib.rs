@@ -238,10 +238,17 @@ impl Confinement {
                 AccessFs::ReadDir,
             ))?;
         for ancestor in &ancestors {
-            let entries = std::fs::read_dir(ancestor).map_err(|source| SandboxError::Path {
-                path: ancestor.clone(),
-                source,
-            })?;
+            let entries = match std::fs::read_dir(ancestor) {
+                Ok(entries) => entries,
+                // Above a hidden path that does not exist yet: nothing there to grant.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(SandboxError::Path {
+                        path: ancestor.clone(),
+                        source,
+                    });
+                }
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if !untouched(&path) {
@@ -260,7 +267,8 @@ impl Confinement {
                 rules = rules.add_rule(PathBeneath::new(fd, access))?;
             }
         }
-        for file in &self.readable {
+        // One that does not exist (no CA on an --insecure node) needs no rule.
+        for file in self.readable.iter().filter(|file| file.exists()) {
             rules = rules.add_rule(
                 PathBeneath::new(path_fd(file)?, AccessFs::ReadFile)
                     // A kernel without Landlock still fails later, in `enter`.
@@ -308,9 +316,19 @@ pub fn run_if_launcher() {
     std::process::exit(126);
 }
 
-/// `path` with its links resolved; as given (absolute or not) if it does not exist yet.
+/// `path`, absolute, with the links of the deepest part that exists resolved: a path that
+/// does not exist yet is hidden where it will appear.
 fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| std::path::absolute(path).unwrap_or_default())
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    for existing in absolute.ancestors() {
+        if let Ok(resolved) = std::fs::canonicalize(existing) {
+            return match absolute.strip_prefix(existing) {
+                Ok(rest) if !rest.as_os_str().is_empty() => resolved.join(rest),
+                _ => resolved,
+            };
+        }
+    }
+    absolute
 }
 
 fn path_fd(path: &Path) -> Result<PathFd, SandboxError> {
@@ -408,6 +426,20 @@ mod tests {
         assert!(refused(&["--frob", "1", "--", "p"]).contains("unknown flag"));
         assert!(refused(&["--"]).contains("no program"));
         assert!(refused(&[]).contains("no '--'"));
+    }
+
+    #[test]
+    fn a_path_that_does_not_exist_yet_is_hidden_where_it_will_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let resolved = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(
+            canonical(&dir.path().join("link/not-yet/x")),
+            resolved.join("not-yet/x")
+        );
+        assert_eq!(canonical(&dir.path().join("link")), resolved);
     }
 
     #[test]
