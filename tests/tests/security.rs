@@ -1234,12 +1234,12 @@ fn policy_file(dir: &Path) -> PathBuf {
 /// DATA and the policy file from it but for its own credentials and the CA.
 #[tokio::test]
 async fn a_container_reads_no_key_of_the_node_and_rewrites_no_policy() {
-    let policy_dir = tempfile::tempdir().unwrap();
-    let policy = policy_file(policy_dir.path());
-    // A key mounted beside the node (the cluster CA's, in Kubernetes).
+    // A key mounted beside the node (the cluster CA's, in Kubernetes), and the policy
+    // file in the same hidden directory: one hidden path inside another.
     let mounted = tempfile::tempdir().unwrap();
     let mounted_key = mounted.path().join("ca-key.pem");
     std::fs::write(&mounted_key, "the cluster CA's key").unwrap();
+    let policy = policy_file(mounted.path());
     let node = TestNode::start_with(&[
         "--policy",
         policy.to_str().unwrap(),

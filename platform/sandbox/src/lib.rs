@@ -199,12 +199,13 @@ impl Confinement {
     /// the node's rights, then it switches user and enforces them.
     pub fn enter(&self) -> Result<(), SandboxError> {
         let rules = self.rules()?;
-        match self.run_as {
-            Some(run_as) => switch_user(run_as)?,
-            // Root with its capabilities would not need the files: it could read the
-            // disk under them, load a module, change its user.
-            None if effective_uid() == 0 => drop_capabilities()?,
-            None => {}
+        if let Some(run_as) = self.run_as {
+            switch_user(run_as)?;
+        }
+        // Root with its capabilities would not need the files: it could read the disk
+        // under them, load a module, change its user.
+        if effective_uid() == 0 {
+            drop_capabilities()?;
         }
         // restrict_self also sets no_new_privs: nothing exec'd later gains rights.
         let status = rules.restrict_self()?;
@@ -215,7 +216,7 @@ impl Confinement {
     }
 
     fn rules(&self) -> Result<RulesetCreated, SandboxError> {
-        let hidden: Vec<PathBuf> = self.hidden.iter().map(|path| canonical(path)).collect();
+        let hidden = outermost(self.hidden.iter().map(|path| canonical(path)).collect());
         let mut ancestors: Vec<PathBuf> = hidden
             .iter()
             .flat_map(|path| path.ancestors().skip(1).map(Path::to_path_buf))
@@ -223,7 +224,7 @@ impl Confinement {
         ancestors.sort();
         ancestors.dedup();
         let untouched = |path: &Path| {
-            !hidden.iter().any(|hidden| hidden == path)
+            !hidden.iter().any(|hidden| path.starts_with(hidden))
                 && ancestors
                     .binary_search_by(|a| a.as_path().cmp(path))
                     .is_err()
@@ -293,6 +294,17 @@ pub fn landlock_available() -> bool {
         .is_ok()
 }
 
+/// Whether this kernel also keeps a confined container from signalling processes
+/// outside its sandbox (Landlock ABI 6, Linux 6.12); older ones enforce the rest.
+pub fn signal_scoping_available() -> bool {
+    Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(ABI::V1))
+        .and_then(|ruleset| ruleset.scope(Scope::from_all(ABI::V6)))
+        .and_then(|ruleset| ruleset.create())
+        .is_ok()
+}
+
 /// In reef's executables, first thing in `main`: when started as the launcher, confines
 /// itself and becomes the container's program, and never returns. A failure is told on
 /// stderr (the container's log) and ends the process with 126, as a shell does for a
@@ -314,6 +326,21 @@ pub fn run_if_launcher() {
     };
     eprintln!("reef sandbox: {error}");
     std::process::exit(126);
+}
+
+/// `paths` without those inside another: a hidden directory's own entries get no grant,
+/// as they would if it were taken for the ancestor of a hidden path below it.
+fn outermost(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.sort();
+    paths.dedup();
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        // Sorted, so a path's ancestors come before it.
+        if !kept.iter().any(|outer| path.starts_with(outer)) {
+            kept.push(path);
+        }
+    }
+    kept
 }
 
 /// `path`, absolute, with the links of the deepest part that exists resolved: a path that
@@ -440,6 +467,22 @@ mod tests {
             resolved.join("not-yet/x")
         );
         assert_eq!(canonical(&dir.path().join("link")), resolved);
+    }
+
+    #[test]
+    fn a_hidden_path_inside_another_leaves_the_outer_one_whole() {
+        let paths = [
+            "/data/policy.toml",
+            "/data",
+            "/etc/reef/key.pem",
+            "/data/files",
+            "/data",
+        ];
+        let kept = outermost(paths.iter().map(PathBuf::from).collect());
+        assert_eq!(
+            kept,
+            [PathBuf::from("/data"), PathBuf::from("/etc/reef/key.pem")]
+        );
     }
 
     #[test]

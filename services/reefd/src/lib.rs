@@ -301,6 +301,13 @@ impl Args {
                     .into(),
             );
         }
+        if !reef_sandbox::signal_scoping_available() {
+            tracing::warn!(
+                "this kernel's Landlock cannot keep containers from signalling processes \
+                 outside their sandbox (ABI 6, Linux 6.12): a container of reefd's user can \
+                 signal reefd"
+            );
+        }
         config.hidden_from_containers = self.hide_from_containers.clone();
         // Not the path of the executable: a rebuild or an upgrade replaces that file
         // while the node runs, and its containers must still start. A forked child's
@@ -315,7 +322,8 @@ impl Args {
                     "--container-user {user}: reefd runs as uid {uid}, not root, and cannot switch user"
                 ));
             }
-            config.container_user = Some(run_as);
+            // Its own user needs no switch (and could not drop its groups).
+            config.container_user = (run_as.uid != uid).then_some(run_as);
         }
         Ok(())
     }
