@@ -1250,7 +1250,7 @@ async fn a_container_reads_no_key_of_the_node_and_rewrites_no_policy() {
     let report = probe_the_nodes_files(&node, &[&policy, &mounted_key], out.path()).await;
     assert_eq!(
         report,
-        format!("read what it needs\nuid {}\n", reef_sandbox_uid()),
+        format!("read what it needs\nuid {}\n", test_uid()),
         "the container reached the node's files"
     );
     assert!(!node.data_dir().join("planted").exists());
@@ -1260,7 +1260,7 @@ async fn a_container_reads_no_key_of_the_node_and_rewrites_no_policy() {
 /// container's certificate and key and nothing else of the node's.
 #[tokio::test]
 async fn as_root_a_node_runs_containers_as_the_user_it_is_told() {
-    if reef_sandbox_uid() != 0 {
+    if test_uid() != 0 {
         eprintln!("skipped: the tests do not run as root, so reefd cannot switch user");
         return;
     }
@@ -1274,7 +1274,7 @@ async fn as_root_a_node_runs_containers_as_the_user_it_is_told() {
 /// permissions keep nothing from them, and Landlock alone hides DATA.
 #[tokio::test]
 async fn under_an_unprivileged_node_a_container_reads_no_key_either() {
-    if reef_sandbox_uid() != 0 {
+    if test_uid() != 0 {
         eprintln!("skipped: creating a node of another user needs root");
         return;
     }
@@ -1289,7 +1289,7 @@ async fn under_an_unprivileged_node_a_container_reads_no_key_either() {
 }
 
 /// The test's own uid.
-fn reef_sandbox_uid() -> u32 {
+fn test_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
@@ -1375,10 +1375,7 @@ async fn a_destroyed_containers_certificate_authenticates_no_one() {
 /// replaces the file while the node runs must not keep its containers from starting.
 #[tokio::test]
 async fn containers_start_in_the_sandbox_after_the_nodes_executable_is_gone() {
-    let (uid, gid) = (
-        nix::unistd::geteuid().as_raw(),
-        nix::unistd::getegid().as_raw(),
-    );
+    let (uid, gid) = (test_uid(), nix::unistd::getegid().as_raw());
     let node = TestNode::start_as_user(uid, gid, &[]);
     std::fs::remove_file(node.executable()).unwrap();
     let out = report_dir();

@@ -270,11 +270,7 @@ impl Confinement {
         }
         // One that does not exist (no CA on an --insecure node) needs no rule.
         for file in self.readable.iter().filter(|file| file.exists()) {
-            rules = rules.add_rule(
-                PathBeneath::new(path_fd(file)?, AccessFs::ReadFile)
-                    // A kernel without Landlock still fails later, in `enter`.
-                    .set_compatibility(CompatLevel::BestEffort),
-            )?;
+            rules = rules.add_rule(PathBeneath::new(path_fd(file)?, AccessFs::ReadFile))?;
         }
         Ok(rules)
     }
@@ -287,20 +283,24 @@ pub fn effective_uid() -> u32 {
 
 /// Whether this kernel enforces Landlock (as [`Confinement::enter`] needs).
 pub fn landlock_available() -> bool {
-    Ruleset::default()
-        .set_compatibility(CompatLevel::HardRequirement)
-        .handle_access(AccessFs::from_all(ABI::V1))
-        .and_then(|ruleset| ruleset.create())
-        .is_ok()
+    kernel_enforces(ABI::V1)
 }
 
 /// Whether this kernel also keeps a confined container from signalling processes
 /// outside its sandbox (Landlock ABI 6, Linux 6.12); older ones enforce the rest.
 pub fn signal_scoping_available() -> bool {
+    kernel_enforces(ABI::V6)
+}
+
+/// Whether a ruleset with everything of `abi` can be made here (it is not enforced).
+fn kernel_enforces(abi: ABI) -> bool {
     Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
-        .handle_access(AccessFs::from_all(ABI::V1))
-        .and_then(|ruleset| ruleset.scope(Scope::from_all(ABI::V6)))
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|ruleset| match abi >= ABI::V6 {
+            true => ruleset.scope(Scope::from_all(abi)),
+            false => Ok(ruleset),
+        })
         .and_then(|ruleset| ruleset.create())
         .is_ok()
 }
