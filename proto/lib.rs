@@ -52,9 +52,14 @@ pub const PUSH_TICKET_METADATA: &str = "reef-push-ticket";
 /// the stream; further grants travel in `Frame.credit`. Without it the node sends
 /// without limit (HTTP/2 flow control and the mailbox bound the stream).
 pub const CREDIT_METADATA: &str = "reef-credit";
-/// Metadata a node sets on a call it forwards to another node: the caller it acts for
+/// Metadata a node sets on a call it forwards down the tree: the caller it acts for
 /// (`client:ops`), whose rights the receiving node's policies check. Believed only from
-/// a caller whose certificate names a node of the cluster.
+/// the node the receiving node joined, and only with [`ON_BEHALF_OF_CHAIN_METADATA`].
 pub const ON_BEHALF_OF_METADATA: &str = "reef-on-behalf-of";
+/// Binary metadata beside [`ON_BEHALF_OF_METADATA`] (other than for `anonymous`): the
+/// certificate chain that caller presented, each DER certificate after its length (4
+/// bytes, big-endian). The receiving node believes the caller only if it would believe
+/// that certificate itself.
+pub const ON_BEHALF_OF_CHAIN_METADATA: &str = "reef-on-behalf-of-chain-bin";
 /// Metadata on a PERMISSION_DENIED status: the name of the policy that denied.
 pub const POLICY_METADATA: &str = "reef-policy";

@@ -6,7 +6,11 @@
 //! Needs root (network namespaces, iptables). Where that is not available the test says
 //! SKIPPED on stderr and returns; with `REEF_REQUIRE_NETNS` set (CI), it fails instead.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use reef_proto::{
     ContainerDefinition, ContainerInfo, DeadLettersRequest, ListRequest,
@@ -118,6 +122,19 @@ async fn wait_count(client: &Client, expected: u64) {
     assert_eq!(seen, expected, "nothing lost and nothing twice");
 }
 
+/// An administrator of the whole cluster (`reef ca client operator --admin`), issued by
+/// the cluster CA in `cluster`: its certificate and key files.
+fn cluster_operator(cluster: &Path) -> (PathBuf, PathBuf) {
+    let operator = reef_tls::issue_client(cluster, &reef_tls::admin_identity("operator"))
+        .expect("the cluster CA issues an administrator");
+    let (cert, key) = (
+        cluster.join("operator.pem"),
+        cluster.join("operator-key.pem"),
+    );
+    operator.write(&cert, &key).unwrap();
+    (cert, key)
+}
+
 /// `reef --addr NODE --ca CA ARGS…`, which must succeed.
 fn reef(node: &TestNode, args: &[&str]) -> String {
     let addr = node.addr.to_string();
@@ -146,11 +163,15 @@ async fn three_nodes_route_across_partitions_and_a_node_restart() {
     wait_listed(&on_root, "nodes/a", "linked", |c| c.attached).await;
     wait_listed(&on_root, "nodes/b", "linked", |c| c.attached).await;
 
-    // Created on a through root: the call goes down the tree.
+    // Created on a through root by the cluster's operator: the call goes down the tree.
     let demo = binary("reef-demo").display().to_string();
+    let (cert, key) = cluster_operator(cluster.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let created = reef(
         &root,
-        &["create", "--node", "a", "echo-a", "--", &demo, "echo"],
+        &[
+            "--cert", &cert, "--key", &key, "create", "--node", "a", "echo-a", "--", &demo, "echo",
+        ],
     );
     assert!(created.starts_with("created echo-a"), "{created}");
     let definition = ContainerDefinition {
@@ -435,7 +456,14 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         kind: demo_process(&["counter"]),
         ..Default::default()
     };
-    let created = on_root
+    // Root's own admin.pem is root's alone: the cluster's operator acts below it.
+    let as_operator = SupervisorClient::new(
+        root.options_as(Some(cluster_operator(cluster.path())))
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let created = as_operator
         .clone()
         .create(reef_proto::CreateRequest {
             definition: Some(definition),
@@ -450,7 +478,7 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         listed(&b.supervisor().await, "counter-b").await.is_some(),
         "counter-b lives on b"
     );
-    let nowhere = on_root
+    let nowhere = as_operator
         .clone()
         .create(reef_proto::CreateRequest {
             definition: Some(ContainerDefinition {
@@ -507,14 +535,14 @@ async fn a_grandchild_is_created_and_reached_through_two_links() {
         .await
         .expect_err("b's policy does not let ops stop");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
-    let mut as_admin = on_root.clone();
+    let mut as_admin = as_operator.clone();
     as_admin
         .stop(reef_proto::StopRequest {
             alias: "ops-1".into(),
             flags: 0,
         })
         .await
-        .expect("root's admin stops ops-1 on b");
+        .expect("the cluster's operator stops ops-1 on b");
     let on_b = b.supervisor().await;
     let state = |c: &ContainerInfo| c.supervised.as_ref().map(|s| s.state);
     let stopped = listed(&on_b, "ops-1").await.expect("ops-1 on b");

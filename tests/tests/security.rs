@@ -7,7 +7,8 @@
 //! certificate may create in, what the node shows of its containers needs `read`, a
 //! container's endpoint takes control calls from its node alone, the certificate
 //! Register issues passes for no address and authenticates no caller, only the parent
-//! node speaks for someone else, a node's CA vouches for no one on another node but
+//! node speaks for someone else, and only for callers the node below believes itself
+//! (a node's own administrator is no administrator of the nodes below), a node's CA vouches for no one on another node but
 //! that node, a child node takes no alias that lives above its parent, and a container
 //! reads no key of the node and rewrites no policy, whoever reefd runs as, and a
 //! destroyed container's certificate authenticates no one.
@@ -951,6 +952,130 @@ async fn a_node_that_is_not_the_parent_speaks_for_no_one() {
         .unwrap()
         .into_inner();
     assert!(!listed.containers.iter().any(|c| c.alias == "pwn"));
+}
+
+/// Hole 2: in a tree, each node's `admin.pem` was an administrator of every node below
+/// it, as the parent said whom it acted for and the child believed it of anyone. A node
+/// now forwards a call only for a caller whose certificate the node below believes too
+/// (it sends the chain, and the node below checks it), so the administrator a node's own
+/// CA issued acts on that node alone, and a parent's key in the wrong hands speaks for
+/// no one whose certificate it does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_own_administrator_is_no_administrator_of_the_nodes_below() {
+    let cluster = tempfile::tempdir().unwrap();
+    reef_tls::init_cluster_ca(cluster.path()).unwrap();
+    let root = TestNode::start_in_cluster(cluster.path(), "root", None, &[]);
+    let a = TestNode::start_in_cluster(cluster.path(), "a", Some(&root), &[]);
+    let on_root = root.supervisor().await;
+    wait_for_container(&on_root, "nodes/a", "linked", |c| c.attached).await;
+    let out = tempfile::tempdir().unwrap();
+    let pwned = out.path().join("pwned.txt");
+    let create_on_a = || wire::CreateRequest {
+        definition: Some(pwn(&pwned)),
+        node: "a".to_owned(),
+        ..Default::default()
+    };
+    let refused = on_root
+        .clone()
+        .create(create_on_a())
+        .await
+        .expect_err("root's own admin.pem created on a");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("this node alone"), "{refused:?}");
+    // Nor does it stop, or read the log of, a container that lives on a.
+    a.create_demo("on-a", &["counter"]).await;
+    wait_for_container(&on_root, "on-a", "announced by a", |c| c.attached).await;
+    let stop = on_root
+        .clone()
+        .stop(wire::StopRequest {
+            alias: "on-a".to_owned(),
+            flags: 0,
+        })
+        .await
+        .expect_err("root's own admin.pem stopped on-a");
+    assert_eq!(stop.code(), tonic::Code::PermissionDenied, "{stop:?}");
+    let logs = on_root
+        .clone()
+        .logs(wire::LogsRequest {
+            alias: "on-a".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("root's own admin.pem read on-a's log");
+    assert_eq!(logs.code(), tonic::Code::PermissionDenied, "{logs:?}");
+
+    // Root's node key in the wrong hands: speaking for an administrator without that
+    // administrator's certificate, or with root's admin.pem, gets nothing on a.
+    let as_root_node = root.certificate(&reef_tls::node_identity("root"));
+    let mut to_a_as_root =
+        SupervisorClient::new(a.options_as(Some(as_root_node)).connect().await.unwrap());
+    let root_admin_chain = {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let pem = std::fs::read(root.data_dir().join("tls/admin.pem")).unwrap();
+        CertificateDer::pem_slice_iter(&pem)
+            .map(|der| der.unwrap().to_vec())
+            .collect::<Vec<_>>()
+    };
+    for (chain, why) in [
+        (None, "without that caller's certificate"),
+        (Some(&root_admin_chain), "believed on node root alone"),
+    ] {
+        let mut create = tonic::Request::new(wire::CreateRequest {
+            node: String::new(),
+            ..create_on_a()
+        });
+        let admin = format!(
+            "admin:{}",
+            reef_tls::certificate_identity(&root_admin_chain[0])
+                .unwrap()
+                .trim_start_matches("reef://admin/")
+        );
+        create
+            .metadata_mut()
+            .insert(reef_proto::ON_BEHALF_OF_METADATA, admin.parse().unwrap());
+        if let Some(chain) = chain {
+            create.metadata_mut().insert_bin(
+                reef_proto::ON_BEHALF_OF_CHAIN_METADATA,
+                tonic::metadata::MetadataValue::from_bytes(&reef_tls::vouch::encode_chain(chain)),
+            );
+        }
+        let refused = to_a_as_root
+            .create(create)
+            .await
+            .expect_err("root's node key spoke for an administrator on a");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains(why), "{refused:?}");
+    }
+    assert!(!pwned.exists());
+    let on_a = a.supervisor().await;
+    let listed = on_a.clone().list(wire::ListRequest {}).await.unwrap();
+    assert!(
+        !listed
+            .into_inner()
+            .containers
+            .iter()
+            .any(|c| c.alias == "pwn")
+    );
+
+    // The cluster's operator acts on a through root.
+    let operator =
+        reef_tls::issue_client(cluster.path(), &reef_tls::admin_identity("ops")).unwrap();
+    let operator = write_identity(out.path(), "ops", &operator);
+    let channel = root.options_as(Some(operator)).connect().await.unwrap();
+    let created = SupervisorClient::new(channel)
+        .create(wire::CreateRequest {
+            definition: Some(wire::ContainerDefinition {
+                alias: "by-ops".to_owned(),
+                kind: demo_process(&["counter"]),
+                ..Default::default()
+            }),
+            node: "a".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("the cluster's administrator creates on a through root");
+    assert!(created.into_inner().created);
+    wait_for_container(&on_a, "by-ops", "attached", |c| c.attached).await;
 }
 
 /// Writes `certified` as `DIR/NAME.pem` and `NAME-key.pem`, for a client to present.

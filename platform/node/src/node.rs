@@ -555,7 +555,11 @@ impl Node {
         let parent = ParentNode::default();
         let mut server = Server::builder()
             // First, so that every route sees who is calling (`identity::caller`).
-            .layer(IdentityLayer::new(self.config.anonymous(), parent.clone()))
+            .layer(IdentityLayer::new(
+                self.config.anonymous(),
+                parent.clone(),
+                self.tls.clone(),
+            ))
             // Only applies to listeners tonic binds itself: ours get TCP_NODELAY through
             // `TcpIncoming` below, or small writes wait for Nagle and the peer's delayed
             // ACK (40 ms) whenever a unary call shares the connection with a stream.

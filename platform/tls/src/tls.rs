@@ -19,8 +19,8 @@ use parking_lot::{Mutex, RwLock};
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::ring::{default_provider, sign::any_supported_type},
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
-    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject as _},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier, danger::ClientCertVerifier},
     sign,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +30,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use crate::{
     Pki, PkiError,
     destroyed::{Destroyed, short_serial},
+    vouch::Vouched,
 };
 
 /// How often the TLS directory is checked for a new identity.
@@ -100,12 +101,12 @@ impl NodeTls {
     }
 
     /// The identity a client's verified certificate `chain` is believed for on this
-    /// node; see [`crate::vouch`].
-    pub fn vouched_identity(&self, chain: &[impl AsRef<[u8]>]) -> Result<Option<String>, String> {
-        let identity = crate::vouch::vouched_identity(chain, &self.read().root, &self.node)?;
-        let destroyed_container = identity
-            .as_deref()
-            .and_then(|identity| identity.strip_prefix("reef://container/"))
+    /// node, and who vouched for it; see [`crate::vouch`].
+    pub fn vouched_identity(&self, chain: &[impl AsRef<[u8]>]) -> Result<Option<Vouched>, String> {
+        let vouched = crate::vouch::vouched(chain, &self.read().root, &self.node)?;
+        let destroyed_container = vouched
+            .as_ref()
+            .and_then(|vouched| vouched.identity.strip_prefix("reef://container/"))
             .filter(|alias| {
                 let serial = chain.first().and_then(|leaf| short_serial(leaf.as_ref()));
                 self.destroyed.lock().refuses(alias, serial)
@@ -115,8 +116,32 @@ impl NodeTls {
                 "the certificate naming container {alias} was issued before {alias} was \
                  destroyed: it authenticates no one"
             )),
-            None => Ok(identity),
+            None => Ok(vouched),
         }
+    }
+
+    /// The identity `chain` is believed for when a node forwards a call with it, acting
+    /// for its holder: the chain must verify against this node's trust root, as the
+    /// handshake verifies a client's own, and then [`Self::vouched_identity`] applies.
+    /// The forwarding node proved that the caller holds the key; this node checks that
+    /// the certificate is one it would believe itself.
+    pub fn vouched_forwarded(&self, chain: &[Vec<u8>]) -> Result<Option<Vouched>, String> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or("the forwarded certificate chain is empty")?;
+        let intermediates: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .map(|der| CertificateDer::from(der.as_slice()))
+            .collect();
+        self.client_verifier()
+            .map_err(|error| error.to_string())?
+            .verify_client_cert(
+                &CertificateDer::from(leaf.as_slice()),
+                &intermediates,
+                UnixTime::now(),
+            )
+            .map_err(|error| format!("the forwarded certificate does not verify: {error}"))?;
+        self.vouched_identity(chain)
     }
 
     /// Loads the identity again if `issuer.pem` changed since it was last loaded.
@@ -146,22 +171,26 @@ impl NodeTls {
     }
 
     fn acceptor_for(self: &Arc<Self>, alpn: &[u8]) -> Result<TlsAcceptor, PkiError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(invalid)?
+            .with_client_cert_verifier(self.client_verifier()?)
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Verifies client certificates against the node's trust root (and lets clients
+    /// without one through, for the door to answer).
+    fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
         let mut roots = RootCertStore::empty();
         for root in CertificateDer::pem_slice_iter(self.pki().ca_pem().as_bytes()) {
             roots.add(root.map_err(invalid)?).map_err(invalid)?;
         }
-        let provider = Arc::new(default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+        WebPkiClientVerifier::builder_with_provider(roots.into(), Arc::new(default_provider()))
             .allow_unauthenticated()
             .build()
-            .map_err(invalid)?;
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(invalid)?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(Resolver(self.clone())));
-        config.alpn_protocols = vec![alpn.to_vec()];
-        Ok(TlsAcceptor::from(Arc::new(config)))
+            .map_err(invalid)
     }
 
     fn read(&self) -> parking_lot::RwLockReadGuard<'_, Current> {

@@ -12,6 +12,10 @@
 //!   everywhere, and for the administrators, clients and containers it issues on node
 //!   `N` alone: a node's `admin.pem` is no administrator of the rest of its tree, and
 //!   no node can mint another node's identity, or a container of another node.
+//!
+//! A node that forwards a call down the tree sends the chain of the caller it acts for
+//! with it ([`encode_chain`]), and the node below applies the same rule to it: node `N`
+//! cannot forward a caller that only `N` believes.
 
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
@@ -33,6 +37,24 @@ pub enum Signer {
     Node(String),
 }
 
+/// An identity a verified chain is believed for, and by whose word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    /// The `reef://KIND/NAME` the leaf names.
+    pub identity: String,
+    /// Who signed the leaf.
+    pub signer: Signer,
+}
+
+impl Vouched {
+    /// Whether the identity is believed on the node that issued it alone: an
+    /// administrator, client or container a node's intermediate signed. No other node
+    /// is told that a call acts for it.
+    pub fn here_only(&self) -> bool {
+        matches!(self.signer, Signer::Node(_)) && !self.identity.starts_with("reef://node/")
+    }
+}
+
 /// The identity the verified `chain` (leaf first, as presented) may be believed for on
 /// node `here`, whose trust root has the DER certificate `root`. Outside a node (`here`
 /// empty) only node identities, and what the root signed, are believed. `Ok(None)` for a
@@ -43,6 +65,15 @@ pub fn vouched_identity(
     root: &[u8],
     here: &str,
 ) -> Result<Option<String>, String> {
+    vouched(chain, root, here).map(|vouched| vouched.map(|vouched| vouched.identity))
+}
+
+/// [`vouched_identity`], with who signed it.
+pub fn vouched(
+    chain: &[impl AsRef<[u8]>],
+    root: &[u8],
+    here: &str,
+) -> Result<Option<Vouched>, String> {
     let Some(leaf) = chain.first() else {
         return Ok(None);
     };
@@ -55,7 +86,56 @@ pub fn vouched_identity(
              give the node a new intermediate with `reef ca issue`"
         )
     })?;
-    vouches(&signer, &identity, here).map(|()| Some(identity))
+    vouches(&signer, &identity, here)?;
+    Ok(Some(Vouched { identity, signer }))
+}
+
+/// The longest chain a forwarded call may carry ([`encode_chain`]): a leaf and its
+/// intermediate, with room to spare.
+const MAX_FORWARDED_CERTIFICATES: usize = 4;
+/// The most bytes a forwarded chain may take.
+const MAX_FORWARDED_CHAIN_BYTES: usize = 32 << 10;
+
+/// `chain` (DER certificates, leaf first) as the bytes of one binary metadata value:
+/// each certificate's length (4 bytes, big-endian), then its bytes.
+pub fn encode_chain(chain: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for certificate in chain {
+        let certificate = certificate.as_ref();
+        bytes.extend_from_slice(&(certificate.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(certificate);
+    }
+    bytes
+}
+
+/// The chain [`encode_chain`] made, or why `bytes` are not one.
+pub fn decode_chain(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    if bytes.len() > MAX_FORWARDED_CHAIN_BYTES {
+        return Err(format!(
+            "a forwarded certificate chain of {} bytes is over the {MAX_FORWARDED_CHAIN_BYTES}",
+            bytes.len()
+        ));
+    }
+    let mut chain = Vec::new();
+    while !bytes.is_empty() {
+        let (length, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or("a forwarded certificate chain ends inside a length")?;
+        let length = u32::from_be_bytes(*length) as usize;
+        if length > rest.len() {
+            return Err("a forwarded certificate chain ends inside a certificate".to_owned());
+        }
+        let (certificate, rest) = rest.split_at(length);
+        chain.push(certificate.to_vec());
+        bytes = rest;
+        if chain.len() > MAX_FORWARDED_CERTIFICATES {
+            return Err(format!(
+                "a forwarded certificate chain holds more than {MAX_FORWARDED_CERTIFICATES} \
+                 certificates"
+            ));
+        }
+    }
+    Ok(chain)
 }
 
 /// Whether `signer` vouches for `identity` on node `here` (see the module's rule).
@@ -153,6 +233,53 @@ mod tests {
             let refused = believed_on(&a, &identity, &root, "b").unwrap_err();
             assert!(refused.contains("node a alone"), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_chain_goes_through_metadata_and_back_and_garbage_does_not() {
+        let (_dir, _root, a, _b) = cluster();
+        let chain = ders(&a.issue("t", &[], &admin_identity("a")).unwrap().cert_pem);
+        assert_eq!(chain.len(), 2, "the leaf and a's intermediate");
+        assert_eq!(decode_chain(&encode_chain(&chain)).unwrap(), chain);
+        let mut torn = encode_chain(&chain);
+        torn.pop();
+        assert!(
+            decode_chain(&torn)
+                .unwrap_err()
+                .contains("inside a certificate")
+        );
+        assert!(
+            decode_chain(&[0, 0])
+                .unwrap_err()
+                .contains("inside a length")
+        );
+        let many = encode_chain(&[[0u8; 1]; 5]);
+        assert!(decode_chain(&many).unwrap_err().contains("more than 4"));
+        let big = encode_chain(&[vec![0u8; 40 << 10]]);
+        assert!(decode_chain(&big).unwrap_err().contains("over the"));
+    }
+
+    #[test]
+    fn only_what_a_node_issues_for_itself_is_believed_on_that_node_alone() {
+        let (_dir, root, a, _b) = cluster();
+        let vouched_as = |identity: &str| {
+            let chain = ders(&a.issue("t", &[], identity).unwrap().cert_pem);
+            vouched(&chain, &root, "a").unwrap().unwrap()
+        };
+        assert!(vouched_as(&admin_identity("x")).here_only());
+        assert!(vouched_as(&container_identity("web")).here_only());
+        assert!(!vouched_as(&node_identity("a")).here_only());
+        let dir = tempfile::tempdir().unwrap();
+        let standalone = Pki::load_or_create(dir.path(), "solo", &[]).unwrap();
+        let root = ders(standalone.ca_pem()).remove(0);
+        let chain = ders(
+            &standalone
+                .issue("t", &[], &admin_identity("x"))
+                .unwrap()
+                .cert_pem,
+        );
+        let by_root = vouched(&chain, &root, "solo").unwrap().unwrap();
+        assert!(!by_root.here_only(), "the root vouches everywhere");
     }
 
     #[test]

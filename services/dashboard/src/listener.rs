@@ -78,6 +78,7 @@ impl PeerListener {
                         admin: session
                             .peer_certificates()
                             .and_then(|chain| node.vouched_identity(chain).ok().flatten())
+                            .map(|vouched| vouched.identity)
                             .is_some_and(|identity| identity.starts_with("reef://admin/")),
                     };
                     Ok((Box::new(stream) as Box<dyn Io>, peer))

@@ -22,7 +22,10 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::api::{error::ApiError, identity};
+use crate::api::{
+    error::ApiError,
+    identity::{self, Caller},
+};
 use crate::{
     ContainerSnapshot, ContainerSpec, EventKind, Phase, Registry, RegistryEvent,
     children::{ChildNodes, NodeEndpoint},
@@ -44,7 +47,7 @@ mod tasks;
 mod views;
 
 use self::{
-    lifecycle::{batch_result, on_behalf_of},
+    lifecycle::{batch_result, on_behalf_of, to_node_below},
     snapshots::{build_tree, container_event, container_info, seen_by, tree_seen_by},
 };
 
@@ -168,8 +171,8 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::JoinRequest>,
     ) -> Result<Response<wire::JoinResponse>, Status> {
-        let leaf = identity::peer_leaf(&request);
-        Ok(Response::new(self.join_node(leaf, request.into_inner())?))
+        let chain = identity::peer_chain(&request);
+        Ok(Response::new(self.join_node(chain, request.into_inner())?))
     }
 
     async fn deregister(
@@ -239,7 +242,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::GetContainerStatusRequest>,
     ) -> Result<Response<wire::ContainerStatus>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(self.container_status(&caller, request.into_inner()).await?)
     }
 
@@ -247,7 +250,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::CommandContainerRequest>,
     ) -> Result<Response<wire::CommandResponse>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(self.run_command(&caller, request.into_inner()).await?)
     }
 
@@ -255,7 +258,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::CreateRequest>,
     ) -> Result<Response<wire::CreateResponse>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(Response::new(
             self.create_one(&caller, request.into_inner()).await?,
         ))
@@ -265,7 +268,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::DestroyRequest>,
     ) -> Result<Response<wire::DestroyResponse>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(Response::new(
             self.destroy_one(&caller, request.into_inner()).await?,
         ))
@@ -275,7 +278,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::StartRequest>,
     ) -> Result<Response<wire::StartResponse>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(Response::new(
             self.start_one(&caller, request.into_inner()).await?,
         ))
@@ -285,7 +288,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::StopRequest>,
     ) -> Result<Response<wire::StopResponse>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(Response::new(
             self.stop_one(&caller, request.into_inner()).await?,
         ))
@@ -295,7 +298,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::RestartRequest>,
     ) -> Result<Response<wire::RestartResponse>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(Response::new(
             self.restart_one(&caller, request.into_inner()).await?,
         ))
@@ -312,7 +315,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::BatchRequest>,
     ) -> Result<Response<wire::BatchResponse>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(Response::new(
             self.run_batch(&caller, request.into_inner()).await,
         ))
@@ -475,7 +478,7 @@ impl supervisor_server::Supervisor for SupervisorService {
         &self,
         request: Request<wire::LogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
-        let caller = identity::caller(&request);
+        let caller = identity::acting(&request);
         Ok(Response::new(
             self.log_stream(&caller, request.into_inner()).await?,
         ))

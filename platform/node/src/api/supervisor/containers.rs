@@ -89,20 +89,20 @@ impl SupervisorService {
     /// The container's own answer to Container.Status, here or from the node below.
     pub(super) async fn container_status(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::GetContainerStatusRequest,
     ) -> Result<Response<wire::ContainerStatus>, ApiError> {
         if let Some(mut node) = self.node_below(&request.alias).await? {
             return node
-                .get_container_status(on_behalf_of(caller, request)?)
+                .get_container_status(to_node_below(caller, request)?)
                 .await
                 .map_err(ApiError::Relayed);
         }
         let mut container = self
-            .container_endpoint(caller, &request.alias, CONTAINER_STATUS_TIMEOUT)
+            .container_endpoint(&caller.principal, &request.alias, CONTAINER_STATUS_TIMEOUT)
             .await?;
         container
-            .status(on_behalf_of(caller, wire::StatusRequest {})?)
+            .status(on_behalf_of(&caller.principal, wire::StatusRequest {})?)
             .await
             .map_err(ApiError::Relayed)
     }
@@ -110,24 +110,24 @@ impl SupervisorService {
     /// Runs a command in the container, here or through the node below.
     pub(super) async fn run_command(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::CommandContainerRequest,
     ) -> Result<Response<wire::CommandResponse>, ApiError> {
         if let Some(mut node) = self.node_below(&request.alias).await? {
             return node
-                .command_container(on_behalf_of(caller, request)?)
+                .command_container(to_node_below(caller, request)?)
                 .await
                 .map_err(ApiError::Relayed);
         }
         let mut container = self
-            .container_endpoint(caller, &request.alias, CONTAINER_COMMAND_TIMEOUT)
+            .container_endpoint(&caller.principal, &request.alias, CONTAINER_COMMAND_TIMEOUT)
             .await?;
         let command = wire::CommandRequest {
             command: request.command,
             args: request.args,
         };
         container
-            .command(on_behalf_of(caller, command)?)
+            .command(on_behalf_of(&caller.principal, command)?)
             .await
             .map_err(ApiError::Relayed)
     }

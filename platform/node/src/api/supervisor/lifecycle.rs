@@ -2,6 +2,8 @@
 //! out: here, or forwarded to the child node below which the container lives; and a
 //! container's report of its own failure.
 
+use tonic::metadata::{Ascii, MetadataValue};
+
 use super::*;
 
 impl SupervisorService {
@@ -35,7 +37,7 @@ impl SupervisorService {
     /// Sends `request` for another node down the tree, towards that node.
     pub(super) async fn forward_create(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::CreateRequest,
     ) -> Result<wire::CreateResponse, ApiError> {
         let (child, hop) = self
@@ -48,7 +50,7 @@ impl SupervisorService {
                 ))
             })?;
         let mut node = self.child_node(&child, &hop).await?;
-        relayed(node.create(on_behalf_of(caller, request)?)).await
+        relayed(node.create(to_node_below(caller, request)?)).await
     }
 
     /// Joins a created container to the groups its definition names.
@@ -68,7 +70,7 @@ impl SupervisorService {
 
     pub(super) async fn create_one(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::CreateRequest,
     ) -> Result<wire::CreateResponse, ApiError> {
         if !request.node.is_empty() && request.node != self.node.name {
@@ -78,13 +80,15 @@ impl SupervisorService {
             ApiError::BadRequest("CreateRequest.definition is missing".to_owned())
         })?;
         let parent = (!raw.parent.is_empty()).then_some(raw.parent.as_str());
-        self.check_subtree(caller, Action::Create, &raw.alias, parent)?;
-        self.check_inherit_env(caller, &raw)?;
+        self.check_subtree(&caller.principal, Action::Create, &raw.alias, parent)?;
+        self.check_inherit_env(&caller.principal, &raw)?;
         let groups = raw.groups.clone();
         let alias = raw.alias.clone();
         let policy = raw.overflow;
         let mut created = self.create_container(raw, request.flags).await?;
-        created.container = created.container.map(|info| seen_by(caller, info));
+        created.container = created
+            .container
+            .map(|info| seen_by(&caller.principal, info));
         self.join_groups(&alias, &groups)?;
         if policy != 0 {
             routing::set_overflow(&self.routing, wire::SetOverflowRequest { alias, policy })?;
@@ -144,14 +148,14 @@ impl SupervisorService {
 
     pub(super) async fn destroy_one(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::DestroyRequest,
     ) -> Result<wire::DestroyResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return relayed(node.destroy(on_behalf_of(caller, request)?)).await;
+            return relayed(node.destroy(to_node_below(caller, request)?)).await;
         }
-        self.check_subtree(caller, Action::Destroy, alias.as_str(), None)?;
+        self.check_subtree(&caller.principal, Action::Destroy, alias.as_str(), None)?;
         let mode = convert::stop_mode(request.flags)?;
         if let Some(task) = self.registry.get(alias.as_str()).and_then(|c| c.task) {
             hosting::stop_task(&self.registry, &self.tls.pki(), &alias, &task.host).await?;
@@ -207,34 +211,37 @@ impl SupervisorService {
 
     pub(super) async fn start_one(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::StartRequest,
     ) -> Result<wire::StartResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return relayed(node.start(on_behalf_of(caller, request)?)).await;
+            return relayed(node.start(to_node_below(caller, request)?)).await;
         }
-        self.check_subtree(caller, Action::Start, alias.as_str(), None)?;
+        self.check_subtree(&caller.principal, Action::Start, alias.as_str(), None)?;
         self.refuse_task(&alias, "started")?;
         self.supervision
             .start_container(alias.clone())
             .await
             .map_err(ApiError::from)?;
         Ok(wire::StartResponse {
-            container: Some(seen_by(caller, container_info(self.supervised(&alias)?))),
+            container: Some(seen_by(
+                &caller.principal,
+                container_info(self.supervised(&alias)?),
+            )),
         })
     }
 
     pub(super) async fn stop_one(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::StopRequest,
     ) -> Result<wire::StopResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return relayed(node.stop(on_behalf_of(caller, request)?)).await;
+            return relayed(node.stop(to_node_below(caller, request)?)).await;
         }
-        self.check_subtree(caller, Action::Stop, alias.as_str(), None)?;
+        self.check_subtree(&caller.principal, Action::Stop, alias.as_str(), None)?;
         self.refuse_task(&alias, "stopped")?;
         let mode = convert::stop_mode(request.flags)?;
         self.supervision
@@ -242,24 +249,30 @@ impl SupervisorService {
             .await
             .map_err(ApiError::from)?;
         Ok(wire::StopResponse {
-            container: Some(seen_by(caller, container_info(self.supervised(&alias)?))),
+            container: Some(seen_by(
+                &caller.principal,
+                container_info(self.supervised(&alias)?),
+            )),
         })
     }
 
     pub(super) async fn restart_one(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::RestartRequest,
     ) -> Result<wire::RestartResponse, ApiError> {
         let alias = parse_alias(&request.alias)?;
         if let Some(mut node) = self.node_below(alias.as_str()).await? {
-            return relayed(node.restart(on_behalf_of(caller, request)?)).await;
+            return relayed(node.restart(to_node_below(caller, request)?)).await;
         }
-        self.check_subtree(caller, Action::Restart, alias.as_str(), None)?;
+        self.check_subtree(&caller.principal, Action::Restart, alias.as_str(), None)?;
         self.refuse_task(&alias, "restarted")?;
         self.supervision.restart(alias.clone()).await?;
         Ok(wire::RestartResponse {
-            container: Some(seen_by(caller, container_info(self.supervised(&alias)?))),
+            container: Some(seen_by(
+                &caller.principal,
+                container_info(self.supervised(&alias)?),
+            )),
         })
     }
 
@@ -267,7 +280,7 @@ impl SupervisorService {
     /// rest are skipped if the batch says so.
     pub(super) async fn run_batch(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::BatchRequest,
     ) -> wire::BatchResponse {
         use wire::batch_operation::Operation;
@@ -350,14 +363,34 @@ async fn relayed<T>(
     Ok(call.await.map_err(ApiError::Relayed)?.into_inner())
 }
 
-/// `message` as a call a node forwards on behalf of `caller`, whose rights the node that
-/// acts checks (see `reef_proto::ON_BEHALF_OF_METADATA`).
+/// `message` as a call this node makes to one of its containers on behalf of `caller`
+/// (see `reef_proto::ON_BEHALF_OF_METADATA`).
 pub(super) fn on_behalf_of<T>(caller: &Principal, message: T) -> Result<Request<T>, ApiError> {
-    let acting_for = tonic::metadata::MetadataValue::try_from(caller.to_string())
-        .map_err(|_| ApiError::BadRequest(format!("{caller} cannot go in metadata")))?;
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(reef_proto::ON_BEHALF_OF_METADATA, acting_for);
+    request.metadata_mut().insert(
+        reef_proto::ON_BEHALF_OF_METADATA,
+        principal_metadata(caller)?,
+    );
     Ok(request)
+}
+
+/// `message` as a call this node forwards to a node below on behalf of `caller`, whose
+/// rights the node that acts checks: with the caller's certificate chain, which that
+/// node must believe too (`reef_proto::ON_BEHALF_OF_CHAIN_METADATA`). Refused for a
+/// caller whom this node alone believes.
+pub(super) fn to_node_below<T>(caller: &Caller, message: T) -> Result<Request<T>, ApiError> {
+    let acting_for = caller.forwardable()?;
+    let mut request = on_behalf_of(&acting_for.principal, message)?;
+    if let Some(chain) = acting_for.chain {
+        request.metadata_mut().insert_bin(
+            reef_proto::ON_BEHALF_OF_CHAIN_METADATA,
+            MetadataValue::from_bytes(&reef_tls::vouch::encode_chain(&chain)),
+        );
+    }
+    Ok(request)
+}
+
+fn principal_metadata(principal: &Principal) -> Result<MetadataValue<Ascii>, ApiError> {
+    MetadataValue::try_from(principal.to_string())
+        .map_err(|_| ApiError::BadRequest(format!("{principal} cannot go in metadata")))
 }

@@ -4,21 +4,25 @@
 use reef_core::{check_node_name, link_alias, millis};
 use reef_tls::certificate_names;
 
+use crate::api::identity::Chain;
+
 use super::{snapshots::container_spec, *};
 
 impl SupervisorService {
-    /// Links child node `request.node` below this one; `leaf` is the certificate it
+    /// Links child node `request.node` below this one; `chain` is the certificate it
     /// presented.
     pub(super) fn join_node(
         &self,
-        leaf: Option<Arc<[u8]>>,
+        chain: Option<Chain>,
         request: wire::JoinRequest,
     ) -> Result<wire::JoinResponse, ApiError> {
         check_node_name(&request.node).map_err(ApiError::BadRequest)?;
         // Only a node holding a certificate for its name may link under it (the TLS
         // handshake already checked that the cluster's CA signed it).
         let identity = reef_tls::node_identity(&request.node);
-        if !self.node.insecure && !leaf.is_some_and(|leaf| certificate_names(&leaf, &identity)) {
+        if !self.node.insecure
+            && !chain.is_some_and(|chain| certificate_names(&chain[0], &identity))
+        {
             return Err(ApiError::NotEntitled(format!(
                 "joining as node {:?} needs a client certificate naming {identity} from this cluster's CA (reef ca issue)",
                 request.node

@@ -5,13 +5,13 @@ use super::*;
 impl SupervisorService {
     pub(super) async fn log_stream(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         request: wire::LogsRequest,
     ) -> Result<LogStream, ApiError> {
-        self.check_inspect(caller, &request.alias)?;
+        self.check_inspect(&caller.principal, &request.alias)?;
         if let Some(mut node) = self.node_below(&request.alias).await? {
             let chunks = node
-                .logs(on_behalf_of(caller, request)?)
+                .logs(to_node_below(caller, request)?)
                 .await
                 .map_err(ApiError::Relayed)?
                 .into_inner();
